@@ -1,0 +1,171 @@
+"""The composition root every service shares: one FastAPI app, one lifespan.
+
+`ServiceChassis` owns the process-wide resources of a service (MongoDB client, Kafka
+broker, outbox relay, API-key authenticator) and builds the FastAPI app whose lifespan
+starts and stops them. Each service's `create_app(settings)` makes a chassis, adds its own
+store, routes and subscribers, and calls `build_app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from faststream.specification import AsyncAPI
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from leadflow.chassis.auth import Authenticator
+from leadflow.chassis.kafka import KafkaRuntime
+from leadflow.chassis.outbox import OutboxRelay
+from leadflow.chassis.store import ApiKeyStore, EventLedger, connect, ping
+from shared.logging import configure_logging
+from shared.settings import ServiceSettings
+
+log = structlog.get_logger(__name__)
+
+HTTP_REQUESTS = Counter(
+    "leadflow_http_requests_total", "HTTP requests served", ["service", "method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "leadflow_http_request_seconds", "HTTP request latency", ["service", "method", "route"]
+)
+
+PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/asyncapi.json")
+
+
+class ServiceChassis:
+    def __init__(self, service: str, settings: ServiceSettings) -> None:
+        self.service = service
+        self.settings = settings
+        self.mongo = connect(settings.mongo_url, app_name=f"leadflow-{service}")
+        self.database = self.mongo[settings.database or f"leadflow_{service}"]
+        self.kafka = KafkaRuntime(service, settings)
+        self.ledger = EventLedger(self.mongo, self.database, on_commit=self._on_commit)
+        self.relay = OutboxRelay(
+            service,
+            self.ledger,
+            self.kafka.publish_many,
+            poll_interval_s=settings.outbox_poll_interval_s,
+            batch_size=settings.outbox_batch_size,
+        )
+        self.authenticator = Authenticator(
+            ApiKeyStore(self.mongo[settings.identity_database]),
+            ttl_s=settings.api_key_cache_ttl_s,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _on_commit(self) -> None:
+        self.relay.nudge()
+
+    def asyncapi(self, version: str) -> AsyncAPI:
+        return AsyncAPI(
+            self.kafka.broker,
+            title=f"leadflow {self.service}",
+            version=version,
+            description=f"Events the {self.service} service consumes and publishes.",
+        )
+
+    async def readiness(self) -> dict[str, bool]:
+        checks = {"mongodb": await ping(self.mongo)}
+        checks.update(await self.kafka.ready())
+        return checks
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, startup: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+        await self.ledger.ensure_indexes()
+        await startup()
+        # HTTP serves at once (intake accepts leads while Kafka is down); the broker
+        # connects in the background and the relay starts publishing when it is up.
+        self._tasks = [
+            asyncio.create_task(self.kafka.connect(), name=f"{self.service}-kafka-connect"),
+            asyncio.create_task(self.relay.run(self.kafka.connected), name=f"{self.service}-relay"),
+        ]
+        log.info("service started", port=self.settings.port)
+        try:
+            yield
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.kafka.close()
+            await self.mongo.close()
+            log.info("service stopped")
+
+    def build_app(
+        self,
+        *,
+        title: str,
+        description: str,
+        version: str,
+        routers: Sequence[APIRouter],
+        startup: Callable[[], Awaitable[None]],
+    ) -> FastAPI:
+        configure_logging(self.service, level=self.settings.log_level, json=self.settings.log_json)
+
+        @contextlib.asynccontextmanager
+        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+            async with self.lifespan(startup):
+                yield
+
+        app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+        app.state.chassis = self
+        app.state.authenticator = self.authenticator
+        app.include_router(self._operations_router(version))
+        for router in routers:
+            app.include_router(router)
+        self._add_metrics_middleware(app)
+        return app
+
+    def _operations_router(self, version: str) -> APIRouter:
+        router = APIRouter(tags=["operations"])
+        spec = self.asyncapi(version)
+
+        @router.get("/healthz", summary="The process is alive")
+        async def healthz() -> dict[str, str]:
+            return {"status": "ok", "service": self.service}
+
+        @router.get(
+            "/readyz",
+            summary="MongoDB and Kafka are reachable and consumers have joined their group",
+            responses={503: {"description": "not ready; the body says which check failed"}},
+        )
+        async def readyz() -> JSONResponse:
+            checks = await self.readiness()
+            ready = all(checks.values())
+            return JSONResponse(
+                {"status": "ready" if ready else "not ready", "checks": checks},
+                status_code=200 if ready else 503,
+            )
+
+        @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+        async def metrics() -> Response:
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+        @router.get("/asyncapi.json", summary="AsyncAPI document of this service's events")
+        async def asyncapi() -> Any:
+            return spec.to_specification().to_jsonable()
+
+        return router
+
+    def _add_metrics_middleware(self, app: FastAPI) -> None:
+        service = self.service
+
+        @app.middleware("http")
+        async def record_metrics(
+            request: Request, call_next: Callable[[Request], Awaitable[Response]]
+        ) -> Response:
+            started = time.perf_counter()
+            response = await call_next(request)
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            HTTP_REQUESTS.labels(service, request.method, path, str(response.status_code)).inc()
+            HTTP_LATENCY.labels(service, request.method, path).observe(
+                time.perf_counter() - started
+            )
+            return response

@@ -1,0 +1,78 @@
+"""Run a service app in-process, its lifespan included, and talk to it over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from shared.settings import ServiceSettings
+from tests.support.infra import Infra
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def settings_for(cls: type[S], infra: Infra, run_id: str, **overrides: Any) -> S:
+    """Settings pointing at the test infra, with databases and groups unique to this run."""
+    defaults = cls()
+    values: dict[str, Any] = {
+        "kafka_bootstrap": infra.kafka_bootstrap,
+        "mongo_url": infra.mongo_url,
+        "database": f"{defaults.database}_{run_id}",
+        "identity_database": f"leadflow_identity_{run_id}",
+        "consumer_group": f"{defaults.database}-{run_id}",
+        "log_json": False,
+        "log_level": "WARNING",
+        "outbox_poll_interval_s": 0.2,
+        "consumer_retry_backoff_s": 0.05,
+    }
+    values.update(overrides)
+    return cls(**values)
+
+
+async def wait_ready(client: httpx.AsyncClient, timeout_s: float = 45.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        response = await client.get("/readyz")
+        if response.status_code == 200:
+            return
+        last = response.json()
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"service not ready after {timeout_s}s: {last}")
+
+
+@contextlib.asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=30) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            await wait_ready(client)
+            yield client
+
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    accept: Callable[[T], bool],
+    *,
+    timeout_s: float = 20.0,
+    interval_s: float = 0.1,
+) -> T:
+    """Poll `probe` until `accept` holds; returns the accepted value or fails with the last."""
+    deadline = time.monotonic() + timeout_s
+    value = await probe()
+    while not accept(value):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout_s}s; last value: {value!r}")
+        await asyncio.sleep(interval_s)
+        value = await probe()
+    return value
