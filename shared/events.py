@@ -243,3 +243,28 @@ class LeadRequalifiedV1(Event):
     event_type: Literal["lead-requalified"] = "lead-requalified"
     score: float
     reason: str
+
+
+AnyEvent = Annotated[
+    LeadReceivedV1
+    | LeadMergedV1
+    | LeadErasedV1
+    | LeadRoutedToNurtureV1
+    | LeadAssignedV1
+    | LeadReturnedToPoolV1
+    | LeadRejectedByRepV1
+    | ActivityLoggedV1
+    | VisitScheduledV1
+    | VisitCheckedInV1
+    | LeadConvertedV1
+    | LeadLostV1
+    | SlaBreachedV1
+    | LeadEnrolledV1
+    | MessageSentV1
+    | MessageFailedV1
+    | EngagementRecordedV1
+    | LeadOptedOutV1
+    | LeadRequalifiedV1,
+    Field(discriminator="event_type"),
+]
+"""Any lifecycle event, told apart by `event_type` (what analytics consumes)."""

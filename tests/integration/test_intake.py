@@ -43,8 +43,11 @@ async def test_repeat_inquiry_merges_into_the_known_lead(
     )
     assert first.status_code == 201
     assert again.status_code == 200
-    assert again.json() == {"lead_id": first.json()["lead_id"], "status": "merged",
-                            "matched_on": "phone"}
+    assert again.json() == {
+        "lead_id": first.json()["lead_id"],
+        "status": "merged",
+        "matched_on": "phone",
+    }
     found = await intake.get(
         "/v1/contacts/lookup", params={"phone": phone}, headers=await keys.headers(Role.REP, "r1")
     )
@@ -86,9 +89,7 @@ async def test_keys_and_roles_are_enforced(intake: httpx.AsyncClient, keys: Keys
     assert (await intake.post("/v1/leads", json=body)).status_code == 401
     unknown = await intake.post("/v1/leads", json=body, headers={"X-API-Key": "lf_nope_nope"})
     assert unknown.status_code == 401
-    wrong_role = await intake.post(
-        "/v1/leads", json=body, headers=await keys.headers(Role.ANALYST)
-    )
+    wrong_role = await intake.post("/v1/leads", json=body, headers=await keys.headers(Role.ANALYST))
     assert wrong_role.status_code == 403
     assert "analyst" in wrong_role.json()["detail"]
 

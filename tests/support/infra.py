@@ -54,7 +54,7 @@ def container_infra() -> Iterator[Infra]:
     ):
         mongo.exec(
             "mongosh --quiet --eval "
-            "'rs.initiate({_id:\"rs0\",members:[{_id:0,host:\"localhost:27017\"}]})'"
+            '\'rs.initiate({_id:"rs0",members:[{_id:0,host:"localhost:27017"}]})\''
         )
         url = f"{mongo.get_connection_url()}/?directConnection=true"
         yield Infra("containers", kafka.get_bootstrap_server(), url)

@@ -1,0 +1,63 @@
+"""Talk to the test broker directly: publish an event as a producer would, read a topic."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from shared.events import Event
+from shared.topics import topic_for
+
+
+async def publish_raw(
+    bootstrap: str, topic: str, value: bytes, key: str, headers: dict[str, str] | None = None
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topic,
+            value,
+            key=key.encode(),
+            headers=[(k, v.encode()) for k, v in (headers or {}).items()],
+        )
+    finally:
+        await producer.stop()
+
+
+async def publish_event(bootstrap: str, event: Event) -> None:
+    await publish_raw(
+        bootstrap,
+        topic_for(event),
+        event.model_dump_json().encode(),
+        event.lead_id,
+        {"content-type": "application/json"},
+    )
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, until: int = 1, timeout_s: float = 20.0
+) -> list[tuple[bytes, dict[str, str]]]:
+    """Read `topic` from the beginning until `until` messages or `timeout_s` have passed."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"test-reader-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    found: list[tuple[bytes, dict[str, str]]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(found) < until and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                found.extend((r.value, {k: v.decode() for k, v in r.headers}) for r in records)
+            await asyncio.sleep(0)
+    finally:
+        await consumer.stop()
+    return found
