@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from leadflow.chassis.auth import IssuedKey, Role, issue_key
+from leadflow.chassis.auth import IssuedKey, Role, hash_key, issue_key
 from leadflow.chassis.store import ApiKeyStore, Document, connect
 
 
@@ -32,5 +32,13 @@ async def revoke_key(mongo_url: str, identity_database: str, key_id: str) -> boo
     client = connect(mongo_url, app_name="leadflow-keys")
     try:
         return await ApiKeyStore(client[identity_database]).revoke(key_id, datetime.now(UTC))
+    finally:
+        await client.close()
+
+
+async def key_is_valid(mongo_url: str, identity_database: str, key: str) -> bool:
+    client = connect(mongo_url, app_name="leadflow-keys")
+    try:
+        return await ApiKeyStore(client[identity_database]).find(hash_key(key)) is not None
     finally:
         await client.close()

@@ -147,6 +147,8 @@ class LocalInfra:
     mongo_port: int
     s3_port: int
     persistent: bool = True
+    start_kafka: bool = True
+    start_mongo: bool = True
     children: list[ChildProcess] = field(default_factory=list)
     kafka_storage: str = "memory"
 
@@ -161,8 +163,10 @@ class LocalInfra:
     def start(self, timeout_s: float = 60.0) -> None:
         logs = self.data_dir / "logs"
         try:
-            self._start_mongo(logs)
-            self._start_kafka(logs)
+            if self.start_mongo:
+                self._start_mongo(logs)
+            if self.start_kafka:
+                self._start_kafka(logs)
             for child in self.children:
                 child.wait_until_listening(timeout_s)
         except BaseException:

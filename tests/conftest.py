@@ -94,3 +94,31 @@ async def analytics(infra: Infra, run_id: str) -> AsyncIterator[httpx.AsyncClien
 
     async with serve(create_app(settings_for(Settings, infra, run_id))) as client:
         yield client
+
+
+# --- no silent skips ----------------------------------------------------------------------
+# Integration and e2e tests on the local processes must really run: a skip there (say,
+# because an import failed) fails the session. Only the `containers` kind may skip, and
+# only with its reason (no Docker engine).
+_skipped_locally: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if (
+        report.skipped
+        and "[containers" not in report.nodeid
+        and ("integration" in report.keywords or "e2e" in report.keywords)
+    ):
+        _skipped_locally.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _skipped_locally and exitstatus == 0:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                "FAILED: these tests must run on the local broker and database but were "
+                "skipped: " + ", ".join(_skipped_locally),
+                red=True,
+            )
+        session.exitstatus = 1

@@ -14,12 +14,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader
-
-from leadflow.chassis.store import ApiKeyStore
 
 
 class Role(StrEnum):
@@ -70,12 +68,16 @@ def issue_key(
     return IssuedKey(key=key, principal=principal), document
 
 
+class KeyLookup(Protocol):
+    async def find(self, key_hash: str) -> dict[str, Any] | None: ...
+
+
 class Authenticator:
     """Looks keys up in the identity database, caching hits for `ttl_s` seconds."""
 
     def __init__(
         self,
-        store: ApiKeyStore,
+        store: KeyLookup,
         *,
         ttl_s: float,
         clock: Callable[[], float] = time.monotonic,

@@ -8,6 +8,7 @@ re-delivers; handlers are idempotent on `event_id`, which makes re-delivery harm
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -119,6 +120,9 @@ class _DeadLetterScope(BaseMiddleware):
             except ValidationError as error:
                 reason = f"invalid event: {error.errors(include_url=False)}"
                 break
+            except json.JSONDecodeError as error:
+                reason = f"not JSON: {error}"
+                break
             except Exception as error:  # noqa: BLE001 - any handler failure is retried, then parked
                 reason = f"{type(error).__name__}: {error}"
                 log.warning(
@@ -191,7 +195,9 @@ class KafkaRuntime:
                 description=(EVENT_ON[topic].__doc__ or "").strip() or None,
             )
 
-    def subscriber(self, *topics: str, title: str | None = None) -> Any:
+    def subscriber(
+        self, *topics: str, title: str | None = None
+    ) -> Callable[[Callable[..., Awaitable[None]]], object]:
         """Subscribe this service's consumer group to `topics` (decorator).
 
         Call it once per service, with every topic the service consumes, and type the
@@ -201,7 +207,7 @@ class KafkaRuntime:
         """
         membership = GroupMembership()
         self.memberships.append(membership)
-        return self.broker.subscriber(
+        subscriber: Callable[[Callable[..., Awaitable[None]]], object] = self.broker.subscriber(
             *topics,
             group_id=self.group_id,
             auto_offset_reset="earliest",
@@ -209,6 +215,7 @@ class KafkaRuntime:
             listener=membership,
             title=title,
         )
+        return subscriber
 
     async def publish(
         self, topic: str, payload: bytes, key: bytes | None, headers: dict[str, str]

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
 import structlog
 from prometheus_client import Counter, Gauge
 
-from leadflow.chassis.store import EventLedger, OutboxRecord
+from leadflow.chassis.store import OutboxRecord
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +33,12 @@ OUTBOX_FAILURES = Counter(
 OUTBOX_BACKLOG = Gauge(
     "leadflow_outbox_backlog", "Events committed but not yet published", ["service"]
 )
+
+
+class Outbox(Protocol):
+    async def pending(self, limit: int) -> list[OutboxRecord]: ...
+    async def mark_published(self, record_ids: Sequence[object], now: datetime) -> None: ...
+
 
 PublishBatch = Callable[[list[tuple[str, bytes, bytes | None, dict[str, str]]]], Awaitable[None]]
 
@@ -49,7 +56,7 @@ class OutboxRelay:
     def __init__(
         self,
         service: str,
-        ledger: EventLedger,
+        ledger: Outbox,
         publish_batch: PublishBatch,
         *,
         poll_interval_s: float,

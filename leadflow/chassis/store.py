@@ -158,7 +158,7 @@ class EventLedger:
             async for doc in cursor
         ]
 
-    async def mark_published(self, record_ids: Sequence[ObjectId], now: datetime) -> None:
+    async def mark_published(self, record_ids: Sequence[object], now: datetime) -> None:
         await self._outbox.update_many(
             {"_id": {"$in": list(record_ids)}}, {"$set": {"published_at": now}}
         )

@@ -1,0 +1,3 @@
+from leadflow.cli import app
+
+app(prog_name="leadflow")

@@ -1,0 +1,249 @@
+"""`leadflow up`: start Kafka, MongoDB and the four services, supervise them, stop them all.
+
+Every child runs in its own session (so Ctrl-C reaches only this supervisor, which then
+stops services first and infrastructure last) and is told by the kernel to die if the
+supervisor dies, so no process outlives `up`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+import structlog
+from pydantic_settings import BaseSettings
+
+from leadflow.chassis.auth import Role
+from leadflow.chassis.kafka import ensure_topics
+from leadflow.config import SERVICES, StackSettings
+from leadflow.keys import create_key, key_is_valid
+from leadflow.localinfra import ChildProcess, LocalInfra
+
+log = structlog.get_logger(__name__)
+
+MAX_RESTART_BACKOFF_S = 30.0
+
+
+class StopRequested(Exception):  # noqa: N818 - a request, not a failure
+    """SIGINT or SIGTERM arrived."""
+
+
+def service_settings(name: str) -> BaseSettings:
+    """The service's own settings, as it will read them from the environment."""
+    module = __import__(f"services.{name}.settings", fromlist=["Settings"])
+    settings: BaseSettings = module.Settings()
+    return settings
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    child: ChildProcess
+    restarts: int = 0
+    next_restart_at: float = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True)
+class StackReady:
+    services: dict[str, str]
+    admin_key: str
+    kafka_bootstrap: str
+    mongo_url: str
+    kafka_storage: str
+    started_in_s: float
+
+
+class Stack:
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.data_dir = settings.data_dir.resolve()
+        self.infra = LocalInfra(
+            data_dir=self.data_dir,
+            kafka_port=settings.kafka_port,
+            mongo_port=settings.mongo_port,
+            s3_port=settings.s3_port,
+            persistent=settings.persistent,
+            start_kafka=settings.kafka_bootstrap is None,
+            start_mongo=settings.mongo_url is None,
+        )
+        self.kafka_bootstrap = settings.kafka_bootstrap or self.infra.kafka_bootstrap
+        self.mongo_url = settings.effective_mongo_url()
+        self.services: list[ServiceProcess] = []
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> StackReady:
+        started = time.monotonic()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.infra.start(timeout_s=self.settings.startup_timeout_s)
+        asyncio.run(self._prepare_kafka())
+        admin_key = asyncio.run(self._admin_key())
+        for name in SERVICES:
+            self._start_service(name)
+        self._wait_until_ready(started + self.settings.startup_timeout_s)
+        ready = StackReady(
+            services={s.name: s.url for s in self.services},
+            admin_key=admin_key,
+            kafka_bootstrap=self.kafka_bootstrap,
+            mongo_url=self.mongo_url,
+            kafka_storage=self.infra.kafka_storage
+            if self.settings.kafka_bootstrap is None
+            else "external",
+            started_in_s=time.monotonic() - started,
+        )
+        self._write_state(ready)
+        return ready
+
+    async def _prepare_kafka(self) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                await ensure_topics(self.kafka_bootstrap, self.settings.topic_partitions)
+            except Exception as error:
+                if time.monotonic() > deadline:
+                    raise
+                log.info("waiting for kafka", error=repr(error))
+                await asyncio.sleep(0.5)
+            else:
+                return
+
+    async def _admin_key(self) -> str:
+        """The bootstrap admin key: made on the first `up`, reused while it is valid."""
+        key_file = self.data_dir / "admin.key"
+        if key_file.exists():
+            key = key_file.read_text().strip()
+            if await key_is_valid(self.mongo_url, self.settings.identity_database, key):
+                return key
+        issued = await create_key(
+            self.mongo_url, self.settings.identity_database, Role.ADMIN, "bootstrap admin"
+        )
+        key_file.write_text(issued.key + "\n")
+        key_file.chmod(0o600)
+        return issued.key
+
+    def _start_service(self, name: str) -> None:
+        prefix = f"LEADFLOW_{name.upper()}_"
+        env = {
+            f"{prefix}KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            f"{prefix}MONGO_URL": self.mongo_url,
+            f"{prefix}IDENTITY_DATABASE": self.settings.identity_database,
+            f"{prefix}TOPIC_PARTITIONS": str(self.settings.topic_partitions),
+        }
+        port = int(getattr(service_settings(name), "port"))  # noqa: B009
+        child = ChildProcess(
+            name,
+            [sys.executable, "-m", "leadflow", "service", name],
+            self.data_dir / "logs" / f"{name}.log",
+            port=port,
+            env=env,
+        )
+        child.start()
+        self.services.append(ServiceProcess(name, port, child))
+
+    def _wait_until_ready(self, deadline: float) -> None:
+        pending = {s.name: s for s in self.services}
+        with httpx.Client(timeout=2.0) as client:
+            while pending:
+                for name, service in list(pending.items()):
+                    if not service.child.alive():
+                        raise RuntimeError(
+                            f"{name} exited during start-up; see {service.child.log_path}"
+                        )
+                    with contextlib.suppress(httpx.HTTPError):
+                        if client.get(f"{service.url}/readyz").status_code == 200:
+                            del pending[name]
+                if pending and time.monotonic() > deadline:
+                    raise TimeoutError(f"not ready in time: {', '.join(sorted(pending))}")
+                time.sleep(0.2)
+
+    def _write_state(self, ready: StackReady) -> None:
+        state: dict[str, Any] = {
+            "supervisor_pid": os.getpid(),
+            "services": {
+                s.name: {"url": s.url, "docs": f"{s.url}/docs", "pid": s.child.pid}
+                for s in self.services
+            },
+            "infra": {c.name: c.pid for c in self.infra.children},
+            "admin_key_file": str(self.data_dir / "admin.key"),
+            "kafka_bootstrap": ready.kafka_bootstrap,
+            "mongo_url": ready.mongo_url,
+            "kafka_storage": ready.kafka_storage,
+            "started_in_s": round(ready.started_in_s, 2),
+        }
+        (self.data_dir / "stack.json").write_text(json.dumps(state, indent=2))
+
+    def all_pids(self) -> list[int]:
+        children = [s.child for s in self.services] + self.infra.children
+        return [c.pid for c in children if c.pid is not None]
+
+    def supervise_once(self, now: float) -> None:
+        """Restart a service that died, with backoff; infrastructure dying ends the stack."""
+        for child in self.infra.children:
+            if not child.alive():
+                raise RuntimeError(f"{child.name} stopped; see {child.log_path}")
+        for service in self.services:
+            if service.child.alive() or now < service.next_restart_at:
+                continue
+            if service.next_restart_at == 0.0:
+                code = service.child.process.returncode if service.child.process else None
+                backoff = min(2.0**service.restarts, MAX_RESTART_BACKOFF_S)
+                log.warning(
+                    "service exited; restarting", service=service.name, exit_code=code, in_s=backoff
+                )
+                service.next_restart_at = now + backoff
+                continue
+            service.restarts += 1
+            service.next_restart_at = 0.0
+            service.child.start()
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.child.stop(timeout_s=20)
+        self.infra.stop()
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / "stack.json").unlink()
+
+
+@contextlib.contextmanager
+def exclusive(data_dir: Path) -> Iterator[None]:
+    """One `up` per data directory: a second one would fight over ports and files."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / "up.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise RuntimeError(f"another `leadflow up` is using {data_dir}") from error
+        yield
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    def request_stop(signum: int, _: FrameType | None) -> None:
+        # Later signals are ignored so that a second Ctrl-C cannot cut the orderly stop short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise StopRequested(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
