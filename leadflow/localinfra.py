@@ -149,6 +149,7 @@ class LocalInfra:
     persistent: bool = True
     start_kafka: bool = True
     start_mongo: bool = True
+    tools_dir: Path | None = None
     children: list[ChildProcess] = field(default_factory=list)
     kafka_storage: str = "memory"
 
@@ -200,7 +201,7 @@ class LocalInfra:
         tansu = tansu_binary()
         listener = f"tcp://{LOOPBACK}:{self.kafka_port}"
         args = [tansu, "broker", "--listener-url", listener, "--advertised-listener-url", listener]
-        s3rver = s3rver_binary(self.data_dir / "tools") if self.persistent else None
+        s3rver = s3rver_binary(self.tools_dir or self.data_dir / "tools") if self.persistent else None
         if s3rver is None:
             if self.persistent:
                 log.warning("Node.js not found: the Kafka log is kept in memory only")

@@ -82,6 +82,7 @@ class Stack:
             persistent=settings.persistent,
             start_kafka=settings.kafka_bootstrap is None,
             start_mongo=settings.mongo_url is None,
+            tools_dir=settings.tools_dir,
         )
         self.kafka_bootstrap = settings.kafka_bootstrap or self.infra.kafka_bootstrap
         self.mongo_url = settings.effective_mongo_url()
