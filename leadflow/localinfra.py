@@ -201,7 +201,9 @@ class LocalInfra:
         tansu = tansu_binary()
         listener = f"tcp://{LOOPBACK}:{self.kafka_port}"
         args = [tansu, "broker", "--listener-url", listener, "--advertised-listener-url", listener]
-        s3rver = s3rver_binary(self.tools_dir or self.data_dir / "tools") if self.persistent else None
+        s3rver = (
+            s3rver_binary(self.tools_dir or self.data_dir / "tools") if self.persistent else None
+        )
         if s3rver is None:
             if self.persistent:
                 log.warning("Node.js not found: the Kafka log is kept in memory only")

@@ -22,8 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 from leadflow.chassis.auth import Authenticator
 from leadflow.chassis.kafka import KafkaRuntime
-from leadflow.chassis.outbox import OutboxRelay
-from leadflow.chassis.store import ApiKeyStore, EventLedger, connect, ping
+from leadflow.chassis.outbox import OUTBOX_BACKLOG, OutboxRelay
+from leadflow.chassis.store import ApiKeyStore, EventLedger, PyMongoError, connect, ping
 from shared.logging import configure_logging
 from shared.settings import ServiceSettings
 
@@ -71,10 +71,16 @@ class ServiceChassis:
             description=f"Events the {self.service} service consumes and publishes.",
         )
 
-    async def readiness(self) -> dict[str, bool]:
+    async def readiness(self) -> tuple[bool, dict[str, bool]]:
+        """Whether to send this replica traffic, and each check's state.
+
+        A service that consumes nothing (intake) stays ready while Kafka is down: it
+        still accepts leads, which wait in its outbox.
+        """
         checks = {"mongodb": await ping(self.mongo)}
         checks.update(await self.kafka.ready())
-        return checks
+        needed = checks if self.kafka.memberships else {"mongodb": checks["mongodb"]}
+        return all(needed.values()), checks
 
     @contextlib.asynccontextmanager
     async def lifespan(self, startup: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
@@ -136,8 +142,7 @@ class ServiceChassis:
             responses={503: {"description": "not ready; the body says which check failed"}},
         )
         async def readyz() -> JSONResponse:
-            checks = await self.readiness()
-            ready = all(checks.values())
+            ready, checks = await self.readiness()
             return JSONResponse(
                 {"status": "ready" if ready else "not ready", "checks": checks},
                 status_code=200 if ready else 503,
@@ -145,6 +150,8 @@ class ServiceChassis:
 
         @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
         async def metrics() -> Response:
+            with contextlib.suppress(PyMongoError):  # the gauge keeps its last value
+                OUTBOX_BACKLOG.labels(self.service).set(await self.ledger.backlog())
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
         @router.get("/asyncapi.json", summary="AsyncAPI document of this service's events")

@@ -109,7 +109,6 @@ class OutboxRelay:
             backoff_s = self._poll_interval_s
             if published == self._batch_size:
                 continue  # more are waiting
-            OUTBOX_BACKLOG.labels(self._service).set(0)
             # Poll as well: another replica's commits do not wake this one.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)

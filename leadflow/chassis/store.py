@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from bson import ObjectId
@@ -39,12 +39,15 @@ __all__ = [
     "DuplicateKeyError",
     "EventLedger",
     "OutboxRecord",
+    "PyMongoError",
     "Session",
     "connect",
     "ping",
 ]
 
 PUBLISHED_RETENTION = timedelta(days=7)
+# Longer than any Kafka retention we configure: a redelivery can only come from the log.
+HANDLED_RETENTION = timedelta(days=30)
 
 
 class AlreadyHandled(Exception):  # noqa: N818 - a fact, not a failure
@@ -104,6 +107,11 @@ class EventLedger:
             name="published_ttl",
             expireAfterSeconds=int(PUBLISHED_RETENTION.total_seconds()),
         )
+        await self._inbox.create_index(
+            "handled_at",
+            name="handled_ttl",
+            expireAfterSeconds=int(HANDLED_RETENTION.total_seconds()),
+        )
 
     async def commit(self, work: Work[T], *, consumed: Event | None = None) -> T:
         """Run `work` in a transaction and store the events it returns in the outbox.
@@ -118,7 +126,12 @@ class EventLedger:
                 if await self._inbox.find_one({"_id": event_id}, session=session):
                     raise AlreadyHandled(event_id)
                 await self._inbox.insert_one(
-                    {"_id": event_id, "event_type": consumed.event_type}, session=session
+                    {
+                        "_id": event_id,
+                        "event_type": consumed.event_type,
+                        "handled_at": datetime.now(UTC),
+                    },
+                    session=session,
                 )
             result, events = await work(session)
             if events:
