@@ -75,7 +75,7 @@ def stack_environment(data_dir: Path) -> dict[str, str]:
 def start_stack(env: dict[str, str], data_dir: Path, run: int) -> Stack:
     output_path = data_dir.parent / f"up-{run}.log"
     with output_path.open("wb") as output:
-        process = subprocess.Popen(  # noqa: S603
+        process = subprocess.Popen(
             [sys.executable, "-m", "leadflow", "up"],
             cwd=REPO,
             env=env,
@@ -140,8 +140,13 @@ def test_a_lead_flows_through_all_four_services_and_survives_a_restart(data_dir:
                 assert created.status_code == 201, created.text
             pool = assignment.post(
                 "/v1/pools",
-                json={"pool_id": "everyone", "name": "Everyone", "rep_ids": ["rep-a", "rep-b"],
-                      "is_default": True, "priority": 0},
+                json={
+                    "pool_id": "everyone",
+                    "name": "Everyone",
+                    "rep_ids": ["rep-a", "rep-b"],
+                    "is_default": True,
+                    "priority": 0,
+                },
             )
             assert pool.status_code == 201, pool.text
 
@@ -149,8 +154,12 @@ def test_a_lead_flows_through_all_four_services_and_survives_a_restart(data_dir:
         with stack.client("intake") as intake:
             posted = intake.post(
                 "/v1/leads",
-                json={"name": "Dana Kim", "phone": f"+1415555{uuid.uuid4().int % 10_000:04d}",
-                      "channel": "web_form", "consent": {"email": True}},
+                json={
+                    "name": "Dana Kim",
+                    "phone": f"+1415555{uuid.uuid4().int % 10_000:04d}",
+                    "channel": "web_form",
+                    "consent": {"email": True},
+                },
             )
         assert posted.status_code == 201, posted.text
         lead_id = posted.json()["lead_id"]
@@ -168,8 +177,9 @@ def test_a_lead_flows_through_all_four_services_and_survives_a_restart(data_dir:
         assert counted["leads_received"] == before["leads_received"] + 1
 
         with stack.client("assignment") as assignment:
-            lost = assignment.post(f"/v1/leads/{lead_id}/lost", json={"level": 2,
-                                                                       "reason": "bought elsewhere"})
+            lost = assignment.post(
+                f"/v1/leads/{lead_id}/lost", json={"level": 2, "reason": "bought elsewhere"}
+            )
             assert lost.status_code == 200, lost.text
         with stack.client("nurture") as nurture:
             enrollment = eventually(

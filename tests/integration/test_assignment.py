@@ -28,7 +28,7 @@ from shared.events import (
 from shared.topics import dead_letter_topic, topic_for
 from tests.conftest import Keys
 from tests.support.infra import Infra
-from tests.support.kafka import publish_event, publish_raw, read_topic
+from tests.support.kafka import publish_event, publish_raw, read_all
 from tests.support.services import eventually
 
 pytestmark = pytest.mark.integration
@@ -102,7 +102,7 @@ async def events_about(bootstrap: str, topic: str, lead_id: str, *, until: int =
     found: list[Json] = []
 
     async def probe() -> list[Json]:
-        messages = await read_topic(bootstrap, topic, until=10_000, timeout_s=1.5)
+        messages = await read_all(bootstrap, topic)
         found[:] = [
             body
             for value, _ in messages
@@ -316,13 +316,18 @@ async def publish_garbage(bootstrap: str, topic: str, key: str) -> bytes:
 
 
 async def parked(bootstrap: str, topic: str, garbage: bytes) -> dict[str, str]:
-    """The headers of `garbage` once it is on `topic`'s dead-letter topic."""
+    """The headers of `garbage` once assignment has parked it on `topic`'s dead-letter topic.
+
+    Every service that consumes the topic parks its own copy; only assignment's counts here.
+    """
 
     async def probe() -> list[dict[str, str]]:
-        messages = await read_topic(
-            bootstrap, dead_letter_topic(topic), until=10_000, timeout_s=1.5
-        )
-        return [headers for value, headers in messages if value == garbage]
+        messages = await read_all(bootstrap, dead_letter_topic(topic))
+        return [
+            headers
+            for value, headers in messages
+            if value == garbage and headers.get("x-dlq-service") == "assignment"
+        ]
 
     [headers] = await eventually(probe, bool, timeout_s=30)
     return headers
