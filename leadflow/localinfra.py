@@ -263,7 +263,13 @@ class LocalInfra:
 
 @contextlib.contextmanager
 def running(
-    data_dir: Path, *, persistent: bool, kafka_port: int = 0, mongo_port: int = 0, s3_port: int = 0
+    data_dir: Path,
+    *,
+    persistent: bool,
+    kafka_port: int = 0,
+    mongo_port: int = 0,
+    s3_port: int = 0,
+    tools_dir: Path | None = None,
 ) -> Iterator[LocalInfra]:
     infra = LocalInfra(
         data_dir=data_dir,
@@ -271,6 +277,7 @@ def running(
         mongo_port=mongo_port or free_port(),
         s3_port=s3_port or free_port(),
         persistent=persistent,
+        tools_dir=tools_dir,
     )
     infra.start()
     try:
