@@ -137,4 +137,5 @@ def require(*roles: Role) -> Callable[..., Awaitable[Principal]]:
             )
         return principal
 
+    dependency.roles = allowed  # type: ignore[attr-defined]  # read by `leadflow api-reference`
     return dependency
