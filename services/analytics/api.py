@@ -9,10 +9,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel, Field
 
 from leadflow.chassis.auth import Principal, Role, require
+from leadflow.chassis.http import from_state, unprocessable
 from services.analytics.rules import (
     CHANNEL_METRICS,
     LOSS_LEVELS,
@@ -33,18 +34,8 @@ ReportReader = Annotated[Principal, Depends(require(Role.MANAGER, Role.ANALYST, 
 TimelineReader = Annotated[Principal, Depends(require(Role.MANAGER, Role.ANALYST))]
 
 
-def get_store(request: Request) -> AnalyticsStore:
-    store: AnalyticsStore = request.app.state.store
-    return store
-
-
-def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-StoreDep = Annotated[AnalyticsStore, Depends(get_store)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[AnalyticsStore, Depends(from_state("store"))]
+SettingsDep = Annotated[Settings, Depends(from_state("settings"))]
 
 
 def get_period(
@@ -62,10 +53,7 @@ def get_period(
     try:
         return report_period(first_day, last_day, today=today, max_days=settings.max_report_days)
     except PeriodError as error:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[{"loc": ["query", error.field], "msg": error.reason, "type": "value_error"}],
-        ) from error
+        raise unprocessable((("query", error.field), error.reason)) from error
 
 
 def wants_csv(

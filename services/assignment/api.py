@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from leadflow.chassis.auth import Principal, Role, require
+from leadflow.chassis.http import from_state, unprocessable
 from services.assignment.rules import (
     AssignmentError,
     Clock,
@@ -44,18 +45,8 @@ Manager = Annotated[Principal, Depends(require(Role.MANAGER))]
 SalesStaff = Annotated[Principal, Depends(require(Role.MANAGER, Role.REP))]
 
 
-def get_store(request: Request) -> AssignmentStore:
-    store: AssignmentStore = request.app.state.store
-    return store
-
-
-def get_clock(request: Request) -> Clock:
-    clock: Clock = request.app.state.clock
-    return clock
-
-
-StoreDep = Annotated[AssignmentStore, Depends(get_store)]
-ClockDep = Annotated[Clock, Depends(get_clock)]
+StoreDep = Annotated[AssignmentStore, Depends(from_state("store"))]
+ClockDep = Annotated[Clock, Depends(from_state("clock"))]
 
 
 def acting_rep(principal: Principal) -> str | None:
@@ -75,17 +66,9 @@ def refusal(error: AssignmentError) -> HTTPException:
         case NotOwnerError():
             return HTTPException(status.HTTP_403_FORBIDDEN, detail=str(error))
         case UnknownRepsError():
-            return unprocessable("rep_ids", str(error))
+            return unprocessable((("body", "rep_ids"), str(error)))
         case _:  # AlreadyExistsError, TransitionRefusedError: the state conflicts
             return HTTPException(status.HTTP_409_CONFLICT, detail=str(error))
-
-
-def unprocessable(field: str, reason: str) -> HTTPException:
-    """422 in FastAPI's own shape, so clients parse one error format."""
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT,
-        detail=[{"loc": ["body", field], "msg": reason, "type": "value_error"}],
-    )
 
 
 def _known_timezone(value: str) -> str:

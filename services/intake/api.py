@@ -6,11 +6,12 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import uuid4
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from leadflow.chassis.auth import Principal, Role, require
-from services.intake.rules import FieldError, normalise_contact, normalise_email, normalise_phone
+from leadflow.chassis.http import from_state, unprocessable
+from services.intake.rules import normalise_contact, normalise_email, normalise_phone
 from services.intake.settings import Settings
 from services.intake.store import IntakeStore, NewLead
 from shared.events import Attribution, Consent, Contact, Profile
@@ -21,18 +22,8 @@ Ingest = Annotated[Principal, Depends(require(Role.INGEST))]
 Reader = Annotated[Principal, Depends(require(Role.MANAGER, Role.REP, Role.INGEST, Role.MARKETING))]
 
 
-def get_store(request: Request) -> IntakeStore:
-    store: IntakeStore = request.app.state.store
-    return store
-
-
-def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-StoreDep = Annotated[IntakeStore, Depends(get_store)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[IntakeStore, Depends(from_state("store"))]
+SettingsDep = Annotated[Settings, Depends(from_state("settings"))]
 
 Text = Annotated[str, Field(min_length=1, max_length=200)]
 
@@ -105,14 +96,6 @@ class LeadPublic(BaseModel):
         return cls.model_validate({**doc, "lead_id": doc["_id"]})
 
 
-def unprocessable(errors: list[FieldError]) -> HTTPException:
-    """422 in FastAPI's own shape, so clients parse one error format."""
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT,
-        detail=[{"loc": ["body", e.field], "msg": e.reason, "type": "value_error"} for e in errors],
-    )
-
-
 @router.post(
     "/leads",
     response_model=LeadAccepted,
@@ -140,7 +123,7 @@ async def post_lead(
         default_region=settings.default_region,
     )
     if isinstance(contact, list):
-        raise unprocessable(contact)
+        raise unprocessable(*((("body", e.field), e.reason) for e in contact))
     lead = NewLead(
         lead_id=uuid4().hex,
         contact=contact,
@@ -194,16 +177,7 @@ async def lookup_contact(
     email: Annotated[str | None, Query(max_length=320)] = None,
 ) -> LeadPublic:
     if (phone is None) == (email is None):
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[
-                {
-                    "loc": ["query", "phone"],
-                    "msg": "give exactly one of phone or email",
-                    "type": "value_error",
-                }
-            ],
-        )
+        raise unprocessable((("query", "phone"), "give exactly one of phone or email"))
     try:
         kind, value = (
             ("phone", normalise_phone(phone, settings.default_region))
@@ -212,10 +186,7 @@ async def lookup_contact(
         )
     except ValueError as error:
         field = "phone" if phone is not None else "email"
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[{"loc": ["query", field], "msg": str(error), "type": "value_error"}],
-        ) from error
+        raise unprocessable((("query", field), str(error))) from error
     doc = await store.find_by_contact(kind, value)
     if doc is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no lead with {kind} {value}")

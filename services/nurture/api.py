@@ -6,14 +6,14 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from leadflow.chassis.auth import Principal, Role, require
+from leadflow.chassis.http import from_state, unprocessable
 from services.nurture.rules import (
     MANUAL_ENROLLMENT,
     EnrollmentStatus,
-    FieldError,
     NurtureSequence,
     SendWindow,
     Step,
@@ -39,12 +39,7 @@ Marketer = Annotated[Principal, Depends(require(Role.MARKETING))]
 Reader = Annotated[Principal, Depends(require(Role.MARKETING, Role.MANAGER))]
 
 
-def get_store(request: Request) -> NurtureStore:
-    store: NurtureStore = request.app.state.store
-    return store
-
-
-StoreDep = Annotated[NurtureStore, Depends(get_store)]
+StoreDep = Annotated[NurtureStore, Depends(from_state("store"))]
 
 SequenceId = Annotated[
     str,
@@ -182,19 +177,11 @@ class EnrollmentPublic(BaseModel):
         return cls.model_validate(asdict(enrollment))
 
 
-def unprocessable(errors: list[FieldError]) -> HTTPException:
-    """422 in FastAPI's own shape, so clients parse one error format."""
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_CONTENT,
-        detail=[{"loc": ["body", *e.loc], "msg": e.reason, "type": "value_error"} for e in errors],
-    )
-
-
 def valid_sequence(payload: SequenceBase, sequence_id: str) -> NurtureSequence:
     sequence = payload.to_sequence(sequence_id)
     errors = sequence_errors(sequence)
     if errors:
-        raise unprocessable(errors)
+        raise unprocessable(*((("body", *e.loc), e.reason) for e in errors))
     return sequence
 
 
