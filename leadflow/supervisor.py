@@ -87,6 +87,7 @@ class Stack:
         self.kafka_bootstrap = settings.kafka_bootstrap or self.infra.kafka_bootstrap
         self.mongo_url = settings.effective_mongo_url()
         self.services: list[ServiceProcess] = []
+        self.ready: StackReady | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -109,6 +110,7 @@ class Stack:
             else "external",
             started_in_s=time.monotonic() - started,
         )
+        self.ready = ready
         self._write_state(ready)
         return ready
 
@@ -213,6 +215,8 @@ class Stack:
             service.restarts += 1
             service.next_restart_at = 0.0
             service.child.start()
+            if self.ready is not None:
+                self._write_state(self.ready)  # the new pid
 
     def stop(self) -> None:
         for service in reversed(self.services):

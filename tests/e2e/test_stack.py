@@ -121,6 +121,13 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     yield path
 
 
+def ready(client: httpx.Client) -> bool:
+    try:
+        return client.get("/readyz").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def summary(stack: Stack) -> dict[str, Any]:
     with stack.client("analytics") as analytics:
         response = analytics.get("/v1/reports/summary")
@@ -149,6 +156,16 @@ def test_a_lead_flows_through_all_four_services_and_survives_a_restart(data_dir:
                 },
             )
             assert pool.status_code == 201, pool.text
+
+        # A service that dies is restarted by the supervisor.
+        killed = stack.state["services"]["nurture"]["pid"]
+        os.kill(killed, signal.SIGKILL)
+        stack.state = eventually(
+            lambda: json.loads((data_dir / "stack.json").read_text()),
+            lambda state: state["services"]["nurture"]["pid"] != killed,
+        )
+        with stack.client("nurture") as nurture:
+            eventually(lambda: ready(nurture), bool)
 
         before = summary(stack)
         with stack.client("intake") as intake:
@@ -192,6 +209,7 @@ def test_a_lead_flows_through_all_four_services_and_survives_a_restart(data_dir:
         )
         assert after_loss["leads_lost"] == before["leads_lost"] + 1
 
+        stack.state = json.loads((data_dir / "stack.json").read_text())
         assert stack.interrupt() == 0
     finally:
         if stack.process.poll() is None:
