@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import structlog
+from aiokafka.errors import KafkaError
 from pydantic_settings import BaseSettings
 
 from leadflow.chassis.auth import Role
@@ -119,7 +120,7 @@ class Stack:
         while True:
             try:
                 await ensure_topics(self.kafka_bootstrap, self.settings.topic_partitions)
-            except Exception as error:
+            except (KafkaError, OSError) as error:
                 if time.monotonic() > deadline:
                     raise
                 log.info("waiting for kafka", error=repr(error))

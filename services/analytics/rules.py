@@ -155,7 +155,8 @@ def tally_event(event: Event, facts: LeadFacts, zone: ZoneInfo) -> Tally:
         case LeadErasedV1():
             return Tally((), replace(facts, erased=True), forget_personal_data=True)
         case _:
-            pass
+            # Stored in the event store but not counted yet (visits, activities, messages).
+            return Tally((), facts)
     return Tally(tuple(increments), facts)
 
 
