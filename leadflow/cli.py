@@ -108,7 +108,7 @@ def asyncapi(
     module = import_module(f"services.{name.value}.app")
     fastapi_app = module.create_app()
     document = fastapi_app.state.chassis.asyncapi(fastapi_app.version).to_specification()
-    text = json.dumps(document.to_jsonable(), indent=2)
+    text = json.dumps(document.to_jsonable(), indent=2, sort_keys=True)
     if out is None:
         typer.echo(text)
     else:
