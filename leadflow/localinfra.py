@@ -120,21 +120,27 @@ def s3rver_binary(tools_dir: Path) -> Path | None:
         return None
     tools_dir.mkdir(parents=True, exist_ok=True)
     log.info("installing s3rver for a persistent Kafka log", version=S3RVER_VERSION)
-    subprocess.run(  # noqa: S603
-        [
-            npm,
-            "install",
-            "--prefix",
-            str(tools_dir),
-            "--no-audit",
-            "--no-fund",
-            "--silent",
-            f"s3rver@{S3RVER_VERSION}",
-        ],
-        check=True,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-    )
+    try:
+        subprocess.run(  # noqa: S603
+            [
+                npm,
+                "install",
+                "--prefix",
+                str(tools_dir),
+                "--no-audit",
+                "--no-fund",
+                "--silent",
+                f"s3rver@{S3RVER_VERSION}",
+            ],
+            check=True,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=300,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
+        stderr = getattr(error, "stderr", b"") or b""
+        log.warning("could not install s3rver", error=str(error), npm=stderr.decode()[-2000:])
+        return None
     return binary if binary.exists() else None
 
 

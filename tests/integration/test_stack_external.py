@@ -1,0 +1,52 @@
+"""`leadflow up` pointed at an existing Kafka and MongoDB uses them and starts neither."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from leadflow.config import SERVICES, StackSettings
+from leadflow.localinfra import free_port
+from leadflow.supervisor import Stack
+from tests.support.infra import Infra
+
+pytestmark = pytest.mark.integration
+
+
+def test_up_uses_an_external_kafka_and_mongodb_and_starts_neither(
+    infra: Infra, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    for service in SERVICES:
+        prefix = f"LEADFLOW_{service.upper()}_"
+        monkeypatch.setenv(f"{prefix}PORT", str(free_port()))
+        monkeypatch.setenv(f"{prefix}DATABASE", f"leadflow_{service}_external_{run}")
+        monkeypatch.setenv(f"{prefix}CONSUMER_GROUP", f"leadflow-{service}-external-{run}")
+    settings = StackSettings(
+        data_dir=tmp_path,
+        kafka_bootstrap=infra.kafka_bootstrap,
+        mongo_url=infra.mongo_url,
+        identity_database=f"leadflow_identity_external_{run}",
+    )
+    stack = Stack(settings)
+    try:
+        ready = stack.start()
+        assert stack.infra.children == []  # no broker, no database started
+        assert ready.kafka_bootstrap == infra.kafka_bootstrap
+        assert ready.mongo_url == infra.mongo_url
+        assert ready.kafka_storage == "external"
+        for url in ready.services.values():
+            assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+        posted = httpx.post(
+            f"{ready.services['intake']}/v1/leads",
+            json={"email": f"{run}@example.com"},
+            headers={"X-API-Key": ready.admin_key},
+            timeout=10,
+        )
+        assert posted.status_code == 201, posted.text
+    finally:
+        stack.stop()
+    assert all(not service.child.alive() for service in stack.services)
