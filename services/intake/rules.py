@@ -85,3 +85,14 @@ def contact_keys(contact: Contact) -> list[tuple[str, str]]:
     if contact.email:
         keys.append(("email", contact.email))
     return keys
+
+
+def merge_contact(known: Contact, incoming: Contact) -> Contact:
+    """A repeat inquiry fills in what the known contact lacks; it never overwrites."""
+    return known.model_copy(
+        update={
+            field: value
+            for field, value in incoming.model_dump().items()
+            if value is not None and getattr(known, field) is None
+        }
+    )

@@ -14,7 +14,7 @@ from leadflow.chassis.store import (
     EventLedger,
     Session,
 )
-from services.intake.rules import contact_keys
+from services.intake.rules import contact_keys, merge_contact
 from shared.events import (
     Attribution,
     Consent,
@@ -112,14 +112,7 @@ class MongoIntakeStore:
         kind: Literal["phone", "email"] = "phone" if matched_on == "phone" else "email"
         existing = await self._leads.find_one({"_id": existing_id}, session=session)
         known = Contact.model_validate(existing["contact"]) if existing else lead.contact
-        # Fill in what the known contact lacks; never overwrite what a person confirmed.
-        merged = known.model_copy(
-            update={
-                field: value
-                for field, value in lead.contact.model_dump().items()
-                if value is not None and getattr(known, field) is None
-            }
-        )
+        merged = merge_contact(known, lead.contact)
         await self._leads.update_one(
             {"_id": existing_id},
             {

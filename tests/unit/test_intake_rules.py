@@ -7,6 +7,7 @@ import pytest
 from services.intake.rules import (
     FieldError,
     contact_keys,
+    merge_contact,
     normalise_contact,
     normalise_email,
     normalise_phone,
@@ -73,3 +74,11 @@ def test_phone_is_matched_before_email() -> None:
     both = Contact(phone="+14155550100", email="d@example.com")
     assert contact_keys(both) == [("phone", "+14155550100"), ("email", "d@example.com")]
     assert contact_keys(Contact(email="d@example.com")) == [("email", "d@example.com")]
+
+
+def test_a_repeat_inquiry_fills_gaps_but_never_overwrites() -> None:
+    known = Contact(name="Dana Kim", phone="+14155550100")
+    incoming = Contact(name="D. Kim", phone="+14155550100", email="d@example.com")
+    assert merge_contact(known, incoming) == Contact(
+        name="Dana Kim", phone="+14155550100", email="d@example.com"
+    )
