@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -24,6 +25,7 @@ from faststream.middlewares import AckPolicy
 from prometheus_client import Counter
 from pydantic import ValidationError
 
+from leadflow.chassis.store import DEPENDENCY_DOWN
 from shared.settings import ServiceSettings
 from shared.topics import ALL_TOPICS, EVENT_ON, dead_letter_topic, owned_by
 
@@ -86,16 +88,25 @@ class DeadLetters:
 
     A message that does not validate is parked at once (retrying cannot fix it). The
     parked copy goes to `<topic>.dlq` with the error in its headers, and the consumer
-    commits and carries on with the next message.
+    commits and carries on with the next message. While the service's database is
+    unreachable nothing is parked: the message waits, and is finally handed back to Kafka
+    uncommitted (redelivered), as it is when parking it fails.
     """
 
     def __init__(
-        self, service: str, *, max_attempts: int, backoff_s: float, publish: Publish
+        self,
+        service: str,
+        *,
+        max_attempts: int,
+        backoff_s: float,
+        publish: Publish,
+        outage_limit_s: float = 120.0,
     ) -> None:
         self.service = service
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.publish = publish
+        self.outage_limit_s = outage_limit_s
 
     def __call__(self, msg: Any, /, *, context: ContextRepo) -> _DeadLetterScope:
         return _DeadLetterScope(msg, context=context, policy=self)
@@ -113,10 +124,23 @@ class _DeadLetterScope(BaseMiddleware):
         topic: str = record.topic
         policy = self.policy
         attempt = 0
+        outage_started: float | None = None
         while True:
             attempt += 1
             try:
                 result = await call_next(msg)
+            except DEPENDENCY_DOWN as error:
+                # The database is unreachable: the event is not poison, so it is not parked.
+                # Wait for the database; past the limit, give the message back to Kafka
+                # (not committed: it is delivered again).
+                now = time.monotonic()
+                outage_started = outage_started or now
+                if now - outage_started > policy.outage_limit_s:
+                    raise
+                attempt -= 1
+                log.warning("database unreachable; event waits", topic=topic, error=repr(error))
+                await asyncio.sleep(min(policy.backoff_s * 2**attempt, 5.0) or 0.1)
+                continue
             except ValidationError as error:
                 reason = f"invalid event: {error.errors(include_url=False)}"
                 break
@@ -211,7 +235,9 @@ class KafkaRuntime:
             *topics,
             group_id=self.group_id,
             auto_offset_reset="earliest",
-            ack_policy=AckPolicy.ACK,
+            # Commit after handling; on an exception that escapes (database down too long,
+            # dead-letter topic unreachable) seek back so the message is delivered again.
+            ack_policy=AckPolicy.NACK_ON_ERROR,
             listener=membership,
             title=title,
         )

@@ -19,7 +19,7 @@ from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from shared.events import Event
 from shared.topics import topic_for
@@ -31,6 +31,7 @@ Database = AsyncDatabase[Document]
 T = TypeVar("T")
 
 __all__ = [
+    "DEPENDENCY_DOWN",
     "AlreadyHandled",
     "ApiKeyStore",
     "Collection",
@@ -44,6 +45,9 @@ __all__ = [
     "connect",
     "ping",
 ]
+
+# Errors that mean "the database is unreachable", not "this event cannot be handled".
+DEPENDENCY_DOWN: tuple[type[Exception], ...] = (ConnectionFailure,)
 
 PUBLISHED_RETENTION = timedelta(days=7)
 # Longer than any Kafka retention we configure: a redelivery can only come from the log.

@@ -13,6 +13,7 @@ from bson import ObjectId
 from fastapi import Depends, FastAPI
 from faststream.kafka import KafkaMessage, TestKafkaBroker
 from pydantic import Field
+from pymongo.errors import ConnectionFailure
 
 from leadflow.chassis.auth import Authenticator, Principal, Role, hash_key, issue_key, require
 from leadflow.chassis.kafka import KafkaRuntime
@@ -158,6 +159,35 @@ async def test_poison_messages_are_parked_and_the_consumer_carries_on() -> None:
     assert errors[2] == "RuntimeError: database on fire"
     assert [headers["x-dlq-attempts"] for _, headers in parked] == ["1", "1", "3"]
     assert parked[1][1]["x-dlq-original-topic"] == "assignment.lead-lost.v1"
+
+
+async def test_an_unreachable_database_makes_events_wait_instead_of_parking_them() -> None:
+    runtime = KafkaRuntime(
+        "test", ServiceSettings(consumer_max_attempts=1, consumer_retry_backoff_s=0)
+    )
+    outages = [ConnectionFailure("mongo is restarting")] * 3
+    handled: list[str] = []
+
+    @runtime.subscriber("intake.lead-received.v1")
+    async def on_event(event: LeadReceivedV1) -> None:
+        if outages:
+            raise outages.pop()
+        handled.append(event.lead_id)
+
+    parked: list[bytes] = []
+
+    @runtime.broker.subscriber("intake.lead-received.v1.dlq")
+    async def on_dead_letter(message: KafkaMessage) -> None:
+        parked.append(message.body)
+
+    async with TestKafkaBroker(runtime.broker) as broker:
+        await broker.publish(
+            lead_received("L1"),
+            "intake.lead-received.v1",
+            headers={"content-type": "application/json"},
+        )
+    assert handled == ["L1"]
+    assert parked == []
 
 
 # --- API keys -------------------------------------------------------------------------------
