@@ -36,7 +36,7 @@ HTTP_LATENCY = Histogram(
     "leadflow_http_request_seconds", "HTTP request latency", ["service", "method", "route"]
 )
 
-PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/asyncapi.json")
+KAFKA_STOP_TIMEOUT_S = 20.0
 
 
 class ServiceChassis:
@@ -99,9 +99,15 @@ class ServiceChassis:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self.kafka.close()
+            started = time.perf_counter()
+            try:
+                # In-flight events get the broker's graceful time; a broker that does not
+                # answer must not hold the process (uncommitted events are redelivered).
+                await asyncio.wait_for(self.kafka.close(), timeout=KAFKA_STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("kafka client did not stop in time", timeout_s=KAFKA_STOP_TIMEOUT_S)
             await self.mongo.close()
-            log.info("service stopped")
+            log.info("service stopped", kafka_stop_s=round(time.perf_counter() - started, 2))
 
     def build_app(
         self,
