@@ -30,7 +30,7 @@ from leadflow.chassis.auth import Role
 from leadflow.chassis.kafka import ensure_topics
 from leadflow.config import SERVICES, StackSettings
 from leadflow.keys import create_key, key_is_valid
-from leadflow.localinfra import ChildProcess, LocalInfra
+from leadflow.localinfra import ChildProcess, LocalInfra, port_open
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +46,10 @@ def service_settings(name: str) -> BaseSettings:
     module = __import__(f"services.{name}.settings", fromlist=["Settings"])
     settings: BaseSettings = module.Settings()
     return settings
+
+
+def _service_port(name: str) -> int:
+    return int(getattr(service_settings(name), "port"))  # noqa: B009
 
 
 @dataclass
@@ -94,6 +98,7 @@ class Stack:
 
     def start(self) -> StackReady:
         started = time.monotonic()
+        self._check_ports_free()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.infra.start(timeout_s=self.settings.startup_timeout_s)
         asyncio.run(self._prepare_kafka())
@@ -114,6 +119,23 @@ class Stack:
         self.ready = ready
         self._write_state(ready)
         return ready
+
+    def _check_ports_free(self) -> None:
+        """Say which port is taken and how to move it, before starting anything."""
+        wanted = {f"LEADFLOW_{name.upper()}_PORT": _service_port(name) for name in SERVICES}
+        if self.infra.start_kafka:
+            wanted["LEADFLOW_KAFKA_PORT"] = self.settings.kafka_port
+            if self.settings.persistent:
+                wanted["LEADFLOW_S3_PORT"] = self.settings.s3_port
+        if self.infra.start_mongo:
+            wanted["LEADFLOW_MONGO_PORT"] = self.settings.mongo_port
+        taken = [f"{port} ({variable})" for variable, port in wanted.items() if port_open(port)]
+        if taken:
+            raise RuntimeError(
+                "ports already in use: "
+                + ", ".join(taken)
+                + "; stop what uses them (another `leadflow up`?) or set those variables"
+            )
 
     async def _prepare_kafka(self) -> None:
         deadline = time.monotonic() + 30
@@ -150,7 +172,7 @@ class Stack:
             f"{prefix}IDENTITY_DATABASE": self.settings.identity_database,
             f"{prefix}TOPIC_PARTITIONS": str(self.settings.topic_partitions),
         }
-        port = int(getattr(service_settings(name), "port"))  # noqa: B009
+        port = _service_port(name)
         child = ChildProcess(
             name,
             [sys.executable, "-m", "leadflow", "service", name],
