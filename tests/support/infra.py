@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,16 +46,37 @@ def local_infra() -> Iterator[Infra]:
 
 @contextlib.contextmanager
 def container_infra() -> Iterator[Infra]:
+    """Apache Kafka (KRaft) and a single-node MongoDB replica set, without authentication
+    (a replica set with users would need a key file), reached on their mapped ports."""
+    from pymongo import MongoClient  # noqa: PLC0415
+    from testcontainers.core.container import DockerContainer  # noqa: PLC0415
+    from testcontainers.core.waiting_utils import wait_for_logs  # noqa: PLC0415
     from testcontainers.kafka import KafkaContainer  # noqa: PLC0415
-    from testcontainers.mongodb import MongoDbContainer  # noqa: PLC0415
 
+    mongo = DockerContainer("mongo:8.0").with_command("--replSet rs0 --bind_ip_all")
     with (
         KafkaContainer("confluentinc/cp-kafka:7.6.1").with_kraft() as kafka,
-        MongoDbContainer("mongo:8.0").with_command("--replSet rs0 --bind_ip_all") as mongo,
+        mongo.with_exposed_ports(27017) as running_mongo,
     ):
-        mongo.exec(
-            "mongosh --quiet --eval "
-            '\'rs.initiate({_id:"rs0",members:[{_id:0,host:"localhost:27017"}]})\''
+        wait_for_logs(running_mongo, "Waiting for connections", timeout=60)
+        running_mongo.exec(
+            [
+                "mongosh",
+                "--quiet",
+                "--eval",
+                "rs.initiate({_id: 'rs0', members: [{_id: 0, host: 'localhost:27017'}]})",
+            ]
         )
-        url = f"{mongo.get_connection_url()}/?directConnection=true"
+        host = running_mongo.get_container_host_ip()
+        port = running_mongo.get_exposed_port(27017)
+        url = f"mongodb://{host}:{port}/?directConnection=true"
+        client: MongoClient[dict[str, object]] = MongoClient(url)
+        try:
+            deadline = time.monotonic() + 60
+            while not client.admin.command("hello").get("isWritablePrimary"):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the MongoDB container never became primary")
+                time.sleep(0.5)
+        finally:
+            client.close()
         yield Infra("containers", kafka.get_bootstrap_server(), url)
