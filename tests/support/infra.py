@@ -49,9 +49,9 @@ def container_infra() -> Iterator[Infra]:
     """Apache Kafka (KRaft) and a single-node MongoDB replica set, without authentication
     (a replica set with users would need a key file), reached on their mapped ports."""
     from pymongo import MongoClient  # noqa: PLC0415
+    from testcontainers.community.kafka import KafkaContainer  # noqa: PLC0415
     from testcontainers.core.container import DockerContainer  # noqa: PLC0415
     from testcontainers.core.waiting_utils import wait_for_logs  # noqa: PLC0415
-    from testcontainers.kafka import KafkaContainer  # noqa: PLC0415
 
     mongo = DockerContainer("mongo:8.0").with_command("--replSet rs0 --bind_ip_all")
     with (
