@@ -117,7 +117,11 @@ class ServiceChassis:
         version: str,
         routers: Sequence[APIRouter],
         startup: Callable[[], Awaitable[None]],
+        store: object,
+        **state: object,
     ) -> FastAPI:
+        """The service's app. Routes reach `store`, the settings and any extra `state`
+        (e.g. a clock) through `from_state(...)`."""
         configure_logging(self.service, level=self.settings.log_level, json=self.settings.log_json)
 
         @contextlib.asynccontextmanager
@@ -128,6 +132,10 @@ class ServiceChassis:
         app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
         app.state.chassis = self
         app.state.authenticator = self.authenticator
+        app.state.settings = self.settings
+        app.state.store = store
+        for name, value in state.items():
+            setattr(app.state, name, value)
         app.include_router(self._operations_router(version))
         for router in routers:
             app.include_router(router)

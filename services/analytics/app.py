@@ -19,14 +19,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     chassis = ServiceChassis(SERVICE, settings)
     store = MongoAnalyticsStore(chassis.database, chassis.ledger)
     register_handlers(chassis.kafka, store, settings.report_timezone)
-    app = chassis.build_app(
+    return chassis.build_app(
         title="leadflow analytics",
         description="Records every lifecycle event once and serves the reports managers "
         "run the business on, as JSON or CSV.",
         version=__version__,
         routers=[api.router],
         startup=store.ensure_indexes,
+        store=store,
     )
-    app.state.store = store
-    app.state.settings = settings
-    return app

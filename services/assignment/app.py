@@ -21,15 +21,13 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
     chassis = ServiceChassis(SERVICE, settings)
     store = MongoAssignmentStore(chassis.database, chassis.ledger)
     register_handlers(chassis.kafka, store, clock)
-    app = chassis.build_app(
+    return chassis.build_app(
         title="leadflow assignment",
         description="Routes each lead to the right rep within seconds and runs the sales "
         "workflow: pools, reps, round robin, loss and return to pool.",
         version=__version__,
         routers=[api.router],
         startup=store.ensure_indexes,
+        store=store,
+        clock=clock,
     )
-    app.state.store = store
-    app.state.settings = settings
-    app.state.clock = clock
-    return app

@@ -17,14 +17,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     chassis = ServiceChassis(SERVICE, settings)
     store = MongoIntakeStore(chassis.database, chassis.ledger)
-    app = chassis.build_app(
+    return chassis.build_app(
         title="leadflow intake",
         description="Accepts leads from forms, ad platforms and front desks; normalises, "
         "de-duplicates and publishes them.",
         version=__version__,
         routers=[api.router],
         startup=store.ensure_indexes,
+        store=store,
     )
-    app.state.store = store
-    app.state.settings = settings
-    return app

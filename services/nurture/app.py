@@ -27,14 +27,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await store.ensure_indexes()
         await store.seed_sequences(DEFAULT_SEQUENCES, utc_now())
 
-    app = chassis.build_app(
+    return chassis.build_app(
         title="leadflow nurture",
         description="Email/SMS sequences for leads that are not ready to buy: enrollment on "
         "loss level 2/3 or by marketing, stopped when sales takes the lead again.",
         version=__version__,
         routers=[api.router],
         startup=startup,
+        store=store,
     )
-    app.state.store = store
-    app.state.settings = settings
-    return app
