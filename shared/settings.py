@@ -27,6 +27,22 @@ class ServiceSettings(BaseSettings):
     consumer_group: str = ""
     consumer_max_attempts: int = Field(default=3, ge=1)
     consumer_retry_backoff_s: float = Field(default=0.2, ge=0)
+    consumer_batch_max: int = Field(default=500, ge=1)
+    """Most events handled in one batch (one transaction)."""
+    consumer_batch_wait_ms: int = Field(default=20, ge=0)
+    """How long an idle consumer waits for records before polling again."""
+    consumer_fetch_max_wait_ms: int = Field(default=100, ge=0)
+    """How long the broker may hold a fetch open waiting for new records."""
+    producer_linger_ms: int = Field(default=2, ge=0)
+    """How long the producer gathers records into one request (fewer, larger writes)."""
+    topic_retention_hours: int = Field(default=168, ge=1)
+    """`retention.ms` of the topics a service creates; handled event ids are kept longer."""
     outbox_poll_interval_s: float = Field(default=0.5, gt=0)
-    outbox_batch_size: int = Field(default=200, ge=1)
+    outbox_batch_size: int = Field(default=1000, ge=1)
+    outbox_lease_s: float = Field(default=5.0, gt=0)
+    """The relay lease: another replica takes over within this long after its holder dies."""
+    outbox_audit_interval_s: float = Field(default=30.0, gt=0)
+    """How often the relay checks that Kafka still holds what it published."""
+    transaction_timeout_s: float = Field(default=15.0, gt=0)
+    """A transaction (with its retries) that takes longer fails, as if the database were down."""
     api_key_cache_ttl_s: float = Field(default=30.0, ge=0)

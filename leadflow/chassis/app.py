@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -21,9 +22,20 @@ from faststream.specification import AsyncAPI
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from leadflow.chassis.auth import Authenticator
+from leadflow.chassis.consumer import BatchPipeline, HandleBatch
+from leadflow.chassis.http import add_outage_handler
 from leadflow.chassis.kafka import KafkaRuntime
+from leadflow.chassis.lease import Lease
 from leadflow.chassis.outbox import OUTBOX_BACKLOG, OutboxRelay
-from leadflow.chassis.store import ApiKeyStore, EventLedger, PyMongoError, connect, ping
+from leadflow.chassis.store import (
+    ApiKeyStore,
+    EventLedger,
+    LeaseStore,
+    PyMongoError,
+    connect,
+    ping,
+)
+from shared.events import utc_now
 from shared.logging import configure_logging
 from shared.settings import ServiceSettings
 
@@ -37,31 +49,67 @@ HTTP_LATENCY = Histogram(
 )
 
 KAFKA_STOP_TIMEOUT_S = 20.0
+KAFKA_STARTUP_GRACE_S = 15.0
+"""A service that only publishes reports ready once Kafka is connected, or after this long
+(it then accepts work while Kafka is down: its outbox keeps it)."""
+HANDLED_MARGIN = timedelta(days=1)
 
 
 class ServiceChassis:
-    def __init__(self, service: str, settings: ServiceSettings) -> None:
+    def __init__(
+        self, service: str, settings: ServiceSettings, *, clock: Callable[[], datetime] = utc_now
+    ) -> None:
         self.service = service
         self.settings = settings
+        self.clock = clock
         self.mongo = connect(settings.mongo_url, app_name=f"leadflow-{service}")
         self.database = self.mongo[settings.database or f"leadflow_{service}"]
         self.kafka = KafkaRuntime(service, settings)
-        self.ledger = EventLedger(self.mongo, self.database, on_commit=self._on_commit)
+        self.ledger = EventLedger(
+            self.mongo,
+            self.database,
+            # Longer than the topics keep events: a replay can only bring back known ids.
+            handled_retention=timedelta(hours=settings.topic_retention_hours) + HANDLED_MARGIN,
+            transaction_timeout_s=settings.transaction_timeout_s,
+            clock=clock,
+            on_commit=self._on_commit,
+        )
+        self.leases = LeaseStore(self.database)
         self.relay = OutboxRelay(
             service,
             self.ledger,
-            self.kafka.publish_many,
+            self.kafka,
+            Lease(self.leases, "outbox-relay", ttl_s=settings.outbox_lease_s, clock=clock),
             poll_interval_s=settings.outbox_poll_interval_s,
             batch_size=settings.outbox_batch_size,
+            audit_interval_s=settings.outbox_audit_interval_s,
+            clock=clock,
         )
         self.authenticator = Authenticator(
             ApiKeyStore(self.mongo[settings.identity_database]),
             ttl_s=settings.api_key_cache_ttl_s,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._started_at = time.monotonic()
 
     def _on_commit(self) -> None:
         self.relay.nudge()
+
+    def consume(
+        self, topics: Sequence[str], events: Any, handle: HandleBatch, *, title: str
+    ) -> BatchPipeline:
+        """Feed batches of the events on `topics` to `handle` (see `leadflow.chassis.consumer`)."""
+        return self.kafka.consume(
+            topics,
+            events,
+            handle,
+            title=title,
+            pipeline_options={
+                "dependencies_up": lambda: ping(self.mongo),
+                "handled_retention": self.ledger.handled_retention,
+                "clock": self.clock,
+            },
+        )
 
     def asyncapi(self, version: str) -> AsyncAPI:
         return AsyncAPI(
@@ -79,11 +127,20 @@ class ServiceChassis:
         """
         checks = {"mongodb": await ping(self.mongo)}
         checks.update(await self.kafka.ready())
-        needed = checks if self.kafka.memberships else {"mongodb": checks["mongodb"]}
+        if self.kafka.consumes:
+            needed = checks
+        else:
+            # Ready once Kafka is connected (so the first lead is not kept waiting), or
+            # after a grace period: from then on Kafka being down does not stop intake.
+            connected_or_late = self.kafka.connected.is_set() or (
+                time.monotonic() - self._started_at > KAFKA_STARTUP_GRACE_S
+            )
+            needed = {"mongodb": checks["mongodb"], "kafka_connected": connected_or_late}
         return all(needed.values()), checks
 
     @contextlib.asynccontextmanager
     async def lifespan(self, startup: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+        self._started_at = time.monotonic()
         await self.ledger.ensure_indexes()
         await startup()
         # HTTP serves at once (intake accepts leads while Kafka is down); the broker
@@ -99,6 +156,8 @@ class ServiceChassis:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            with contextlib.suppress(PyMongoError):  # otherwise it lapses within its ttl
+                await self.relay.stop()
             started = time.perf_counter()
             try:
                 # In-flight events get the broker's graceful time; a broker that does not
@@ -130,9 +189,11 @@ class ServiceChassis:
                 yield
 
         app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+        add_outage_handler(app)
         app.state.chassis = self
         app.state.authenticator = self.authenticator
         app.state.settings = self.settings
+        app.state.clock = self.clock
         app.state.store = store
         for name, value in state.items():
             setattr(app.state, name, value)

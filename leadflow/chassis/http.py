@@ -5,9 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fastapi import HTTPException, Request, status
+import structlog
+from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.responses import JSONResponse
+from pymongo.errors import ConnectionFailure, ExecutionTimeout, WTimeoutError
+
+log = structlog.get_logger(__name__)
 
 Location = Sequence[str | int]
+
+RETRY_AFTER_S = 5
+# The database is unreachable or too slow to answer in time: a temporary state.
+_OUTAGES = (ConnectionFailure, ExecutionTimeout, WTimeoutError)
 
 
 def from_state(attribute: str) -> Callable[[Request], Any]:
@@ -31,3 +40,23 @@ def unprocessable(*problems: tuple[Location, str]) -> HTTPException:
             {"loc": list(loc), "msg": reason, "type": "value_error"} for loc, reason in problems
         ],
     )
+
+
+def add_outage_handler(app: FastAPI) -> None:
+    """Answer 503 with `Retry-After` while the database is unreachable, never a bare 500."""
+
+    async def service_unavailable(request: Request, error: Exception) -> JSONResponse:
+        log.warning(
+            "database unreachable; request refused",
+            method=request.method,
+            path=request.url.path,
+            error=repr(error),
+        )
+        return JSONResponse(
+            {"detail": "the database is unreachable; nothing was stored, try again shortly"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    for outage in _OUTAGES:
+        app.add_exception_handler(outage, service_unavailable)

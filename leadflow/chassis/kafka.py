@@ -1,52 +1,59 @@
-"""Kafka plumbing every service needs: the broker, topics, dead letters, readiness.
+"""Kafka plumbing every service needs: the broker, topics, the batch consumer, log checks.
 
 Consumers start new groups from `earliest` (a new group would otherwise skip what was
 published before its first partition assignment) and commit after handling, so a crash
 re-delivers; handlers are idempotent on `event_id`, which makes re-delivery harmless.
+
+A broker that loses part of its log (the local one can, when it is killed) is handled on
+both sides: the outbox relay publishes again what the log lost (`lost_from`), and a
+consumer whose group position lies beyond what the log holds starts its partition again
+from the beginning (`rewound`), so the events published again are not skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import timedelta
 from typing import Any
 
 import structlog
-from aiokafka import ConsumerRebalanceListener
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from faststream import BaseMiddleware, ContextRepo
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError, TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
-from faststream.message import StreamMessage
 from faststream.middlewares import AckPolicy
-from prometheus_client import Counter
-from pydantic import ValidationError
+from pydantic import TypeAdapter
 
-from leadflow.chassis.store import DEPENDENCY_DOWN
+from leadflow.chassis.consumer import BatchPipeline, GroupMembership, HandleBatch, Record
+from leadflow.chassis.store import LogPosition
+from shared.events import Event
 from shared.settings import ServiceSettings
 from shared.topics import ALL_TOPICS, EVENT_ON, dead_letter_topic, owned_by
 
 log = structlog.get_logger(__name__)
 
-EVENTS_CONSUMED = Counter(
-    "leadflow_events_consumed_total",
-    "Events taken off Kafka, by outcome (handled, dead_lettered)",
-    ["service", "topic", "outcome"],
-)
+Message = tuple[str, bytes, bytes | None, dict[str, str]]
 
 
 async def ensure_topics(
-    bootstrap: str, partitions: int, topics: Iterable[str] = ALL_TOPICS
+    bootstrap: str,
+    partitions: int,
+    topics: Iterable[str] = ALL_TOPICS,
+    *,
+    retention: timedelta = timedelta(days=7),
 ) -> list[str]:
-    """Create every topic and its dead-letter topic with `partitions` partitions.
+    """Create every topic and its dead-letter topic with `partitions` partitions and an
+    explicit `retention.ms`.
 
     Producing to a missing topic would auto-create it with the broker's defaults, so topics
     are made explicitly first. Returns the topics that were newly created.
     """
     wanted = [name for topic in topics for name in (topic, dead_letter_topic(topic))]
+    config = {"retention.ms": str(int(retention.total_seconds() * 1000))}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     await admin.start()
     try:
@@ -55,7 +62,12 @@ async def ensure_topics(
         if missing:
             try:
                 await admin.create_topics(
-                    [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
+                    [
+                        NewTopic(
+                            t, num_partitions=partitions, replication_factor=1, topic_configs=config
+                        )
+                        for t in missing
+                    ]
                 )
             except TopicAlreadyExistsError:
                 # Another service created some of them first; that is the outcome we want.
@@ -65,145 +77,31 @@ async def ensure_topics(
         await admin.close()
 
 
-class GroupMembership(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Remembers whether a consumer has joined its group (its first assignment is done)."""
-
-    def __init__(self) -> None:
-        self.joined = asyncio.Event()
-        self.partitions: set[Any] = set()
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        self.partitions -= set(revoked)
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        self.partitions |= set(assigned)
-        self.joined.set()
-
-
-Publish = Callable[[str, bytes, bytes | None, dict[str, str]], Awaitable[None]]
-
-
-class DeadLetters:
-    """Middleware: retry a failing message a bounded number of times, then park it.
-
-    A message that does not validate is parked at once (retrying cannot fix it). The
-    parked copy goes to `<topic>.dlq` with the error in its headers, and the consumer
-    commits and carries on with the next message. While the service's database is
-    unreachable nothing is parked: the message waits, and is finally handed back to Kafka
-    uncommitted (redelivered), as it is when parking it fails.
-    """
-
-    def __init__(
-        self,
-        service: str,
-        *,
-        max_attempts: int,
-        backoff_s: float,
-        publish: Publish,
-        outage_limit_s: float = 120.0,
-    ) -> None:
-        self.service = service
-        self.max_attempts = max_attempts
-        self.backoff_s = backoff_s
-        self.publish = publish
-        self.outage_limit_s = outage_limit_s
-
-    def __call__(self, msg: Any, /, *, context: ContextRepo) -> _DeadLetterScope:
-        return _DeadLetterScope(msg, context=context, policy=self)
-
-
-class _DeadLetterScope(BaseMiddleware):
-    def __init__(self, msg: Any, /, *, context: ContextRepo, policy: DeadLetters) -> None:
-        super().__init__(msg, context=context)
-        self.policy = policy
-
-    async def consume_scope(
-        self, call_next: Callable[[StreamMessage[Any]], Awaitable[Any]], msg: StreamMessage[Any]
-    ) -> Any:
-        record = msg.raw_message
-        topic: str = record.topic
-        policy = self.policy
-        attempt = 0
-        outage_started: float | None = None
-        while True:
-            attempt += 1
-            try:
-                result = await call_next(msg)
-            except DEPENDENCY_DOWN as error:
-                # The database is unreachable: the event is not poison, so it is not parked.
-                # Wait for the database; past the limit, give the message back to Kafka
-                # (not committed: it is delivered again).
-                now = time.monotonic()
-                outage_started = outage_started or now
-                if now - outage_started > policy.outage_limit_s:
-                    raise
-                attempt -= 1
-                log.warning("database unreachable; event waits", topic=topic, error=repr(error))
-                await asyncio.sleep(min(policy.backoff_s * 2**attempt, 5.0) or 0.1)
-                continue
-            except ValidationError as error:
-                reason = f"invalid event: {error.errors(include_url=False)}"
-                break
-            except json.JSONDecodeError as error:
-                reason = f"not JSON: {error}"
-                break
-            except Exception as error:  # noqa: BLE001 - any handler failure is retried, then parked
-                reason = f"{type(error).__name__}: {error}"
-                log.warning(
-                    "event handling failed",
-                    topic=topic,
-                    offset=record.offset,
-                    attempt=attempt,
-                    error=reason,
-                )
-                if attempt >= policy.max_attempts:
-                    break
-                await asyncio.sleep(policy.backoff_s * 2 ** (attempt - 1))
-            else:
-                EVENTS_CONSUMED.labels(policy.service, topic, "handled").inc()
-                return result
-        headers = {
-            "x-dlq-error": reason[:4000],
-            "x-dlq-original-topic": topic,
-            "x-dlq-partition": str(record.partition),
-            "x-dlq-offset": str(record.offset),
-            "x-dlq-attempts": str(attempt),
-            "x-dlq-service": policy.service,
-        }
-        await policy.publish(dead_letter_topic(topic), record.value, record.key, headers)
-        EVENTS_CONSUMED.labels(policy.service, topic, "dead_lettered").inc()
-        log.error(
-            "event parked on dead-letter topic", topic=topic, offset=record.offset, error=reason
-        )
-        return None
-
-
 class KafkaRuntime:
-    """One service's broker, its subscribers' group membership and topic set-up."""
+    """One service's broker, its batch consumer, topic set-up and log checks."""
 
     def __init__(self, service: str, settings: ServiceSettings) -> None:
         self.service = service
         self.settings = settings
         self.group_id = settings.consumer_group or f"leadflow-{service}"
-        self.memberships: list[GroupMembership] = []
+        self.membership: GroupMembership | None = None
+        self.pipeline: BatchPipeline | None = None
         self.connected = asyncio.Event()
-        dead_letters = DeadLetters(
-            service,
-            max_attempts=settings.consumer_max_attempts,
-            backoff_s=settings.consumer_retry_backoff_s,
-            publish=self.publish,
-        )
         self.broker = KafkaBroker(
             settings.kafka_bootstrap,
             client_id=f"leadflow-{service}",
             acks="all",
             enable_idempotence=False,  # fails on the local broker; consumers de-duplicate
-            middlewares=[dead_letters],
+            linger_ms=settings.producer_linger_ms,
+            # The chassis parses each record itself (see `consume`); faststream only
+            # delivers the raw batch and documents the payload from the annotation.
+            apply_types=False,
             graceful_timeout=10.0,
             logger=logging.getLogger(f"leadflow.{service}.kafka"),
             log_level=logging.DEBUG,
             description=f"leadflow {service} service",
         )
+        self._subscriber: Any = None
         self._document_publications()
 
     def _document_publications(self) -> None:
@@ -219,51 +117,158 @@ class KafkaRuntime:
                 description=(EVENT_ON[topic].__doc__ or "").strip() or None,
             )
 
-    def subscriber(
-        self, *topics: str, title: str | None = None
-    ) -> Callable[[Callable[..., Awaitable[None]]], object]:
-        """Subscribe this service's consumer group to `topics` (decorator).
+    def consume(
+        self,
+        topics: Sequence[str],
+        events: Any,
+        handle: HandleBatch,
+        *,
+        title: str,
+        pipeline_options: dict[str, Any],
+    ) -> BatchPipeline:
+        """Subscribe this service's consumer group to `topics`, in batches, once per service.
 
-        Call it once per service, with every topic the service consumes, and type the
-        handler's argument as a union of the events discriminated by `event_type`: each
-        subscriber is its own group member, and on a new group each one's first partition
-        assignment takes seconds, one after another.
+        `events` is the type of what the topics carry (a union discriminated by
+        `event_type`); each record is validated against it on its own. One subscriber per
+        service: each is its own group member, and on a new group each member's first
+        partition assignment takes seconds, one after another.
         """
+        if self.pipeline is not None:
+            raise RuntimeError(f"{self.service} already consumes; use one subscriber")
+        adapter: TypeAdapter[Event] = TypeAdapter(events)
+        pipeline = BatchPipeline(
+            self.service,
+            parse=adapter.validate_json,
+            handle=handle,
+            publish=self.publish,
+            max_attempts=self.settings.consumer_max_attempts,
+            backoff_s=self.settings.consumer_retry_backoff_s,
+            **pipeline_options,
+        )
         membership = GroupMembership()
-        self.memberships.append(membership)
-        subscriber: Callable[[Callable[..., Awaitable[None]]], object] = self.broker.subscriber(
+        membership.on_assigned = self._on_assigned
+        subscriber = self.broker.subscriber(
             *topics,
             group_id=self.group_id,
+            batch=True,
+            max_records=self.settings.consumer_batch_max,
+            batch_timeout_ms=self.settings.consumer_batch_wait_ms,
             auto_offset_reset="earliest",
-            # Commit after handling; on an exception that escapes (database down too long,
-            # dead-letter topic unreachable) seek back so the message is delivered again.
-            ack_policy=AckPolicy.NACK_ON_ERROR,
+            fetch_max_wait_ms=self.settings.consumer_fetch_max_wait_ms,
+            ack_policy=AckPolicy.MANUAL,  # the pipeline commits or hands the batch back
             listener=membership,
+            decoder=_raw_records,
             title=title,
         )
-        return subscriber
+
+        async def on_batch(records: tuple[Record, ...]) -> None:
+            consumer: AIOKafkaConsumer | None = subscriber.consumer
+            if consumer is None:
+                raise RuntimeError("a batch arrived on a subscriber that is not started")
+            await pipeline.consume(records, consumer)
+
+        # faststream documents the payload (AsyncAPI) from this annotation.
+        on_batch.__annotations__["records"] = list[events]
+        subscriber(on_batch)
+        self._subscriber = subscriber
+        self.membership = membership
+        self.pipeline = pipeline
+        return pipeline
+
+    async def _on_assigned(self, partitions: set[Any]) -> None:
+        consumer = self._subscriber.consumer if self._subscriber is not None else None
+        if consumer is None or self.pipeline is None:
+            return
+        self.pipeline.keep_paused(consumer, partitions)
+        try:
+            rewound = await self.rewound(consumer, partitions)
+        except KafkaError as error:
+            log.warning("could not check the log behind assigned partitions", error=repr(error))
+            return
+        for partition in rewound:
+            log.warning(
+                "the log is shorter than this group's position: reading the partition again "
+                "from its start (handled events are recognised)",
+                topic=partition.topic,
+                partition=partition.partition,
+            )
+        if rewound:
+            await consumer.seek_to_beginning(*rewound)
+
+    async def rewound(
+        self, consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition]
+    ) -> list[TopicPartition]:
+        """Partitions whose committed position points past the last record the log holds."""
+        positions: list[LogPosition] = []
+        for partition in partitions:
+            committed = await consumer.committed(partition)
+            if committed:
+                positions.append(LogPosition(partition.topic, partition.partition, committed - 1))
+        missing = await self.lost_from(positions)
+        return [TopicPartition(p.topic, p.partition) for p in missing]
 
     async def publish(
         self, topic: str, payload: bytes, key: bytes | None, headers: dict[str, str]
     ) -> None:
         await self.broker.publish(payload, topic, key=key, headers=headers)
 
-    async def publish_many(
-        self, messages: list[tuple[str, bytes, bytes | None, dict[str, str]]]
-    ) -> None:
-        """Publish in order without waiting for each acknowledgement, then wait for all."""
+    async def publish_batch(self, messages: Sequence[Message]) -> list[LogPosition | None]:
+        """Publish in order without waiting for each acknowledgement, then wait for all;
+        returns where each message went."""
         pending = [
             await self.broker.publish(payload, topic, key=key, headers=headers, no_confirm=True)
             for topic, payload, key, headers in messages
         ]
-        await asyncio.gather(*pending)
+        acknowledged = await asyncio.gather(*pending)
+        return [
+            LogPosition(meta.topic, meta.partition, meta.offset)
+            if getattr(meta, "offset", None) is not None
+            else None
+            for meta in acknowledged
+        ]
+
+    async def lost_from(
+        self, furthest: Sequence[LogPosition], *, timeout_s: float = 5.0
+    ) -> list[LogPosition]:
+        """Of `furthest` (a record known to have been in the log, per partition), the
+        partitions where it is gone, each with the first offset that may be missing.
+
+        The record is fetched back: present, or gone (out of range, or nothing there in
+        `timeout_s`). The broker's reported log end is not enough on its own: the local
+        broker reports the start of the last record batch, not the end of the log.
+        """
+        if not furthest:
+            return []
+        probe = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="none",
+            client_id=f"leadflow-{self.service}-log-check-{uuid.uuid4().hex[:6]}",
+            fetch_max_wait_ms=200,
+        )
+        await probe.start()
+        try:
+            wanted = {TopicPartition(p.topic, p.partition): p.offset for p in furthest}
+            present = await _fetch_present(probe, wanted, timeout_s)
+            gone = [tp for tp in wanted if tp not in present]
+            if not gone:
+                return []
+            ends = await probe.end_offsets(gone)
+            return [
+                LogPosition(tp.topic, tp.partition, max(0, min(wanted[tp], ends[tp] - 1)))
+                for tp in gone
+            ]
+        finally:
+            await probe.stop()
 
     async def connect(self, *, retry_s: float = 1.0) -> None:
         """Create topics and start the broker, retrying until Kafka answers."""
         while True:
             try:
                 created = await ensure_topics(
-                    self.settings.kafka_bootstrap, self.settings.topic_partitions
+                    self.settings.kafka_bootstrap,
+                    self.settings.topic_partitions,
+                    retention=timedelta(hours=self.settings.topic_retention_hours),
                 )
                 if created:
                     log.info("created topics", count=len(created))
@@ -278,11 +283,46 @@ class KafkaRuntime:
                 return
 
     async def close(self) -> None:
+        if self.pipeline is not None:
+            await self.pipeline.stop()
         await self.broker.stop()
 
     async def ready(self) -> dict[str, bool]:
         if not self.connected.is_set():
-            return {"kafka": False, "consumer_groups": False}
+            return {"kafka": False, "consumer_group": False}
         reachable = await self.broker.ping(timeout=2.0)
-        joined = all(m.joined.is_set() for m in self.memberships)
-        return {"kafka": reachable, "consumer_groups": joined}
+        joined = self.membership is None or self.membership.joined.is_set()
+        return {"kafka": reachable, "consumer_group": joined}
+
+    @property
+    def consumes(self) -> bool:
+        return self.membership is not None
+
+
+async def _raw_records(message: Any, _: Callable[..., Awaitable[Any]]) -> Any:
+    """faststream decoder: hand the batch's records over untouched."""
+    return message.raw_message
+
+
+async def _fetch_present(
+    probe: AIOKafkaConsumer, wanted: dict[TopicPartition, int], timeout_s: float
+) -> set[TopicPartition]:
+    """The partitions whose record at the wanted offset can be read back."""
+    probe.assign(list(wanted))
+    for partition, offset in wanted.items():
+        probe.seek(partition, offset)
+    present: set[TopicPartition] = set()
+    waiting = set(wanted)
+    deadline = time.monotonic() + timeout_s
+    while waiting and time.monotonic() < deadline:
+        try:
+            batches = await probe.getmany(*waiting, timeout_ms=200, max_records=len(waiting) * 50)
+        except OffsetOutOfRangeError as error:
+            # The wanted offset lies beyond the log: those partitions lost it.
+            waiting -= set(error.args[0]) if error.args else set()
+            continue
+        for partition, records in batches.items():
+            if any(record.offset == wanted[partition] for record in records):
+                present.add(partition)
+            waiting.discard(partition)
+    return present

@@ -1,24 +1,37 @@
-"""Relays the transactional outbox to Kafka.
+"""Relays the transactional outbox to Kafka: one relay per service, in commit order, in batches.
 
 A use case commits its change and the events it implies in one MongoDB transaction; this
-relay publishes those events afterwards, in commit order, and marks them published. If
-Kafka is down the events wait in the outbox and go out when it is back: an accepted lead is
-never lost. A crash between publishing and marking re-publishes a few events, which
-consumers ignore because they de-duplicate on `event_id`.
+relay publishes those events afterwards and marks them published. If Kafka is down they
+wait in the outbox and go out, in bulk, when it is back: an accepted lead is never lost.
+
+- **One relay per service.** Every replica runs a relay, but only the holder of the
+  service's `outbox-relay` lease publishes; when it dies another takes over within seconds.
+- **Commit order.** Records are published by their per-service sequence number, taken in
+  the committing transaction (see `EventLedger`).
+- **A log that lost records is refilled.** Kafka's acknowledgement says where each record
+  went; the relay remembers the furthest offset per partition and checks, after a failure,
+  on taking the lease and every `audit_interval_s`, that the record there is still
+  readable. If the log went backwards (a broker that lost data), everything from the lost
+  offset on is published again; consumers drop the copies they already handled.
+
+A crash between publishing and marking re-publishes a few events, which consumers ignore
+because they de-duplicate on `event_id`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Protocol
 
 import structlog
 from prometheus_client import Counter, Gauge
 
-from leadflow.chassis.store import OutboxRecord
+from leadflow.chassis.lease import Lease
+from leadflow.chassis.store import LogPosition, OutboxRecord
 
 log = structlog.get_logger(__name__)
 
@@ -30,20 +43,41 @@ OUTBOX_FAILURES = Counter(
     "Relay rounds that failed (Kafka or MongoDB down)",
     ["service"],
 )
+OUTBOX_REPUBLISHED = Counter(
+    "leadflow_outbox_republished_total",
+    "Events queued again because the Kafka log lost them",
+    ["service"],
+)
 OUTBOX_BACKLOG = Gauge(
     "leadflow_outbox_backlog", "Events committed but not yet published", ["service"]
 )
 
+Message = tuple[str, bytes, bytes | None, dict[str, str]]
+
 
 class Outbox(Protocol):
     async def pending(self, limit: int) -> list[OutboxRecord]: ...
-    async def mark_published(self, record_ids: Sequence[object], now: datetime) -> None: ...
+    async def mark_published(
+        self, published: Sequence[tuple[OutboxRecord, LogPosition | None]], now: datetime
+    ) -> None: ...
+    async def log_positions(self) -> list[LogPosition]: ...
+    async def republish_from(self, topic: str, partition: int, offset: int) -> int: ...
 
 
-PublishBatch = Callable[[list[tuple[str, bytes, bytes | None, dict[str, str]]]], Awaitable[None]]
+class EventLog(Protocol):
+    """The Kafka side of the relay."""
+
+    async def publish_batch(self, messages: Sequence[Message]) -> list[LogPosition | None]:
+        """Publish in order; where each message went (None if the broker did not say)."""
+        ...
+
+    async def lost_from(self, furthest: Sequence[LogPosition]) -> list[LogPosition]:
+        """For each partition whose furthest published record is gone, the first offset
+        that is missing (everything from there on must be published again)."""
+        ...
 
 
-def as_message(record: OutboxRecord) -> tuple[str, bytes, bytes | None, dict[str, str]]:
+def as_message(record: OutboxRecord) -> Message:
     headers = {
         "content-type": "application/json",
         "event-type": record.event_type,
@@ -56,36 +90,69 @@ class OutboxRelay:
     def __init__(
         self,
         service: str,
-        ledger: Outbox,
-        publish_batch: PublishBatch,
+        outbox: Outbox,
+        event_log: EventLog,
+        lease: Lease,
         *,
         poll_interval_s: float,
         batch_size: int,
-        max_backoff_s: float = 5.0,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        audit_interval_s: float = 30.0,
+        max_backoff_s: float = 2.0,
+        clock: Callable[[], datetime],
     ) -> None:
         self._service = service
-        self._ledger = ledger
-        self._publish_batch = publish_batch
+        self._outbox = outbox
+        self._log = event_log
+        self._lease = lease
         self._poll_interval_s = poll_interval_s
         self._batch_size = batch_size
+        self._audit_interval_s = audit_interval_s
         self._max_backoff_s = max_backoff_s
         self._clock = clock
         self._wake = asyncio.Event()
+        self._next_audit = 0.0  # audit as soon as the lease is first held
+
+    @property
+    def lease(self) -> Lease:
+        return self._lease
 
     def nudge(self) -> None:
         """Something was committed: relay now rather than at the next poll."""
         self._wake.set()
 
+    def audit_soon(self) -> None:
+        """The broker may have restarted: check its log before the next batch."""
+        self._next_audit = 0.0
+        self._wake.set()
+
     async def relay_once(self) -> int:
         """Publish one batch of pending events; returns how many went out."""
-        records = await self._ledger.pending(self._batch_size)
-        if not records:
+        records = await self._outbox.pending(self._batch_size)
+        if not records or not self._lease.held():
             return 0
-        await self._publish_batch([as_message(r) for r in records])
-        await self._ledger.mark_published([r.record_id for r in records], self._clock())
+        positions = await self._log.publish_batch([as_message(r) for r in records])
+        await self._outbox.mark_published(list(zip(records, positions, strict=True)), self._clock())
         OUTBOX_PUBLISHED.labels(self._service).inc(len(records))
         return len(records)
+
+    async def audit_log(self) -> int:
+        """Queue again whatever the log lost; returns how many events will be republished."""
+        lost = await self._log.lost_from(await self._outbox.log_positions())
+        queued = 0
+        for position in lost:
+            count = await self._outbox.republish_from(
+                position.topic, position.partition, position.offset
+            )
+            log.warning(
+                "kafka log lost published events; publishing them again",
+                topic=position.topic,
+                partition=position.partition,
+                from_offset=position.offset,
+                events=count,
+            )
+            queued += count
+        OUTBOX_REPUBLISHED.labels(self._service).inc(queued)
+        return queued
 
     async def run(self, ready: asyncio.Event) -> None:
         await ready.wait()
@@ -93,6 +160,13 @@ class OutboxRelay:
         while True:
             self._wake.clear()
             try:
+                if not await self._lease.hold():
+                    # Another replica relays; be ready to take over when its lease lapses.
+                    await self._idle(self._lease.ttl_s / 3)
+                    continue
+                if time.monotonic() >= self._next_audit:
+                    await self.audit_log()
+                    self._next_audit = time.monotonic() + self._audit_interval_s
                 published = await self.relay_once()
             except asyncio.CancelledError:
                 raise
@@ -103,6 +177,7 @@ class OutboxRelay:
                     error=repr(error),
                     retry_in_s=backoff_s,
                 )
+                self._next_audit = 0.0  # Kafka may come back with a shorter log
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, self._max_backoff_s)
                 continue
@@ -110,5 +185,12 @@ class OutboxRelay:
             if published == self._batch_size:
                 continue  # more are waiting
             # Poll as well: another replica's commits do not wake this one.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
+            await self._idle(self._poll_interval_s)
+
+    async def _idle(self, timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=timeout_s)
+
+    async def stop(self) -> None:
+        """Hand the lease over at once (the task itself is cancelled by its owner)."""
+        await self._lease.release()

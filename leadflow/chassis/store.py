@@ -1,25 +1,36 @@
-"""MongoDB plumbing every service needs: client, transactional outbox, inbox, API keys.
+"""MongoDB plumbing every service needs: client, transactional outbox, inbox, leases, API keys.
 
 The only chassis module that imports the driver. A service's own `store.py` builds its
-collections on the client made here and commits its changes through `EventLedger.commit`,
-which writes the change, the events it implies (outbox) and the consumed event's id (inbox)
-in one transaction: the change and its events are saved together or not at all, and a
-redelivered event changes nothing.
+collections on the client made here and commits through `EventLedger`:
+
+- `commit(work)` runs a change and stores the events it implies (outbox) in one transaction;
+- `commit_batch(events, work)` does the same for a batch of consumed events: one inbox query
+  drops the ones handled before, `work` sees only the fresh ones, and their ids are recorded
+  in the same transaction, so a redelivered or replayed event changes nothing.
+
+Outbox records carry a per-service sequence number taken in the committing transaction, so
+the relay publishes in commit order whichever replica committed them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from bson import ObjectId
-from pymongo import ASCENDING, AsyncMongoClient
+import pymongo
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import (
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    PyMongoError,
+    WTimeoutError,
+)
 
 from shared.events import Event
 from shared.topics import topic_for
@@ -29,16 +40,18 @@ Session = AsyncClientSession
 Collection = AsyncCollection[Document]
 Database = AsyncDatabase[Document]
 T = TypeVar("T")
+E = TypeVar("E", bound=Event)
 
 __all__ = [
     "DEPENDENCY_DOWN",
-    "AlreadyHandled",
     "ApiKeyStore",
     "Collection",
     "Database",
     "Document",
     "DuplicateKeyError",
     "EventLedger",
+    "LeaseStore",
+    "LogPosition",
     "OutboxRecord",
     "PyMongoError",
     "Session",
@@ -46,16 +59,11 @@ __all__ = [
     "ping",
 ]
 
-# Errors that mean "the database is unreachable", not "this event cannot be handled".
-DEPENDENCY_DOWN: tuple[type[Exception], ...] = (ConnectionFailure,)
+# Errors that mean "the database is unreachable", not "this request or event is wrong".
+DEPENDENCY_DOWN: tuple[type[Exception], ...] = (ConnectionFailure, ExecutionTimeout, WTimeoutError)
 
 PUBLISHED_RETENTION = timedelta(days=7)
-# Longer than any Kafka retention we configure: a redelivery can only come from the log.
-HANDLED_RETENTION = timedelta(days=30)
-
-
-class AlreadyHandled(Exception):  # noqa: N818 - a fact, not a failure
-    """The consumed event was handled before; nothing was changed."""
+"""How long a published outbox record is kept: the window a lost Kafka log is refilled from."""
 
 
 def connect(url: str, *, app_name: str) -> AsyncMongoClient[Document]:
@@ -78,15 +86,26 @@ async def ping(client: AsyncMongoClient[Document]) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class OutboxRecord:
-    record_id: ObjectId
+    record_id: object
     topic: str
     key: str
     event_id: str
     event_type: str
     payload: bytes
+    sequence: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LogPosition:
+    """Where Kafka put a published record: its partition and offset."""
+
+    topic: str
+    partition: int
+    offset: int
 
 
 Work = Callable[[Session], Awaitable[tuple[T, Sequence[Event]]]]
+BatchWork = Callable[[Session, list[E]], Awaitable[tuple[T, Sequence[Event]]]]
 
 
 class EventLedger:
@@ -97,15 +116,34 @@ class EventLedger:
         client: AsyncMongoClient[Document],
         database: Database,
         *,
+        handled_retention: timedelta,
+        clock: Callable[[], datetime],
+        transaction_timeout_s: float = 15.0,
         on_commit: Callable[[], None] = lambda: None,
     ) -> None:
         self._client = client
+        self._transaction_timeout_s = transaction_timeout_s
         self._outbox: Collection = database["outbox"]
+        self._sequence: Collection = database["outbox_sequence"]
+        self._positions: Collection = database["outbox_log_positions"]
         self._inbox: Collection = database["inbox"]
+        self._handled_retention = handled_retention
+        self._clock = clock
         self._on_commit = on_commit
 
+    @property
+    def handled_retention(self) -> timedelta:
+        """How long a handled event id is remembered (longer than any topic's retention)."""
+        return self._handled_retention
+
     async def ensure_indexes(self) -> None:
-        await self._outbox.create_index([("published_at", ASCENDING), ("_id", ASCENDING)])
+        await self._outbox.create_index(
+            [("published_at", ASCENDING), ("sequence", ASCENDING)], name="pending_in_order"
+        )
+        await self._outbox.create_index(
+            [("topic", ASCENDING), ("partition", ASCENDING), ("offset", ASCENDING)],
+            name="log_position",
+        )
         await self._outbox.create_index(
             "published_at",
             name="published_ttl",
@@ -114,55 +152,85 @@ class EventLedger:
         await self._inbox.create_index(
             "handled_at",
             name="handled_ttl",
-            expireAfterSeconds=int(HANDLED_RETENTION.total_seconds()),
+            expireAfterSeconds=int(self._handled_retention.total_seconds()),
         )
 
-    async def commit(self, work: Work[T], *, consumed: Event | None = None) -> T:
-        """Run `work` in a transaction and store the events it returns in the outbox.
-
-        With `consumed`, the event's id is recorded in the same transaction; if it was
-        recorded before, raises `AlreadyHandled` and changes nothing.
-        """
+    async def commit(self, work: Work[T]) -> T:
+        """Run `work` in a transaction and store the events it returns in the outbox."""
 
         async def transaction(session: Session) -> T:
-            if consumed is not None:
-                event_id = str(consumed.event_id)
-                if await self._inbox.find_one({"_id": event_id}, session=session):
-                    raise AlreadyHandled(event_id)
-                await self._inbox.insert_one(
-                    {
-                        "_id": event_id,
-                        "event_type": consumed.event_type,
-                        "handled_at": datetime.now(UTC),
-                    },
-                    session=session,
-                )
             result, events = await work(session)
-            if events:
-                await self._outbox.insert_many(
-                    [self._outbox_document(e) for e in events], session=session
-                )
+            await self._append(events, session)
             return result
 
-        async with self._client.start_session() as session:
-            result = await session.with_transaction(transaction)
+        return await self._run(transaction)
+
+    async def commit_batch(self, consumed: Sequence[E], work: BatchWork[E, T]) -> T | None:
+        """Handle a batch of consumed events in one transaction.
+
+        Events handled before (and repeats within the batch) are dropped with one inbox
+        query; `work` gets the rest in their original order, and their ids are recorded
+        with the change. Returns None, without a transaction's writes, when nothing is new.
+        """
+
+        async def transaction(session: Session) -> T | None:
+            fresh = await self._unhandled(consumed, session)
+            if not fresh:
+                return None
+            result, events = await work(session, fresh)
+            now = self._clock()
+            await self._inbox.insert_many(
+                [
+                    {"_id": str(e.event_id), "event_type": e.event_type, "handled_at": now}
+                    for e in fresh
+                ],
+                session=session,
+            )
+            await self._append(events, session)
+            return result
+
+        return await self._run(transaction)
+
+    async def _run(self, transaction: Callable[[Session], Awaitable[T]]) -> T:
+        # Bounded: without it a transaction keeps retrying for two minutes while the
+        # database is unreachable, holding a request or a consumer batch all that time.
+        with pymongo.timeout(self._transaction_timeout_s):
+            async with self._client.start_session() as session:
+                result = await session.with_transaction(transaction)
         self._on_commit()
         return result
 
-    @staticmethod
-    def _outbox_document(event: Event) -> Document:
-        return {
-            "event_id": str(event.event_id),
-            "event_type": event.event_type,
-            "topic": topic_for(event),
-            "key": event.lead_id,
-            "payload": event.model_dump_json().encode(),
-            "created_at": event.occurred_at,
-            "published_at": None,
-        }
+    async def _unhandled(self, consumed: Sequence[E], session: Session) -> list[E]:
+        ids = list(dict.fromkeys(str(e.event_id) for e in consumed))
+        cursor = self._inbox.find({"_id": {"$in": ids}}, {"_id": 1}, session=session)
+        seen = {doc["_id"] async for doc in cursor}
+        fresh: list[E] = []
+        for event in consumed:
+            event_id = str(event.event_id)
+            if event_id not in seen:
+                seen.add(event_id)
+                fresh.append(event)
+        return fresh
+
+    async def _append(self, events: Sequence[Event], session: Session) -> None:
+        if not events:
+            return
+        # One increment per transaction: concurrent committers conflict on this document,
+        # so sequence order is commit order.
+        counter = await self._sequence.find_one_and_update(
+            {"_id": "outbox"},
+            {"$inc": {"last": len(events)}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+            session=session,
+        )
+        first = int(counter["last"]) - len(events) + 1 if counter else 1
+        await self._outbox.insert_many(
+            [outbox_document(e, first + i) for i, e in enumerate(events)], session=session
+        )
 
     async def pending(self, limit: int) -> list[OutboxRecord]:
-        cursor = self._outbox.find({"published_at": None}).sort("_id", ASCENDING).limit(limit)
+        cursor = self._outbox.find({"published_at": None}).sort("sequence", ASCENDING).limit(limit)
         return [
             OutboxRecord(
                 record_id=doc["_id"],
@@ -171,17 +239,133 @@ class EventLedger:
                 event_id=doc["event_id"],
                 event_type=doc["event_type"],
                 payload=bytes(doc["payload"]),
+                sequence=doc.get("sequence", 0),
             )
             async for doc in cursor
         ]
 
-    async def mark_published(self, record_ids: Sequence[object], now: datetime) -> None:
-        await self._outbox.update_many(
-            {"_id": {"$in": list(record_ids)}}, {"$set": {"published_at": now}}
+    async def mark_published(
+        self, published: Sequence[tuple[OutboxRecord, LogPosition | None]], now: datetime
+    ) -> None:
+        """Mark records published, with where Kafka put each (kept to detect a lost log)."""
+        if not published:
+            return
+        await self._outbox.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": record.record_id},
+                    {"$set": {"published_at": now, **_position_fields(position)}},
+                )
+                for record, position in published
+            ],
+            ordered=False,
         )
+        furthest = _furthest_offsets(position for _, position in published)
+        if furthest:
+            await self._positions.bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": _partition_key(topic, partition)},
+                        {
+                            "$setOnInsert": {"topic": topic, "partition": partition},
+                            "$max": {"offset": offset},
+                        },
+                        upsert=True,
+                    )
+                    for (topic, partition), offset in furthest.items()
+                ],
+                ordered=False,
+            )
+
+    async def log_positions(self) -> list[LogPosition]:
+        """The furthest offset this service's relay published to, per topic partition."""
+        return [
+            LogPosition(doc["topic"], doc["partition"], doc["offset"])
+            async for doc in self._positions.find({})
+        ]
+
+    async def republish_from(self, topic: str, partition: int, offset: int) -> int:
+        """The log lost what was at `offset` and after: queue those records again.
+
+        Returns how many records will be published again.
+        """
+        result = await self._outbox.update_many(
+            {"topic": topic, "partition": partition, "offset": {"$gte": offset}},
+            {"$set": {"published_at": None}, "$unset": {"partition": "", "offset": ""}},
+        )
+        await self._positions.update_one(
+            {"_id": _partition_key(topic, partition)}, {"$set": {"offset": offset - 1}}
+        )
+        return result.modified_count
 
     async def backlog(self) -> int:
         return await self._outbox.count_documents({"published_at": None})
+
+
+def outbox_document(event: Event, sequence: int) -> Document:
+    return {
+        "sequence": sequence,
+        "event_id": str(event.event_id),
+        "event_type": event.event_type,
+        "topic": topic_for(event),
+        "key": event.lead_id,
+        "payload": event.model_dump_json().encode(),
+        "created_at": event.occurred_at,
+        "published_at": None,
+    }
+
+
+def _position_fields(position: LogPosition | None) -> Document:
+    return {} if position is None else {"partition": position.partition, "offset": position.offset}
+
+
+def _partition_key(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+def _furthest_offsets(positions: Iterable[LogPosition | None]) -> Mapping[tuple[str, int], int]:
+    furthest: dict[tuple[str, int], int] = {}
+    for position in positions:
+        if position is None:
+            continue
+        key = (position.topic, position.partition)
+        furthest[key] = max(furthest.get(key, -1), position.offset)
+    return furthest
+
+
+_LONG_AGO = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class LeaseStore:
+    """Named leases: at most one holder at a time, taken over once the holder stops renewing.
+
+    A lease is one document `{_id: name, holder, expires_at}`; taking or renewing it is one
+    conditional upsert, so two replicas racing for it cannot both win.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._leases: Collection = database["leases"]
+
+    async def take(self, name: str, holder: str, now: datetime, ttl: timedelta) -> bool:
+        """Take or renew `name` for `holder` until `now + ttl`; False if another holds it."""
+        try:
+            doc = await self._leases.find_one_and_update(
+                {"_id": name, "$or": [{"holder": holder}, {"expires_at": {"$lte": now}}]},
+                {"$set": {"holder": holder, "expires_at": now + ttl, "renewed_at": now}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+        except DuplicateKeyError:
+            return False  # the document exists and another holder's lease is still valid
+        return doc is not None and doc.get("holder") == holder
+
+    async def release(self, name: str, holder: str) -> None:
+        await self._leases.update_one(
+            {"_id": name, "holder": holder}, {"$set": {"expires_at": _LONG_AGO}}
+        )
+
+    async def holder(self, name: str) -> Document | None:
+        return await self._leases.find_one({"_id": name})
 
 
 class ApiKeyStore:

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel, Field
 
 from leadflow.chassis.auth import Principal, Role, require
+from leadflow.chassis.clock import Clock
 from leadflow.chassis.http import from_state, unprocessable
 from services.analytics.rules import (
     CHANNEL_METRICS,
@@ -36,10 +37,12 @@ TimelineReader = Annotated[Principal, Depends(require(Role.MANAGER, Role.ANALYST
 
 StoreDep = Annotated[AnalyticsStore, Depends(from_state("store"))]
 SettingsDep = Annotated[Settings, Depends(from_state("settings"))]
+ClockDep = Annotated[Clock, Depends(from_state("clock"))]
 
 
 def get_period(
     settings: SettingsDep,
+    clock: ClockDep,
     first_day: Annotated[
         date | None,
         Query(alias="from", description="first day, inclusive (default: first of the month)"),
@@ -49,7 +52,7 @@ def get_period(
     ] = None,
 ) -> Period:
     """The report period from `from`/`to`, as days in the report time zone."""
-    today = datetime.now(settings.report_timezone).date()
+    today = clock().astimezone(settings.report_timezone).date()
     try:
         return report_period(first_day, last_day, today=today, max_days=settings.max_report_days)
     except PeriodError as error:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
@@ -168,6 +168,87 @@ def stored_payload(event: Event, *, erased: bool) -> dict[str, Any]:
         for name in PERSONAL_FIELDS:
             payload.pop(name, None)
     return payload
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as the event store keeps it."""
+
+    event_id: str
+    event_type: str
+    lead_id: str
+    occurred_at: datetime
+    recorded_at: datetime
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTally:
+    """What a batch of events changes: what to store, which facts, which counters."""
+
+    recorded: tuple[RecordedEvent, ...]
+    facts: tuple[LeadFacts, ...]
+    """The facts of every lead the batch changed, as they stand after it."""
+    increments: tuple[Increment, ...]
+    """One increment per counter, the batch's events added up."""
+    erased_leads: frozenset[str]
+    """Leads whose personal data must go from every stored event."""
+
+
+def tally_batch(
+    events: Sequence[Event],
+    known: Mapping[str, LeadFacts],
+    zone: ZoneInfo,
+    recorded_at: datetime,
+) -> BatchTally:
+    """Tally `events` in order, each on the facts its predecessors left (`tally_event`)."""
+    facts = dict(known)
+    changed: dict[str, LeadFacts] = {}
+    increments: list[Increment] = []
+    recorded: list[RecordedEvent] = []
+    erased: set[str] = set()
+    for event in events:
+        before = facts.get(event.lead_id, LeadFacts(event.lead_id))
+        tally = tally_event(event, before, zone)
+        recorded.append(
+            RecordedEvent(
+                event_id=str(event.event_id),
+                event_type=event.event_type,
+                lead_id=event.lead_id,
+                occurred_at=event.occurred_at,
+                recorded_at=recorded_at,
+                payload=stored_payload(event, erased=tally.facts.erased),
+            )
+        )
+        increments.extend(tally.increments)
+        if tally.forget_personal_data:
+            erased.add(event.lead_id)
+        if tally.facts != before:
+            facts[event.lead_id] = changed[event.lead_id] = tally.facts
+    return BatchTally(
+        recorded=tuple(recorded),
+        facts=tuple(changed.values()),
+        increments=tuple(merge_increments(increments)),
+        erased_leads=frozenset(erased),
+    )
+
+
+def merge_increments(increments: Iterable[Increment]) -> list[Increment]:
+    """Increments of the same counter added into one."""
+    merged: dict[tuple[date, Metric, Dimensions], Increment] = {}
+    for increment in increments:
+        key = (increment.day, increment.metric, increment.dimensions)
+        known = merged.get(key)
+        merged[key] = (
+            increment
+            if known is None
+            else dataclasses.replace(
+                known,
+                count=known.count + increment.count,
+                amount=known.amount + increment.amount,
+            )
+        )
+    return list(merged.values())
 
 
 # --- reports -------------------------------------------------------------------------------

@@ -1,51 +1,67 @@
-"""Analytics' persistence, in the `leadflow_analytics` database.
+"""Analytics' persistence, in the `leadflow_analytics` database. Decisions live in `rules`,
+the steps of each flow in `usecases`.
 
 - `events`: every consumed event once, `_id` = event_id (the event store).
 - `lead_facts`: per lead, the day it first reached each stage and where it came from.
 - `daily_counters`: one document per day, metric and dimensions, incremented in the same
-  transaction as the event is stored, so a report sums a few documents per day instead of
-  scanning the event store.
+  transaction as the events are stored, so a report sums a few documents per day instead
+  of scanning the event store.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import asdict
-from datetime import date, datetime
-from typing import Any, Protocol
-from zoneinfo import ZoneInfo
+from datetime import date
+from typing import Any, Protocol, TypeVar
 
-from pymongo import ASCENDING, UpdateOne
+from pymongo import ASCENDING, ReplaceOne, UpdateOne
 
-from leadflow.chassis.store import Collection, Database, Document, EventLedger, Session
+from leadflow.chassis.store import Collection as MongoCollection
+from leadflow.chassis.store import Database, Document, EventLedger, Session
 from services.analytics.rules import (
     PERSONAL_FIELDS,
+    BatchTally,
     Bucket,
     Increment,
     LeadFacts,
     Metric,
     Period,
-    stored_payload,
-    tally_event,
 )
 from shared.events import Event
+
+T = TypeVar("T")
 
 _FACT_DAYS = ("received_on", "assigned_on", "lost_on", "enrolled_on", "converted_on")
 
 
+class RecordingBatch(Protocol):
+    """What a use case may read and write while recording one batch (one transaction)."""
+
+    async def lead_facts(self, lead_ids: Collection[str]) -> dict[str, LeadFacts]: ...
+    async def save(self, tally: BatchTally) -> None: ...
+
+
+BatchWork = Callable[[RecordingBatch, list[Event]], Awaitable[T]]
+
+
 class AnalyticsStore(Protocol):
     async def ensure_indexes(self) -> None: ...
-    async def record(self, event: Event, *, zone: ZoneInfo, recorded_at: datetime) -> None: ...
+    async def record_batch(self, consumed: Sequence[Event], work: BatchWork[T]) -> T | None:
+        """Run `work` on the events of `consumed` not recorded before, in one transaction
+        that also remembers them; None (nothing written) when every one was known."""
+        ...
+
     async def buckets(self, metrics: Sequence[Metric], period: Period) -> list[Bucket]: ...
     async def timeline(self, lead_id: str, *, limit: int) -> list[Document]: ...
 
 
 class MongoAnalyticsStore:
     def __init__(self, database: Database, ledger: EventLedger) -> None:
-        self._events: Collection = database["events"]
-        self._facts: Collection = database["lead_facts"]
-        self._counters: Collection = database["daily_counters"]
+        self._events: MongoCollection = database["events"]
+        self._facts: MongoCollection = database["lead_facts"]
+        self._counters: MongoCollection = database["daily_counters"]
         self._ledger = ledger
 
     async def ensure_indexes(self) -> None:
@@ -54,49 +70,11 @@ class MongoAnalyticsStore:
         )
         await self._counters.create_index([("metric", ASCENDING), ("day", ASCENDING)])
 
-    async def record(self, event: Event, *, zone: ZoneInfo, recorded_at: datetime) -> None:
-        """Store `event` and move the counters it implies, in one transaction.
+    async def record_batch(self, consumed: Sequence[Event], work: BatchWork[T]) -> T | None:
+        async def in_transaction(session: Session, fresh: list[Event]) -> tuple[T, list[Event]]:
+            return await work(_MongoRecordingBatch(self, session), fresh), []
 
-        Raises `AlreadyHandled` (changing nothing) when the event was recorded before.
-        """
-
-        async def work(session: Session) -> tuple[None, list[Event]]:
-            found = await self._facts.find_one({"_id": event.lead_id}, session=session)
-            before = _facts_from_document(event.lead_id, found)
-            tally = tally_event(event, before, zone)
-            await self._events.insert_one(
-                {
-                    "_id": str(event.event_id),
-                    "event_type": event.event_type,
-                    "lead_id": event.lead_id,
-                    "occurred_at": event.occurred_at,
-                    "recorded_at": recorded_at,
-                    "payload": stored_payload(event, erased=tally.facts.erased),
-                },
-                session=session,
-            )
-            if tally.forget_personal_data:
-                await self._events.update_many(
-                    {"lead_id": event.lead_id},
-                    {"$unset": {f"payload.{name}": "" for name in PERSONAL_FIELDS}},
-                    session=session,
-                )
-            if tally.facts != before:
-                await self._facts.replace_one(
-                    {"_id": event.lead_id},
-                    _facts_document(tally.facts),
-                    upsert=True,
-                    session=session,
-                )
-            if tally.increments:
-                await self._counters.bulk_write(
-                    [_counter_update(increment) for increment in tally.increments],
-                    ordered=False,
-                    session=session,
-                )
-            return None, []
-
-        await self._ledger.commit(work, consumed=event)
+        return await self._ledger.commit_batch(consumed, in_transaction)
 
     async def buckets(self, metrics: Sequence[Metric], period: Period) -> list[Bucket]:
         cursor = self._counters.find(
@@ -127,22 +105,65 @@ class MongoAnalyticsStore:
         return [doc async for doc in cursor]
 
 
-def _counter_update(increment: Increment) -> UpdateOne:
+class _MongoRecordingBatch:
+    def __init__(self, store: MongoAnalyticsStore, session: Session) -> None:
+        self._store = store
+        self._session = session
+
+    async def lead_facts(self, lead_ids: Collection[str]) -> dict[str, LeadFacts]:
+        cursor = self._store._facts.find({"_id": {"$in": list(lead_ids)}}, session=self._session)
+        return {doc["_id"]: facts_from_document(doc) async for doc in cursor}
+
+    async def save(self, tally: BatchTally) -> None:
+        store, session = self._store, self._session
+        if tally.recorded:
+            await store._events.insert_many(
+                [
+                    {
+                        "_id": event.event_id,
+                        "event_type": event.event_type,
+                        "lead_id": event.lead_id,
+                        "occurred_at": event.occurred_at,
+                        "recorded_at": event.recorded_at,
+                        "payload": dict(event.payload),
+                    }
+                    for event in tally.recorded
+                ],
+                session=session,
+            )
+        if tally.erased_leads:
+            await store._events.update_many(
+                {"lead_id": {"$in": sorted(tally.erased_leads)}},
+                {"$unset": {f"payload.{name}": "" for name in PERSONAL_FIELDS}},
+                session=session,
+            )
+        if tally.facts:
+            await store._facts.bulk_write(
+                [
+                    ReplaceOne({"_id": facts.lead_id}, facts_document(facts), upsert=True)
+                    for facts in tally.facts
+                ],
+                ordered=False,
+                session=session,
+            )
+        if tally.increments:
+            await store._counters.bulk_write(
+                [counter_update(increment) for increment in tally.increments],
+                ordered=False,
+                session=session,
+            )
+
+
+def counter_update(increment: Increment) -> UpdateOne:
     # The key spells out day, metric and dimensions, so concurrent first increments of
     # one counter upsert one document rather than two.
-    dimensions = dict(increment.dimensions)
-    key = json.dumps(
-        [increment.day.isoformat(), increment.metric.value, increment.dimensions],
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
     return UpdateOne(
-        {"_id": key},
+        {"_id": counter_key(increment)},
         {
             "$setOnInsert": {
                 "day": increment.day.isoformat(),
                 "metric": increment.metric.value,
-                "dimensions": dimensions,
+                "dimensions": dict(increment.dimensions),
             },
             "$inc": {"count": increment.count, "amount": increment.amount},
         },
@@ -150,7 +171,15 @@ def _counter_update(increment: Increment) -> UpdateOne:
     )
 
 
-def _facts_document(facts: LeadFacts) -> Document:
+def counter_key(increment: Increment) -> str:
+    return json.dumps(
+        [increment.day.isoformat(), increment.metric.value, increment.dimensions],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def facts_document(facts: LeadFacts) -> Document:
     document: dict[str, Any] = asdict(facts)
     document["_id"] = document.pop("lead_id")
     for name in _FACT_DAYS:
@@ -159,16 +188,13 @@ def _facts_document(facts: LeadFacts) -> Document:
     return document
 
 
-def _facts_from_document(lead_id: str, document: Document | None) -> LeadFacts:
-    if document is None:
-        return LeadFacts(lead_id)
-
+def facts_from_document(document: Document) -> LeadFacts:
     def day(name: str) -> date | None:
         value = document.get(name)
         return None if value is None else date.fromisoformat(value)
 
     return LeadFacts(
-        lead_id=lead_id,
+        lead_id=document["_id"],
         channel=document.get("channel"),
         campaign=document.get("campaign"),
         rep_id=document.get("rep_id"),

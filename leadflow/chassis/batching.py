@@ -1,0 +1,75 @@
+"""Group commit: requests that arrive together are stored in one transaction.
+
+An HTTP request that accepts one lead would otherwise be one transaction, and the database
+does a few hundred of those a second but thousands of documents a second in bulk. A
+`GroupCommit` queues each request; one worker takes everything queued (up to `max_batch`)
+and commits it in one call, then answers every waiting request. Nothing waits for a timer:
+while one batch is being committed the next one gathers, so a lone request goes at once
+and a burst goes in a few large transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+I = TypeVar("I")  # noqa: E741 - the item type
+R = TypeVar("R")
+
+CommitBatch = Callable[[list[I]], Awaitable[Sequence[R | Exception]]]
+
+
+class GroupCommit(Generic[I, R]):
+    def __init__(self, commit_batch: CommitBatch[I, R], *, max_batch: int, name: str) -> None:
+        self._commit_batch = commit_batch
+        self._max_batch = max_batch
+        self._name = name
+        self._queue: asyncio.Queue[tuple[I, asyncio.Future[R]]] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+
+    async def submit(self, item: I) -> R:
+        """Commit `item` with whatever else is waiting; its result, or its own error."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._run(), name=f"group-commit-{self._name}")
+        return await future
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            waiting = [(item, future) for item, future in batch if not future.cancelled()]
+            if not waiting:
+                continue
+            try:
+                results = await self._commit_batch([item for item, _ in waiting])
+            except asyncio.CancelledError:
+                for _, future in waiting:
+                    future.cancel()
+                raise
+            except Exception as error:  # noqa: BLE001 - every waiting request gets the error
+                for _, future in waiting:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (_, future), result in zip(waiting, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
