@@ -37,16 +37,19 @@ def up(
         Path | None, typer.Option(help="Where Kafka and MongoDB keep their data.")
     ] = None,
     persistent: Annotated[
-        bool, typer.Option(help="Keep data across restarts (off: memory only).")
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--persistent/--no-persistent",
+            help="Keep data across restarts (off: memory only). Default: LEADFLOW_PERSISTENT, "
+            "else on.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Start Kafka, MongoDB and the four services; Ctrl-C stops everything."""
     from leadflow.supervisor import Stack, StopRequested, exclusive, stop_on_signals  # noqa: PLC0415
 
-    overrides: dict[str, Any] = {"persistent": persistent}
-    if data_dir is not None:
-        overrides["data_dir"] = data_dir
-    settings = StackSettings(**overrides)
+    settings = stack_settings(data_dir=data_dir, persistent=persistent)
     configure_logging("leadflow-up", json=False)
     stack = Stack(settings)
     code = 0
@@ -67,6 +70,16 @@ def up(
             stack.stop()
             console.print("[bold]stopped[/]: no leadflow process is left running")
     raise typer.Exit(code)
+
+
+def stack_settings(*, data_dir: Path | None, persistent: bool | None) -> StackSettings:
+    """The environment's `LEADFLOW_*` settings, overridden only by options given explicitly."""
+    overrides: dict[str, Any] = {}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    if persistent is not None:
+        overrides["persistent"] = persistent
+    return StackSettings(**overrides)
 
 
 def _print_ready(ready: Any, data_dir: Path) -> None:
