@@ -158,6 +158,9 @@ class LocalInfra:
     tools_dir: Path | None = None
     children: list[ChildProcess] = field(default_factory=list)
     kafka_storage: str = "memory"
+    mongo: ChildProcess | None = None
+    s3: ChildProcess | None = None
+    kafka: ChildProcess | None = None
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -202,6 +205,7 @@ class LocalInfra:
         )
         mongo.start()
         self.children.append(mongo)
+        self.mongo = mongo
 
     def _start_kafka(self, logs: Path) -> None:
         tansu = tansu_binary()
@@ -242,6 +246,7 @@ class LocalInfra:
             )
             s3.start()
             self.children.append(s3)
+            self.s3 = s3
             s3.wait_until_listening(30)
             self.kafka_storage = "s3"
             kafka = ChildProcess(
@@ -259,12 +264,20 @@ class LocalInfra:
             )
         kafka.start()
         self.children.append(kafka)
+        self.kafka = kafka
+
+    def needs(self, child: ChildProcess) -> list[ChildProcess]:
+        """The children that must be up before `child` starts: Tansu needs its S3 server."""
+        if child is self.kafka and self.s3 is not None:
+            return [self.s3]
+        return []
 
     def stop(self) -> None:
         # Kafka before its storage; MongoDB last.
         for child in reversed(self.children):
             child.stop()
         self.children.clear()
+        self.mongo = self.s3 = self.kafka = None
 
 
 @contextlib.contextmanager

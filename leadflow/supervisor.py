@@ -2,7 +2,9 @@
 
 Every child runs in its own session (so Ctrl-C reaches only this supervisor, which then
 stops services first and infrastructure last) and is told by the kernel to die if the
-supervisor dies, so no process outlives `up`.
+supervisor dies, so no process outlives `up`. A child that dies, a service or a piece of
+infrastructure, is started again on the same port and data after a back-off that doubles
+with each restart (1 s, 2 s, 4 s ... at most 30 s); Tansu only once its S3 server is up.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -52,13 +55,43 @@ def _service_port(name: str) -> int:
     return int(getattr(service_settings(name), "port"))  # noqa: B009
 
 
+class Step(StrEnum):
+    """What the supervisor does about one child on one pass."""
+
+    NOTHING = "nothing"  # alive
+    SCHEDULE = "schedule"  # just found dead: restart after the back-off
+    WAIT = "wait"  # dead, back-off not over (or what it needs is still down)
+    RESTART = "restart"
+
+
+@dataclass
+class Backoff:
+    """When a dead child may be started again."""
+
+    restarts: int = 0
+    next_restart_at: float = 0.0  # 0: no restart scheduled
+
+    def delay_s(self) -> float:
+        return min(2.0**self.restarts, MAX_RESTART_BACKOFF_S)
+
+
+def next_step(*, alive: bool, backoff: Backoff, now: float, needs_down: bool = False) -> Step:
+    """The decision for one child; `needs_down`: something it needs (Tansu's S3) is down."""
+    if alive:
+        return Step.NOTHING
+    if backoff.next_restart_at == 0.0:
+        return Step.SCHEDULE
+    if now < backoff.next_restart_at or needs_down:
+        return Step.WAIT
+    return Step.RESTART
+
+
 @dataclass
 class ServiceProcess:
     name: str
     port: int
     child: ChildProcess
-    restarts: int = 0
-    next_restart_at: float = 0.0
+    backoff: Backoff = field(default_factory=Backoff)
 
     @property
     def url(self) -> str:
@@ -92,6 +125,7 @@ class Stack:
         self.kafka_bootstrap = settings.kafka_bootstrap or self.infra.kafka_bootstrap
         self.mongo_url = settings.effective_mongo_url()
         self.services: list[ServiceProcess] = []
+        self.infra_backoff: dict[str, Backoff] = {}
         self.ready: StackReady | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -220,26 +254,57 @@ class Stack:
         return [c.pid for c in children if c.pid is not None]
 
     def supervise_once(self, now: float) -> None:
-        """Restart a service that died, with backoff; infrastructure dying ends the stack."""
-        for child in self.infra.children:
-            if not child.alive():
-                raise RuntimeError(f"{child.name} stopped; see {child.log_path}")
+        """Restart whatever died, infrastructure first, each after its back-off."""
+        restarted = False
+        for child in list(self.infra.children):
+            backoff = self.infra_backoff.setdefault(child.name, Backoff())
+            needs_down = any(not needed.alive() for needed in self.infra.needs(child))
+            step = next_step(alive=child.alive(), backoff=backoff, now=now, needs_down=needs_down)
+            if self._act(step, child, backoff, now, kind="infrastructure"):
+                restarted = True
+                if child is self.infra.kafka:
+                    self._recreate_topics()
         for service in self.services:
-            if service.child.alive() or now < service.next_restart_at:
-                continue
-            if service.next_restart_at == 0.0:
-                code = service.child.process.returncode if service.child.process else None
-                backoff = min(2.0**service.restarts, MAX_RESTART_BACKOFF_S)
-                log.warning(
-                    "service exited; restarting", service=service.name, exit_code=code, in_s=backoff
-                )
-                service.next_restart_at = now + backoff
-                continue
-            service.restarts += 1
-            service.next_restart_at = 0.0
-            service.child.start()
-            if self.ready is not None:
-                self._write_state(self.ready)  # the new pid
+            step = next_step(alive=service.child.alive(), backoff=service.backoff, now=now)
+            restarted |= self._act(step, service.child, service.backoff, now, kind="service")
+        if restarted and self.ready is not None:
+            self._write_state(self.ready)  # the new pids
+
+    def _act(
+        self, step: Step, child: ChildProcess, backoff: Backoff, now: float, kind: str
+    ) -> bool:
+        """Carry out one step; True when the child was started again."""
+        if step is Step.SCHEDULE:
+            code = child.process.returncode if child.process else None
+            backoff.next_restart_at = now + backoff.delay_s()
+            log.warning(
+                f"{kind} exited; restarting",
+                name=child.name,
+                exit_code=code,
+                in_s=backoff.delay_s(),
+                restarts=backoff.restarts,
+            )
+            return False
+        if step is not Step.RESTART:
+            return False
+        backoff.restarts += 1
+        backoff.next_restart_at = 0.0
+        child.start()
+        log.warning(f"{kind} restarted", name=child.name, pid=child.pid, port=child.port)
+        if kind == "infrastructure":
+            try:
+                child.wait_until_listening(self.settings.startup_timeout_s)
+            except (RuntimeError, TimeoutError) as error:
+                # Dead again: the next pass schedules another try, later.
+                log.warning("infrastructure did not come back", name=child.name, error=str(error))
+        return True
+
+    def _recreate_topics(self) -> None:
+        """A memory-mode Tansu comes back empty: make the topics again, with their partitions."""
+        try:
+            asyncio.run(self._prepare_kafka())
+        except (KafkaError, OSError) as error:
+            log.exception("could not recreate topics after restarting kafka", error=repr(error))
 
     def stop(self) -> None:
         for service in reversed(self.services):
