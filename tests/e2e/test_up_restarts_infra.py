@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +52,11 @@ def test_killed_mongodb_and_kafka_are_restarted_and_the_stack_keeps_running(
         for name in ("mongodb", "kafka"):
             assert process_exists(infra_pid(state, name))
         for variable in ("LEADFLOW_MONGO_PORT", "LEADFLOW_KAFKA_PORT"):
-            eventually(lambda v=variable: port_open(int(env[v])), bool, timeout_s=BACK_WITHIN_S)
+            port = int(env[variable])
+            eventually(partial(port_open, port), bool, timeout_s=BACK_WITHIN_S)
         for service in SERVICES:
             with httpx.Client(base_url=stack.url(service), timeout=5) as client:
-                eventually(lambda c=client: ready(c), bool, timeout_s=BACK_WITHIN_S)
+                eventually(partial(ready, client), bool, timeout_s=BACK_WITHIN_S)
 
         assert stack.process.poll() is None, "up stopped instead of restarting"
         output = stack.output_path.read_text()
