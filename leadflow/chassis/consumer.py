@@ -159,7 +159,7 @@ class BatchPipeline:
             try:
                 event = self._parse(record.value or b"")
             except ValidationError as error:
-                await self._park(record, f"invalid event: {error.errors(include_url=False)}", 1)
+                await self._park(record, _why_invalid(error), 1)
                 continue
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 await self._park(record, f"not JSON: {error}", 1)
@@ -286,6 +286,13 @@ class BatchPipeline:
                 log.info("dependencies reachable again; consumer resumed")
                 return
             wait_s = min(wait_s * 2, self._max_pause_check_s)
+
+
+def _why_invalid(error: ValidationError) -> str:
+    problems = error.errors(include_url=False)
+    if problems and all(problem["type"] == "json_invalid" for problem in problems):
+        return f"not JSON: {problems[0]['msg']}"
+    return f"invalid event: {problems}"
 
 
 class GroupMembership(ConsumerRebalanceListener):  # type: ignore[misc]
