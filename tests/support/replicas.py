@@ -45,7 +45,8 @@ class ReplicaSet:
     replicas: list[Replica] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
 
-    def start(self, service: str, count: int) -> list[Replica]:
+    def start(self, service: str, count: int, *, launch: bool = True) -> list[Replica]:
+        """Add `count` replicas of `service`; started now unless `launch` is False."""
         prefix = f"LEADFLOW_{service.upper()}_"
         started = []
         for index in range(count):
@@ -67,7 +68,8 @@ class ReplicaSet:
                 port=port,
                 env=env,
             )
-            child.start()
+            if launch:
+                child.start()
             replica = Replica(service, index, port, child)
             self.replicas.append(replica)
             started.append(replica)
@@ -78,7 +80,7 @@ class ReplicaSet:
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
-        pending = list(self.replicas)
+        pending = [r for r in self.replicas if r.child.process is not None]
         with httpx.Client(timeout=2.0) as client:
             while pending:
                 replica = pending[0]
