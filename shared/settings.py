@@ -43,6 +43,9 @@ class ServiceSettings(BaseSettings):
     """The relay lease: another replica takes over within this long after its holder dies."""
     outbox_audit_interval_s: float = Field(default=30.0, gt=0)
     """How often the relay checks that Kafka still holds what it published."""
+    kafka_startup_grace_s: float = Field(default=15.0, ge=0)
+    """A service that consumes nothing (intake) reports ready once Kafka is connected, or
+    after this long if it is not: it then takes work while Kafka is down (its outbox keeps it)."""
     transaction_timeout_s: float = Field(default=15.0, gt=0)
     """A transaction (with its retries) that takes longer fails, as if the database were down."""
     api_key_cache_ttl_s: float = Field(default=30.0, ge=0)

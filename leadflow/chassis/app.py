@@ -49,9 +49,6 @@ HTTP_LATENCY = Histogram(
 )
 
 KAFKA_STOP_TIMEOUT_S = 20.0
-KAFKA_STARTUP_GRACE_S = 15.0
-"""A service that only publishes reports ready once Kafka is connected, or after this long
-(it then accepts work while Kafka is down: its outbox keeps it)."""
 HANDLED_MARGIN = timedelta(days=1)
 
 
@@ -133,7 +130,7 @@ class ServiceChassis:
             # Ready once Kafka is connected (so the first lead is not kept waiting), or
             # after a grace period: from then on Kafka being down does not stop intake.
             connected_or_late = self.kafka.connected.is_set() or (
-                time.monotonic() - self._started_at > KAFKA_STARTUP_GRACE_S
+                time.monotonic() - self._started_at > self.settings.kafka_startup_grace_s
             )
             needed = {"mongodb": checks["mongodb"], "kafka_connected": connected_or_late}
         return all(needed.values()), checks

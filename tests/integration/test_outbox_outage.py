@@ -88,7 +88,8 @@ async def test_leads_accepted_before_intake_stops_are_published_by_the_next_inta
     if own_infra.kafka_storage != "s3":
         pytest.skip("needs Node.js for a Kafka log that survives a broker restart")
     infra = Infra("local", own_infra.kafka_bootstrap, own_infra.mongo_url)
-    settings = settings_for(Settings, infra, uuid.uuid4().hex[:8])
+    # Kafka is down from the start: intake is ready after its grace period, not before.
+    settings = settings_for(Settings, infra, uuid.uuid4().hex[:8], kafka_startup_grace_s=1)
     issued = await create_key(infra.mongo_url, settings.identity_database, Role.INGEST, "form")
     headers = {"X-API-Key": issued.key}
     [kafka] = [c for c in own_infra.children if c.name.startswith("kafka")]
