@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from fastapi import FastAPI
 
 from leadflow import __version__
 from leadflow.chassis.app import ServiceChassis
+from leadflow.chassis.batching import GroupCommit
+from leadflow.chassis.clock import Clock, system_clock
 from services.intake import api
 from services.intake.settings import Settings
 from services.intake.store import MongoIntakeStore
+from services.intake.usecases import AcceptLeads
 
 SERVICE = "intake"
 
+ACCEPT_MAX_BATCH = 500
+"""Most leads accepted in one transaction (a burst beyond it goes in several)."""
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+
+def create_app(settings: Settings | None = None, *, clock: Clock = system_clock) -> FastAPI:
     settings = settings or Settings()
-    chassis = ServiceChassis(SERVICE, settings)
+    chassis = ServiceChassis(SERVICE, settings, clock=clock)
     store = MongoIntakeStore(chassis.database, chassis.ledger)
-    return chassis.build_app(
+    lead_acceptor: api.LeadAcceptor = GroupCommit(
+        AcceptLeads(store), max_batch=ACCEPT_MAX_BATCH, name="accept-leads"
+    )
+    app = chassis.build_app(
         title="leadflow intake",
         description="Accepts leads from forms, ad platforms and front desks; normalises, "
         "de-duplicates and publishes them.",
@@ -25,4 +37,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         routers=[api.router],
         startup=store.ensure_indexes,
         store=store,
+        lead_acceptor=lead_acceptor,
     )
+    chassis_lifespan = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with chassis_lifespan(app):
+            try:
+                yield
+            finally:
+                # Before the chassis closes the database the committer writes to.
+                await lead_acceptor.stop()
+
+    app.router.lifespan_context = lifespan
+    return app

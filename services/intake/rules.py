@@ -1,13 +1,34 @@
-"""Pure decisions of intake: how contact details are normalised and matched."""
+"""Pure decisions of intake: how contact details are normalised and matched, and how a batch
+of new leads becomes new leads and merges of repeat inquiries."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Literal
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
-from shared.events import Contact
+from shared.events import (
+    Attribution,
+    Consent,
+    Contact,
+    Event,
+    LeadMergedV1,
+    LeadReceivedV1,
+    Profile,
+)
+
+LeadChannel = Literal["phone", "walk_in", "web_form", "ad", "import", "referral"]
+"""How a lead reached us; reports count each apart."""
+
+ContactKind = Literal["phone", "email"]
+ContactKey = tuple[ContactKind, str]
+"""A detail that identifies a contact: ("phone", E.164) or ("email", lower-cased address)."""
+
+NEEDS_CONTACT = "a lead needs a phone number or an email address"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +86,7 @@ def normalise_contact(
         except ValueError as error:
             errors.append(FieldError("email", str(error)))
     if not errors and clean_phone is None and clean_email is None:
-        errors.append(FieldError("phone", "a lead needs a phone number or an email address"))
+        errors.append(FieldError("phone", NEEDS_CONTACT))
     if errors:
         return errors
     return Contact(
@@ -77,9 +98,9 @@ def normalise_contact(
     )
 
 
-def contact_keys(contact: Contact) -> list[tuple[str, str]]:
-    """The (kind, value) pairs that identify a contact, strongest first: phone, then email."""
-    keys: list[tuple[str, str]] = []
+def contact_keys(contact: Contact) -> list[ContactKey]:
+    """The keys that identify a contact, strongest first: phone, then email."""
+    keys: list[ContactKey] = []
     if contact.phone:
         keys.append(("phone", contact.phone))
     if contact.email:
@@ -95,4 +116,185 @@ def merge_contact(known: Contact, incoming: Contact) -> Contact:
             for field, value in incoming.model_dump().items()
             if value is not None and getattr(known, field) is None
         }
+    )
+
+
+# --- accepting a batch of leads -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewLead:
+    """A lead as posted, its contact already normalised."""
+
+    lead_id: str
+    contact: Contact
+    attribution: Attribution
+    consent: Consent
+    profile: Profile
+    message: str | None
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Acceptance:
+    """What became of one posted lead: a new lead, or an inquiry merged into a known one."""
+
+    lead_id: str
+    outcome: Literal["received", "merged"]
+    matched_on: ContactKind | None = None
+
+
+class LeadRejected(Exception):  # noqa: N818 - a refused lead, named like the other outcomes
+    """One lead of a batch cannot be accepted; the others are."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class LeadRecord:
+    """A lead as intake stores it."""
+
+    lead_id: str
+    contact: Contact
+    attribution: Attribution
+    consent: Consent
+    profile: Profile
+    message: str | None
+    received_at: datetime
+    last_inquiry_at: datetime
+    inquiries: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeadMerge:
+    """Repeat inquiries folded into a lead stored before this batch."""
+
+    lead_id: str
+    contact: Contact
+    inquiries: int
+    """How many inquiries this batch adds."""
+    last_inquiry_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptancePlan:
+    """Everything a batch of leads changes, decided before anything is written."""
+
+    outcomes: list[Acceptance | LeadRejected] = field(default_factory=list)
+    new_leads: list[LeadRecord] = field(default_factory=list)
+    merges: list[LeadMerge] = field(default_factory=list)
+    new_keys: dict[ContactKey, str] = field(default_factory=dict)
+    """Contact keys to add to the directory, each with the lead it identifies."""
+    events: list[Event] = field(default_factory=list)
+
+
+def plan_acceptance(
+    leads: Sequence[NewLead],
+    owners: Mapping[ContactKey, str],
+    known_contacts: Mapping[str, Contact],
+) -> AcceptancePlan:
+    """Decide, in order, what each lead of a batch becomes.
+
+    `owners` maps every contact key of the batch that is already in the directory to its
+    lead; `known_contacts` gives those leads' contacts. A lead whose phone (first) or email
+    is known merges into that lead; otherwise it is new and its keys identify it, so a later
+    lead of the same batch with the same phone or email merges into it. A merge fills in
+    missing details and claims their keys unless another lead already has them.
+    """
+    owner_of = dict(owners)
+    contact_of = dict(known_contacts)
+    new: dict[str, LeadRecord] = {}
+    merges: dict[str, LeadMerge] = {}
+    plan = AcceptancePlan()
+    for lead in leads:
+        keys = contact_keys(lead.contact)
+        if not keys:
+            plan.outcomes.append(LeadRejected("phone", NEEDS_CONTACT))
+            continue
+        match = next(((key, owner_of[key]) for key in keys if key in owner_of), None)
+        if match is None:
+            for key in keys:
+                owner_of[key] = plan.new_keys[key] = lead.lead_id
+            contact_of[lead.lead_id] = lead.contact
+            new[lead.lead_id] = first_inquiry(lead)
+            plan.events.append(lead_received(lead))
+            plan.outcomes.append(Acceptance(lead.lead_id, "received"))
+            continue
+        (matched_on, _), target = match
+        # A key without its lead would be a broken directory; the inquiry still merges.
+        known = contact_of.get(target, Contact())
+        merged = merge_contact(known, lead.contact)
+        for key in contact_keys(merged):
+            if key not in owner_of and key not in contact_keys(known):
+                owner_of[key] = plan.new_keys[key] = target
+        contact_of[target] = merged
+        if target in new:
+            new[target] = repeat_inquiry(new[target], merged, lead.received_at)
+        else:
+            merges[target] = merge_inquiry(merges.get(target), target, merged, lead.received_at)
+        plan.events.append(lead_merged(lead, target, merged, matched_on))
+        plan.outcomes.append(Acceptance(target, "merged", matched_on))
+    plan.new_leads.extend(new.values())
+    plan.merges.extend(merges.values())
+    return plan
+
+
+def first_inquiry(lead: NewLead) -> LeadRecord:
+    return LeadRecord(
+        lead_id=lead.lead_id,
+        contact=lead.contact,
+        attribution=lead.attribution,
+        consent=lead.consent,
+        profile=lead.profile,
+        message=lead.message,
+        received_at=lead.received_at,
+        last_inquiry_at=lead.received_at,
+        inquiries=1,
+    )
+
+
+def repeat_inquiry(record: LeadRecord, contact: Contact, at: datetime) -> LeadRecord:
+    return replace(
+        record,
+        contact=contact,
+        inquiries=record.inquiries + 1,
+        last_inquiry_at=max(record.last_inquiry_at, at),
+    )
+
+
+def merge_inquiry(
+    earlier: LeadMerge | None, lead_id: str, contact: Contact, at: datetime
+) -> LeadMerge:
+    if earlier is None:
+        return LeadMerge(lead_id, contact, inquiries=1, last_inquiry_at=at)
+    return LeadMerge(
+        lead_id, contact, earlier.inquiries + 1, last_inquiry_at=max(earlier.last_inquiry_at, at)
+    )
+
+
+def lead_received(lead: NewLead) -> LeadReceivedV1:
+    return LeadReceivedV1(
+        lead_id=lead.lead_id,
+        occurred_at=lead.received_at,
+        contact=lead.contact,
+        attribution=lead.attribution,
+        consent=lead.consent,
+        profile=lead.profile,
+        message=lead.message,
+    )
+
+
+def lead_merged(
+    lead: NewLead, into: str, contact: Contact, matched_on: ContactKind
+) -> LeadMergedV1:
+    return LeadMergedV1(
+        lead_id=into,
+        occurred_at=lead.received_at,
+        contact=contact,
+        attribution=lead.attribution,
+        matched_on=matched_on,
+        message=lead.message,
     )
