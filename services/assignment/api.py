@@ -1,4 +1,4 @@
-"""Assignment's HTTP routes: parse, authorise, call the store, shape the reply."""
+"""Assignment's HTTP routes: parse, authorise, call a use case, shape the reply."""
 
 from __future__ import annotations
 
@@ -18,25 +18,22 @@ from pydantic import (
 )
 
 from leadflow.chassis.auth import Principal, Role, require
+from leadflow.chassis.clock import Clock
 from leadflow.chassis.http import from_state, unprocessable
 from services.assignment.rules import (
     AssignmentError,
-    Clock,
     LeadStatus,
     NotFoundError,
     NotOwnerError,
     Pool,
+    PoolChanges,
     PoolMatch,
     Rep,
-    UnknownRepsError,
-    may_work,
-)
-from services.assignment.store import (
-    AssignmentStore,
-    LeadQuery,
-    PoolChanges,
     RepChanges,
+    UnknownRepsError,
 )
+from services.assignment.store import LeadQuery
+from services.assignment.usecases import ManageTeam, PoolView, WorkLeads
 from shared.events import Attribution, Consent, Contact, LossLevel, Profile
 
 router = APIRouter(prefix="/v1")
@@ -45,7 +42,8 @@ Manager = Annotated[Principal, Depends(require(Role.MANAGER))]
 SalesStaff = Annotated[Principal, Depends(require(Role.MANAGER, Role.REP))]
 
 
-StoreDep = Annotated[AssignmentStore, Depends(from_state("store"))]
+TeamDep = Annotated[ManageTeam, Depends(from_state("team"))]
+LeadsDep = Annotated[WorkLeads, Depends(from_state("leads"))]
 ClockDep = Annotated[Clock, Depends(from_state("clock"))]
 
 
@@ -151,17 +149,17 @@ class RepPublic(BaseModel):
     summary="Add a sales rep",
     responses={409: {"description": "a rep with this id exists"}},
 )
-async def create_rep(body: RepCreate, _: Manager, store: StoreDep, clock: ClockDep) -> RepPublic:
+async def create_rep(body: RepCreate, _: Manager, team: TeamDep, clock: ClockDep) -> RepPublic:
     try:
-        rep = await store.add_rep(Rep(**body.model_dump()), clock())
+        rep = await team.add_rep(Rep(**body.model_dump()), clock())
     except AssignmentError as error:
         raise refusal(error) from error
     return RepPublic.model_validate(rep)
 
 
 @router.get("/reps", response_model=list[RepPublic], tags=["reps"], summary="All reps")
-async def list_reps(_: Manager, store: StoreDep) -> list[RepPublic]:
-    return [RepPublic.model_validate(rep) for rep in await store.list_reps()]
+async def list_reps(_: Manager, team: TeamDep) -> list[RepPublic]:
+    return [RepPublic.model_validate(rep) for rep in await team.reps()]
 
 
 @router.get(
@@ -171,10 +169,11 @@ async def list_reps(_: Manager, store: StoreDep) -> list[RepPublic]:
     summary="One rep",
     responses={404: {"description": "no such rep"}},
 )
-async def get_rep(rep_id: str, _: Manager, store: StoreDep) -> RepPublic:
-    rep = await store.get_rep(rep_id)
-    if rep is None:
-        raise refusal(NotFoundError("rep", rep_id))
+async def get_rep(rep_id: str, _: Manager, team: TeamDep) -> RepPublic:
+    try:
+        rep = await team.rep(rep_id)
+    except AssignmentError as error:
+        raise refusal(error) from error
     return RepPublic.model_validate(rep)
 
 
@@ -186,7 +185,7 @@ async def get_rep(rep_id: str, _: Manager, store: StoreDep) -> RepPublic:
     responses={404: {"description": "no such rep"}},
 )
 async def update_rep(
-    rep_id: str, body: RepUpdate, _: Manager, store: StoreDep, clock: ClockDep
+    rep_id: str, body: RepUpdate, _: Manager, team: TeamDep, clock: ClockDep
 ) -> RepPublic:
     sent = body.model_fields_set
     changes = RepChanges()
@@ -201,7 +200,7 @@ async def update_rep(
     if body.away is not None:
         changes["away"] = body.away
     try:
-        rep = await store.change_rep(rep_id, changes, clock())
+        rep = await team.change_rep(rep_id, changes, clock())
     except AssignmentError as error:
         raise refusal(error) from error
     return RepPublic.model_validate(rep)
@@ -288,26 +287,41 @@ class PoolUpdate(BaseModel):
         return value
 
 
-class TurnPublic(BaseModel):
+class MemberPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     rep_id: str
-    number: int
-    taken_at: datetime
+    available: bool = Field(description="active and not away: takes new leads")
+    last_assigned_at: datetime | None = Field(
+        description="when the rep was last dealt a lead, from this pool or any other"
+    )
 
 
 class PoolPublic(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
     pool_id: str
     name: str
     rep_ids: list[str]
     match: PoolMatchBody
     priority: int
     is_default: bool
-    rotation: list[TurnPublic] = Field(
-        description="each rep's last turn in this pool; the lowest number goes next"
+    members: list[MemberPublic] = Field(
+        description="the pool's reps in the order its next leads go to them: round robin "
+        "is fair per rep across every pool, so the available rep whose last lead (from any "
+        "pool) is oldest comes first; reps who are away or inactive come last"
     )
+
+    @classmethod
+    def of(cls, view: PoolView) -> PoolPublic:
+        pool = view.pool
+        return cls(
+            pool_id=pool.pool_id,
+            name=pool.name,
+            rep_ids=list(pool.rep_ids),
+            match=PoolMatchBody.model_validate(pool.match),
+            priority=pool.priority,
+            is_default=pool.is_default,
+            members=[MemberPublic.model_validate(member) for member in view.members],
+        )
 
 
 @router.post(
@@ -321,7 +335,7 @@ class PoolPublic(BaseModel):
         422: {"description": "a field is invalid, e.g. an unknown rep in rep_ids"},
     },
 )
-async def create_pool(body: PoolCreate, _: Manager, store: StoreDep, clock: ClockDep) -> PoolPublic:
+async def create_pool(body: PoolCreate, _: Manager, team: TeamDep, clock: ClockDep) -> PoolPublic:
     """Naming a pool `is_default` makes it the only default: it takes the leads no other
     pool's criteria admit."""
     pool = Pool(
@@ -333,16 +347,16 @@ async def create_pool(body: PoolCreate, _: Manager, store: StoreDep, clock: Cloc
         is_default=body.is_default,
     )
     try:
-        created = await store.add_pool(pool, clock())
+        created = await team.add_pool(pool, clock())
     except AssignmentError as error:
         raise refusal(error) from error
-    return PoolPublic.model_validate(created)
+    return PoolPublic.of(created)
 
 
 @router.get("/pools", response_model=list[PoolPublic], tags=["pools"], summary="All pools")
-async def list_pools(_: Manager, store: StoreDep) -> list[PoolPublic]:
+async def list_pools(_: Manager, team: TeamDep) -> list[PoolPublic]:
     """Highest priority first: the order routing tries them in."""
-    return [PoolPublic.model_validate(pool) for pool in await store.list_pools()]
+    return [PoolPublic.of(view) for view in await team.pools()]
 
 
 @router.get(
@@ -352,11 +366,12 @@ async def list_pools(_: Manager, store: StoreDep) -> list[PoolPublic]:
     summary="One pool",
     responses={404: {"description": "no such pool"}},
 )
-async def get_pool(pool_id: str, _: Manager, store: StoreDep) -> PoolPublic:
-    pool = await store.get_pool(pool_id)
-    if pool is None:
-        raise refusal(NotFoundError("pool", pool_id))
-    return PoolPublic.model_validate(pool)
+async def get_pool(pool_id: str, _: Manager, team: TeamDep) -> PoolPublic:
+    try:
+        view = await team.pool(pool_id)
+    except AssignmentError as error:
+        raise refusal(error) from error
+    return PoolPublic.of(view)
 
 
 @router.patch(
@@ -367,7 +382,7 @@ async def get_pool(pool_id: str, _: Manager, store: StoreDep) -> PoolPublic:
     responses={404: {"description": "no such pool"}, 422: {}},
 )
 async def update_pool(
-    pool_id: str, body: PoolUpdate, _: Manager, store: StoreDep, clock: ClockDep
+    pool_id: str, body: PoolUpdate, _: Manager, team: TeamDep, clock: ClockDep
 ) -> PoolPublic:
     changes = PoolChanges()
     if body.name is not None:
@@ -381,10 +396,10 @@ async def update_pool(
     if body.is_default is not None:
         changes["is_default"] = body.is_default
     try:
-        pool = await store.change_pool(pool_id, changes, clock())
+        view = await team.change_pool(pool_id, changes, clock())
     except AssignmentError as error:
         raise refusal(error) from error
-    return PoolPublic.model_validate(pool)
+    return PoolPublic.of(view)
 
 
 # --- leads ----------------------------------------------------------------------------
@@ -439,7 +454,7 @@ class PoolReturn(BaseModel):
 async def list_leads(
     *,
     principal: SalesStaff,
-    store: StoreDep,
+    leads: LeadsDep,
     lead_status: Annotated[LeadStatus | None, Query(alias="status")] = None,
     rep_id: Annotated[str | None, Query(max_length=64)] = None,
     pool_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -449,7 +464,7 @@ async def list_leads(
     if own is not None and rep_id not in (None, own):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="a rep sees only their own leads")
     query = LeadQuery(status=lead_status, rep_id=own or rep_id, pool_id=pool_id, limit=limit)
-    return [LeadPublic.model_validate(lead) for lead in await store.list_leads(query)]
+    return [LeadPublic.model_validate(lead) for lead in await leads.leads(query)]
 
 
 @router.get(
@@ -459,12 +474,11 @@ async def list_leads(
     summary="One lead",
     responses={403: {"description": "not your lead"}, 404: {"description": "no such lead"}},
 )
-async def get_lead(lead_id: str, principal: SalesStaff, store: StoreDep) -> LeadPublic:
-    lead = await store.get_lead(lead_id)
-    if lead is None:
-        raise refusal(NotFoundError("lead", lead_id))
-    if not may_work(lead, acting_rep(principal)):
-        raise refusal(NotOwnerError(lead_id))
+async def get_lead(lead_id: str, principal: SalesStaff, leads: LeadsDep) -> LeadPublic:
+    try:
+        lead = await leads.lead(lead_id, acting_rep(principal))
+    except AssignmentError as error:
+        raise refusal(error) from error
     return LeadPublic.model_validate(lead)
 
 
@@ -480,10 +494,10 @@ async def get_lead(lead_id: str, principal: SalesStaff, store: StoreDep) -> Lead
     },
 )
 async def mark_lost(
-    lead_id: str, body: LossReport, principal: SalesStaff, store: StoreDep, clock: ClockDep
+    lead_id: str, body: LossReport, principal: SalesStaff, leads: LeadsDep, clock: ClockDep
 ) -> LeadPublic:
     try:
-        lead = await store.mark_lost(
+        lead = await leads.mark_lost(
             lead_id, body.level, body.reason, acting_rep(principal), clock()
         )
     except AssignmentError as error:
@@ -503,12 +517,12 @@ async def mark_lost(
     },
 )
 async def return_to_pool(
-    lead_id: str, body: PoolReturn, principal: SalesStaff, store: StoreDep, clock: ClockDep
+    lead_id: str, body: PoolReturn, principal: SalesStaff, leads: LeadsDep, clock: ClockDep
 ) -> LeadPublic:
     """The lead goes to the pool's next available rep other than the one returning it;
     if there is none it waits in the pool as `new`."""
     try:
-        lead = await store.return_to_pool(lead_id, body.reason, acting_rep(principal), clock())
+        lead = await leads.return_to_pool(lead_id, body.reason, acting_rep(principal), clock())
     except AssignmentError as error:
         raise refusal(error) from error
     return LeadPublic.model_validate(lead)

@@ -6,21 +6,22 @@ from fastapi import FastAPI
 
 from leadflow import __version__
 from leadflow.chassis.app import ServiceChassis
+from leadflow.chassis.clock import Clock, system_clock
 from services.assignment import api
 from services.assignment.handlers import register_handlers
-from services.assignment.rules import Clock
 from services.assignment.settings import Settings
 from services.assignment.store import MongoAssignmentStore
-from shared.events import utc_now
+from services.assignment.usecases import ManageTeam, RouteLeads, WorkLeads, configuration_cache
 
 SERVICE = "assignment"
 
 
-def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> FastAPI:
+def create_app(settings: Settings | None = None, *, clock: Clock = system_clock) -> FastAPI:
     settings = settings or Settings()
-    chassis = ServiceChassis(SERVICE, settings)
+    chassis = ServiceChassis(SERVICE, settings, clock=clock)
     store = MongoAssignmentStore(chassis.database, chassis.ledger)
-    register_handlers(chassis.kafka, store, clock)
+    configuration = configuration_cache(store, max_age_s=settings.configuration_max_age_s)
+    register_handlers(chassis, RouteLeads(store, configuration, clock=clock))
     return chassis.build_app(
         title="leadflow assignment",
         description="Routes each lead to the right rep within seconds and runs the sales "
@@ -29,5 +30,6 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
         routers=[api.router],
         startup=store.ensure_indexes,
         store=store,
-        clock=clock,
+        team=ManageTeam(store, configuration),
+        leads=WorkLeads(store, configuration),
     )

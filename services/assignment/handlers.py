@@ -1,72 +1,29 @@
-"""Assignment's Kafka subscriber: one consumer for every topic it reads, dispatching by type.
+"""Assignment's Kafka subscriber: intake's lead events, in batches, to `RouteLeads`.
 
-Each `on_<event>` function is one use case call. A redelivered event raises
-`AlreadyHandled` from the ledger and is acknowledged without changing anything; any other
-failure propagates, so the chassis retries it and then parks it on `<topic>.dlq`.
+Retries, poison isolation, dead letters and offsets are the chassis' (see
+`leadflow.chassis.consumer`); a failure here simply propagates.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Final
 
-import structlog
 from pydantic import Field
 
-from leadflow.chassis.kafka import KafkaRuntime
-from leadflow.chassis.store import AlreadyHandled
-from services.assignment.rules import Clock
-from services.assignment.store import LeadIntake
-from shared.events import LeadErasedV1, LeadMergedV1, LeadReceivedV1
+from leadflow.chassis.app import ServiceChassis
+from services.assignment.rules import CONSUMED_EVENTS, ConsumedEvent
+from services.assignment.usecases import RouteLeads
+from shared.events import Event
 from shared.topics import topic_for
 
-log = structlog.get_logger(__name__)
+Consumed = Annotated[ConsumedEvent, Field(discriminator="event_type")]
 
-Consumed = Annotated[
-    LeadReceivedV1 | LeadMergedV1 | LeadErasedV1, Field(discriminator="event_type")
-]
-
-CONSUMED_TOPICS: Final = tuple(topic_for(e) for e in (LeadReceivedV1, LeadMergedV1, LeadErasedV1))
+CONSUMED_TOPICS: Final = tuple(topic_for(event) for event in CONSUMED_EVENTS)
 
 
-def register_handlers(kafka: KafkaRuntime, store: LeadIntake, clock: Clock) -> None:
-    @kafka.subscriber(*CONSUMED_TOPICS, title="on_assignment_events")
-    async def on_event(event: Consumed) -> None:
-        await handle(event, store, clock())
+def register_handlers(chassis: ServiceChassis, route_leads: RouteLeads) -> None:
+    async def on_assignment_events(events: list[Event]) -> None:
+        """Route new leads, count repeat inquiries, forget erased contacts."""
+        await route_leads(events)
 
-
-async def handle(
-    event: LeadReceivedV1 | LeadMergedV1 | LeadErasedV1, store: LeadIntake, now: datetime
-) -> None:
-    try:
-        match event:
-            case LeadReceivedV1():
-                await on_lead_received(event, store, now)
-            case LeadMergedV1():
-                await on_lead_merged(event, store, now)
-            case LeadErasedV1():
-                await on_lead_erased(event, store, now)
-    except AlreadyHandled:
-        log.info("event already handled", event_id=str(event.event_id), lead_id=event.lead_id)
-
-
-async def on_lead_received(event: LeadReceivedV1, store: LeadIntake, now: datetime) -> None:
-    lead = await store.route_new_lead(event, now)
-    log.info(
-        "lead routed",
-        lead_id=lead.lead_id,
-        status=lead.status,
-        pool_id=lead.pool_id,
-        rep_id=lead.rep_id,
-    )
-
-
-async def on_lead_merged(event: LeadMergedV1, store: LeadIntake, now: datetime) -> None:
-    lead = await store.record_repeat_inquiry(event, now)
-    if lead is None:
-        log.info("repeat inquiry read before its lead; kept for it", lead_id=event.lead_id)
-
-
-async def on_lead_erased(event: LeadErasedV1, store: LeadIntake, now: datetime) -> None:
-    await store.forget_contact(event, now)
-    log.info("lead's personal data erased", lead_id=event.lead_id)
+    chassis.consume(CONSUMED_TOPICS, Consumed, on_assignment_events, title="on_assignment_events")
