@@ -12,26 +12,22 @@ from pydantic import BaseModel, ConfigDict, Field
 from leadflow.chassis.auth import Principal, Role, require
 from leadflow.chassis.http import from_state, unprocessable
 from services.nurture.rules import (
-    MANUAL_ENROLLMENT,
+    AlreadyEnrolledError,
+    Enrollment,
     EnrollmentStatus,
+    LeadNotFoundError,
     NurtureSequence,
     SendWindow,
+    SequenceExistsError,
+    SequenceNotFoundError,
+    SequenceRecord,
     Step,
     StopReason,
     sequence_errors,
 )
-from services.nurture.store import (
-    AlreadyEnrolledError,
-    Enrollment,
-    EnrollmentFilter,
-    EnrollmentRequest,
-    LeadNotFoundError,
-    NurtureStore,
-    SequenceExistsError,
-    SequenceNotFoundError,
-    SequenceRecord,
-)
-from shared.events import Channel, LeadId, utc_now
+from services.nurture.store import EnrollmentFilter, NurtureStore
+from services.nurture.usecases import EnrollByHand, Sequences
+from shared.events import Channel, LeadId
 
 router = APIRouter(prefix="/v1")
 
@@ -40,6 +36,8 @@ Reader = Annotated[Principal, Depends(require(Role.MARKETING, Role.MANAGER))]
 
 
 StoreDep = Annotated[NurtureStore, Depends(from_state("store"))]
+SequencesDep = Annotated[Sequences, Depends(from_state("sequences"))]
+EnrollByHandDep = Annotated[EnrollByHand, Depends(from_state("enroll_by_hand"))]
 
 SequenceId = Annotated[
     str,
@@ -199,10 +197,12 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such sequ
         422: {"description": "a field is missing or invalid; the body names it and why"},
     },
 )
-async def create_sequence(payload: SequenceCreate, _: Marketer, store: StoreDep) -> SequencePublic:
+async def create_sequence(
+    payload: SequenceCreate, _: Marketer, sequences: SequencesDep
+) -> SequencePublic:
     sequence = valid_sequence(payload, payload.sequence_id)
     try:
-        record = await store.create_sequence(sequence, utc_now())
+        record = await sequences.create(sequence)
     except SequenceExistsError as error:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error)) from error
     return SequencePublic.from_record(record)
@@ -211,8 +211,8 @@ async def create_sequence(payload: SequenceCreate, _: Marketer, store: StoreDep)
 @router.get(
     "/sequences", response_model=list[SequencePublic], tags=["sequences"], summary="All sequences"
 )
-async def list_sequences(_: Reader, store: StoreDep) -> list[SequencePublic]:
-    return [SequencePublic.from_record(record) for record in await store.list_sequences()]
+async def list_sequences(_: Reader, sequences: SequencesDep) -> list[SequencePublic]:
+    return [SequencePublic.from_record(record) for record in await sequences.all()]
 
 
 @router.get(
@@ -222,12 +222,11 @@ async def list_sequences(_: Reader, store: StoreDep) -> list[SequencePublic]:
     summary="One sequence",
     responses=NOT_FOUND,
 )
-async def get_sequence(sequence_id: str, _: Reader, store: StoreDep) -> SequencePublic:
-    record = await store.get_sequence(sequence_id)
-    if record is None:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND, detail=str(SequenceNotFoundError(sequence_id))
-        )
+async def get_sequence(sequence_id: str, _: Reader, sequences: SequencesDep) -> SequencePublic:
+    try:
+        record = await sequences.get(sequence_id)
+    except SequenceNotFoundError as error:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(error)) from error
     return SequencePublic.from_record(record)
 
 
@@ -241,11 +240,11 @@ async def get_sequence(sequence_id: str, _: Reader, store: StoreDep) -> Sequence
     responses={**NOT_FOUND, 422: {"description": "a field is missing or invalid"}},
 )
 async def replace_sequence(
-    sequence_id: str, payload: SequenceReplace, _: Marketer, store: StoreDep
+    sequence_id: str, payload: SequenceReplace, _: Marketer, sequences: SequencesDep
 ) -> SequencePublic:
     sequence = valid_sequence(payload, sequence_id)
     try:
-        record = await store.replace_sequence(sequence, utc_now())
+        record = await sequences.replace(sequence)
     except SequenceNotFoundError as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(error)) from error
     return SequencePublic.from_record(record)
@@ -297,17 +296,11 @@ async def get_enrollment(lead_id: str, _: Reader, store: StoreDep) -> Enrollment
         409: {"description": "the lead is already in an active enrollment"},
     },
 )
-async def enroll_lead(payload: EnrollmentCreate, _: Marketer, store: StoreDep) -> EnrollmentPublic:
-    now = utc_now()
-    request = EnrollmentRequest(
-        lead_id=payload.lead_id,
-        sequence_id=payload.sequence_id,
-        reason=MANUAL_ENROLLMENT,
-        triggered_at=now,
-        lead_must_be_known=True,
-    )
+async def enroll_lead(
+    payload: EnrollmentCreate, _: Marketer, enroll: EnrollByHandDep
+) -> EnrollmentPublic:
     try:
-        enrollment = await store.enroll(request, now)
+        enrollment = await enroll(payload.lead_id, payload.sequence_id)
     except (LeadNotFoundError, SequenceNotFoundError) as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(error)) from error
     except AlreadyEnrolledError as error:

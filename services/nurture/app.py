@@ -6,26 +6,33 @@ from fastapi import FastAPI
 
 from leadflow import __version__
 from leadflow.chassis.app import ServiceChassis
-from services.nurture import api, handlers
-from services.nurture.rules import DEFAULT_SEQUENCES
+from leadflow.chassis.clock import Clock, system_clock
+from leadflow.chassis.config_cache import VersionedCache
+from services.nurture import api
+from services.nurture.handlers import register_handlers
+from services.nurture.rules import DEFAULT_SEQUENCES, SequenceCatalog
 from services.nurture.settings import Settings
 from services.nurture.store import MongoNurtureStore
-from shared.events import utc_now
+from services.nurture.usecases import ApplyLeadEvents, EnrollByHand, Sequences
 
 SERVICE = "nurture"
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, clock: Clock = system_clock) -> FastAPI:
     settings = settings or Settings()
-    chassis = ServiceChassis(SERVICE, settings)
-    store = MongoNurtureStore(
-        chassis.database, chassis.ledger, default_timezone=settings.default_timezone
+    chassis = ServiceChassis(SERVICE, settings, clock=clock)
+    store = MongoNurtureStore(chassis.database, chassis.ledger)
+    catalog: VersionedCache[SequenceCatalog] = VersionedCache(
+        store.sequences_version, store.sequence_catalog
     )
-    handlers.register(chassis.kafka, store)
+    sequences = Sequences(store, catalog, clock=clock)
+    zone = settings.default_timezone
+    apply_lead_events = ApplyLeadEvents(store, sequences, default_timezone=zone, clock=clock)
+    register_handlers(chassis, apply_lead_events)
 
     async def startup() -> None:
         await store.ensure_indexes()
-        await store.seed_sequences(DEFAULT_SEQUENCES, utc_now())
+        await sequences.seed(DEFAULT_SEQUENCES)
 
     return chassis.build_app(
         title="leadflow nurture",
@@ -35,4 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         routers=[api.router],
         startup=startup,
         store=store,
+        sequences=sequences,
+        enroll_by_hand=EnrollByHand(store, sequences, default_timezone=zone, clock=clock),
+        apply_lead_events=apply_lead_events,
     )

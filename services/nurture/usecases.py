@@ -1,0 +1,234 @@
+"""Nurture's use cases: the steps of each flow, between the entrypoints and the store.
+
+- `ApplyLeadEvents`: a batch of consumed lifecycle events, applied in one transaction.
+- `EnrollByHand`: marketing enrolls a known lead.
+- `Sequences`: marketing's sequences, and the cached catalog enrollments are planned on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from uuid import uuid4
+
+import structlog
+
+from leadflow.chassis.clock import Clock
+from leadflow.chassis.config_cache import VersionedCache
+from services.nurture.rules import (
+    Enrollment,
+    LeadContact,
+    LeadNurture,
+    NurtureChanges,
+    NurtureSequence,
+    SequenceCatalog,
+    SequenceNotFoundError,
+    SequenceRecord,
+    enroll_by_hand,
+    nurture_batch,
+    sequences_needed,
+)
+from services.nurture.store import NurtureStore, NurtureTransaction
+from shared.events import Event, LeadEnrolledV1
+
+log = structlog.get_logger(__name__)
+
+
+class Sequences:
+    """Marketing's sequences, and the catalog the other use cases plan enrollments on.
+
+    The catalog is hot configuration: it is read through `cache`, which re-reads it only
+    when the sequences' version moved. Every change here invalidates it at once; a change
+    made on another replica is seen within the cache's `max_age_s`.
+    """
+
+    def __init__(
+        self, store: NurtureStore, cache: VersionedCache[SequenceCatalog], *, clock: Clock
+    ) -> None:
+        self._store = store
+        self._cache = cache
+        self._clock = clock
+
+    async def create(self, sequence: NurtureSequence) -> SequenceRecord:
+        """Raises SequenceExistsError."""
+        now = self._clock()
+        record = SequenceRecord(sequence, version=1, created_at=now, updated_at=now)
+        await self._store.insert_sequence(record)
+        self._cache.invalidate()
+        return record
+
+    async def replace(self, sequence: NurtureSequence) -> SequenceRecord:
+        """Replace a sequence's content; enrollments record the version they started on.
+        Raises SequenceNotFoundError."""
+        record = await self._store.update_sequence(sequence, self._clock())
+        self._cache.invalidate()
+        return record
+
+    async def seed(self, defaults: Sequence[NurtureSequence]) -> None:
+        """Insert the default sequences that are missing; never touch one marketing edited."""
+        now = self._clock()
+        inserted = await self._store.insert_missing_sequences(
+            [SequenceRecord(sequence, 1, now, now) for sequence in defaults]
+        )
+        if inserted:
+            log.info("default sequences added", count=inserted)
+            self._cache.invalidate()
+
+    async def get(self, sequence_id: str) -> SequenceRecord:
+        """Raises SequenceNotFoundError."""
+        record = await self._store.get_sequence(sequence_id)
+        if record is None:
+            raise SequenceNotFoundError(sequence_id)
+        return record
+
+    async def all(self) -> list[SequenceRecord]:
+        return await self._store.list_sequences()
+
+    async def catalog(self, *, needing: Collection[str] = ()) -> SequenceCatalog:
+        """Every sequence, from the cache. If one `needing` is missing, it may have been
+        created on another replica a moment ago: the version is checked once more."""
+        catalog = await self._cache.get()
+        if any(sequence_id not in catalog for sequence_id in needing):
+            self._cache.invalidate()
+            catalog = await self._cache.get()
+        return catalog
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    enrolled: list[LeadEnrolledV1]
+    changes: NurtureChanges
+
+
+class ApplyLeadEvents:
+    """Apply consumed lifecycle events to nurture: contacts kept, leads enrolled on loss,
+    enrollments replanned or stopped. One transaction per batch, one query per collection."""
+
+    def __init__(
+        self,
+        store: NurtureStore,
+        sequences: Sequences,
+        *,
+        default_timezone: str,
+        clock: Clock,
+    ) -> None:
+        self._store = store
+        self._sequences = sequences
+        self._default_timezone = default_timezone
+        self._clock = clock
+
+    async def __call__(self, events: Sequence[Event]) -> list[LeadEnrolledV1]:
+        """Apply the events not handled before, in order; the enrollments they started."""
+
+        async def apply(
+            transaction: NurtureTransaction, fresh: list[Event]
+        ) -> tuple[BatchOutcome, list[LeadEnrolledV1]]:
+            lead_ids = {event.lead_id for event in fresh}
+            contacts = await transaction.contacts(lead_ids)
+            active = await transaction.active_enrollments(lead_ids)
+            catalog = await self._sequences.catalog(
+                needing=sequences_needed(fresh, active.values())
+            )
+            now = self._clock()
+            changes = nurture_batch(
+                fresh,
+                contacts,
+                active,
+                catalog,
+                now=now,
+                default_timezone=self._default_timezone,
+            )
+            await transaction.save(changes)
+            enrolled = [enrolled_event(e) for e in changes.started]
+            return BatchOutcome(enrolled, changes), enrolled
+
+        outcome = await self._store.commit_batch(events, apply)
+        if outcome is None:
+            log.debug("events already handled", events=len(events))
+            return []
+        _log_outcome(outcome.changes)
+        return outcome.enrolled
+
+
+class EnrollByHand:
+    """Marketing enrolls a lead nurture knows in a sequence of its choice."""
+
+    def __init__(
+        self,
+        store: NurtureStore,
+        sequences: Sequences,
+        *,
+        default_timezone: str,
+        clock: Clock,
+        new_id: Callable[[], str] = lambda: uuid4().hex,
+    ) -> None:
+        self._store = store
+        self._sequences = sequences
+        self._default_timezone = default_timezone
+        self._clock = clock
+        self._new_id = new_id
+
+    async def __call__(self, lead_id: str, sequence_id: str) -> Enrollment:
+        """Enroll and publish `LeadEnrolledV1`, in one transaction. Raises
+        AlreadyEnrolledError, SequenceNotFoundError, LeadNotFoundError (erased, or never
+        seen)."""
+        enrollment_id = self._new_id()
+
+        async def enroll(
+            transaction: NurtureTransaction,
+        ) -> tuple[Enrollment, list[LeadEnrolledV1]]:
+            contacts = await transaction.contacts([lead_id])
+            active = await transaction.active_enrollments([lead_id])
+            catalog = await self._sequences.catalog(needing=[sequence_id])
+            lead = LeadNurture(contacts.get(lead_id) or LeadContact(lead_id), active.get(lead_id))
+            enrollment = enroll_by_hand(
+                lead,
+                catalog,
+                sequence_id,
+                enrollment_id=enrollment_id,
+                now=self._clock(),
+                default_timezone=self._default_timezone,
+            )
+            # A loss consumed at the same moment may enroll the lead too: the transactions
+            # conflict, and the one retried sees the other's enrollment (or the store's
+            # one-active-per-lead index refuses it: AlreadyEnrolledError).
+            await transaction.save(NurtureChanges(started=(enrollment,)))
+            return enrollment, [enrolled_event(enrollment)]
+
+        enrollment = await self._store.commit(enroll)
+        log.info(
+            "lead enrolled by hand",
+            lead_id=lead_id,
+            sequence_id=sequence_id,
+            enrollment_id=enrollment.enrollment_id,
+        )
+        return enrollment
+
+
+def enrolled_event(enrollment: Enrollment) -> LeadEnrolledV1:
+    return LeadEnrolledV1(
+        lead_id=enrollment.lead_id,
+        occurred_at=enrollment.enrolled_at,
+        sequence_id=enrollment.sequence_id,
+        reason=enrollment.reason,
+    )
+
+
+def _log_outcome(changes: NurtureChanges) -> None:
+    for enrollment in changes.started:
+        log.info(
+            "lead enrolled",
+            lead_id=enrollment.lead_id,
+            sequence_id=enrollment.sequence_id,
+            reason=enrollment.reason,
+        )
+    for enrollment in (*changes.started, *changes.changed):
+        if enrollment.stop_reason is not None:
+            log.info(
+                "nurturing stopped",
+                lead_id=enrollment.lead_id,
+                sequence_id=enrollment.sequence_id,
+                reason=enrollment.stop_reason.value,
+            )
+    for lead_id, why in changes.not_enrolled:
+        log.info("lost lead not enrolled", lead_id=lead_id, why=why)

@@ -1,0 +1,177 @@
+"""In-memory nurture store: the same Protocol as `MongoNurtureStore`, held to the same
+contract tests (tests/contract/test_nurture_store.py).
+
+It also counts the reads each collection gets, so unit tests can check that a batch costs
+one query per collection and that sequences are read only when they changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TypeVar
+
+from services.nurture.rules import (
+    AlreadyEnrolledError,
+    Enrollment,
+    EnrollmentStatus,
+    LeadContact,
+    NurtureChanges,
+    NurtureSequence,
+    SequenceExistsError,
+    SequenceNotFoundError,
+    SequenceRecord,
+)
+from services.nurture.store import BatchWork, EnrollmentFilter, Work
+from shared.events import Event
+from tests.fakes.ledger import InMemoryLedger
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Tables:
+    contacts: dict[str, LeadContact] = field(default_factory=dict)
+    sequences: dict[str, SequenceRecord] = field(default_factory=dict)
+    sequences_version: int = 0
+    enrollments: dict[str, Enrollment] = field(default_factory=dict)
+
+
+def _newest_first(enrollment: Enrollment) -> tuple[datetime, datetime]:
+    return enrollment.enrolled_at, enrollment.triggered_at
+
+
+class InMemoryNurtureStore:
+    def __init__(self) -> None:
+        self.tables = _Tables()
+        self.ledger = InMemoryLedger(self.tables)
+        self.reads: Counter[str] = Counter()
+        """Queries per collection: contacts, enrollments, sequences, config_versions."""
+
+    async def ensure_indexes(self) -> None:
+        return None
+
+    async def commit(self, work: Work[T]) -> T:
+        async def in_transaction() -> tuple[T, Sequence[Event]]:
+            return await work(_InMemoryNurtureTransaction(self))
+
+        return await self.ledger.commit(in_transaction)
+
+    async def commit_batch(self, consumed: Sequence[Event], work: BatchWork[T]) -> T | None:
+        async def in_transaction(fresh: list[Event]) -> tuple[T, Sequence[Event]]:
+            return await work(_InMemoryNurtureTransaction(self), fresh)
+
+        return await self.ledger.commit_batch(consumed, in_transaction)
+
+    # --- sequences ------------------------------------------------------------------------
+
+    async def sequences_version(self) -> int:
+        self.reads["config_versions"] += 1
+        return self.tables.sequences_version
+
+    async def sequence_catalog(self) -> dict[str, SequenceRecord]:
+        self.reads["sequences"] += 1
+        return dict(self.tables.sequences)
+
+    async def get_sequence(self, sequence_id: str) -> SequenceRecord | None:
+        self.reads["sequences"] += 1
+        return self.tables.sequences.get(sequence_id)
+
+    async def list_sequences(self) -> list[SequenceRecord]:
+        self.reads["sequences"] += 1
+        return [self.tables.sequences[i] for i in sorted(self.tables.sequences)]
+
+    async def insert_sequence(self, record: SequenceRecord) -> None:
+        async def insert() -> tuple[None, list[Event]]:
+            sequence_id = record.sequence.sequence_id
+            if sequence_id in self.tables.sequences:
+                raise SequenceExistsError(sequence_id)
+            self.tables.sequences[sequence_id] = record
+            self.tables.sequences_version += 1
+            return None, []
+
+        await self.ledger.commit(insert)
+
+    async def update_sequence(self, sequence: NurtureSequence, now: datetime) -> SequenceRecord:
+        async def update() -> tuple[SequenceRecord, list[Event]]:
+            known = self.tables.sequences.get(sequence.sequence_id)
+            if known is None:
+                raise SequenceNotFoundError(sequence.sequence_id)
+            record = dataclasses.replace(
+                known, sequence=sequence, version=known.version + 1, updated_at=now
+            )
+            self.tables.sequences[sequence.sequence_id] = record
+            self.tables.sequences_version += 1
+            return record, []
+
+        return await self.ledger.commit(update)
+
+    async def insert_missing_sequences(self, records: Sequence[SequenceRecord]) -> int:
+        async def insert() -> tuple[int, list[Event]]:
+            missing = [r for r in records if r.sequence.sequence_id not in self.tables.sequences]
+            for record in missing:
+                self.tables.sequences[record.sequence.sequence_id] = record
+            if missing:
+                self.tables.sequences_version += 1
+            return len(missing), []
+
+        return await self.ledger.commit(insert)
+
+    # --- enrollments ----------------------------------------------------------------------
+
+    async def latest_enrollment(self, lead_id: str) -> Enrollment | None:
+        found = await self.list_enrollments(EnrollmentFilter(lead_id=lead_id, limit=1))
+        return found[0] if found else None
+
+    async def list_enrollments(self, where: EnrollmentFilter) -> list[Enrollment]:
+        self.reads["enrollments"] += 1
+        matching = [
+            e
+            for e in self.tables.enrollments.values()
+            if (where.status is None or e.status == where.status)
+            and (where.sequence_id is None or e.sequence_id == where.sequence_id)
+            and (where.lead_id is None or e.lead_id == where.lead_id)
+        ]
+        return sorted(matching, key=_newest_first, reverse=True)[: where.limit]
+
+
+class _InMemoryNurtureTransaction:
+    def __init__(self, store: InMemoryNurtureStore) -> None:
+        self._store = store
+        self._tables = store.tables
+
+    async def contacts(self, lead_ids: Collection[str]) -> dict[str, LeadContact]:
+        self._store.reads["contacts"] += 1
+        return {i: self._tables.contacts[i] for i in lead_ids if i in self._tables.contacts}
+
+    async def active_enrollments(self, lead_ids: Collection[str]) -> dict[str, Enrollment]:
+        self._store.reads["enrollments"] += 1
+        wanted = set(lead_ids)
+        return {
+            e.lead_id: e
+            for e in self._tables.enrollments.values()
+            if e.lead_id in wanted and e.status is EnrollmentStatus.ACTIVE
+        }
+
+    async def save(self, changes: NurtureChanges) -> None:
+        tables = self._tables
+        for lead in changes.contacts:
+            tables.contacts[lead.lead_id] = lead
+        for enrollment in changes.changed:
+            if enrollment.enrollment_id not in tables.enrollments:
+                raise KeyError(f"no enrollment {enrollment.enrollment_id} to replace")
+            tables.enrollments[enrollment.enrollment_id] = enrollment
+        for enrollment in changes.started:
+            if enrollment.enrollment_id in tables.enrollments:
+                raise KeyError(f"duplicate enrollment id {enrollment.enrollment_id}")
+            tables.enrollments[enrollment.enrollment_id] = enrollment
+        # What MongoDB's unique partial index refuses (the ledger rolls the tables back).
+        active: set[str] = set()
+        for enrollment in tables.enrollments.values():
+            if enrollment.status is EnrollmentStatus.ACTIVE:
+                if enrollment.lead_id in active:
+                    raise AlreadyEnrolledError(enrollment.lead_id, None)
+                active.add(enrollment.lead_id)
