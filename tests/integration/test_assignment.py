@@ -7,33 +7,58 @@ pool: it would take every other test's unmatched leads.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
-from typing import Any
+from collections import Counter
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 
 from leadflow.chassis.auth import Role
+from leadflow.chassis.clock import system_clock
+from leadflow.chassis.store import Database, EventLedger, connect
+from services.assignment.rules import KnownLead, LastAssignment, Pool, Rep
+from services.assignment.settings import Settings
+from services.assignment.store import (
+    BatchWork,
+    LeadQuery,
+    LeadsInTransaction,
+    MongoAssignmentStore,
+)
+from services.assignment.usecases import (
+    ConfigurationCache,
+    ManageTeam,
+    RouteLeads,
+    configuration_cache,
+)
 from shared.events import (
     Attribution,
     Consent,
     Contact,
+    Event,
     LeadAssignedV1,
     LeadLostV1,
     LeadMergedV1,
     LeadReceivedV1,
     Profile,
+    utc_now,
 )
 from shared.topics import dead_letter_topic, topic_for
 from tests.conftest import Keys
 from tests.support.infra import Infra
 from tests.support.kafka import publish_event, publish_raw, read_all
-from tests.support.services import eventually
+from tests.support.services import eventually, settings_for
 
 pytestmark = pytest.mark.integration
 
 Json = dict[str, Any]
+T = TypeVar("T")
 
 
 def unique(prefix: str) -> str:
@@ -254,12 +279,12 @@ async def test_leads_are_dealt_round_robin_across_the_pools_reps(team: Team, inf
     ana, ben = await team.rep(), await team.rep()
     pool_id, region = await team.pool([ana, ben])
     events = [lead_received(region) for _ in range(4)]
+    leads = []
+    # One after another: leads read in one batch share their assignment time.
     for event in events:
         await publish_event(infra.kafka_bootstrap, event)
-
-    leads = [await team.settled(event.lead_id) for event in events]
-    in_order = sorted(leads, key=lambda lead: lead["assigned_at"])
-    assert [lead["rep_id"] for lead in in_order] == [ana, ben, ana, ben]
+        leads.append(await team.settled(event.lead_id))
+    assert [lead["rep_id"] for lead in leads] == [ana, ben, ana, ben]
     assert all(lead["pool_id"] == pool_id for lead in leads)
     first = leads[0]
     assert first["contact"]["name"] == "Dana Kim"
@@ -348,7 +373,9 @@ async def test_same_event_twice_is_assigned_once(team: Team, infra: Infra) -> No
     lead = await team.lead(event.lead_id)
     assert (lead["status"], lead["rep_id"], lead["inquiries"]) == ("assigned", ana, 1)
     pool = (await team.client.get(f"/v1/pools/{pool_id}", headers=team.manager)).json()
-    assert [(turn["rep_id"], turn["number"]) for turn in pool["rotation"]] == [(ana, 1)]
+    # Dealt once: Ben is next, Ana has had one lead.
+    members = [(m["rep_id"], m["last_assigned_at"] is not None) for m in pool["members"]]
+    assert members == [(ben, False), (ana, True)]
     after = lead_received(region)
     await publish_event(infra.kafka_bootstrap, after)
     assert (await team.settled(after.lead_id))["rep_id"] == ben
@@ -517,3 +544,203 @@ async def test_returned_lead_goes_to_another_rep_in_the_pool(
         infra.kafka_bootstrap, topic_for(LeadAssignedV1), event.lead_id, until=2
     )
     assert [(e["rep_id"], e["previous_rep_id"]) for e in assigned] == [(ana, None), (ben, ana)]
+
+
+async def test_a_repeat_inquiry_delivered_twice_counts_once(team: Team, infra: Infra) -> None:
+    ana = await team.rep()
+    _, region = await team.pool([ana])
+    event = lead_received(region)
+    await publish_event(infra.kafka_bootstrap, event)
+    await team.settled(event.lead_id)
+    merged = repeat_inquiry(event.lead_id)
+    await publish_event(infra.kafka_bootstrap, merged)
+    await publish_event(infra.kafka_bootstrap, merged)
+    topic = topic_for(LeadMergedV1)
+    barrier = await publish_garbage(infra.kafka_bootstrap, topic, event.lead_id)
+    await parked(infra.kafka_bootstrap, topic, barrier)
+
+    lead = await team.lead(event.lead_id)
+    assert (lead["inquiries"], lead["contact"]["email"]) == (2, "dana@example.com")
+
+
+async def test_a_pool_changed_through_the_api_routes_the_next_lead(
+    team: Team, infra: Infra
+) -> None:
+    ana, ben = await team.rep(), await team.rep()
+    pool_id, region = await team.pool([ana])
+    first = lead_received(region)
+    await publish_event(infra.kafka_bootstrap, first)
+    assert (await team.settled(first.lead_id))["rep_id"] == ana
+
+    changed = await team.client.patch(
+        f"/v1/pools/{pool_id}", json={"rep_ids": [ben]}, headers=team.manager
+    )
+    assert changed.status_code == 200, changed.text
+    second = lead_received(region)
+    await publish_event(infra.kafka_bootstrap, second)
+    assert (await team.settled(second.lead_id))["rep_id"] == ben
+
+
+# --- several replicas on one database --------------------------------------------------
+
+
+def repeat_inquiry(lead_id: str) -> LeadMergedV1:
+    return LeadMergedV1(
+        lead_id=lead_id,
+        contact=Contact(name="Dana Kim", phone="+14155550100", email="dana@example.com"),
+        attribution=Attribution(source="front-desk", channel="phone"),
+        matched_on="phone",
+    )
+
+
+@dataclass
+class Replica:
+    """What one assignment replica runs on a database, without its HTTP and Kafka."""
+
+    database: Database
+    store: MongoAssignmentStore
+    ledger: EventLedger
+    cache: ConfigurationCache
+    route: RouteLeads
+    team: ManageTeam
+
+
+@contextlib.asynccontextmanager
+async def replica_on(mongo_url: str, database: str) -> AsyncIterator[Replica]:
+    client = connect(mongo_url, app_name="leadflow-assignment-test-replica")
+    try:
+        ledger = EventLedger(
+            client, client[database], handled_retention=timedelta(days=8), clock=system_clock
+        )
+        store = MongoAssignmentStore(client[database], ledger)
+        cache = configuration_cache(store, max_age_s=1.0)
+        yield Replica(
+            client[database],
+            store,
+            ledger,
+            cache,
+            RouteLeads(store, cache, clock=system_clock),
+            ManageTeam(store, cache),
+        )
+    finally:
+        await client.close()
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(mongo_url: str) -> AsyncIterator[str]:
+    name = unique("assignment_replicas").replace("-", "_")
+    try:
+        yield name
+    finally:
+        client = connect(mongo_url, app_name="leadflow-assignment-test-cleanup")
+        await client.drop_database(name)
+        await client.close()
+
+
+async def test_two_replicas_routing_at_once_deal_every_lead_once_and_fairly(
+    infra: Infra,
+) -> None:
+    async with (
+        fresh_database(infra.mongo_url) as database,
+        replica_on(infra.mongo_url, database) as first,
+        replica_on(infra.mongo_url, database) as second,
+    ):
+        await first.ledger.ensure_indexes()
+        await first.store.ensure_indexes()
+        reps = [f"rep{i}" for i in range(10)]
+        for rep_id in reps:
+            await first.team.add_rep(Rep(rep_id, rep_id.title()), utc_now())
+        everyone = Pool("all", "Everyone", tuple(reps), is_default=True)
+        await first.team.add_pool(everyone, utc_now())
+        events = [lead_received("anywhere") for _ in range(200)]
+
+        async def route_in_batches(replica: Replica, half: list[LeadReceivedV1]) -> None:
+            for start in range(0, len(half), 20):
+                await replica.route(half[start : start + 20])
+
+        await asyncio.gather(
+            route_in_batches(first, events[:100]), route_in_batches(second, events[100:])
+        )
+
+        leads = await first.store.list_leads(LeadQuery(pool_id="all", limit=500))
+        assert sorted(lead.lead_id for lead in leads) == sorted(e.lead_id for e in events)
+        dealt = Counter(lead.rep_id for lead in leads)
+        assert all(abs(dealt[rep_id] - len(events) / len(reps)) <= 1 for rep_id in reps), dealt
+        announced = [record.key for record in await first.ledger.pending(1000)]
+        assert sorted(announced) == sorted(e.lead_id for e in events)
+        # Configuration was read once per replica, not once per batch.
+        assert (first.cache.loads, second.cache.loads) == (1, 1)
+
+
+class PausingLeads:
+    """A transaction's view of the leads that stops, once, right after reading them."""
+
+    def __init__(self, leads: LeadsInTransaction, read: asyncio.Event, resume: asyncio.Event):
+        self._leads = leads
+        self._read = read
+        self._resume = resume
+
+    async def leads(self, lead_ids: Collection[str]) -> dict[str, KnownLead]:
+        known = await self._leads.leads(lead_ids)
+        if not self._read.is_set():
+            self._read.set()
+            await self._resume.wait()
+        return known
+
+    async def last_assignments(self, rep_ids: Collection[str]) -> dict[str, LastAssignment]:
+        return await self._leads.last_assignments(rep_ids)
+
+    async def take_turns(self, count: int) -> int:
+        return await self._leads.take_turns(count)
+
+    async def save(
+        self, leads: Sequence[KnownLead], last_assignments: Sequence[LastAssignment]
+    ) -> None:
+        await self._leads.save(leads, last_assignments)
+
+
+class PausingStore(MongoAssignmentStore):
+    """The Mongo store whose batches pause once, inside their transaction, after reading
+    their leads."""
+
+    def __init__(self, replica: Replica, read: asyncio.Event, resume: asyncio.Event) -> None:
+        super().__init__(replica.database, replica.ledger)
+        self._read = read
+        self._resume = resume
+
+    async def handle_batch(self, consumed: Sequence[Event], work: BatchWork[T]) -> T | None:
+        async def paused(
+            leads: LeadsInTransaction, fresh: list[Event]
+        ) -> tuple[T, Sequence[Event]]:
+            return await work(PausingLeads(leads, self._read, self._resume), fresh)
+
+        return await super().handle_batch(consumed, paused)
+
+
+async def test_losing_a_lead_while_its_repeat_inquiry_is_handled_keeps_both(
+    team: Team, infra: Infra, run_id: str
+) -> None:
+    ana = await team.rep()
+    _, region = await team.pool([ana])
+    event = lead_received(region)
+    await publish_event(infra.kafka_bootstrap, event)
+    await team.settled(event.lead_id)
+
+    # Another replica handles a repeat inquiry and is held inside its transaction, after
+    # reading the lead, while a manager marks the lead lost on the service's HTTP API.
+    database = settings_for(Settings, infra, run_id).database
+    async with replica_on(infra.mongo_url, database) as other:
+        read, resume = asyncio.Event(), asyncio.Event()
+        route = RouteLeads(PausingStore(other, read, resume), other.cache, clock=system_clock)
+        handling = asyncio.create_task(route([repeat_inquiry(event.lead_id)]))
+        await asyncio.wait_for(read.wait(), timeout=30)
+        lost = await team.client.post(
+            f"/v1/leads/{event.lead_id}/lost", json={"level": 3}, headers=team.manager
+        )
+        assert lost.status_code == 200, lost.text
+        resume.set()
+        await asyncio.wait_for(handling, timeout=60)
+
+    lead = await team.lead(event.lead_id)
+    assert (lead["status"], lead["lost_level"]) == ("nurturing", 3)
+    assert (lead["inquiries"], lead["contact"]["email"]) == (2, "dana@example.com")
