@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from leadflow.chassis.auth import Role
+from services.intake.app import create_app
+from services.intake.settings import Settings
 from tests.conftest import Keys
+from tests.support.infra import Infra
+from tests.support.services import serve, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -216,3 +221,21 @@ async def test_a_burst_of_leads_is_accepted_in_few_transactions_with_one_lead_pe
     assert leads_after - leads_before == len(bodies)
     transactions = transactions_after - transactions_before
     assert 1 <= transactions < len(bodies), f"{transactions} transactions for {len(bodies)} leads"
+
+
+async def test_received_at_comes_from_the_injected_clock(
+    infra: Infra, run_id: str, keys: Keys
+) -> None:
+    then = datetime(2026, 3, 2, 10, 30, tzinfo=UTC)
+    settings = settings_for(Settings, infra, f"{run_id}_clock")
+    settings = settings.model_copy(update={"identity_database": keys.identity_database})
+    async with serve(create_app(settings, clock=lambda: then)) as intake:
+        posted = await intake.post(
+            "/v1/leads", json={"phone": unique_phone()}, headers=await keys.headers(Role.INGEST)
+        )
+        assert posted.status_code == 201, posted.text
+        lead = await intake.get(
+            f"/v1/leads/{posted.json()['lead_id']}", headers=await keys.headers(Role.MANAGER)
+        )
+    assert datetime.fromisoformat(lead.json()["received_at"]) == then
+    assert datetime.fromisoformat(lead.json()["last_inquiry_at"]) == then
