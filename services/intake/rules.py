@@ -183,12 +183,13 @@ class LeadMerge:
 class AcceptancePlan:
     """Everything a batch of leads changes, decided before anything is written."""
 
-    outcomes: list[Acceptance | LeadRejected] = field(default_factory=list)
-    new_leads: list[LeadRecord] = field(default_factory=list)
-    merges: list[LeadMerge] = field(default_factory=list)
-    new_keys: dict[ContactKey, str] = field(default_factory=dict)
+    outcomes: Sequence[Acceptance | LeadRejected] = ()
+    """What became of each lead of the batch, in order."""
+    new_leads: Sequence[LeadRecord] = ()
+    merges: Sequence[LeadMerge] = ()
+    new_keys: Mapping[ContactKey, str] = field(default_factory=dict)
     """Contact keys to add to the directory, each with the lead it identifies."""
-    events: list[Event] = field(default_factory=list)
+    events: Sequence[Event] = ()
 
 
 def plan_acceptance(
@@ -208,20 +209,22 @@ def plan_acceptance(
     contact_of = dict(known_contacts)
     new: dict[str, LeadRecord] = {}
     merges: dict[str, LeadMerge] = {}
-    plan = AcceptancePlan()
+    new_keys: dict[ContactKey, str] = {}
+    outcomes: list[Acceptance | LeadRejected] = []
+    events: list[Event] = []
     for lead in leads:
         keys = contact_keys(lead.contact)
         if not keys:
-            plan.outcomes.append(LeadRejected("phone", NEEDS_CONTACT))
+            outcomes.append(LeadRejected("phone", NEEDS_CONTACT))
             continue
         match = next(((key, owner_of[key]) for key in keys if key in owner_of), None)
         if match is None:
             for key in keys:
-                owner_of[key] = plan.new_keys[key] = lead.lead_id
+                owner_of[key] = new_keys[key] = lead.lead_id
             contact_of[lead.lead_id] = lead.contact
             new[lead.lead_id] = first_inquiry(lead)
-            plan.events.append(lead_received(lead))
-            plan.outcomes.append(Acceptance(lead.lead_id, "received"))
+            events.append(lead_received(lead))
+            outcomes.append(Acceptance(lead.lead_id, "received"))
             continue
         (matched_on, _), target = match
         # A key without its lead would be a broken directory; the inquiry still merges.
@@ -229,17 +232,21 @@ def plan_acceptance(
         merged = merge_contact(known, lead.contact)
         for key in contact_keys(merged):
             if key not in owner_of and key not in contact_keys(known):
-                owner_of[key] = plan.new_keys[key] = target
+                owner_of[key] = new_keys[key] = target
         contact_of[target] = merged
         if target in new:
             new[target] = repeat_inquiry(new[target], merged, lead.received_at)
         else:
             merges[target] = merge_inquiry(merges.get(target), target, merged, lead.received_at)
-        plan.events.append(lead_merged(lead, target, merged, matched_on))
-        plan.outcomes.append(Acceptance(target, "merged", matched_on))
-    plan.new_leads.extend(new.values())
-    plan.merges.extend(merges.values())
-    return plan
+        events.append(lead_merged(lead, target, merged, matched_on))
+        outcomes.append(Acceptance(target, "merged", matched_on))
+    return AcceptancePlan(
+        outcomes=outcomes,
+        new_leads=list(new.values()),
+        merges=list(merges.values()),
+        new_keys=new_keys,
+        events=events,
+    )
 
 
 def first_inquiry(lead: NewLead) -> LeadRecord:

@@ -43,7 +43,7 @@ class AcceptLeads:
         if not leads:
             return []
 
-        async def accept(batch: AcceptingBatch) -> tuple[AcceptancePlan, list[Event]]:
+        async def accept(batch: AcceptingBatch) -> tuple[AcceptancePlan, Sequence[Event]]:
             keys = {key for lead in leads for key in contact_keys(lead.contact)}
             owners = await batch.key_owners(keys)
             contacts = await batch.contacts(set(owners.values()))
@@ -70,4 +70,4 @@ class AcceptLeads:
                 attempt += 1
                 continue
             ACCEPT_BATCH_SIZE.observe(len(leads))
-            return plan.outcomes
+            return list(plan.outcomes)
