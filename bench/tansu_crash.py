@@ -1,6 +1,6 @@
 """What a kill -9 of Tansu does to its S3-stored log (and what a clean stop does).
 
-    .venv/bin/python bench/tansu_crash.py [--scenario midstream|idle|sigterm|all] [--json out.json]
+    .venv/bin/python bench/tansu_crash.py [--scenario NAME|no-crash|all] [--json out.json]
 
 Each scenario, on a fresh s3rver bucket and a fresh Tansu (s3 storage engine):
 
@@ -9,7 +9,8 @@ Each scenario, on a fresh s3rver bucket and a fresh Tansu (s3 storage engine):
 2. phase 1: an acks=all producer sends keyed records at a steady rate for a few seconds;
 3. Tansu is stopped: `midstream` kill -9 while records are in flight, `idle` kill -9 after
    everything was acked and consumed and the broker sat idle, `sigterm` a clean SIGTERM
-   when idle;
+   when idle; the `*-produce-first` variants start producing again right after the
+   restart, before anything reads the partitions;
 4. Tansu is restarted on the same bucket; the bench prints, per partition, the earliest
    offset (ListOffsets earliest = `beginning_offsets`), the latest (`end_offsets`) and the
    group's committed offset, and the S3 objects of the bucket before and after;
@@ -17,6 +18,9 @@ Each scenario, on a fresh s3rver bucket and a fresh Tansu (s3 storage engine):
 6. a group-less consumer reads every partition twice, from `seek_to_beginning` and from
    offset 0, and the bench says which acked records are readable, which are lost, which
    offsets were handed out twice, and what the consumer group received after the restart.
+
+`no-crash`: creating an existing topic again, and two producers writing to one partition at
+the same moment (s3rver ignores If-None-Match / If-Match, so both get the same offsets).
 
 Bounded: every phase has a fixed duration and count; every server listens on 127.0.0.1 and
 is stopped by its own pid. Needs s3rver installed in .leadflow/tools (`./dev up` does that).

@@ -263,6 +263,10 @@ class Stack:
             if self._act(step, child, backoff, now, kind="infrastructure"):
                 restarted = True
                 if child is self.infra.kafka:
+                    if self.infra.kafka_storage == "s3":
+                        # s3rver ignores conditional writes, so a restarted Tansu may hand
+                        # out offsets again (docs/LOCAL_INFRA_FINDINGS.md).
+                        log.warning("kafka restarted on s3rver: records may have been lost")
                     self._recreate_topics()
         for service in self.services:
             step = next_step(alive=service.child.alive(), backoff=service.backoff, now=now)
