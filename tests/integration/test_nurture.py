@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -13,6 +16,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from leadflow.chassis.auth import Role
+from services.nurture.app import create_app
+from services.nurture.settings import Settings
+from services.nurture.usecases import ApplyLeadEvents
 from shared.events import (
     Attribution,
     Consent,
@@ -30,7 +36,7 @@ from shared.topics import dead_letter_topic, topic_for
 from tests.conftest import Keys
 from tests.support.infra import Infra
 from tests.support.kafka import publish_event, publish_raw, read_topic
-from tests.support.services import eventually
+from tests.support.services import eventually, serve, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -387,6 +393,61 @@ async def test_enrollments_are_read_by_marketing_and_managers_only(
     assert manager.status_code == 403
     never = await enrollment_of(nurture, keys, new_lead_id())
     assert never.status_code == 404
+
+
+@dataclass
+class Replica:
+    client: httpx.AsyncClient
+    apply_lead_events: ApplyLeadEvents
+    """What its Kafka subscriber calls with each batch of consumed events."""
+
+
+@pytest.fixture
+async def replica(infra: Infra, run_id: str) -> AsyncIterator[Replica]:
+    """A nurture of its own (database and consumer group), to drive its consumer directly."""
+    race = f"{run_id}_race"
+    settings = settings_for(
+        Settings,
+        infra,
+        run_id,
+        database=f"leadflow_nurture_{race}",
+        consumer_group=f"leadflow_nurture-{race}",
+    )
+    app = create_app(settings)
+    async with serve(app) as client:
+        yield Replica(client, app.state.apply_lead_events)
+
+
+async def test_manual_enrollment_racing_a_consumed_loss_leaves_one_active_enrollment(
+    replica: Replica, keys: Keys
+) -> None:
+    headers = await keys.headers(Role.MARKETING)
+    leads = [new_lead_id() for _ in range(10)]
+    await replica.apply_lead_events([received(lead_id) for lead_id in leads])
+
+    async def by_hand(lead_id: str) -> httpx.Response:
+        body = {"lead_id": lead_id, "sequence_id": "loss-level-3"}
+        return await replica.client.post("/v1/enrollments", json=body, headers=headers)
+
+    async def consume_loss(lead_id: str) -> list[LeadEnrolledV1]:
+        return await replica.apply_lead_events([LeadLostV1(lead_id=lead_id, level=2)])
+
+    responses, consumed_losses = await asyncio.gather(
+        asyncio.gather(*(by_hand(lead_id) for lead_id in leads)),
+        asyncio.gather(*(consume_loss(lead_id) for lead_id in leads)),
+    )
+    for lead_id, response, from_loss in zip(leads, responses, consumed_losses, strict=True):
+        listed = await replica.client.get(
+            "/v1/enrollments", params={"lead_id": lead_id, "status": "active"}, headers=headers
+        )
+        [active] = listed.json()
+        if response.status_code == 201:
+            assert active["enrollment_id"] == response.json()["enrollment_id"]
+            assert from_loss == []
+        else:
+            assert response.status_code == 409, response.text
+            assert active["reason"] == "lost-level-2"
+            assert len(from_loss) == 1
 
 
 @pytest.mark.parametrize("params", [{"status": "paused"}, {"limit": 0}, {"limit": 501}])
