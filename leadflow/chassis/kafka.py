@@ -204,6 +204,7 @@ class KafkaRuntime:
             committed = await consumer.committed(partition)
             if committed:
                 positions.append(LogPosition(partition.topic, partition.partition, committed - 1))
+        # The consumer does not know which event was at its position: any record there will do.
         missing = await self.lost_from(positions)
         return [TopicPartition(p.topic, p.partition) for p in missing]
 
@@ -221,10 +222,10 @@ class KafkaRuntime:
         ]
         acknowledged = await asyncio.gather(*pending)
         return [
-            LogPosition(meta.topic, meta.partition, meta.offset)
+            LogPosition(meta.topic, meta.partition, meta.offset, headers.get("event-id"))
             if getattr(meta, "offset", None) is not None
             else None
-            for meta in acknowledged
+            for meta, (_, _, _, headers) in zip(acknowledged, messages, strict=True)
         ]
 
     async def lost_from(
@@ -233,9 +234,10 @@ class KafkaRuntime:
         """Of `furthest` (a record known to have been in the log, per partition), the
         partitions where it is gone, each with the first offset that may be missing.
 
-        The record is fetched back: present, or gone (out of range, or nothing there in
-        `timeout_s`). The broker's reported log end is not enough on its own: the local
-        broker reports the start of the last record batch, not the end of the log.
+        The record is fetched back: present (the same event id at that offset), or gone
+        (out of range, another record written over it, or nothing there in `timeout_s`).
+        The broker's reported log end is not enough on its own: the local broker's lags
+        behind what it holds.
         """
         if not furthest:
             return []
@@ -248,14 +250,16 @@ class KafkaRuntime:
         )
         await probe.start()
         try:
-            wanted = {TopicPartition(p.topic, p.partition): p.offset for p in furthest}
+            wanted = {TopicPartition(p.topic, p.partition): p for p in furthest}
             present = await _fetch_present(probe, wanted, timeout_s)
             gone = [tp for tp in wanted if tp not in present]
             if not gone:
                 return []
             ends = await probe.end_offsets(gone)
+            # From the record before the (possibly lagging) reported end: what follows may
+            # be missing or written over; republishing a few extra costs only duplicates.
             return [
-                LogPosition(tp.topic, tp.partition, max(0, min(wanted[tp], ends[tp] - 1)))
+                LogPosition(tp.topic, tp.partition, max(0, min(wanted[tp].offset, ends[tp] - 1)))
                 for tp in gone
             ]
         finally:
@@ -305,12 +309,12 @@ async def _raw_records(message: Any, _: Callable[..., Awaitable[Any]]) -> Any:
 
 
 async def _fetch_present(
-    probe: AIOKafkaConsumer, wanted: dict[TopicPartition, int], timeout_s: float
+    probe: AIOKafkaConsumer, wanted: dict[TopicPartition, LogPosition], timeout_s: float
 ) -> set[TopicPartition]:
-    """The partitions whose record at the wanted offset can be read back."""
+    """The partitions whose wanted record can be read back at its offset."""
     probe.assign(list(wanted))
-    for partition, offset in wanted.items():
-        probe.seek(partition, offset)
+    for partition, position in wanted.items():
+        probe.seek(partition, position.offset)
     present: set[TopicPartition] = set()
     waiting = set(wanted)
     deadline = time.monotonic() + timeout_s
@@ -322,7 +326,16 @@ async def _fetch_present(
             waiting -= set(error.args[0]) if error.args else set()
             continue
         for partition, records in batches.items():
-            if any(record.offset == wanted[partition] for record in records):
+            if any(_is(record, wanted[partition]) for record in records):
                 present.add(partition)
             waiting.discard(partition)
     return present
+
+
+def _is(record: Any, position: LogPosition) -> bool:
+    if record.offset != position.offset:
+        return False
+    if position.event_id is None:
+        return True
+    headers = {key: value for key, value in record.headers or ()}
+    return bool(headers.get("event-id", b"").decode() == position.event_id)

@@ -9,10 +9,12 @@ wait in the outbox and go out, in bulk, when it is back: an accepted lead is nev
 - **Commit order.** Records are published by their per-service sequence number, taken in
   the committing transaction (see `EventLedger`).
 - **A log that lost records is refilled.** Kafka's acknowledgement says where each record
-  went; the relay remembers the furthest offset per partition and checks, after a failure,
-  on taking the lease and every `audit_interval_s`, that the record there is still
-  readable. If the log went backwards (a broker that lost data), everything from the lost
-  offset on is published again; consumers drop the copies they already handled.
+  went; the relay remembers the furthest record per partition and checks, after a failure,
+  on taking the lease and every `audit_interval_s`, that this very record (by event id) is
+  still readable there. If the log went backwards (a broker that lost data, or one that
+  hands out offsets again after a restart), everything published from the lost offset on
+  is published again; consumers drop the copies they already handled. An acknowledgement
+  at or below an offset acknowledged before is the same sign, seen at once.
 
 A crash between publishing and marking re-publishes a few events, which consumers ignore
 because they de-duplicate on `event_id`.
@@ -31,7 +33,7 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from leadflow.chassis.lease import Lease
-from leadflow.chassis.store import LogPosition, OutboxRecord
+from leadflow.chassis.store import LogPosition, OutboxRecord, furthest_positions
 
 log = structlog.get_logger(__name__)
 
@@ -111,6 +113,7 @@ class OutboxRelay:
         self._clock = clock
         self._wake = asyncio.Event()
         self._next_audit = 0.0  # audit as soon as the lease is first held
+        self._furthest: dict[tuple[str, int], LogPosition] = {}
 
     @property
     def lease(self) -> Lease:
@@ -131,28 +134,50 @@ class OutboxRelay:
         if not records or not self._lease.held():
             return 0
         positions = await self._log.publish_batch([as_message(r) for r in records])
+        await self._requeue_overwritten(positions)
         await self._outbox.mark_published(list(zip(records, positions, strict=True)), self._clock())
+        for position in furthest_positions(positions):
+            self._furthest[(position.topic, position.partition)] = position
         OUTBOX_PUBLISHED.labels(self._service).inc(len(records))
         return len(records)
 
+    async def _requeue_overwritten(self, positions: Sequence[LogPosition | None]) -> None:
+        """A partition that acknowledges an offset it had already given out lost what was
+        there: publish those records again."""
+        lowest: dict[tuple[str, int], int] = {}
+        for position in positions:
+            if position is not None:
+                key = (position.topic, position.partition)
+                lowest[key] = min(lowest.get(key, position.offset), position.offset)
+        for (topic, partition), offset in lowest.items():
+            known = self._furthest.get((topic, partition))
+            if known is not None and offset <= known.offset:
+                await self._requeue(LogPosition(topic, partition, offset))
+
     async def audit_log(self) -> int:
         """Queue again whatever the log lost; returns how many events will be republished."""
-        lost = await self._log.lost_from(await self._outbox.log_positions())
+        furthest = await self._outbox.log_positions()
+        lost = await self._log.lost_from(furthest)
+        self._furthest = {(p.topic, p.partition): p for p in furthest}
         queued = 0
         for position in lost:
-            count = await self._outbox.republish_from(
-                position.topic, position.partition, position.offset
-            )
-            log.warning(
-                "kafka log lost published events; publishing them again",
-                topic=position.topic,
-                partition=position.partition,
-                from_offset=position.offset,
-                events=count,
-            )
-            queued += count
-        OUTBOX_REPUBLISHED.labels(self._service).inc(queued)
+            queued += await self._requeue(position)
         return queued
+
+    async def _requeue(self, position: LogPosition) -> int:
+        count = await self._outbox.republish_from(
+            position.topic, position.partition, position.offset
+        )
+        self._furthest.pop((position.topic, position.partition), None)
+        log.warning(
+            "kafka log lost published events; publishing them again",
+            topic=position.topic,
+            partition=position.partition,
+            from_offset=position.offset,
+            events=count,
+        )
+        OUTBOX_REPUBLISHED.labels(self._service).inc(count)
+        return count
 
     async def run(self, ready: asyncio.Event) -> None:
         await ready.wait()

@@ -14,7 +14,7 @@ the relay publishes in commit order whichever replica committed them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -97,11 +97,13 @@ class OutboxRecord:
 
 @dataclass(frozen=True, slots=True)
 class LogPosition:
-    """Where Kafka put a published record: its partition and offset."""
+    """Where Kafka put a published record: its partition and offset (and which event it
+    was, so a check can tell the record from another one written over it)."""
 
     topic: str
     partition: int
     offset: int
+    event_id: str | None = None
 
 
 Work = Callable[[Session], Awaitable[tuple[T, Sequence[Event]]]]
@@ -260,27 +262,32 @@ class EventLedger:
             ],
             ordered=False,
         )
-        furthest = _furthest_offsets(position for _, position in published)
+        furthest = furthest_positions(position for _, position in published)
         if furthest:
+            # Only the relay holding the lease writes these: the newest batch is the furthest.
             await self._positions.bulk_write(
                 [
                     UpdateOne(
-                        {"_id": _partition_key(topic, partition)},
+                        {"_id": _partition_key(p.topic, p.partition)},
                         {
-                            "$setOnInsert": {"topic": topic, "partition": partition},
-                            "$max": {"offset": offset},
+                            "$set": {
+                                "topic": p.topic,
+                                "partition": p.partition,
+                                "offset": p.offset,
+                                "event_id": p.event_id,
+                            }
                         },
                         upsert=True,
                     )
-                    for (topic, partition), offset in furthest.items()
+                    for p in furthest
                 ],
                 ordered=False,
             )
 
     async def log_positions(self) -> list[LogPosition]:
-        """The furthest offset this service's relay published to, per topic partition."""
+        """The furthest record this service's relay published, per topic partition."""
         return [
-            LogPosition(doc["topic"], doc["partition"], doc["offset"])
+            LogPosition(doc["topic"], doc["partition"], doc["offset"], doc.get("event_id"))
             async for doc in self._positions.find({})
         ]
 
@@ -294,7 +301,8 @@ class EventLedger:
             {"$set": {"published_at": None}, "$unset": {"partition": "", "offset": ""}},
         )
         await self._positions.update_one(
-            {"_id": _partition_key(topic, partition)}, {"$set": {"offset": offset - 1}}
+            {"_id": _partition_key(topic, partition)},
+            {"$set": {"offset": offset - 1, "event_id": None}},
         )
         return result.modified_count
 
@@ -323,14 +331,16 @@ def _partition_key(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
-def _furthest_offsets(positions: Iterable[LogPosition | None]) -> Mapping[tuple[str, int], int]:
-    furthest: dict[tuple[str, int], int] = {}
+def furthest_positions(positions: Iterable[LogPosition | None]) -> list[LogPosition]:
+    """The furthest of `positions` in each topic partition."""
+    furthest: dict[tuple[str, int], LogPosition] = {}
     for position in positions:
         if position is None:
             continue
         key = (position.topic, position.partition)
-        furthest[key] = max(furthest.get(key, -1), position.offset)
-    return furthest
+        if key not in furthest or furthest[key].offset < position.offset:
+            furthest[key] = position
+    return list(furthest.values())
 
 
 _LONG_AGO = datetime(1970, 1, 1, tzinfo=UTC)

@@ -214,3 +214,14 @@ async def test_a_lease_is_renewed_before_it_expires_and_lost_when_taken() -> Non
     assert not lease.held()
     assert await other.hold()
     assert not await lease.hold()
+
+
+async def test_offsets_given_out_again_after_a_restart_requeue_what_was_written_over() -> None:
+    outbox, kafka = FakeOutbox(4), FakeKafka()
+    relay = relay_for(outbox, kafka, batch_size=10)
+    await run_until(lambda: kafka.sent == 4, relay)
+    kafka.log.clear()  # a broker that restarted at offset 0 over its old records
+    outbox.records.append(OutboxRecord("new", TOPIC, "L9", "e9", "lead-received", b"{}", 9))
+    await run_until(lambda: len(kafka.log) == 5, relay)
+    # The new record took offset 0 again, so the four before it were published again.
+    assert sorted(kafka.keys()) == sorted([b"L9", b"L0", b"L1", b"L2", b"L3"])
