@@ -342,15 +342,19 @@ def pool_members(
 ) -> list[PoolMember]:
     """The pool's reps in the order its next leads go to them: available reps whose last
     lead (from any pool) is oldest first, then the reps who are away or inactive."""
-    available = sorted(_candidates(pool, reps, ()), key=lambda rep: _last_turn(last, rep.rep_id))
-    resting = [rep_id for rep_id in pool.rep_ids if rep_id not in {r.rep_id for r in available}]
+    available = [
+        rep.rep_id
+        for rep in sorted(_candidates(pool, reps, ()), key=lambda r: _last_turn(last, r.rep_id))
+    ]
+    free = set(available)
+    resting = [rep_id for rep_id in pool.rep_ids if rep_id not in free]
     return [
         PoolMember(
             rep_id=rep_id,
-            available=rep_id in reps and reps[rep_id].available,
+            available=rep_id in free,
             last_assigned_at=last[rep_id].assigned_at if rep_id in last else None,
         )
-        for rep_id in [rep.rep_id for rep in available] + resting
+        for rep_id in available + resting
     ]
 
 

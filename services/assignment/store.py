@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from pymongo import ASCENDING, DESCENDING, ReplaceOne, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, InsertOne, ReplaceOne, ReturnDocument
 
 from leadflow.chassis.store import Collection as MongoCollection
 from leadflow.chassis.store import (
@@ -68,7 +68,10 @@ class LeadsInTransaction(Protocol):
 
     async def save(
         self, leads: Sequence[KnownLead], last_assignments: Sequence[LastAssignment]
-    ) -> None: ...
+    ) -> None:
+        """Store leads and reps' last assignments. A lead that `leads` did not find in this
+        transaction is stored as new: read a lead before saving a change to it."""
+        ...
 
 
 class ConfigurationInTransaction(Protocol):
@@ -224,12 +227,16 @@ class _MongoLeads:
     def __init__(self, store: MongoAssignmentStore, session: Session | None) -> None:
         self._store = store
         self._session = session
+        self._stored: set[str] = set()
+        """Leads read in this transaction and found: saved by replacing, the rest inserted."""
 
     async def leads(self, lead_ids: Collection[str]) -> dict[str, KnownLead]:
         if not lead_ids:
             return {}
         cursor = self._store._leads.find({"_id": {"$in": list(lead_ids)}}, session=self._session)
-        return {doc["_id"]: known_lead_from_document(doc) async for doc in cursor}
+        found = {doc["_id"]: known_lead_from_document(doc) async for doc in cursor}
+        self._stored.update(found)
+        return found
 
     async def last_assignments(self, rep_ids: Collection[str]) -> dict[str, LastAssignment]:
         if not rep_ids:
@@ -261,14 +268,20 @@ class _MongoLeads:
         self, leads: Sequence[KnownLead], last_assignments: Sequence[LastAssignment]
     ) -> None:
         if leads:
+            # Inserting is several times cheaper than upserting. A lead this transaction
+            # did not find is new; should another transaction store it meanwhile, the two
+            # conflict and one of them runs again.
             await self._store._leads.bulk_write(
                 [
-                    ReplaceOne({"_id": lead.lead_id}, known_lead_document(lead), upsert=True)
+                    ReplaceOne({"_id": lead.lead_id}, known_lead_document(lead))
+                    if lead.lead_id in self._stored
+                    else InsertOne({"_id": lead.lead_id, **known_lead_document(lead)})
                     for lead in leads
                 ],
                 ordered=False,
                 session=self._session,
             )
+            self._stored.update(lead.lead_id for lead in leads)
         if last_assignments:
             await self._store._last_assignments.bulk_write(
                 [

@@ -204,9 +204,8 @@ class WorkLeads:
         async def give_back(leads: LeadsInTransaction) -> tuple[Lead, list[Event]]:
             lead = await _lead_to_work(leads, lead_id, acting_rep)
             pool = next((p for p in config.pools if p.pool_id == lead.pool_id), None)
-            members = pool.rep_ids if pool else ()
-            turn = await leads.take_turns(1)
-            last = await leads.last_assignments(members)
+            turn = await leads.take_turns(1) if pool else 0
+            last = await leads.last_assignments(pool.rep_ids if pool else ())
             returned, routing = return_to_pool(lead, pool, config.reps, last, turn=turn, now=now)
             await leads.save([returned], [routing.taken] if routing.taken else [])
             events: list[Event] = [

@@ -209,6 +209,26 @@ async def test_leads_read_back_as_saved_and_awaited_ones_are_no_leads(
     assert [lead.lead_id for lead in await store.list_leads(LeadQuery())] == ["full"]
 
 
+async def test_a_lead_read_in_a_transaction_is_replaced_by_its_change(
+    store: AssignmentStore,
+) -> None:
+    await save(
+        store, AwaitedLead("l1", Contact(email="dana@example.com"), inquiries=1), a_lead("l2")
+    )
+    received = a_lead("l1", inquiries=2, contact=Contact(email="dana@example.com"))
+    lost = a_lead("l2", status=LeadStatus.LOST, lost_level=1, lost_reason="wrong number")
+
+    async def change(book: LeadsInTransaction) -> tuple[None, list[Event]]:
+        assert set(await book.leads(["l1", "l2"])) == {"l1", "l2"}
+        await book.save([received, lost], [])
+        return None, []
+
+    await store.change_leads(change)
+    assert await store.get_lead("l1") == received
+    assert await store.get_lead("l2") == lost
+    assert len(await store.list_leads(LeadQuery())) == 2
+
+
 async def test_leads_are_listed_newest_first_by_status_rep_and_pool(
     store: AssignmentStore,
 ) -> None:

@@ -106,9 +106,12 @@ class InMemoryAssignmentStore:
 class _InMemoryLeads:
     def __init__(self, tables: _Tables) -> None:
         self._tables = tables
+        self._stored: set[str] = set()
 
     async def leads(self, lead_ids: Collection[str]) -> dict[str, KnownLead]:
-        return {i: self._tables.leads[i] for i in lead_ids if i in self._tables.leads}
+        found = {i: self._tables.leads[i] for i in lead_ids if i in self._tables.leads}
+        self._stored.update(found)
+        return found
 
     async def last_assignments(self, rep_ids: Collection[str]) -> dict[str, LastAssignment]:
         known = self._tables.last_assignments
@@ -122,7 +125,11 @@ class _InMemoryLeads:
         self, leads: Sequence[KnownLead], last_assignments: Sequence[LastAssignment]
     ) -> None:
         for lead in leads:
+            # As the Mongo store: a lead not read in this transaction is inserted as new.
+            if lead.lead_id in self._tables.leads and lead.lead_id not in self._stored:
+                raise KeyError(f"lead '{lead.lead_id}' exists but was not read before saving")
             self._tables.leads[lead.lead_id] = lead
+            self._stored.add(lead.lead_id)
         for last in last_assignments:
             self._tables.last_assignments[last.rep_id] = last
 
