@@ -213,7 +213,7 @@ async def test_garbage_goes_to_the_dead_letter_topic_and_later_events_still_coun
 
     [headers] = ours(await eventually(parked, lambda found: bool(ours(found))))
     assert headers["x-dlq-original-topic"] == topic
-    assert "invalid event" in headers["x-dlq-error"]
+    assert headers["x-dlq-error"].startswith("not JSON")
 
     async def received_since() -> int:
         after = await summary_for(analytics, keys, now.date())
