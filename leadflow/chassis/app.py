@@ -136,7 +136,11 @@ class ServiceChassis:
         return all(needed.values()), checks
 
     @contextlib.asynccontextmanager
-    async def lifespan(self, startup: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+    async def lifespan(
+        self,
+        startup: Callable[[], Awaitable[None]],
+        shutdown: Callable[[], Awaitable[None]] | None = None,
+    ) -> AsyncIterator[None]:
         self._started_at = time.monotonic()
         await self.ledger.ensure_indexes()
         await startup()
@@ -150,6 +154,8 @@ class ServiceChassis:
         try:
             yield
         finally:
+            if shutdown is not None:
+                await shutdown()  # the service's own work first, while its parts still run
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -174,6 +180,7 @@ class ServiceChassis:
         routers: Sequence[APIRouter],
         startup: Callable[[], Awaitable[None]],
         store: object,
+        shutdown: Callable[[], Awaitable[None]] | None = None,
         **state: object,
     ) -> FastAPI:
         """The service's app. Routes reach `store`, the settings and any extra `state`
@@ -182,7 +189,7 @@ class ServiceChassis:
 
         @contextlib.asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-            async with self.lifespan(startup):
+            async with self.lifespan(startup, shutdown):
                 yield
 
         app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)

@@ -25,6 +25,10 @@ R = TypeVar("R")
 CommitBatch = Callable[[list[I]], Awaitable[Sequence[R | Exception]]]
 
 
+class StoppingError(Exception):
+    """The service is shutting down: the request was not committed; send it again."""
+
+
 class GroupCommit(Generic[I, R]):
     def __init__(self, commit_batch: CommitBatch[I, R], *, max_batch: int, name: str) -> None:
         self._commit_batch = commit_batch
@@ -32,44 +36,62 @@ class GroupCommit(Generic[I, R]):
         self._name = name
         self._queue: asyncio.Queue[tuple[I, asyncio.Future[R]]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def submit(self, item: I) -> R:
         """Commit `item` with whatever else is waiting; its result, or its own error."""
+        if self._stopping:
+            raise StoppingError(f"{self._name} is stopping")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         await self._queue.put((item, future))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._run(), name=f"group-commit-{self._name}")
         return await future
 
-    async def stop(self) -> None:
-        if self._worker is not None:
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Commit what is queued (within `timeout_s`), then refuse new requests."""
+        self._stopping = True
+        if self._worker is not None and not self._worker.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), timeout=timeout_s)
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
+        while not self._queue.empty():  # not committed in time: each caller is told
+            _, future = self._queue.get_nowait()
+            if not future.done():
+                future.set_exception(StoppingError(f"{self._name} stopped"))
 
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            waiting = [(item, future) for item, future in batch if not future.cancelled()]
-            if not waiting:
-                continue
             try:
-                results = await self._commit_batch([item for item, _ in waiting])
-            except asyncio.CancelledError:
-                for _, future in waiting:
-                    future.cancel()
-                raise
-            except Exception as error:  # noqa: BLE001 - every waiting request gets the error
-                for _, future in waiting:
-                    if not future.done():
-                        future.set_exception(error)
+                await self._commit(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _commit(self, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
+        waiting = [(item, future) for item, future in batch if not future.cancelled()]
+        if not waiting:
+            return
+        try:
+            results = await self._commit_batch([item for item, _ in waiting])
+        except asyncio.CancelledError:
+            for _, future in waiting:
+                future.cancel()
+            raise
+        except Exception as error:  # noqa: BLE001 - every waiting request gets the error
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), result in zip(waiting, results, strict=True):
+            if future.done():
                 continue
-            for (_, future), result in zip(waiting, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)

@@ -10,13 +10,16 @@ from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, WTimeoutError
 
+from leadflow.chassis.batching import StoppingError
+
 log = structlog.get_logger(__name__)
 
 Location = Sequence[str | int]
 
 RETRY_AFTER_S = 5
-# The database is unreachable or too slow to answer in time: a temporary state.
-_OUTAGES = (ConnectionFailure, ExecutionTimeout, WTimeoutError)
+# The database is unreachable or too slow to answer in time, or this replica is stopping:
+# temporary states; the client should send the request again.
+_OUTAGES = (ConnectionFailure, ExecutionTimeout, WTimeoutError, StoppingError)
 
 
 def from_state(attribute: str) -> Callable[[Request], Any]:
@@ -43,17 +46,23 @@ def unprocessable(*problems: tuple[Location, str]) -> HTTPException:
 
 
 def add_outage_handler(app: FastAPI) -> None:
-    """Answer 503 with `Retry-After` while the database is unreachable, never a bare 500."""
+    """Answer 503 with `Retry-After` while the database is unreachable (or the replica is
+    stopping), never a bare 500."""
 
     async def service_unavailable(request: Request, error: Exception) -> JSONResponse:
         log.warning(
-            "database unreachable; request refused",
+            "request refused for now",
             method=request.method,
             path=request.url.path,
             error=repr(error),
         )
+        reason = (
+            "this replica is stopping"
+            if isinstance(error, StoppingError)
+            else "the database is unreachable"
+        )
         return JSONResponse(
-            {"detail": "the database is unreachable; nothing was stored, try again shortly"},
+            {"detail": f"{reason}; nothing was stored, try again shortly"},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-
 from fastapi import FastAPI
 
 from leadflow import __version__
@@ -29,26 +26,15 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
     lead_acceptor: api.LeadAcceptor = GroupCommit(
         AcceptLeads(store), max_batch=ACCEPT_MAX_BATCH, name="accept-leads"
     )
-    app = chassis.build_app(
+    return chassis.build_app(
         title="leadflow intake",
         description="Accepts leads from forms, ad platforms and front desks; normalises, "
         "de-duplicates and publishes them.",
         version=__version__,
         routers=[api.router],
         startup=store.ensure_indexes,
+        # Before the chassis closes the database the committer writes to.
+        shutdown=lead_acceptor.stop,
         store=store,
         lead_acceptor=lead_acceptor,
     )
-    chassis_lifespan = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with chassis_lifespan(app):
-            try:
-                yield
-            finally:
-                # Before the chassis closes the database the committer writes to.
-                await lead_acceptor.stop()
-
-    app.router.lifespan_context = lifespan
-    return app

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from leadflow.chassis.batching import GroupCommit
+from leadflow.chassis.batching import GroupCommit, StoppingError
 from leadflow.chassis.config_cache import VersionedCache
 
 pytestmark = pytest.mark.unit
@@ -88,3 +88,14 @@ async def test_configuration_is_read_once_until_its_version_moves() -> None:
     cache.invalidate()
     assert await cache.get() == "config v3"
     assert loaded == [1, 2, 3]
+
+
+async def test_stopping_commits_what_is_queued_then_refuses_new_requests() -> None:
+    committer = Committer()
+    group = GroupCommit(committer.commit, max_batch=5, name="test")
+    pending = [asyncio.create_task(group.submit(i)) for i in range(0, 40, 2)]
+    await asyncio.sleep(0)  # queued
+    await group.stop()
+    assert [await task for task in pending] == [i * 10 for i in range(0, 40, 2)]
+    with pytest.raises(StoppingError):
+        await group.submit(2)

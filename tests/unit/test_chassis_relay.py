@@ -224,4 +224,4 @@ async def test_offsets_given_out_again_after_a_restart_requeue_what_was_written_
     outbox.records.append(OutboxRecord("new", TOPIC, "L9", "e9", "lead-received", b"{}", 9))
     await run_until(lambda: len(kafka.log) == 5, relay)
     # The new record took offset 0 again, so the four before it were published again.
-    assert sorted(kafka.keys()) == sorted([b"L9", b"L0", b"L1", b"L2", b"L3"])
+    assert sorted(key or b"" for key in kafka.keys()) == [b"L0", b"L1", b"L2", b"L3", b"L9"]
