@@ -99,7 +99,7 @@ class FakeKafka:
     async def lost_from(self, furthest: Sequence[LogPosition]) -> list[LogPosition]:
         return [replace(p, offset=len(self.log)) for p in furthest if p.offset >= len(self.log)]
 
-    def keys(self) -> list[bytes | None]:
+    def published_keys(self) -> list[bytes | None]:
         return [message[2] for message in self.log]
 
 
@@ -149,21 +149,21 @@ async def run_until(
 async def test_relay_publishes_in_commit_order_keyed_by_lead() -> None:
     outbox, kafka = FakeOutbox(5), FakeKafka()
     await run_until(lambda: kafka.sent == 5, relay_for(outbox, kafka))
-    assert kafka.keys() == [b"L0", b"L1", b"L2", b"L3", b"L4"]
+    assert kafka.published_keys() == [b"L0", b"L1", b"L2", b"L3", b"L4"]
     assert kafka.log[0][3]["event-id"] == "e0"
 
 
 async def test_events_wait_in_the_outbox_while_kafka_is_down() -> None:
     outbox, kafka = FakeOutbox(3), FakeKafka(failures=3)
     await run_until(lambda: kafka.sent == 3, relay_for(outbox, kafka, batch_size=10))
-    assert kafka.keys() == [b"L0", b"L1", b"L2"]
+    assert kafka.published_keys() == [b"L0", b"L1", b"L2"]
 
 
 async def test_two_replicas_relay_through_one_lease_and_publish_nothing_twice() -> None:
     outbox, kafka, leases = FakeOutbox(40), FakeKafka(), FakeLeases()
     first, second = relay_for(outbox, kafka, leases), relay_for(outbox, kafka, leases)
     await run_until(lambda: kafka.sent == 40, first, second)
-    assert kafka.keys() == [f"L{i}".encode() for i in range(40)]
+    assert kafka.published_keys() == [f"L{i}".encode() for i in range(40)]
     assert sum(relay.lease.held() for relay in (first, second)) == 1
 
 
@@ -177,7 +177,7 @@ async def test_a_replica_takes_over_within_the_lease_when_the_holder_dies() -> N
     started = asyncio.get_running_loop().time()
     await run_until(lambda: kafka.sent == 3, successor)
     assert asyncio.get_running_loop().time() - started < 1.0  # within seconds (ttl 0.3 s)
-    assert kafka.keys()[-1] == b"L9"
+    assert kafka.published_keys()[-1] == b"L9"
 
 
 async def test_a_stopped_relay_hands_the_lease_over_at_once() -> None:
@@ -196,7 +196,7 @@ async def test_what_the_log_lost_is_published_again() -> None:
     del kafka.log[3:]  # the broker came back without its last three records
     assert await relay.audit_log() == 3
     await run_until(lambda: kafka.sent == 9, relay)
-    assert kafka.keys() == [b"L0", b"L1", b"L2", b"L3", b"L4", b"L5"]
+    assert kafka.published_keys() == [b"L0", b"L1", b"L2", b"L3", b"L4", b"L5"]
 
 
 async def test_a_lease_is_renewed_before_it_expires_and_lost_when_taken() -> None:
@@ -224,4 +224,10 @@ async def test_offsets_given_out_again_after_a_restart_requeue_what_was_written_
     outbox.records.append(OutboxRecord("new", TOPIC, "L9", "e9", "lead-received", b"{}", 9))
     await run_until(lambda: len(kafka.log) == 5, relay)
     # The new record took offset 0 again, so the four before it were published again.
-    assert sorted(key or b"" for key in kafka.keys()) == [b"L0", b"L1", b"L2", b"L3", b"L9"]
+    assert sorted(key or b"" for key in kafka.published_keys()) == [
+        b"L0",
+        b"L1",
+        b"L2",
+        b"L3",
+        b"L9",
+    ]
