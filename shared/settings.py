@@ -37,7 +37,8 @@ class ServiceSettings(BaseSettings):
     """How long the producer gathers records into one request (fewer, larger writes)."""
     topic_retention_hours: int = Field(default=168, ge=1)
     """`retention.ms` of the topics a service creates; handled event ids are kept longer."""
-    outbox_poll_interval_s: float = Field(default=0.5, gt=0)
+    outbox_poll_interval_s: float = Field(default=0.2, gt=0)
+    """How often the relay looks for events another replica committed (its own wake it)."""
     outbox_batch_size: int = Field(default=1000, ge=1)
     outbox_lease_s: float = Field(default=5.0, gt=0)
     """The relay lease: another replica takes over within this long after its holder dies."""
