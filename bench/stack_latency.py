@@ -46,7 +46,6 @@ def start_stack(data_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")}
     env |= {
         "LEADFLOW_DATA_DIR": str(data_dir),
-        "LEADFLOW_TOOLS_DIR": str(REPO / ".leadflow" / "tools"),
         "LEADFLOW_KAFKA_PORT": str(free_port()),
         "LEADFLOW_MONGO_PORT": str(free_port()),
         "LEADFLOW_S3_PORT": str(free_port()),

