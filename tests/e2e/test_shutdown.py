@@ -1,7 +1,7 @@
 """A busy service stops promptly on SIGTERM (what Ctrl-C on `up` and every orchestrator send).
 
 Nurture and analytics are started as processes, handed a few thousand events, and sent
-SIGTERM while they work through them. Each must exit on its own (code 0), well before
+SIGTERM while they work through them. Each must exit on its own, well before
 the supervisor's 20 s kill; what it had not committed is delivered again to whoever
 consumes next, and the inbox recognises what was handled.
 """
@@ -80,7 +80,9 @@ def test_busy_consumers_exit_promptly_on_sigterm(infra: LocalInfra, tmp_path: Pa
             remaining = max(0.1, started + 30 - time.monotonic())
             code = process.wait(timeout=remaining)
             took[name] = time.monotonic() - started
-            assert code == 0, f"{name} exited with {code}; see {tmp_path / 'logs'}"
+            # uvicorn shuts down gracefully, then re-raises the signal it caught, so the
+            # parent sees "ended by SIGTERM" rather than a plain 0.
+            assert code in (0, -signal.SIGTERM), f"{name} exited with {code}; see the logs"
         slow = {name: round(s, 1) for name, s in took.items() if s > PROMPT_EXIT_S}
         assert slow == {}, f"slow to stop after SIGTERM: {slow}"
     finally:
