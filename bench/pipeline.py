@@ -51,9 +51,9 @@ from pymongo import AsyncMongoClient, UpdateOne
 from leadflow.chassis.auth import Role
 from leadflow.keys import create_key
 from leadflow.localinfra import LocalInfra, free_port
+from leadflow.replicas import Replica, ReplicaSet
 from shared.events import Attribution, Contact, LeadReceivedV1, Profile
 from shared.topics import topic_for
-from tests.support.replicas import Replica, ReplicaSet
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = ("intake", "assignment", "nurture", "analytics")

@@ -1,5 +1,6 @@
 """Service replicas as real processes (`python -m leadflow service <name>`), as ops would run
-them: several per service, one consumer group, one database, on the same broker."""
+them: several per service, one consumer group, one database, on the same broker. Used by
+the scale-out and shutdown tests and by the benchmarks."""
 
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ from pathlib import Path
 import httpx
 
 from leadflow.localinfra import ChildProcess, free_port
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass

@@ -22,10 +22,10 @@ from pymongo import AsyncMongoClient
 from leadflow.chassis.auth import Role
 from leadflow.keys import create_key
 from leadflow.localinfra import LocalInfra, running
+from leadflow.replicas import ReplicaSet
 from shared.events import LeadAssignedV1, LeadReceivedV1
 from shared.topics import ALL_TOPICS, topic_for
 from tests.support.kafka import read_all
-from tests.support.replicas import ReplicaSet
 from tests.support.services import eventually
 
 pytestmark = pytest.mark.e2e

@@ -19,9 +19,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from leadflow.localinfra import LocalInfra, running
+from leadflow.replicas import ReplicaSet
 from shared.events import Attribution, Contact, LeadLostV1, LeadReceivedV1
 from shared.topics import topic_for
-from tests.support.replicas import ReplicaSet
 
 pytestmark = pytest.mark.e2e
 
