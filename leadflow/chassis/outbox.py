@@ -33,7 +33,12 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from leadflow.chassis.lease import Lease
-from leadflow.chassis.store import LogPosition, OutboxRecord, furthest_positions
+from leadflow.chassis.store import (
+    PUBLISHED_RETENTION,
+    LogPosition,
+    OutboxRecord,
+    furthest_positions,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +69,7 @@ class Outbox(Protocol):
     ) -> None: ...
     async def log_positions(self) -> list[LogPosition]: ...
     async def republish_from(self, topic: str, partition: int, offset: int) -> int: ...
+    async def forget_published(self, older_than: datetime) -> int: ...
 
 
 class EventLog(Protocol):
@@ -134,25 +140,29 @@ class OutboxRelay:
         if not records or not self._lease.held():
             return 0
         positions = await self._log.publish_batch([as_message(r) for r in records])
-        await self._requeue_overwritten(positions)
+        if await self._requeue_overwritten(positions):
+            return len(records)  # the relay moved back: this batch goes out again too
         await self._outbox.mark_published(list(zip(records, positions, strict=True)), self._clock())
         for position in furthest_positions(positions):
             self._furthest[(position.topic, position.partition)] = position
         OUTBOX_PUBLISHED.labels(self._service).inc(len(records))
         return len(records)
 
-    async def _requeue_overwritten(self, positions: Sequence[LogPosition | None]) -> None:
+    async def _requeue_overwritten(self, positions: Sequence[LogPosition | None]) -> bool:
         """A partition that acknowledges an offset it had already given out lost what was
-        there: publish those records again."""
+        there: publish those records again. True if anything was requeued."""
         lowest: dict[tuple[str, int], int] = {}
         for position in positions:
             if position is not None:
                 key = (position.topic, position.partition)
                 lowest[key] = min(lowest.get(key, position.offset), position.offset)
+        requeued = False
         for (topic, partition), offset in lowest.items():
             known = self._furthest.get((topic, partition))
             if known is not None and offset <= known.offset:
                 await self._requeue(LogPosition(topic, partition, offset))
+                requeued = True
+        return requeued
 
     async def audit_log(self) -> int:
         """Queue again whatever the log lost; returns how many events will be republished."""
@@ -162,6 +172,7 @@ class OutboxRelay:
         queued = 0
         for position in lost:
             queued += await self._requeue(position)
+        await self._outbox.forget_published(self._clock() - PUBLISHED_RETENTION)
         return queued
 
     async def _requeue(self, position: LogPosition) -> int:

@@ -15,7 +15,7 @@ the relay publishes in commit order whichever replica committed them.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -44,6 +44,7 @@ E = TypeVar("E", bound=Event)
 
 __all__ = [
     "DEPENDENCY_DOWN",
+    "IN_CHUNK",
     "ApiKeyStore",
     "Collection",
     "Database",
@@ -56,6 +57,7 @@ __all__ = [
     "PyMongoError",
     "Session",
     "connect",
+    "find_in",
     "ping",
 ]
 
@@ -64,6 +66,11 @@ DEPENDENCY_DOWN: tuple[type[Exception], ...] = (ConnectionFailure, ExecutionTime
 
 PUBLISHED_RETENTION = timedelta(days=7)
 """How long a published outbox record is kept: the window a lost Kafka log is refilled from."""
+_BATCHES_KEPT = 1000
+"""Where the last relay batches began, per partition: enough to find what a lost log held."""
+IN_CHUNK = 25
+"""Ids per `$in` query: the local MongoDB-wire server's cost of `$in` grows with the square
+of the list (500 ids: 270 ms; 20 queries of 25: 60 ms), a real MongoDB's does not care."""
 
 
 def connect(url: str, *, app_name: str) -> AsyncMongoClient[Document]:
@@ -104,6 +111,8 @@ class LogPosition:
     partition: int
     offset: int
     event_id: str | None = None
+    sequence: int | None = None
+    """The outbox sequence number of the record published there."""
 
 
 Work = Callable[[Session], Awaitable[tuple[T, Sequence[Event]]]]
@@ -127,6 +136,7 @@ class EventLedger:
         self._transaction_timeout_s = transaction_timeout_s
         self._outbox: Collection = database["outbox"]
         self._sequence: Collection = database["outbox_sequence"]
+        self._relayed: Collection = database["outbox_relayed"]
         self._positions: Collection = database["outbox_log_positions"]
         self._inbox: Collection = database["inbox"]
         self._handled_retention = handled_retention
@@ -139,22 +149,37 @@ class EventLedger:
         return self._handled_retention
 
     async def ensure_indexes(self) -> None:
-        await self._outbox.create_index(
-            [("published_at", ASCENDING), ("sequence", ASCENDING)], name="pending_in_order"
-        )
-        await self._outbox.create_index(
-            [("topic", ASCENDING), ("partition", ASCENDING), ("offset", ASCENDING)],
-            name="log_position",
-        )
-        await self._outbox.create_index(
-            "published_at",
-            name="published_ttl",
-            expireAfterSeconds=int(PUBLISHED_RETENTION.total_seconds()),
-        )
+        await self._outbox.create_index("sequence", name="commit_order")
         await self._inbox.create_index(
             "handled_at",
             name="handled_ttl",
             expireAfterSeconds=int(self._handled_retention.total_seconds()),
+        )
+        await self._number_legacy_records()
+
+    async def _number_legacy_records(self) -> None:
+        """Records an older version left unpublished carry no sequence: number them, in
+        the order they were written, so the relay publishes them."""
+        legacy = [
+            doc["_id"]
+            async for doc in self._outbox.find(
+                {"sequence": {"$exists": False}, "published_at": None}, {"_id": 1}
+            ).sort("_id", ASCENDING)
+        ]
+        if not legacy:
+            return
+        counter = await self._sequence.find_one_and_update(
+            {"_id": "outbox"},
+            {"$inc": {"last": len(legacy)}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        first = int(counter["last"]) - len(legacy) + 1 if counter else 1
+        await self._outbox.bulk_write(
+            [
+                UpdateOne({"_id": record_id}, {"$set": {"sequence": first + i}})
+                for i, record_id in enumerate(legacy)
+            ]
         )
 
     async def commit(self, work: Work[T]) -> T:
@@ -167,27 +192,39 @@ class EventLedger:
 
         return await self._run(transaction)
 
-    async def commit_batch(self, consumed: Sequence[E], work: BatchWork[E, T]) -> T | None:
+    async def commit_batch(
+        self,
+        consumed: Sequence[E],
+        work: BatchWork[E, T],
+        *,
+        recorded_in: Collection | None = None,
+    ) -> T | None:
         """Handle a batch of consumed events in one transaction.
 
         Events handled before (and repeats within the batch) are dropped with one inbox
         query; `work` gets the rest in their original order, and their ids are recorded
         with the change. Returns None, without a transaction's writes, when nothing is new.
+
+        A service whose `work` itself stores every consumed event under its id (an event
+        store) passes that collection as `recorded_in`: it serves as the inbox, and no
+        separate inbox record is written.
         """
+        inbox = self._inbox if recorded_in is None else recorded_in
 
         async def transaction(session: Session) -> T | None:
-            fresh = await self._unhandled(consumed, session)
+            fresh = await _unhandled(inbox, consumed, session)
             if not fresh:
                 return None
             result, events = await work(session, fresh)
-            now = self._clock()
-            await self._inbox.insert_many(
-                [
-                    {"_id": str(e.event_id), "event_type": e.event_type, "handled_at": now}
-                    for e in fresh
-                ],
-                session=session,
-            )
+            if recorded_in is None:
+                now = self._clock()
+                await self._inbox.insert_many(
+                    [
+                        {"_id": str(e.event_id), "event_type": e.event_type, "handled_at": now}
+                        for e in fresh
+                    ],
+                    session=session,
+                )
             await self._append(events, session)
             return result
 
@@ -201,18 +238,6 @@ class EventLedger:
                 result = await session.with_transaction(transaction)
         self._on_commit()
         return result
-
-    async def _unhandled(self, consumed: Sequence[E], session: Session) -> list[E]:
-        ids = list(dict.fromkeys(str(e.event_id) for e in consumed))
-        cursor = self._inbox.find({"_id": {"$in": ids}}, {"_id": 1}, session=session)
-        seen = {doc["_id"] async for doc in cursor}
-        fresh: list[E] = []
-        for event in consumed:
-            event_id = str(event.event_id)
-            if event_id not in seen:
-                seen.add(event_id)
-                fresh.append(event)
-        return fresh
 
     async def _append(self, events: Sequence[Event], session: Session) -> None:
         if not events:
@@ -231,8 +256,19 @@ class EventLedger:
             [outbox_document(e, first + i) for i, e in enumerate(events)], session=session
         )
 
+    async def relayed_through(self) -> int:
+        """The sequence number of the last record the relay published."""
+        doc = await self._relayed.find_one({"_id": "relay"})
+        return int(doc["sequence"]) if doc else 0
+
     async def pending(self, limit: int) -> list[OutboxRecord]:
-        cursor = self._outbox.find({"published_at": None}).sort("sequence", ASCENDING).limit(limit)
+        """The next records to publish, in commit order."""
+        through = await self.relayed_through()
+        cursor = (
+            self._outbox.find({"sequence": {"$gt": through}})
+            .sort("sequence", ASCENDING)
+            .limit(limit)
+        )
         return [
             OutboxRecord(
                 record_id=doc["_id"],
@@ -241,7 +277,7 @@ class EventLedger:
                 event_id=doc["event_id"],
                 event_type=doc["event_type"],
                 payload=bytes(doc["payload"]),
-                sequence=doc.get("sequence", 0),
+                sequence=doc["sequence"],
             )
             async for doc in cursor
         ]
@@ -249,65 +285,109 @@ class EventLedger:
     async def mark_published(
         self, published: Sequence[tuple[OutboxRecord, LogPosition | None]], now: datetime
     ) -> None:
-        """Mark records published, with where Kafka put each (kept to detect a lost log)."""
+        """Move the relay past `published` (they went out in order) and remember where
+        Kafka put them: per partition the furthest record, and where each batch began.
+
+        A few writes per batch, whatever its size: records are not marked one by one.
+        """
         if not published:
             return
-        await self._outbox.bulk_write(
+        await self._relayed.update_one(
+            {"_id": "relay"},
+            {"$set": {"sequence": published[-1][0].sequence, "at": now}},
+            upsert=True,
+        )
+        first: dict[tuple[str, int], LogPosition] = {}
+        for record, position in published:
+            if position is not None:
+                key = (position.topic, position.partition)
+                first.setdefault(key, replace(position, sequence=record.sequence))
+        furthest = {
+            (p.topic, p.partition): p
+            for p in furthest_positions(
+                None if p is None else replace(p, sequence=r.sequence) for r, p in published
+            )
+        }
+        if not furthest:
+            return
+        # Only the relay holding the lease writes these.
+        await self._positions.bulk_write(
             [
                 UpdateOne(
-                    {"_id": record.record_id},
-                    {"$set": {"published_at": now, **_position_fields(position)}},
+                    {"_id": _partition_key(*key)},
+                    {
+                        "$set": {
+                            "topic": p.topic,
+                            "partition": p.partition,
+                            "offset": p.offset,
+                            "event_id": p.event_id,
+                            "sequence": p.sequence,
+                        },
+                        "$push": {
+                            "batches": {
+                                "$each": [
+                                    {"offset": first[key].offset, "sequence": first[key].sequence}
+                                ],
+                                "$slice": -_BATCHES_KEPT,
+                            }
+                        },
+                    },
+                    upsert=True,
                 )
-                for record, position in published
+                for key, p in furthest.items()
             ],
             ordered=False,
         )
-        furthest = furthest_positions(position for _, position in published)
-        if furthest:
-            # Only the relay holding the lease writes these: the newest batch is the furthest.
-            await self._positions.bulk_write(
-                [
-                    UpdateOne(
-                        {"_id": _partition_key(p.topic, p.partition)},
-                        {
-                            "$set": {
-                                "topic": p.topic,
-                                "partition": p.partition,
-                                "offset": p.offset,
-                                "event_id": p.event_id,
-                            }
-                        },
-                        upsert=True,
-                    )
-                    for p in furthest
-                ],
-                ordered=False,
-            )
 
     async def log_positions(self) -> list[LogPosition]:
         """The furthest record this service's relay published, per topic partition."""
         return [
-            LogPosition(doc["topic"], doc["partition"], doc["offset"], doc.get("event_id"))
-            async for doc in self._positions.find({})
+            LogPosition(
+                doc["topic"],
+                doc["partition"],
+                doc["offset"],
+                doc.get("event_id"),
+                doc.get("sequence"),
+            )
+            async for doc in self._positions.find({}, {"batches": 0})
         ]
 
     async def republish_from(self, topic: str, partition: int, offset: int) -> int:
-        """The log lost what was at `offset` and after: queue those records again.
+        """The log lost what was at `offset` and after in one partition: move the relay
+        back to the batch that put a record there, so everything from it is published
+        again (other partitions' copies are dropped by their consumers).
 
         Returns how many records will be published again.
         """
-        result = await self._outbox.update_many(
-            {"topic": topic, "partition": partition, "offset": {"$gte": offset}},
-            {"$set": {"published_at": None}, "$unset": {"partition": "", "offset": ""}},
-        )
+        doc = await self._positions.find_one({"_id": _partition_key(topic, partition)})
+        batches = (doc or {}).get("batches", [])
+        before = [b["sequence"] for b in batches if b["offset"] <= offset]
+        # The last batch that began at or before the lost offset; if none is remembered,
+        # the oldest remembered batch (a few more duplicates, nothing missed).
+        start = before[-1] if before else (batches[0]["sequence"] if batches else 1)
+        through = await self.relayed_through()
+        if start - 1 < through:
+            await self._relayed.update_one(
+                {"_id": "relay"}, {"$set": {"sequence": start - 1}}, upsert=True
+            )
         await self._positions.update_one(
             {"_id": _partition_key(topic, partition)},
-            {"$set": {"offset": offset - 1, "event_id": None}},
+            {"$set": {"offset": offset - 1, "event_id": None, "batches": []}},
         )
-        return result.modified_count
+        return await self._outbox.count_documents({"sequence": {"$gte": start, "$lte": through}})
+
+    async def forget_published(self, older_than: datetime) -> int:
+        """Drop published records older than `older_than` (the window a lost log is refilled
+        from); records not yet published are kept however old."""
+        through = await self.relayed_through()
+        result = await self._outbox.delete_many(
+            {"sequence": {"$lte": through}, "created_at": {"$lt": older_than}}
+        )
+        return result.deleted_count
 
     async def backlog(self) -> int:
-        return await self._outbox.count_documents({"published_at": None})
+        through = await self.relayed_through()
+        return await self._outbox.count_documents({"sequence": {"$gt": through}})
 
 
 def outbox_document(event: Event, sequence: int) -> Document:
@@ -319,12 +399,7 @@ def outbox_document(event: Event, sequence: int) -> Document:
         "key": event.lead_id,
         "payload": event.model_dump_json().encode(),
         "created_at": event.occurred_at,
-        "published_at": None,
     }
-
-
-def _position_fields(position: LogPosition | None) -> Document:
-    return {} if position is None else {"partition": position.partition, "offset": position.offset}
 
 
 def _partition_key(topic: str, partition: int) -> str:
@@ -398,3 +473,38 @@ class ApiKeyStore:
             {"key_id": key_id, "revoked_at": None}, {"$set": {"revoked_at": now}}
         )
         return result.modified_count == 1
+
+
+async def find_in(
+    collection: Collection,
+    field: str,
+    values: Iterable[Any],
+    *,
+    session: Session | None = None,
+    projection: Document | None = None,
+    also: Document | None = None,
+) -> list[Document]:
+    """Documents whose `field` is one of `values` (and that match `also`), in chunks of
+    `IN_CHUNK` values per query."""
+    wanted = list(dict.fromkeys(values))
+    found: list[Document] = []
+    for start in range(0, len(wanted), IN_CHUNK):
+        query = {field: {"$in": wanted[start : start + IN_CHUNK]}, **(also or {})}
+        found.extend([doc async for doc in collection.find(query, projection, session=session)])
+    return found
+
+
+async def _unhandled(inbox: Collection, consumed: Sequence[E], session: Session) -> list[E]:
+    """`consumed` without the events `inbox` holds, and without repeats, in order."""
+    ids = (str(e.event_id) for e in consumed)
+    seen = {
+        doc["_id"]
+        for doc in await find_in(inbox, "_id", ids, session=session, projection={"_id": 1})
+    }
+    fresh: list[E] = []
+    for event in consumed:
+        event_id = str(event.event_id)
+        if event_id not in seen:
+            seen.add(event_id)
+            fresh.append(event)
+    return fresh

@@ -66,6 +66,9 @@ class FakeOutbox:
                 furthest[key] = position
         return list(furthest.values())
 
+    async def forget_published(self, older_than: datetime) -> int:
+        return 0
+
     async def republish_from(self, topic: str, partition: int, offset: int) -> int:
         lost = [
             record_id
@@ -222,12 +225,7 @@ async def test_offsets_given_out_again_after_a_restart_requeue_what_was_written_
     await run_until(lambda: kafka.sent == 4, relay)
     kafka.log.clear()  # a broker that restarted at offset 0 over its old records
     outbox.records.append(OutboxRecord("new", TOPIC, "L9", "e9", "lead-received", b"{}", 9))
-    await run_until(lambda: len(kafka.log) == 5, relay)
-    # The new record took offset 0 again, so the four before it were published again.
-    assert sorted(key or b"" for key in kafka.published_keys()) == [
-        b"L0",
-        b"L1",
-        b"L2",
-        b"L3",
-        b"L9",
-    ]
+    await run_until(lambda: len(kafka.log) >= 6, relay)
+    # The new record took offset 0 again: the four before it went out again (and the new
+    # one with them, its batch having been written over too).
+    assert kafka.published_keys() == [b"L9", b"L0", b"L1", b"L2", b"L3", b"L9"]

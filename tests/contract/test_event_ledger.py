@@ -1,0 +1,130 @@
+"""The chassis' MongoDB ledger on a real MongoDB-wire server: outbox order, the relay's
+position, refilling a lost log, the inbox, and chunked `$in` look-ups."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+
+from leadflow.chassis.store import Document, LogPosition, OutboxRecord, Session, find_in
+from shared.events import Attribution, Contact, Event, LeadReceivedV1
+from tests.contract.conftest import NOW, MongoParts, mongo_parts
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def parts(request: pytest.FixtureRequest) -> AsyncIterator[MongoParts]:
+    async with mongo_parts(request) as mongo:
+        yield mongo
+
+
+def received(lead_id: str) -> LeadReceivedV1:
+    return LeadReceivedV1(
+        lead_id=lead_id,
+        occurred_at=NOW,
+        contact=Contact(name="x"),
+        attribution=Attribution(source="s", channel="web_form"),
+    )
+
+
+async def commit(parts: MongoParts, *events: Event) -> None:
+    async def work(session: Session) -> tuple[None, list[Event]]:
+        return None, list(events)
+
+    await parts.ledger.commit(work)
+
+
+def published(
+    records: list[OutboxRecord], first_offset: int = 0
+) -> list[tuple[OutboxRecord, LogPosition | None]]:
+    return [
+        (r, LogPosition(r.topic, 0, first_offset + i, r.event_id)) for i, r in enumerate(records)
+    ]
+
+
+async def test_records_are_pending_in_commit_order_until_the_relay_moves_past_them(
+    parts: MongoParts,
+) -> None:
+    await commit(parts, received("a"), received("b"))
+    await commit(parts, received("c"))
+    pending = await parts.ledger.pending(10)
+    assert [r.key for r in pending] == ["a", "b", "c"]
+    assert [r.sequence for r in pending] == [1, 2, 3]
+    await parts.ledger.mark_published(published(pending[:2]), NOW)
+    assert [r.key for r in await parts.ledger.pending(10)] == ["c"]
+    assert await parts.ledger.backlog() == 1
+
+
+async def test_concurrent_commits_get_distinct_sequence_numbers_in_commit_order(
+    parts: MongoParts,
+) -> None:
+    await asyncio.gather(*(commit(parts, received(f"L{i}"), received(f"L{i}")) for i in range(20)))
+    pending = await parts.ledger.pending(100)
+    assert [r.sequence for r in pending] == list(range(1, 41))
+    # Each transaction's two records are next to each other: nothing interleaved.
+    assert all(pending[i].key == pending[i + 1].key for i in range(0, 40, 2))
+
+
+async def test_a_lost_log_moves_the_relay_back_to_the_batch_that_held_the_offset(
+    parts: MongoParts,
+) -> None:
+    for lead in ("a", "b", "c", "d", "e", "f"):
+        await commit(parts, received(lead))
+    first = await parts.ledger.pending(3)
+    await parts.ledger.mark_published(published(first, 0), NOW)
+    second = await parts.ledger.pending(3)
+    await parts.ledger.mark_published(published(second, 3), NOW)
+    [furthest] = await parts.ledger.log_positions()
+    assert (furthest.offset, furthest.event_id, furthest.sequence) == (5, second[-1].event_id, 6)
+    assert await parts.ledger.republish_from(furthest.topic, 0, 4) == 3
+    assert [r.key for r in await parts.ledger.pending(10)] == ["d", "e", "f"]
+
+
+async def test_a_batch_is_handled_once_and_its_repeats_dropped(parts: MongoParts) -> None:
+    seen: list[list[str]] = []
+
+    async def work(session: Session, fresh: list[Event]) -> tuple[int, list[Event]]:
+        seen.append([e.lead_id for e in fresh])
+        return len(fresh), []
+
+    a, b = received("a"), received("b")
+    batch: list[Event] = [a, b, a]
+    assert await parts.ledger.commit_batch(batch, work) == 2
+    assert await parts.ledger.commit_batch(batch[1::-1], work) is None
+    assert seen == [["a", "b"]]
+
+
+async def test_an_event_store_can_serve_as_the_inbox(parts: MongoParts) -> None:
+    store = parts.database["events"]
+
+    async def work(session: Session, fresh: list[Event]) -> tuple[int, list[Event]]:
+        await store.insert_many([{"_id": str(e.event_id)} for e in fresh], session=session)
+        return len(fresh), []
+
+    batch: list[Event] = [received("a")]
+    assert await parts.ledger.commit_batch(batch, work, recorded_in=store) == 1
+    assert await parts.ledger.commit_batch(batch, work, recorded_in=store) is None
+    assert await parts.database["inbox"].count_documents({}) == 0
+
+
+async def test_find_in_reads_every_match_across_chunks(parts: MongoParts) -> None:
+    collection = parts.database["things"]
+    await collection.insert_many([{"_id": f"t{i}", "even": i % 2 == 0} for i in range(130)])
+    wanted = [f"t{i}" for i in range(0, 130, 2)] + ["missing"]
+    found: list[Document] = await find_in(collection, "_id", wanted, also={"even": True})
+    assert sorted(doc["_id"] for doc in found) == sorted(wanted[:-1])
+
+
+async def test_published_records_are_forgotten_after_the_window_not_before(
+    parts: MongoParts,
+) -> None:
+    await commit(parts, received("old"))
+    await commit(parts, received("waiting"))
+    [old] = await parts.ledger.pending(1)
+    await parts.ledger.mark_published(published([old]), NOW)
+    assert await parts.ledger.forget_published(NOW + timedelta(days=8)) == 1
+    assert [r.key for r in await parts.ledger.pending(10)] == ["waiting"]
