@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 from pymongo import ASCENDING, ReplaceOne, UpdateOne
 
 from leadflow.chassis.store import Collection as MongoCollection
-from leadflow.chassis.store import Database, Document, EventLedger, Session
+from leadflow.chassis.store import Database, Document, EventLedger, Session, find_in
 from services.analytics.rules import (
     PERSONAL_FIELDS,
     BatchTally,
@@ -74,7 +74,8 @@ class MongoAnalyticsStore:
         async def in_transaction(session: Session, fresh: list[Event]) -> tuple[T, list[Event]]:
             return await work(_MongoRecordingBatch(self, session), fresh), []
 
-        return await self._ledger.commit_batch(consumed, in_transaction)
+        # The event store holds every recorded event by id: it is the inbox too.
+        return await self._ledger.commit_batch(consumed, in_transaction, recorded_in=self._events)
 
     async def buckets(self, metrics: Sequence[Metric], period: Period) -> list[Bucket]:
         cursor = self._counters.find(
@@ -109,10 +110,12 @@ class _MongoRecordingBatch:
     def __init__(self, store: MongoAnalyticsStore, session: Session) -> None:
         self._store = store
         self._session = session
+        self._stored_facts: set[str] = set()
 
     async def lead_facts(self, lead_ids: Collection[str]) -> dict[str, LeadFacts]:
-        cursor = self._store._facts.find({"_id": {"$in": list(lead_ids)}}, session=self._session)
-        return {doc["_id"]: facts_from_document(doc) async for doc in cursor}
+        found = await find_in(self._store._facts, "_id", lead_ids, session=self._session)
+        self._stored_facts.update(doc["_id"] for doc in found)
+        return {doc["_id"]: facts_from_document(doc) for doc in found}
 
     async def save(self, tally: BatchTally) -> None:
         store, session = self._store, self._session
@@ -137,12 +140,18 @@ class _MongoRecordingBatch:
                 {"$unset": {f"payload.{name}": "" for name in PERSONAL_FIELDS}},
                 session=session,
             )
-        if tally.facts:
+        # Facts read in this batch are replaced; a lead's first facts are inserted (far
+        # cheaper than upserts on the local server). A replica inserting the same lead's
+        # first facts at the same moment fails this batch, which is handled again.
+        known = [facts for facts in tally.facts if facts.lead_id in self._stored_facts]
+        first = [facts for facts in tally.facts if facts.lead_id not in self._stored_facts]
+        if first:
+            await store._facts.insert_many(
+                [facts_document(facts) for facts in first], session=session
+            )
+        if known:
             await store._facts.bulk_write(
-                [
-                    ReplaceOne({"_id": facts.lead_id}, facts_document(facts), upsert=True)
-                    for facts in tally.facts
-                ],
+                [ReplaceOne({"_id": facts.lead_id}, facts_document(facts)) for facts in known],
                 ordered=False,
                 session=session,
             )

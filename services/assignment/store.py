@@ -26,6 +26,7 @@ from leadflow.chassis.store import (
     DuplicateKeyError,
     EventLedger,
     Session,
+    find_in,
 )
 from services.assignment.rules import (
     AlreadyExistsError,
@@ -233,16 +234,16 @@ class _MongoLeads:
     async def leads(self, lead_ids: Collection[str]) -> dict[str, KnownLead]:
         if not lead_ids:
             return {}
-        cursor = self._store._leads.find({"_id": {"$in": list(lead_ids)}}, session=self._session)
-        found = {doc["_id"]: known_lead_from_document(doc) async for doc in cursor}
+        documents = await find_in(self._store._leads, "_id", lead_ids, session=self._session)
+        found = {doc["_id"]: known_lead_from_document(doc) for doc in documents}
         self._stored.update(found)
         return found
 
     async def last_assignments(self, rep_ids: Collection[str]) -> dict[str, LastAssignment]:
         if not rep_ids:
             return {}
-        cursor = self._store._last_assignments.find(
-            {"_id": {"$in": list(rep_ids)}}, session=self._session
+        documents = await find_in(
+            self._store._last_assignments, "_id", rep_ids, session=self._session
         )
         return {
             doc["_id"]: LastAssignment(
@@ -251,7 +252,7 @@ class _MongoLeads:
                 assigned_at=doc["assigned_at"],
                 pool_id=doc.get("pool_id"),
             )
-            async for doc in cursor
+            for doc in documents
         }
 
     async def take_turns(self, count: int) -> int:
@@ -313,10 +314,10 @@ class _MongoConfiguration:
     async def known_rep_ids(self, rep_ids: Collection[str]) -> set[str]:
         if not rep_ids:
             return set()
-        cursor = self._store._reps.find(
-            {"_id": {"$in": list(rep_ids)}}, {"_id": 1}, session=self._session
+        documents = await find_in(
+            self._store._reps, "_id", rep_ids, session=self._session, projection={"_id": 1}
         )
-        return {doc["_id"] async for doc in cursor}
+        return {doc["_id"] for doc in documents}
 
     async def pool(self, pool_id: str) -> Pool | None:
         doc = await self._store._pools.find_one({"_id": pool_id}, session=self._session)

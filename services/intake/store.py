@@ -22,6 +22,7 @@ from leadflow.chassis.store import (
     DuplicateKeyError,
     EventLedger,
     Session,
+    find_in,
 )
 from services.intake.rules import AcceptancePlan, ContactKey, ContactKind, LeadMerge, LeadRecord
 from shared.events import Contact, Event
@@ -101,16 +102,16 @@ class _MongoAcceptingBatch:
         if not keys:
             return {}
         by_id = {contact_key_id(key): key for key in keys}
-        cursor = self._keys.find({"_id": {"$in": list(by_id)}}, session=self._session)
-        return {by_id[doc["_id"]]: doc["lead_id"] async for doc in cursor}
+        documents = await find_in(self._keys, "_id", by_id, session=self._session)
+        return {by_id[doc["_id"]]: doc["lead_id"] for doc in documents}
 
     async def contacts(self, lead_ids: Collection[str]) -> dict[str, Contact]:
         if not lead_ids:
             return {}
-        cursor = self._leads.find(
-            {"_id": {"$in": list(lead_ids)}}, {"contact": 1}, session=self._session
+        documents = await find_in(
+            self._leads, "_id", lead_ids, session=self._session, projection={"contact": 1}
         )
-        return {doc["_id"]: Contact.model_validate(doc["contact"]) async for doc in cursor}
+        return {doc["_id"]: Contact.model_validate(doc["contact"]) for doc in documents}
 
     async def save(self, plan: AcceptancePlan) -> None:
         session = self._session

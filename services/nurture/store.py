@@ -28,6 +28,7 @@ from leadflow.chassis.store import (
     DuplicateKeyError,
     EventLedger,
     Session,
+    find_in,
 )
 from services.nurture.rules import (
     AlreadyEnrolledError,
@@ -257,26 +258,37 @@ class _MongoNurtureTransaction:
     def __init__(self, store: MongoNurtureStore, session: Session) -> None:
         self._store = store
         self._session = session
+        self._stored_contacts: set[str] = set()
 
     async def contacts(self, lead_ids: Collection[str]) -> dict[str, LeadContact]:
-        cursor = self._store._contacts.find({"_id": {"$in": list(lead_ids)}}, session=self._session)
-        return {doc["_id"]: contact_from_document(doc) async for doc in cursor}
+        documents = await find_in(self._store._contacts, "_id", lead_ids, session=self._session)
+        self._stored_contacts.update(doc["_id"] for doc in documents)
+        return {doc["_id"]: contact_from_document(doc) for doc in documents}
 
     async def active_enrollments(self, lead_ids: Collection[str]) -> dict[str, Enrollment]:
-        cursor = self._store._enrollments.find(
-            {"lead_id": {"$in": list(lead_ids)}, "status": EnrollmentStatus.ACTIVE.value},
+        documents = await find_in(
+            self._store._enrollments,
+            "lead_id",
+            lead_ids,
             session=self._session,
+            also={"status": EnrollmentStatus.ACTIVE.value},
         )
-        return {doc["lead_id"]: enrollment_from_document(doc) async for doc in cursor}
+        return {doc["lead_id"]: enrollment_from_document(doc) for doc in documents}
 
     async def save(self, changes: NurtureChanges) -> None:
         store, session = self._store, self._session
-        if changes.contacts:
+        # Contacts read in this transaction are replaced, new ones inserted (far cheaper
+        # than upserts on the local server); a lead whose contact another replica inserts at
+        # the same moment fails this batch, which is then handled again.
+        known = [c for c in changes.contacts if c.lead_id in self._stored_contacts]
+        first = [c for c in changes.contacts if c.lead_id not in self._stored_contacts]
+        if first:
+            await store._contacts.insert_many(
+                [contact_document(lead) for lead in first], session=session
+            )
+        if known:
             await store._contacts.bulk_write(
-                [
-                    ReplaceOne({"_id": lead.lead_id}, contact_document(lead), upsert=True)
-                    for lead in changes.contacts
-                ],
+                [ReplaceOne({"_id": lead.lead_id}, contact_document(lead)) for lead in known],
                 ordered=False,
                 session=session,
             )
