@@ -214,6 +214,49 @@ def resident_kb(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    with contextlib.suppress(OSError), Path(f"/proc/{pid}/stat").open() as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks
+    return 0.0
+
+
+def processes(bench: Stack) -> dict[str, int]:
+    named = {
+        replica.child.name: replica.child.process.pid
+        for replica in bench.replicas
+        if replica.child.process is not None and replica.child.alive()
+    }
+    named |= {
+        child.name.split()[0]: child.process.pid
+        for child in bench.infra.children
+        if child.process is not None and child.alive()
+    }
+    return named
+
+
+class CpuMeter:
+    """CPU seconds each process of the stack spends between `start` and `stop`."""
+
+    def __init__(self, bench: Stack) -> None:
+        self.bench = bench
+        self.started: dict[str, tuple[int, float]] = {}
+
+    def start(self) -> None:
+        self.started = {
+            name: (pid, cpu_seconds(pid)) for name, pid in processes(self.bench).items()
+        }
+
+    def stop(self) -> dict[str, float]:
+        now = processes(self.bench)
+        return {
+            name: round(
+                cpu_seconds(pid) - (self.started[name][1] if name in self.started else 0), 1
+            )
+            for name, pid in now.items()
+        }
+
+
 class RssSampler:
     """Peak resident memory of each service process, sampled every 0.2 s."""
 
@@ -338,7 +381,10 @@ async def drain(bench: Stack, leads: int) -> dict[str, Any]:
     for name in CONSUMERS:
         await asyncio.to_thread(wait_ready, bench.service(name))
     ready = time.perf_counter()
+    meter = CpuMeter(bench)
+    meter.start()
     done = await until_counted(bench, len(accepted))
+    cpu = meter.stop()
     rate = len(accepted) / (done - started)
     rate_after_ready = len(accepted) / (done - ready)
     return {
@@ -350,6 +396,7 @@ async def drain(bench: Stack, leads: int) -> dict[str, Any]:
         "raw_insert_many_docs_per_s": round(ceiling),
         "ratio": round(rate / ceiling, 4),
         "ratio_after_ready": round(rate_after_ready / ceiling, 4),
+        "cpu_s_after_ready": cpu,
     }
 
 

@@ -35,6 +35,12 @@ class ServiceSettings(BaseSettings):
     """How long the broker may hold a fetch open waiting for new records."""
     producer_linger_ms: int = Field(default=2, ge=0)
     """How long the producer gathers records into one request (fewer, larger writes)."""
+    producer_max_batch_bytes: int = Field(default=262_144, ge=1024)
+    """Most bytes per partition in one produce request (the local broker stores each
+    request's batch as one object: larger batches, fewer writes)."""
+    consumer_commit_interval_ms: int = Field(default=1000, ge=0)
+    """Handled offsets are committed at most this often (a crash redelivers up to this
+    much, which the inbox recognises)."""
     topic_retention_hours: int = Field(default=168, ge=1)
     """`retention.ms` of the topics a service creates; handled event ids are kept longer."""
     outbox_poll_interval_s: float = Field(default=0.2, gt=0)

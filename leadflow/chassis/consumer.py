@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -108,7 +109,9 @@ class BatchPipeline:
         backoff_s: float,
         handled_retention: timedelta,
         clock: Callable[[], datetime],
+        commit_interval_s: float = 0.0,
         max_pause_check_s: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.service = service
         self._parse = parse
@@ -121,6 +124,14 @@ class BatchPipeline:
         self._clock = clock
         self._max_pause_check_s = max_pause_check_s
         self._resume_task: asyncio.Task[None] | None = None
+        # Offsets are committed at most every `commit_interval_s`: each commit is a write
+        # per partition on the broker, and handled events a crash makes Kafka deliver
+        # again are recognised by the inbox anyway.
+        self._commit_interval_s = commit_interval_s
+        self._monotonic = monotonic
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._committed_at = float("-inf")
+        self._stopping = False
 
     @property
     def paused(self) -> bool:
@@ -139,16 +150,26 @@ class BatchPipeline:
             except Outage as outage:
                 self._hand_back(records, consumer, outage)
                 return
-        await self._commit(records, consumer)
+        for record in records:
+            partition = TopicPartition(record.topic, record.partition)
+            self._uncommitted[partition] = max(
+                self._uncommitted.get(partition, 0), record.offset + 1
+            )
+        if self._stopping or self._monotonic() - self._committed_at >= self._commit_interval_s:
+            await self.commit(consumer)
 
     def keep_paused(self, consumer: PartitionControl, partitions: set[TopicPartition]) -> None:
         """Newly assigned partitions stay paused while an outage lasts."""
         if self.paused and partitions:
             consumer.pause(*partitions)
 
-    async def stop(self) -> None:
+    async def stop(self, consumer: PartitionControl | None = None) -> None:
+        """Commit what was handled; from now on every batch commits as soon as it is done."""
+        self._stopping = True
         if self._resume_task is not None:
             self._resume_task.cancel()
+        if consumer is not None:
+            await self.commit(consumer)
 
     # --- parsing ---------------------------------------------------------------------------
 
@@ -247,11 +268,21 @@ class BatchPipeline:
 
     # --- offsets and pausing ---------------------------------------------------------------
 
-    async def _commit(self, records: Sequence[Record], consumer: PartitionControl) -> None:
-        offsets: dict[TopicPartition, int] = {}
-        for record in records:
-            partition = TopicPartition(record.topic, record.partition)
-            offsets[partition] = max(offsets.get(partition, 0), record.offset + 1)
+    async def commit(
+        self, consumer: PartitionControl, only: set[TopicPartition] | None = None
+    ) -> None:
+        """Commit the handled offsets not committed yet (of `only` those partitions)."""
+        assigned = consumer.assignment()
+        offsets = {
+            partition: offset
+            for partition, offset in self._uncommitted.items()
+            if partition in assigned and (only is None or partition in only)
+        }
+        for partition in [p for p in self._uncommitted if p not in assigned or p in offsets]:
+            del self._uncommitted[partition]
+        self._committed_at = self._monotonic()
+        if not offsets:
+            return
         try:
             await consumer.commit(offsets)
         except KafkaError as error:
@@ -302,8 +333,11 @@ class GroupMembership(ConsumerRebalanceListener):  # type: ignore[misc]
         self.joined = asyncio.Event()
         self.partitions: set[Any] = set()
         self.on_assigned: Callable[[set[Any]], Awaitable[None]] | None = None
+        self.on_revoked: Callable[[set[Any]], Awaitable[None]] | None = None
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        if self.on_revoked is not None:
+            await self.on_revoked(set(revoked))
         self.partitions -= set(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:

@@ -93,6 +93,7 @@ class KafkaRuntime:
             acks="all",
             enable_idempotence=False,  # fails on the local broker; consumers de-duplicate
             linger_ms=settings.producer_linger_ms,
+            max_batch_size=settings.producer_max_batch_bytes,
             # The chassis parses each record itself (see `consume`); faststream only
             # delivers the raw batch and documents the payload from the annotation.
             apply_types=False,
@@ -143,10 +144,12 @@ class KafkaRuntime:
             publish=self.publish,
             max_attempts=self.settings.consumer_max_attempts,
             backoff_s=self.settings.consumer_retry_backoff_s,
+            commit_interval_s=self.settings.consumer_commit_interval_ms / 1000,
             **pipeline_options,
         )
         membership = GroupMembership()
         membership.on_assigned = self._on_assigned
+        membership.on_revoked = self._on_revoked
         subscriber = self.broker.subscriber(
             *topics,
             group_id=self.group_id,
@@ -174,6 +177,12 @@ class KafkaRuntime:
         self.membership = membership
         self.pipeline = pipeline
         return pipeline
+
+    async def _on_revoked(self, partitions: set[Any]) -> None:
+        """Before partitions go to another member: commit what was handled on them."""
+        consumer = self._subscriber.consumer if self._subscriber is not None else None
+        if consumer is not None and self.pipeline is not None:
+            await self.pipeline.commit(consumer, only=partitions)
 
     async def _on_assigned(self, partitions: set[Any]) -> None:
         consumer = self._subscriber.consumer if self._subscriber is not None else None
@@ -287,9 +296,10 @@ class KafkaRuntime:
                 return
 
     async def close(self) -> None:
+        consumer = self._subscriber.consumer if self._subscriber is not None else None
         if self.pipeline is not None:
-            await self.pipeline.stop()
-        await self.broker.stop()
+            await self.pipeline.stop(consumer)
+        await self.broker.stop()  # waits for the batch in hand, which commits at once
 
     async def ready(self) -> dict[str, bool]:
         if not self.connected.is_set():

@@ -215,3 +215,43 @@ async def test_a_record_older_than_the_inbox_remembers_is_skipped() -> None:
     await harness.pipeline.consume([old, FakeRecord(TOPIC, 0, 1, received("new"))], consumer)
     assert harness.handled == ["new"]
     assert consumer.committed == {TopicPartition(TOPIC, 0): 2}
+
+
+async def test_offsets_are_committed_at_most_once_per_interval_and_at_stop() -> None:
+    harness = Harness()
+    ticks = [0.0]
+    pipeline = BatchPipeline(
+        "test",
+        parse=PARSE,
+        handle=harness.handle,
+        publish=harness.publish,
+        dependencies_up=harness.up,
+        max_attempts=3,
+        backoff_s=0,
+        handled_retention=timedelta(days=8),
+        clock=lambda: NOW,
+        commit_interval_s=1.0,
+        monotonic=lambda: ticks[0],
+    )
+    partition = TopicPartition(TOPIC, 0)
+    consumer = FakeConsumer({partition})
+    commits: list[dict[TopicPartition, int]] = []
+    original = consumer.commit
+
+    async def counting(offsets: dict[TopicPartition, int]) -> None:
+        commits.append(dict(offsets))
+        await original(offsets)
+
+    consumer.commit = counting  # type: ignore[method-assign]
+    await pipeline.consume([FakeRecord(TOPIC, 0, 0, received("a"))], consumer)
+    ticks[0] = 0.5
+    await pipeline.consume([FakeRecord(TOPIC, 0, 1, received("b"))], consumer)
+    assert commits == [{partition: 1}]  # the second batch waits for the interval
+    ticks[0] = 1.2
+    await pipeline.consume([FakeRecord(TOPIC, 0, 2, received("c"))], consumer)
+    assert commits == [{partition: 1}, {partition: 3}]
+    ticks[0] = 1.3
+    await pipeline.consume([FakeRecord(TOPIC, 0, 3, received("d"))], consumer)
+    await pipeline.stop(consumer)
+    assert commits[-1] == {partition: 4}  # nothing handled is left uncommitted at stop
+    assert harness.handled == ["a", "b", "c", "d"]
