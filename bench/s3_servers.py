@@ -12,7 +12,8 @@ data directory:
 
 1. throughput: an acks=all producer sends `--records` x 500 B keyed records to a 6-partition
    topic (linger 5 ms), then a fresh consumer reads them all back; produce and consume rates,
-   CPU seconds of the S3 server and of Tansu, and the S3 requests s3rver logged;
+   CPU seconds and resident memory of the S3 server and of Tansu, and the S3 requests
+   s3rver logged;
 2. two producers on one partition at once (no crash): offsets acked twice / acked records
    unreadable. Tansu relies on the S3 server's conditional writes (If-None-Match,
    If-Match) to hand out each offset once; a server that ignores them loses records here;
@@ -282,6 +283,8 @@ async def run_one(server: Server | None, records: int) -> dict[str, Any]:
             tansu_cpu = broker.cpu()
             result |= await throughput(bootstrap, records)
             result["s3_cpu_s"] = round(s3.cpu() - s3_cpu, 2) if s3 else 0.0
+            result["s3_rss_mb"] = s3.rss_mb() if s3 else 0.0
+            result["tansu_rss_mb"] = broker.rss_mb()
             result["tansu_cpu_s"] = round(broker.cpu() - tansu_cpu, 2)
             if s3 is not None and server is not None and server.name.startswith("s3rver"):
                 result["s3_requests"] = s3rver_requests(work / "s3.log")
