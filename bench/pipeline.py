@@ -287,33 +287,41 @@ class RssSampler:
 # --- ceilings ------------------------------------------------------------------------------------
 
 
-async def raw_insert_many_docs_per_s(mongo_url: str, docs: int = 10_000) -> float:
+async def raw_insert_many_docs_per_s(mongo_url: str, docs: int = 10_000, runs: int = 3) -> float:
+    """The best of `runs` (a ceiling is what the server can do, not what noise let it)."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url)
     try:
-        collection = client["bench_ceiling"][f"insert_{uuid.uuid4().hex[:6]}"]
-        batch = [{"n": i, "pad": "x" * 600} for i in range(docs)]
-        started = time.perf_counter()
-        for i in range(0, docs, 500):
-            await collection.insert_many(batch[i : i + 500])
-        return docs / (time.perf_counter() - started)
+        best = 0.0
+        for _ in range(runs):
+            collection = client["bench_ceiling"][f"insert_{uuid.uuid4().hex[:6]}"]
+            batch = [{"n": i, "pad": "x" * 600} for i in range(docs)]
+            started = time.perf_counter()
+            for i in range(0, docs, 500):
+                await collection.insert_many(batch[i : i + 500])
+            best = max(best, docs / (time.perf_counter() - started))
+        return best
     finally:
         await client.close()
 
 
-async def raw_bulk_write_docs_per_s(mongo_url: str, docs: int = 10_000) -> float:
+async def raw_bulk_write_docs_per_s(mongo_url: str, docs: int = 10_000, runs: int = 3) -> float:
+    """The best of `runs` of unordered `bulk_write` upserts, 500 a call."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url)
     try:
-        collection = client["bench_ceiling"][f"bulk_{uuid.uuid4().hex[:6]}"]
-        started = time.perf_counter()
-        for i in range(0, docs, 500):
-            await collection.bulk_write(
-                [
-                    UpdateOne({"_id": n}, {"$set": {"pad": "x" * 600, "n": n}}, upsert=True)
-                    for n in range(i, i + 500)
-                ],
-                ordered=False,
-            )
-        return docs / (time.perf_counter() - started)
+        best = 0.0
+        for _ in range(runs):
+            collection = client["bench_ceiling"][f"bulk_{uuid.uuid4().hex[:6]}"]
+            started = time.perf_counter()
+            for i in range(0, docs, 500):
+                await collection.bulk_write(
+                    [
+                        UpdateOne({"_id": n}, {"$set": {"pad": "x" * 600, "n": n}}, upsert=True)
+                        for n in range(i, i + 500)
+                    ],
+                    ordered=False,
+                )
+            best = max(best, docs / (time.perf_counter() - started))
+        return best
     finally:
         await client.close()
 
