@@ -3,7 +3,8 @@
 Two persistent stacks run at once (the tests start several): each one's SeaweedFS listens
 only on 127.0.0.1 and only on ports of its own. Acknowledged Kafka records survive a SIGKILL
 of the S3 server and one of the broker, each restarted as `up` restarts it; acknowledged
-MongoDB inserts survive a SIGKILL of the database.
+MongoDB inserts survive a SIGKILL of the database. Without a working SeaweedFS the broker
+still starts, with its log in memory and a warning that says so.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pymongo import MongoClient
@@ -158,5 +160,35 @@ def test_acknowledged_inserts_survive_a_kill_of_mongodb(tmp_path: Path) -> None:
         finally:
             client.close()
         assert sorted(set(ids) - found) == []
+    finally:
+        infra.stop()
+
+
+@pytest.mark.parametrize(
+    ("weed", "reason"),
+    [(None, "not installed"), ("/bin/false", "did not start")],
+    ids=["no-weed", "weed-exits"],
+)
+def test_without_a_working_seaweedfs_kafka_keeps_its_log_in_memory_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, weed: str | None, reason: str
+) -> None:
+    monkeypatch.setattr("leadflow.localinfra.weed_binary", lambda: weed)
+    infra = LocalInfra(
+        data_dir=tmp_path,
+        kafka_port=free_port(),
+        mongo_port=free_port(),
+        s3_port=free_port(),
+        persistent=True,
+        start_mongo=False,
+    )
+    with structlog.testing.capture_logs() as logs:
+        infra.start(timeout_s=30)
+    try:
+        assert infra.kafka_storage == "memory"
+        assert infra.s3 is None
+        assert infra.kafka is not None
+        assert infra.kafka.alive()
+        warnings = [e["event"] for e in logs if e["log_level"] == "warning"]
+        assert any(reason in w and "in memory only" in w for w in warnings), warnings
     finally:
         infra.stop()
