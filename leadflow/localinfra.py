@@ -25,7 +25,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +58,7 @@ WEED_PORT_FLAGS = (
 )
 _MAX_PORT = 65_535
 _MAX_UNIX_SOCKET_PATH = 100  # sun_path holds 108 bytes
+_WEED_SOCKET_DIR = Path("/tmp")  # noqa: S108 - where weed puts them, whatever TMPDIR says
 
 
 def free_port() -> int:
@@ -254,8 +255,13 @@ def weed_ports(kafka_dir: Path) -> dict[str, int]:
     return ports
 
 
-def weed_args(weed: str, kafka_dir: Path, s3_port: int) -> list[str]:
-    """`weed mini` on loopback only, every listener on a port of ours, no extras."""
+def weed_args(
+    weed: str, kafka_dir: Path, s3_port: int, ports: dict[str, int] | None = None
+) -> list[str]:
+    """`weed mini` on loopback only, every listener on a port of ours, no extras.
+
+    `ports`: its internal listeners' ports, `weed_ports(kafka_dir)` when not given."""
+    ports = ports if ports is not None else weed_ports(kafka_dir)
     args = [
         weed,
         "mini",
@@ -263,7 +269,7 @@ def weed_args(weed: str, kafka_dir: Path, s3_port: int) -> list[str]:
         f"-ip={LOOPBACK}",
         f"-ip.bind={LOOPBACK}",
         f"-s3.port={s3_port}",
-        *(f"-{flag}={port}" for flag, port in weed_ports(kafka_dir).items()),
+        *(f"-{flag}={port}" for flag, port in ports.items()),
         "-webdav=false",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
@@ -276,6 +282,14 @@ def weed_args(weed: str, kafka_dir: Path, s3_port: int) -> list[str]:
     if len(str(socket_path)) < _MAX_UNIX_SOCKET_PATH:
         args.append(f"-s3.localSocket={socket_path}")
     return args
+
+
+def remove_weed_sockets(ports: Iterable[int]) -> None:
+    """weed also listens on Unix sockets named after its ports, /tmp/seaweedfs-<what>-<port>
+    .sock, and leaves some behind at a stop (the admin server's always, all after a kill)."""
+    for port in ports:
+        for path in _WEED_SOCKET_DIR.glob(f"seaweedfs-*-{port}.sock"):
+            path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -294,6 +308,8 @@ class LocalInfra:
     mongo: ChildProcess | None = None
     s3: ChildProcess | None = None
     kafka: ChildProcess | None = None
+    s3_socket_ports: set[int] = field(default_factory=set)
+    """The ports weed names its Unix sockets after, to remove what it leaves behind."""
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -380,9 +396,11 @@ class LocalInfra:
             return False
         kafka_dir = self.data_dir / "kafka"
         kafka_dir.mkdir(parents=True, exist_ok=True)
+        ports = weed_ports(kafka_dir)
+        self.s3_socket_ports = {self.s3_port, *ports.values()}
         s3 = ChildProcess(
             "s3 (SeaweedFS)",
-            weed_args(weed, kafka_dir, self.s3_port),
+            weed_args(weed, kafka_dir, self.s3_port, ports),
             logs / "s3.log",
             port=self.s3_port,
             # weed creates its S3 user from these; without them its S3 API is open to all.
@@ -394,6 +412,7 @@ class LocalInfra:
             s3.wait_until_listening(timeout_s)
         except (RuntimeError, TimeoutError) as error:
             s3.stop()
+            remove_weed_sockets(self.s3_socket_ports)
             log.warning(
                 "SeaweedFS did not start: the Kafka log is kept in memory only and is gone "
                 "when Kafka stops",
@@ -417,6 +436,7 @@ class LocalInfra:
             child.stop()
         self.children.clear()
         self.mongo = self.s3 = self.kafka = None
+        remove_weed_sockets(self.s3_socket_ports)
 
 
 @contextlib.contextmanager

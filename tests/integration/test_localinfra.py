@@ -1,10 +1,11 @@
 """The local servers `leadflow up` starts: on loopback only, side by side, and durable.
 
 Two persistent stacks run at once (the tests start several): each one's SeaweedFS listens
-only on 127.0.0.1 and only on ports of its own. Acknowledged Kafka records survive a SIGKILL
-of the S3 server and one of the broker, each restarted as `up` restarts it; acknowledged
-MongoDB inserts survive a SIGKILL of the database. Without a working SeaweedFS the broker
-still starts, with its log in memory and a warning that says so.
+only on 127.0.0.1 and only on ports of its own, and leaves no socket file behind.
+Acknowledged Kafka records survive a SIGKILL of the S3 server and one of the broker, each
+restarted as `up` restarts it; acknowledged MongoDB inserts survive a SIGKILL of the
+database. Without a working SeaweedFS the broker still starts, with its log in memory and
+a warning that says so.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def listening_sockets(pid: int) -> set[tuple[str, int]]:
     return found
 
 
-def test_two_persistent_stacks_listen_on_loopback_only_each_on_its_own_ports(
+def test_two_persistent_stacks_listen_on_loopback_only_each_on_its_own_ports_and_clean_up(
     tmp_path: Path,
 ) -> None:
     with (
@@ -80,6 +81,12 @@ def test_two_persistent_stacks_listen_on_loopback_only_each_on_its_own_ports(
                 assert {address for address, _ in listening_sockets(child.pid)} == {"127.0.0.1"}
             ports_of.append(ours)
         assert not ports_of[0] & ports_of[1]
+    left_behind = [
+        path.name
+        for port in ports_of[0] | ports_of[1]
+        for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock")
+    ]
+    assert left_behind == []
 
 
 def kill_and_restart(child: ChildProcess) -> None:
