@@ -504,12 +504,16 @@ async def latency(bench: Stack, rate: float, seconds: float) -> dict[str, Any]:
                 posted_at[response.json()["lead_id"]] = started
 
             total = int(rate * seconds)
+            meter = CpuMeter(bench)
+            meter.start()
             begin = time.perf_counter()
             tasks = []
             for n in range(total):
                 await asyncio.sleep(max(0.0, begin + n / rate - time.perf_counter()))
                 tasks.append(asyncio.create_task(one()))
             await asyncio.gather(*tasks)
+            posting_s = time.perf_counter() - begin
+            cpu = meter.stop()
         for _ in range(600):  # at most 60 s for the stragglers
             if not set(posted_at) - set(assigned_at):
                 break
@@ -528,6 +532,7 @@ async def latency(bench: Stack, rate: float, seconds: float) -> dict[str, Any]:
         "p99_ms": round(p99 * 1000, 1),
         "p50_ratio": round(p50 / raw, 1),
         "p99_ratio": round(p99 / raw, 1),
+        "cpu_share_while_posting": {n: round(c / posting_s, 2) for n, c in cpu.items()},
     }
 
 
@@ -576,7 +581,7 @@ def run(scenario: str, args: argparse.Namespace) -> dict[str, Any]:
             return asyncio.run(assign_at_limit(bench, min(args.leads, 5_000)))
     if scenario == "latency":
         with stack(args.storage) as bench:
-            return asyncio.run(latency(bench, rate=50, seconds=args.seconds))
+            return asyncio.run(latency(bench, rate=args.rate, seconds=args.seconds))
     if scenario == "outbox":
         with stack(args.storage, services=("intake",)) as bench:
             return asyncio.run(outbox_drain(bench, min(args.leads, 5_000)))
@@ -601,10 +606,12 @@ def main() -> None:
     )
     parser.add_argument("--leads", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--rate", type=float, default=50.0, help="leads/s in the latency run")
     parser.add_argument("--storage", choices=["s3", "memory"], default="s3")
     args = parser.parse_args()
     args.leads = max(1, min(args.leads, 100_000))
     args.seconds = max(1.0, min(args.seconds, 600.0))
+    args.rate = max(1.0, min(args.rate, 500.0))
     scenarios = (
         ["burst", "drain", "assign", "latency", "outbox", "modes"]
         if args.scenario == "all"

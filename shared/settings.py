@@ -29,7 +29,7 @@ class ServiceSettings(BaseSettings):
     consumer_retry_backoff_s: float = Field(default=0.2, ge=0)
     consumer_batch_max: int = Field(default=500, ge=1)
     """Most events handled in one batch (one transaction)."""
-    consumer_batch_wait_ms: int = Field(default=20, ge=0)
+    consumer_batch_wait_ms: int = Field(default=5, ge=0)
     """How long an idle consumer waits for records before polling again."""
     consumer_fetch_max_wait_ms: int = Field(default=100, ge=0)
     """How long the broker may hold a fetch open waiting for new records."""

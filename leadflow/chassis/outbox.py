@@ -70,6 +70,7 @@ class Outbox(Protocol):
     async def log_positions(self) -> list[LogPosition]: ...
     async def republish_from(self, topic: str, partition: int, offset: int) -> int: ...
     async def forget_published(self, older_than: datetime) -> int: ...
+    def reload_position(self) -> None: ...
 
 
 class EventLog(Protocol):
@@ -196,10 +197,14 @@ class OutboxRelay:
         while True:
             self._wake.clear()
             try:
+                was_holding = self._lease.held()
                 if not await self._lease.hold():
                     # Another replica relays; be ready to take over when its lease lapses.
                     await self._idle(self._lease.ttl_s / 3)
                     continue
+                if not was_holding:
+                    self._outbox.reload_position()  # another replica may have relayed
+                    self._next_audit = 0.0
                 if time.monotonic() >= self._next_audit:
                     await self.audit_log()
                     self._next_audit = time.monotonic() + self._audit_interval_s

@@ -66,6 +66,8 @@ DEPENDENCY_DOWN: tuple[type[Exception], ...] = (ConnectionFailure, ExecutionTime
 
 PUBLISHED_RETENTION = timedelta(days=7)
 """How long a published outbox record is kept: the window a lost Kafka log is refilled from."""
+_RELAY_POSITION = "relay"
+"""The document (among the log positions) holding the last sequence number published."""
 _BATCHES_KEPT = 1000
 """Where the last relay batches began, per partition: enough to find what a lost log held."""
 IN_CHUNK = 25
@@ -136,12 +138,12 @@ class EventLedger:
         self._transaction_timeout_s = transaction_timeout_s
         self._outbox: Collection = database["outbox"]
         self._sequence: Collection = database["outbox_sequence"]
-        self._relayed: Collection = database["outbox_relayed"]
         self._positions: Collection = database["outbox_log_positions"]
         self._inbox: Collection = database["inbox"]
         self._handled_retention = handled_retention
         self._clock = clock
         self._on_commit = on_commit
+        self._through: int | None = None  # the relay's position, while this replica relays
 
     @property
     def handled_retention(self) -> timedelta:
@@ -257,9 +259,19 @@ class EventLedger:
         )
 
     async def relayed_through(self) -> int:
-        """The sequence number of the last record the relay published."""
-        doc = await self._relayed.find_one({"_id": "relay"})
-        return int(doc["sequence"]) if doc else 0
+        """The sequence number of the last record the relay published.
+
+        Read once and then kept: only the relay holding the lease moves it, and a relay
+        that (re)takes the lease calls `reload_position` first.
+        """
+        if self._through is None:
+            doc = await self._positions.find_one({"_id": _RELAY_POSITION})
+            self._through = int(doc["sequence"]) if doc else 0
+        return self._through
+
+    def reload_position(self) -> None:
+        """Another replica may have relayed meanwhile: read the position again."""
+        self._through = None
 
     async def pending(self, limit: int) -> list[OutboxRecord]:
         """The next records to publish, in commit order."""
@@ -292,11 +304,7 @@ class EventLedger:
         """
         if not published:
             return
-        await self._relayed.update_one(
-            {"_id": "relay"},
-            {"$set": {"sequence": published[-1][0].sequence, "at": now}},
-            upsert=True,
-        )
+        through = published[-1][0].sequence
         first: dict[tuple[str, int], LogPosition] = {}
         for record, position in published:
             if position is not None:
@@ -308,36 +316,45 @@ class EventLedger:
                 None if p is None else replace(p, sequence=r.sequence) for r, p in published
             )
         }
-        if not furthest:
-            return
-        # Only the relay holding the lease writes these.
+        # One write for the whole batch; only the relay holding the lease makes it.
         await self._positions.bulk_write(
             [
                 UpdateOne(
-                    {"_id": _partition_key(*key)},
-                    {
-                        "$set": {
-                            "topic": p.topic,
-                            "partition": p.partition,
-                            "offset": p.offset,
-                            "event_id": p.event_id,
-                            "sequence": p.sequence,
-                        },
-                        "$push": {
-                            "batches": {
-                                "$each": [
-                                    {"offset": first[key].offset, "sequence": first[key].sequence}
-                                ],
-                                "$slice": -_BATCHES_KEPT,
-                            }
-                        },
-                    },
+                    {"_id": _RELAY_POSITION},
+                    {"$set": {"sequence": through, "at": now}},
                     upsert=True,
-                )
-                for key, p in furthest.items()
+                ),
+                *(
+                    UpdateOne(
+                        {"_id": _partition_key(*key)},
+                        {
+                            "$set": {
+                                "topic": p.topic,
+                                "partition": p.partition,
+                                "offset": p.offset,
+                                "event_id": p.event_id,
+                                "sequence": p.sequence,
+                            },
+                            "$push": {
+                                "batches": {
+                                    "$each": [
+                                        {
+                                            "offset": first[key].offset,
+                                            "sequence": first[key].sequence,
+                                        }
+                                    ],
+                                    "$slice": -_BATCHES_KEPT,
+                                }
+                            },
+                        },
+                        upsert=True,
+                    )
+                    for key, p in furthest.items()
+                ),
             ],
             ordered=False,
         )
+        self._through = through
 
     async def log_positions(self) -> list[LogPosition]:
         """The furthest record this service's relay published, per topic partition."""
@@ -349,7 +366,7 @@ class EventLedger:
                 doc.get("event_id"),
                 doc.get("sequence"),
             )
-            async for doc in self._positions.find({}, {"batches": 0})
+            async for doc in self._positions.find({"topic": {"$exists": True}}, {"batches": 0})
         ]
 
     async def republish_from(self, topic: str, partition: int, offset: int) -> int:
@@ -367,9 +384,10 @@ class EventLedger:
         start = before[-1] if before else (batches[0]["sequence"] if batches else 1)
         through = await self.relayed_through()
         if start - 1 < through:
-            await self._relayed.update_one(
-                {"_id": "relay"}, {"$set": {"sequence": start - 1}}, upsert=True
+            await self._positions.update_one(
+                {"_id": _RELAY_POSITION}, {"$set": {"sequence": start - 1}}, upsert=True
             )
+            self._through = start - 1
         await self._positions.update_one(
             {"_id": _partition_key(topic, partition)},
             {"$set": {"offset": offset - 1, "event_id": None, "batches": []}},

@@ -69,6 +69,9 @@ class FakeOutbox:
     async def forget_published(self, older_than: datetime) -> int:
         return 0
 
+    def reload_position(self) -> None:
+        return None
+
     async def republish_from(self, topic: str, partition: int, offset: int) -> int:
         lost = [
             record_id
