@@ -131,6 +131,9 @@ class BatchPipeline:
         self._monotonic = monotonic
         self._uncommitted: dict[TopicPartition, int] = {}
         self._committed_at = float("-inf")
+        self.last_handled: dict[TopicPartition, tuple[int, str | None]] = {}
+        """Per partition, the offset and event id of the last record handled, so that a
+        log that hands out the same offsets again can be told from the one handled."""
         self._stopping = False
 
     @property
@@ -144,22 +147,31 @@ class BatchPipeline:
         BATCH_SIZE.labels(self.service).observe(len(records))
         with BATCH_SECONDS.labels(self.service).time():
             try:
-                items = await self._parse_all(records)
+                items, invalid = self._parse_all(records)
                 if items:
                     await self._handle_isolating(items)
+                # After the valid ones: a parked record means everything before it in its
+                # partition has been handled.
+                for record, reason in invalid:
+                    await self._park(record, reason, 1)
             except Outage as outage:
                 self._hand_back(records, consumer, outage)
                 return
         for record in records:
             partition = TopicPartition(record.topic, record.partition)
-            self._uncommitted[partition] = max(
-                self._uncommitted.get(partition, 0), record.offset + 1
-            )
+            if record.offset + 1 > self._uncommitted.get(partition, 0):
+                self._uncommitted[partition] = record.offset + 1
+                self.last_handled[partition] = (record.offset, _event_id_of(record))
         if self._stopping or self._monotonic() - self._committed_at >= self._commit_interval_s:
             await self.commit(consumer)
 
-    def keep_paused(self, consumer: PartitionControl, partitions: set[TopicPartition]) -> None:
-        """Newly assigned partitions stay paused while an outage lasts."""
+    def take_over(self, consumer: PartitionControl, partitions: set[TopicPartition]) -> None:
+        """Partitions were (re)assigned: they start from the group's committed position,
+        so offsets handled before and not committed are not this member's to commit any
+        more (a broker that came back empty must not be handed the old log's offsets);
+        newly assigned partitions stay paused while an outage lasts."""
+        for partition in partitions:
+            self._uncommitted.pop(partition, None)
         if self.paused and partitions:
             consumer.pause(*partitions)
 
@@ -173,17 +185,19 @@ class BatchPipeline:
 
     # --- parsing ---------------------------------------------------------------------------
 
-    async def _parse_all(self, records: Sequence[Record]) -> list[_Item]:
+    def _parse_all(self, records: Sequence[Record]) -> tuple[list[_Item], list[tuple[Record, str]]]:
+        """The records that are events, and those that are not with why."""
         items: list[_Item] = []
+        invalid: list[tuple[Record, str]] = []
         horizon = self._clock() - self._handled_retention
         for record in records:
             try:
                 event = self._parse(record.value or b"")
             except ValidationError as error:
-                await self._park(record, _why_invalid(error), 1)
+                invalid.append((record, _why_invalid(error)))
                 continue
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                await self._park(record, f"not JSON: {error}", 1)
+                invalid.append((record, f"not JSON: {error}"))
                 continue
             if record.timestamp and record.timestamp / 1000 < horizon.timestamp():
                 EVENTS_CONSUMED.labels(self.service, record.topic, "too_old").inc()
@@ -196,7 +210,7 @@ class BatchPipeline:
                 )
                 continue
             items.append(_Item(record, event))
-        return items
+        return items, invalid
 
     # --- handling ---------------------------------------------------------------------------
 
@@ -317,6 +331,13 @@ class BatchPipeline:
                 log.info("dependencies reachable again; consumer resumed")
                 return
             wait_s = min(wait_s * 2, self._max_pause_check_s)
+
+
+def _event_id_of(record: Record) -> str | None:
+    for key, value in getattr(record, "headers", None) or ():
+        if key == "event-id":
+            return bytes(value).decode(errors="replace")
+    return None
 
 
 def _why_invalid(error: ValidationError) -> str:

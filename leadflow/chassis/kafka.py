@@ -188,7 +188,7 @@ class KafkaRuntime:
         consumer = self._subscriber.consumer if self._subscriber is not None else None
         if consumer is None or self.pipeline is None:
             return
-        self.pipeline.keep_paused(consumer, partitions)
+        self.pipeline.take_over(consumer, partitions)
         try:
             rewound = await self.rewound(consumer, partitions)
         except KafkaError as error:
@@ -209,11 +209,20 @@ class KafkaRuntime:
     ) -> list[TopicPartition]:
         """Partitions whose committed position points past the last record the log holds."""
         positions: list[LogPosition] = []
+        handled = self.pipeline.last_handled if self.pipeline is not None else {}
         for partition in partitions:
             committed = await consumer.committed(partition)
-            if committed:
-                positions.append(LogPosition(partition.topic, partition.partition, committed - 1))
-        # The consumer does not know which event was at its position: any record there will do.
+            if not committed:
+                continue
+            # If this member handled the record before the position, it must be that very
+            # record (a broker that restarted empty gives the same offsets to new records);
+            # otherwise any record there will do.
+            offset, event_id = handled.get(partition, (committed - 1, None))
+            if offset != committed - 1:
+                event_id = None
+            positions.append(
+                LogPosition(partition.topic, partition.partition, committed - 1, event_id)
+            )
         missing = await self.lost_from(positions)
         return [TopicPartition(p.topic, p.partition) for p in missing]
 

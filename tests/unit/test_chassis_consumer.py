@@ -31,6 +31,7 @@ class FakeRecord:
     value: bytes | None
     key: bytes | None = None
     timestamp: int = int(NOW.timestamp() * 1000)
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class FakeConsumer:
@@ -179,7 +180,7 @@ async def test_partitions_assigned_during_an_outage_stay_paused() -> None:
     await harness.pipeline.consume(records(received("A")), consumer)
     new = {TopicPartition(TOPIC, 3)}
     consumer.assigned |= new
-    harness.pipeline.keep_paused(consumer, new)
+    harness.pipeline.take_over(consumer, new)
     assert TopicPartition(TOPIC, 3) in consumer.paused
     await harness.pipeline.stop()
 
@@ -255,3 +256,35 @@ async def test_offsets_are_committed_at_most_once_per_interval_and_at_stop() -> 
     await pipeline.stop(consumer)
     assert commits[-1] == {partition: 4}  # nothing handled is left uncommitted at stop
     assert harness.handled == ["a", "b", "c", "d"]
+
+
+async def test_reassigned_partitions_drop_offsets_handled_before_and_remember_the_last_event() -> (
+    None
+):
+    harness = Harness()
+    ticks = [0.0]
+    pipeline = BatchPipeline(
+        "test",
+        parse=PARSE,
+        handle=harness.handle,
+        publish=harness.publish,
+        dependencies_up=harness.up,
+        max_attempts=3,
+        backoff_s=0,
+        handled_retention=timedelta(days=8),
+        clock=lambda: NOW,
+        commit_interval_s=60.0,
+        monotonic=lambda: ticks[0],
+    )
+    partition = TopicPartition(TOPIC, 0)
+    consumer = FakeConsumer({partition})
+    first = FakeRecord(TOPIC, 0, 7, received("a"), headers=(("event-id", b"e-7"),))
+    await pipeline.consume([first], consumer)  # committed: the first commit is due at once
+    await pipeline.consume([FakeRecord(TOPIC, 0, 8, received("b"))], consumer)
+    assert consumer.committed == {partition: 8}
+    assert pipeline.last_handled[partition] == (8, None)
+    # The broker came back empty and the group was joined again: offset 9 belongs to the
+    # old log and must not be committed into the new one.
+    pipeline.take_over(consumer, {partition})
+    await pipeline.stop(consumer)
+    assert consumer.committed == {partition: 8}
