@@ -37,6 +37,7 @@ from shared.topics import ALL_TOPICS, EVENT_ON, dead_letter_topic, owned_by
 log = structlog.get_logger(__name__)
 
 Message = tuple[str, bytes, bytes | None, dict[str, str]]
+PUBLISH_TIMEOUT_S = 60.0
 
 
 async def ensure_topics(
@@ -238,7 +239,9 @@ class KafkaRuntime:
             await self.broker.publish(payload, topic, key=key, headers=headers, no_confirm=True)
             for topic, payload, key, headers in messages
         ]
-        acknowledged = await asyncio.gather(*pending)
+        # Bounded: a broker that never answers must not hold the relay (it retries, and
+        # the consumers drop the copies of what did go out).
+        acknowledged = await asyncio.wait_for(asyncio.gather(*pending), timeout=PUBLISH_TIMEOUT_S)
         return [
             LogPosition(meta.topic, meta.partition, meta.offset, headers.get("event-id"))
             if getattr(meta, "offset", None) is not None
