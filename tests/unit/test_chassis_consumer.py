@@ -218,10 +218,9 @@ async def test_a_record_older_than_the_inbox_remembers_is_skipped() -> None:
     assert consumer.committed == {TopicPartition(TOPIC, 0): 2}
 
 
-async def test_offsets_are_committed_at_most_once_per_interval_and_at_stop() -> None:
-    harness = Harness()
-    ticks = [0.0]
-    pipeline = BatchPipeline(
+def committing_every(seconds: float, harness: Harness, ticks: list[float]) -> BatchPipeline:
+    """A pipeline on `harness` that commits at most every `seconds` of `ticks[0]`."""
+    return BatchPipeline(
         "test",
         parse=PARSE,
         handle=harness.handle,
@@ -231,9 +230,15 @@ async def test_offsets_are_committed_at_most_once_per_interval_and_at_stop() -> 
         backoff_s=0,
         handled_retention=timedelta(days=8),
         clock=lambda: NOW,
-        commit_interval_s=1.0,
+        commit_interval_s=seconds,
         monotonic=lambda: ticks[0],
     )
+
+
+async def test_offsets_are_committed_at_most_once_per_interval_and_at_stop() -> None:
+    harness = Harness()
+    ticks = [0.0]
+    pipeline = committing_every(1.0, harness, ticks)
     partition = TopicPartition(TOPIC, 0)
     consumer = FakeConsumer({partition})
     commits: list[dict[TopicPartition, int]] = []
@@ -263,19 +268,7 @@ async def test_reassigned_partitions_drop_offsets_handled_before_and_remember_th
 ):
     harness = Harness()
     ticks = [0.0]
-    pipeline = BatchPipeline(
-        "test",
-        parse=PARSE,
-        handle=harness.handle,
-        publish=harness.publish,
-        dependencies_up=harness.up,
-        max_attempts=3,
-        backoff_s=0,
-        handled_retention=timedelta(days=8),
-        clock=lambda: NOW,
-        commit_interval_s=60.0,
-        monotonic=lambda: ticks[0],
-    )
+    pipeline = committing_every(60.0, harness, ticks)
     partition = TopicPartition(TOPIC, 0)
     consumer = FakeConsumer({partition})
     first = FakeRecord(TOPIC, 0, 7, received("a"), headers=(("event-id", b"e-7"),))
