@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from pymongo import AsyncMongoClient
+from pipeline import raw_hop_s  # the same ceiling as the pipeline benchmark
 
 from leadflow.config import SERVICES
 from leadflow.localinfra import free_port
@@ -66,33 +65,6 @@ def start_stack(data_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]
             raise SystemExit("leadflow up did not come up")
         time.sleep(0.05)
     return process, json.loads(state_file.read_text()), time.perf_counter() - started
-
-
-async def raw_hop_ceiling(bootstrap: str, mongo_url: str, samples: int) -> list[float]:
-    topic = f"bench-raw-{uuid.uuid4().hex[:6]}"
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=topic, auto_offset_reset="earliest"
-    )
-    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url)
-    collection = mongo["bench"]["raw_hop"]
-    await producer.start()
-    await consumer.start()
-    try:
-        await producer.send_and_wait(topic, b"warm-up", key=b"w")
-        await consumer.getone()  # the group has joined
-        times = []
-        for i in range(samples):
-            started = time.perf_counter()
-            await producer.send_and_wait(topic, f"{i}".encode(), key=str(i).encode())
-            record = await consumer.getone()
-            await collection.insert_one({"value": record.value})
-            times.append(time.perf_counter() - started)
-        return times
-    finally:
-        await consumer.stop()
-        await producer.stop()
-        await mongo.close()
 
 
 def measure_leads(
@@ -154,7 +126,7 @@ def main() -> None:
     process, state, startup_s = start_stack(data_dir)
     try:
         admin_key = Path(state["admin_key_file"]).read_text().strip()
-        ceiling = asyncio.run(raw_hop_ceiling(state["kafka_bootstrap"], state["mongo_url"], count))
+        ceiling = asyncio.run(raw_hop_s(state["kafka_bootstrap"], state["mongo_url"], count))
         to_assigned, to_counted = measure_leads(state, admin_key, count)
     finally:
         process.send_signal(signal.SIGINT)
