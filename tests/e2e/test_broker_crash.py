@@ -28,6 +28,7 @@ from tests.e2e.test_stack import (
     Stack,
     eventually,
     process_exists,
+    set_up_routing,
     stack_environment,
     start_stack,
     summary,
@@ -62,24 +63,6 @@ def post_lead(stack: Stack, number: int) -> Posted:
         return Posted(0, None, time.monotonic(), f"{type(error).__name__}: {error}")
     lead_id = response.json().get("lead_id") if response.status_code == 201 else None
     return Posted(response.status_code, lead_id, time.monotonic(), response.text[:200])
-
-
-def set_up_routing(stack: Stack) -> None:
-    with stack.client("assignment") as assignment:
-        for rep_id in ("rep-a", "rep-b"):
-            created = assignment.post("/v1/reps", json={"rep_id": rep_id, "name": rep_id})
-            assert created.status_code == 201, created.text
-        pool = assignment.post(
-            "/v1/pools",
-            json={
-                "pool_id": "everyone",
-                "name": "Everyone",
-                "rep_ids": ["rep-a", "rep-b"],
-                "is_default": True,
-                "priority": 0,
-            },
-        )
-        assert pool.status_code == 201, pool.text
 
 
 def unassigned(stack: Stack, lead_ids: set[str]) -> dict[str, str]:

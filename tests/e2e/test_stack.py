@@ -135,26 +135,31 @@ def summary(stack: Stack) -> dict[str, Any]:
         return body
 
 
+def set_up_routing(stack: Stack) -> None:
+    """Two reps and a default pool holding both."""
+    with stack.client("assignment") as assignment:
+        for rep_id in ("rep-a", "rep-b"):
+            created = assignment.post("/v1/reps", json={"rep_id": rep_id, "name": rep_id})
+            assert created.status_code == 201, created.text
+        pool = assignment.post(
+            "/v1/pools",
+            json={
+                "pool_id": "everyone",
+                "name": "Everyone",
+                "rep_ids": ["rep-a", "rep-b"],
+                "is_default": True,
+                "priority": 0,
+            },
+        )
+        assert pool.status_code == 201, pool.text
+
+
 def test_a_lead_flows_through_all_four_services_and_survives_a_restart(data_dir: Path) -> None:
     env = stack_environment(data_dir)
     stack = start_stack(env, data_dir, run=1)
     try:
         assert stack.state["kafka_storage"] in {"seaweedfs", "memory"}
-        with stack.client("assignment") as assignment:
-            for rep_id in ("rep-a", "rep-b"):
-                created = assignment.post("/v1/reps", json={"rep_id": rep_id, "name": rep_id})
-                assert created.status_code == 201, created.text
-            pool = assignment.post(
-                "/v1/pools",
-                json={
-                    "pool_id": "everyone",
-                    "name": "Everyone",
-                    "rep_ids": ["rep-a", "rep-b"],
-                    "is_default": True,
-                    "priority": 0,
-                },
-            )
-            assert pool.status_code == 201, pool.text
+        set_up_routing(stack)
 
         # A service that dies is restarted by the supervisor.
         killed = stack.state["services"]["nurture"]["pid"]

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from leadflow.localinfra import s3_bucket_answers
-from tests.e2e.test_broker_crash import set_up_routing
 from tests.e2e.test_stack import (
     eventually,
     process_exists,
+    set_up_routing,
     stack_environment,
     start_stack,
     summary,
