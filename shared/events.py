@@ -7,7 +7,7 @@ version; removing or changing a field needs a new `...V2` model and topic.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 from uuid import UUID, uuid4
 
@@ -53,27 +53,60 @@ class Contact(BaseModel):
     locale: str | None = None
 
 
+InquiryChannel = Literal["phone", "walk_in", "web_form", "ad", "import", "referral"]
+"""How the person reached us; kept apart for reporting (phone vs online inquiries)."""
+
+
 class Attribution(BaseModel):
-    """Where the lead came from; drives channel and campaign reports."""
+    """Where the lead came from; drives channel, source and campaign reports.
+
+    `channel` is one of `InquiryChannel` for leads intake accepts; it stays a plain string
+    in the contract so an older consumer never rejects a newer channel.
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     source: str
     channel: str
     campaign: str | None = None
+    campaign_id: str | None = None
     utm_source: str | None = None
     utm_medium: str | None = None
     utm_campaign: str | None = None
     utm_term: str | None = None
     utm_content: str | None = None
+    referrer: str | None = None
+    landing_page: str | None = None
+    form_id: str | None = None
+    ad_platform: Literal["meta", "google"] | None = None
+    ad_ids: dict[str, str] = Field(default_factory=dict)
+    """Platform ids as strings: leadgen_id, ad_id, adset_id, campaign_id, gcl_id, ..."""
+
+
+ConsentChannel = Literal["email", "sms", "phone"]
+
+
+class ConsentRecord(BaseModel):
+    """One consent given or withdrawn: when, where and the exact wording shown."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    channel: ConsentChannel
+    granted: bool
+    at: AwareDatetime
+    source: str
+    wording: str | None = None
 
 
 class Consent(BaseModel):
+    """Whether the person may be contacted on each channel, with the records behind it."""
+
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     email: bool = False
     sms: bool = False
     phone: bool = True
+    records: tuple[ConsentRecord, ...] = ()
 
 
 class Profile(BaseModel):
@@ -87,6 +120,23 @@ class Profile(BaseModel):
     product_line: str | None = None
     company_size: int | None = None
     company: str | None = None
+    postal_code: str | None = None
+    language: str | None = None
+    custom: dict[str, str] = Field(default_factory=dict)
+    """Per-source custom questions, by their label (seed 002: "意向程度", "企业规模")."""
+
+
+FitGrade = Literal["A", "B", "C", "D"]
+
+
+class FitScore(BaseModel):
+    """Fit against the ideal-customer profile: 0-100, a grade and what made it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    score: int = Field(ge=0, le=100)
+    grade: FitGrade
+    factors: dict[str, int] = Field(default_factory=dict)
 
 
 LossLevel = Literal[1, 2, 3]
@@ -103,7 +153,10 @@ class LeadReceivedV1(Event):
     consent: Consent = Consent()
     profile: Profile = Profile()
     fit_score: int | None = None
+    fit: FitScore | None = None
     message: str | None = None
+    is_test: bool = False
+    """A platform's test lead (Google `is_test`, Meta's testing tool): kept out of reports."""
 
 
 class LeadMergedV1(Event):
@@ -114,6 +167,9 @@ class LeadMergedV1(Event):
     attribution: Attribution
     matched_on: Literal["phone", "email"]
     message: str | None = None
+    consent: Consent | None = None
+    profile: Profile | None = None
+    is_test: bool = False
 
 
 class LeadErasedV1(Event):
@@ -123,13 +179,51 @@ class LeadErasedV1(Event):
     requested_by: str | None = None
 
 
+class CampaignSavedV1(Event):
+    """A campaign created or changed. Configuration, not a lead fact: `lead_id` carries the
+    partition key `campaign:<campaign_id>` so every change to one campaign stays in order."""
+
+    event_type: Literal["campaign-saved"] = "campaign-saved"
+    campaign_id: str
+    name: str
+    channel: str
+    cost: float = Field(ge=0, default=0)
+    currency: str = "USD"
+    starts_on: date | None = None
+    ends_on: date | None = None
+
+
 # --- assignment ---------------------------------------------------------------------------
+
+
+class RoutingReason(BaseModel):
+    """Why a lead went where it went: the rule, the pool, the strategy, who was skipped."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    rule_id: str | None = None
+    pool_id: str | None = None
+    strategy: str | None = None
+    skipped: dict[str, str] = Field(default_factory=dict)
+    """rep_id -> why the rep was passed over (off shift, away, at capacity, rejected ...)."""
+    note: str | None = None
 
 
 class LeadRoutedToNurtureV1(Event):
     event_type: Literal["lead-routed-to-nurture"] = "lead-routed-to-nurture"
     reason: str
     contact: Contact | None = None
+    consent: Consent | None = None
+    why: RoutingReason | None = None
+
+
+class LeadQueuedV1(Event):
+    """No eligible rep is on shift or has capacity: the lead waits in the pool's queue."""
+
+    event_type: Literal["lead-queued"] = "lead-queued"
+    pool_id: str
+    reason: str
+    why: RoutingReason | None = None
 
 
 class LeadAssignedV1(Event):
@@ -139,6 +233,12 @@ class LeadAssignedV1(Event):
     strategy: str
     previous_rep_id: str | None = None
     received_at: AwareDatetime | None = None
+    how: Literal["routed", "claimed", "reassigned", "bulk", "handover", "repeat", "requalified"] = (
+        "routed"
+    )
+    why: RoutingReason | None = None
+    sla_due_at: AwareDatetime | None = None
+    assigned_by: str | None = None
 
 
 class LeadReturnedToPoolV1(Event):
@@ -157,9 +257,13 @@ class LeadRejectedByRepV1(Event):
 class ActivityLoggedV1(Event):
     event_type: Literal["activity-logged"] = "activity-logged"
     rep_id: RepId
-    activity: Literal["call", "email", "sms", "meeting", "note"]
+    activity: Literal["call", "email", "sms", "meeting", "note", "visit_note", "tm_note"]
     outcome: str | None = None
+    """For calls: reached / no_answer / wrong_number / visit_booked."""
     note: str | None = None
+    first_contact: bool = False
+    """The lead's first contact by a rep: it stops the first-response SLA clock."""
+    received_at: AwareDatetime | None = None
 
 
 class VisitScheduledV1(Event):
@@ -174,6 +278,28 @@ class VisitCheckedInV1(Event):
     rep_id: RepId | None = None
     visit_id: str | None = None
     walk_in: bool = False
+    """True for a walk-in, False for a visit that was reserved (booked) beforehand."""
+
+
+class SatisfactionRecordedV1(Event):
+    """The next-day satisfaction callback after a visit (seed 004): a score of 1-10."""
+
+    event_type: Literal["satisfaction-recorded"] = "satisfaction-recorded"
+    rep_id: RepId | None = None
+    visit_id: str | None = None
+    score: int = Field(ge=1, le=10)
+    note: str | None = None
+
+
+class OpportunityOpenedV1(Event):
+    """A sales opportunity (seed 003 funnel): an expected amount at a stage."""
+
+    event_type: Literal["opportunity-opened"] = "opportunity-opened"
+    rep_id: RepId
+    opportunity_id: str
+    amount: float = Field(ge=0)
+    currency: str = "USD"
+    stage: str
 
 
 class LeadConvertedV1(Event):
@@ -182,6 +308,9 @@ class LeadConvertedV1(Event):
     revenue: float = Field(ge=0)
     currency: str = "USD"
     product: str | None = None
+    customer_id: str | None = None
+    plan: str | None = None
+    opportunity_id: str | None = None
 
 
 class LeadLostV1(Event):
@@ -200,6 +329,9 @@ class SlaBreachedV1(Event):
     rep_id: RepId
     sla: str
     due_at: AwareDatetime
+    pool_id: str | None = None
+    escalated_to: str | None = None
+    reassigned: bool = False
 
 
 # --- nurture ------------------------------------------------------------------------------
@@ -209,6 +341,7 @@ class LeadEnrolledV1(Event):
     event_type: Literal["lead-enrolled"] = "lead-enrolled"
     sequence_id: str
     reason: str
+    sequence_version: int | None = None
 
 
 class MessageSentV1(Event):
@@ -217,6 +350,20 @@ class MessageSentV1(Event):
     step: int = Field(ge=0)
     channel: Channel
     message_id: str
+    sequence_version: int | None = None
+    due_at: AwareDatetime | None = None
+
+
+class MessageStatusUpdatedV1(Event):
+    """A provider's delivery report (SMS status callback, email bounce); never backwards."""
+
+    event_type: Literal["message-status-updated"] = "message-status-updated"
+    sequence_id: str | None = None
+    step: int | None = Field(ge=0, default=None)
+    channel: Channel
+    message_id: str
+    status: Literal["queued", "sent", "delivered", "undelivered", "failed", "bounced"]
+    error_code: str | None = None
 
 
 class MessageFailedV1(Event):
@@ -232,35 +379,50 @@ class EngagementRecordedV1(Event):
     kind: Literal["open", "click", "reply", "web_visit"]
     message_id: str | None = None
     score: float | None = None
+    sequence_id: str | None = None
+    step: int | None = Field(ge=0, default=None)
+    channel: Channel | None = None
+    url: str | None = None
+    temperature: Literal["cold", "warm", "hot"] | None = None
 
 
 class LeadOptedOutV1(Event):
     event_type: Literal["lead-opted-out"] = "lead-opted-out"
     channel: Channel | Literal["all"]
+    reason: str | None = None
+    """How: sms_keyword, one_click, carrier_opt_out (Twilio 21610), by_hand, ..."""
+    sequence_id: str | None = None
 
 
 class LeadRequalifiedV1(Event):
     event_type: Literal["lead-requalified"] = "lead-requalified"
     score: float
     reason: str
+    sequence_id: str | None = None
+    previous_rep_id: str | None = None
 
 
 AnyEvent = Annotated[
     LeadReceivedV1
     | LeadMergedV1
     | LeadErasedV1
+    | CampaignSavedV1
     | LeadRoutedToNurtureV1
+    | LeadQueuedV1
     | LeadAssignedV1
     | LeadReturnedToPoolV1
     | LeadRejectedByRepV1
     | ActivityLoggedV1
     | VisitScheduledV1
     | VisitCheckedInV1
+    | SatisfactionRecordedV1
+    | OpportunityOpenedV1
     | LeadConvertedV1
     | LeadLostV1
     | SlaBreachedV1
     | LeadEnrolledV1
     | MessageSentV1
+    | MessageStatusUpdatedV1
     | MessageFailedV1
     | EngagementRecordedV1
     | LeadOptedOutV1

@@ -14,9 +14,13 @@ from shared.events import (
     ActivityLoggedV1,
     AnyEvent,
     Attribution,
+    CampaignSavedV1,
+    Consent,
+    ConsentRecord,
     Contact,
     EngagementRecordedV1,
     Event,
+    FitScore,
     LeadAssignedV1,
     LeadConvertedV1,
     LeadEnrolledV1,
@@ -24,6 +28,7 @@ from shared.events import (
     LeadLostV1,
     LeadMergedV1,
     LeadOptedOutV1,
+    LeadQueuedV1,
     LeadReceivedV1,
     LeadRejectedByRepV1,
     LeadRequalifiedV1,
@@ -31,6 +36,10 @@ from shared.events import (
     LeadRoutedToNurtureV1,
     MessageFailedV1,
     MessageSentV1,
+    MessageStatusUpdatedV1,
+    OpportunityOpenedV1,
+    RoutingReason,
+    SatisfactionRecordedV1,
     SlaBreachedV1,
     VisitCheckedInV1,
     VisitScheduledV1,
@@ -44,23 +53,45 @@ CONTACT = Contact(name="Dana Kim", phone="+14155550100", email="dana@example.com
 SOURCE = Attribution(source="website", channel="web_form", campaign="spring")
 
 SAMPLES: list[Event] = [
-    LeadReceivedV1(lead_id="L1", contact=CONTACT, attribution=SOURCE, fit_score=80),
+    LeadReceivedV1(
+        lead_id="L1",
+        contact=CONTACT,
+        attribution=SOURCE,
+        fit_score=80,
+        fit=FitScore(score=80, grade="A", factors={"industry": 30}),
+        consent=Consent(
+            email=True,
+            records=(ConsentRecord(channel="email", granted=True, at=WHEN, source="form f1"),),
+        ),
+    ),
     LeadMergedV1(lead_id="L1", contact=CONTACT, attribution=SOURCE, matched_on="phone"),
     LeadErasedV1(lead_id="L1", requested_by="dpo"),
+    CampaignSavedV1(lead_id="campaign:c1", campaign_id="c1", name="Spring", channel="ad", cost=500),
+    LeadQueuedV1(lead_id="L1", pool_id="p1", reason="nobody on shift"),
     LeadRoutedToNurtureV1(lead_id="L1", reason="low fit score", contact=CONTACT),
     LeadAssignedV1(
-        lead_id="L1", rep_id="r1", pool_id="p1", strategy="round_robin", received_at=WHEN
+        lead_id="L1",
+        rep_id="r1",
+        pool_id="p1",
+        strategy="round_robin",
+        received_at=WHEN,
+        why=RoutingReason(rule_id="t1", pool_id="p1", skipped={"r2": "off shift"}),
     ),
     LeadReturnedToPoolV1(lead_id="L1", rep_id="r1", pool_id="p1", reason="unreachable"),
     LeadRejectedByRepV1(lead_id="L1", rep_id="r1", reason="not my territory"),
     ActivityLoggedV1(lead_id="L1", rep_id="r1", activity="call", outcome="no answer"),
     VisitScheduledV1(lead_id="L1", rep_id="r1", visit_id="v1", scheduled_for=WHEN),
     VisitCheckedInV1(lead_id="L1", rep_id="r1", visit_id="v1"),
+    SatisfactionRecordedV1(lead_id="L1", rep_id="r1", visit_id="v1", score=7),
+    OpportunityOpenedV1(
+        lead_id="L1", rep_id="r1", opportunity_id="o1", amount=900, stage="proposal"
+    ),
     LeadConvertedV1(lead_id="L1", rep_id="r1", revenue=1200.5, currency="KRW"),
     LeadLostV1(lead_id="L1", rep_id="r1", level=2, reason="bought elsewhere", contact=CONTACT),
     SlaBreachedV1(lead_id="L1", rep_id="r1", sla="first_response", due_at=WHEN),
     LeadEnrolledV1(lead_id="L1", sequence_id="loss-level-2", reason="lost-level-2"),
     MessageSentV1(lead_id="L1", sequence_id="s", step=0, channel="email", message_id="m1"),
+    MessageStatusUpdatedV1(lead_id="L1", channel="sms", message_id="m2", status="delivered"),
     MessageFailedV1(lead_id="L1", sequence_id="s", step=1, channel="sms", error="bounced"),
     EngagementRecordedV1(lead_id="L1", kind="click", message_id="m1", score=5),
     LeadOptedOutV1(lead_id="L1", channel="all"),
@@ -99,6 +130,7 @@ def test_every_model_travels_on_exactly_one_topic_and_the_union_knows_them_all()
         "intake.lead-received.v1",
         "intake.lead-merged.v1",
         "intake.lead-erased.v1",
+        "intake.campaign-saved.v1",
     )
 
 
