@@ -15,12 +15,13 @@ the relay publishes in commit order whichever replica committed them.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Collection as Collection_
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pymongo
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, AsyncMongoClient, ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -32,6 +33,9 @@ from pymongo.errors import (
     WTimeoutError,
 )
 
+from leadflow.chassis.duework import DEAD as DUE_DEAD
+from leadflow.chassis.duework import PENDING as DUE_PENDING
+from leadflow.chassis.duework import ClaimedWork, DueWork, LeaseLost, ParkedWork
 from shared.events import Event
 from shared.topics import topic_for
 
@@ -53,6 +57,7 @@ __all__ = [
     "EventLedger",
     "LeaseStore",
     "LogPosition",
+    "MongoDueWork",
     "OutboxRecord",
     "PyMongoError",
     "Session",
@@ -526,3 +531,231 @@ async def _unhandled(inbox: Collection, consumed: Sequence[E], session: Session)
             seen.add(event_id)
             fresh.append(event)
     return fresh
+
+
+class MongoDueWork:
+    """Due work (`leadflow.chassis.duework`) in one collection: `{_id: key, kind, due_at,
+    ready_at, status, attempts, token, payload}`.
+
+    `ready_at` is when the item may next be claimed: its due time, then, while claimed, its
+    lease's end (a lapsed lease makes it claimable again with no other write). Every query
+    the runner makes pins `status` and `kind` and bounds `ready_at`, so it walks the index
+    `(status, kind, ready_at)` — on SecantusDB only such "equalities then one range" filters
+    use an index, and a sort is not pushed into it, so the windows are kept narrow.
+
+    A claim is a few requests per kind, not one per item: the earliest claimable items
+    (the last one's `ready_at` is the boundary), one `update_many` that claims everything
+    still claimable before the boundary, updates by key (chunked) for the chosen items at
+    the boundary, and a read of what this claim holds (all carry the same lease end). Each
+    update is atomic per document, so a concurrent claim gets only what this one did not.
+    """
+
+    def __init__(self, database: Database, name: str = "due_work") -> None:
+        self._client = database.client
+        self._items: Collection = database[name]
+
+    async def ensure_indexes(self) -> None:
+        await self._items.create_index(
+            [("status", ASCENDING), ("kind", ASCENDING), ("ready_at", ASCENDING)],
+            name="claimable",
+        )
+
+    async def schedule(self, items: Sequence[DueWork], *, session: Session | None = None) -> None:
+        if not items:
+            return
+        await self._items.bulk_write(
+            [ReplaceOne({"_id": item.key}, _due_document(item), upsert=True) for item in items],
+            ordered=False,
+            session=session,
+        )
+
+    async def cancel(self, keys: Collection_[str], *, session: Session | None = None) -> None:
+        wanted = list(dict.fromkeys(keys))
+        for start in range(0, len(wanted), IN_CHUNK):
+            await self._items.delete_many(
+                {"_id": {"$in": wanted[start : start + IN_CHUNK]}}, session=session
+            )
+
+    async def claim(
+        self,
+        *,
+        kinds: Collection_[str],
+        now: datetime,
+        limit: int,
+        lease: timedelta,
+        token: str,
+    ) -> list[ClaimedWork]:
+        now = _to_millis(now)
+        candidates: list[Document] = []
+        for kind in sorted(kinds):
+            candidates.extend(
+                await self._items.find(
+                    {"status": DUE_PENDING, "kind": kind, "ready_at": {"$lte": now}},
+                    {"kind": 1, "ready_at": 1},
+                )
+                .sort("ready_at", ASCENDING)
+                .limit(limit)
+                .to_list()
+            )
+        if not candidates:
+            return []
+        candidates.sort(key=lambda doc: (doc["ready_at"], doc["_id"]))
+        boundary: dict[str, datetime] = {}
+        for doc in candidates[:limit]:
+            boundary[doc["kind"]] = doc["ready_at"]  # ascending: the last one is the latest
+        at_boundary: dict[str, list[str]] = {}
+        for doc in candidates[:limit]:
+            if doc["ready_at"] == boundary[doc["kind"]]:
+                at_boundary.setdefault(doc["kind"], []).append(doc["_id"])
+        until = _to_millis(now + lease)
+        claim_it = {"$set": {"ready_at": until, "token": token, "claimed_at": now}}
+        claimed: list[ClaimedWork] = []
+        for kind, up_to in boundary.items():
+            # Everything claimable before the boundary in one request; at the boundary only
+            # the chosen ones, as thousands of sends may share one instant.
+            await self._items.update_many(
+                {"status": DUE_PENDING, "kind": kind, "ready_at": {"$lt": up_to}}, claim_it
+            )
+            tied = at_boundary[kind]
+            for start in range(0, len(tied), IN_CHUNK):
+                await self._items.update_many(
+                    {
+                        "_id": {"$in": tied[start : start + IN_CHUNK]},
+                        "status": DUE_PENDING,
+                        "ready_at": up_to,
+                    },
+                    claim_it,
+                )
+            # Another claim at the same millisecond with the same lease ends at the same
+            # `until`: the token tells them apart.
+            claimed.extend(
+                [
+                    ClaimedWork(_due_work(doc), int(doc["attempts"]), token)
+                    async for doc in self._items.find(
+                        {"status": DUE_PENDING, "kind": kind, "ready_at": until}
+                    )
+                    if doc.get("token") == token
+                ]
+            )
+        claimed.sort(key=lambda c: (c.work.due_at, c.work.key))
+        return claimed
+
+    async def finish(
+        self, claimed: Sequence[ClaimedWork], *, session: Session | None = None
+    ) -> None:
+        if not claimed:
+            return
+        if session is None:
+            # All or nothing on its own too: a LeaseLost leaves every item as it was.
+            async with self._client.start_session() as own:
+
+                async def transaction(s: Session) -> None:
+                    await self.finish(claimed, session=s)
+
+                await own.with_transaction(transaction)
+            return
+        lost: list[str] = []
+        for token, keys in _keys_by_token(claimed).items():
+            for start in range(0, len(keys), IN_CHUNK):
+                chunk = keys[start : start + IN_CHUNK]
+                result = await self._items.delete_many(
+                    {"_id": {"$in": chunk}, "token": token}, session=session
+                )
+                if result.deleted_count != len(chunk):
+                    # Read outside the transaction, which has deleted the ones it held.
+                    held = {
+                        doc["_id"]
+                        for doc in await self._items.find(
+                            {"_id": {"$in": chunk}}, {"_id": 1, "token": 1}
+                        ).to_list()
+                        if doc.get("token") == token
+                    }
+                    lost.extend(key for key in chunk if key not in held)
+        if lost:
+            raise LeaseLost(lost)
+
+    async def release(
+        self, claimed: Sequence[ClaimedWork], *, retry_at: datetime, failed: bool = True
+    ) -> None:
+        change: Document = {"$set": {"ready_at": _to_millis(retry_at), "token": None}}
+        if failed:
+            change["$inc"] = {"attempts": 1}
+        await self._update_claimed(claimed, change)
+
+    async def park(self, claimed: Sequence[ClaimedWork], *, error: str, now: datetime) -> None:
+        await self._update_claimed(
+            claimed,
+            {
+                "$set": {"status": DUE_DEAD, "token": None, "error": error, "parked_at": now},
+                "$inc": {"attempts": 1},
+            },
+        )
+
+    async def parked(self, *, kinds: Collection_[str], limit: int = 100) -> list[ParkedWork]:
+        found: list[ParkedWork] = []
+        for kind in sorted(kinds):
+            found.extend(
+                [
+                    ParkedWork(
+                        _due_work(doc), int(doc["attempts"]), str(doc["error"]), doc["parked_at"]
+                    )
+                    async for doc in self._items.find({"status": DUE_DEAD, "kind": kind})
+                ]
+            )
+        found.sort(key=lambda p: (p.parked_at, p.work.key))
+        return found[:limit]
+
+    async def next_due(
+        self, *, kinds: Collection_[str], before: datetime | None = None
+    ) -> datetime | None:
+        window: Document = (
+            {"$lt": _to_millis(before)} if before is not None else {"$gte": _LONG_AGO}
+        )
+        earliest: datetime | None = None
+        for kind in sorted(kinds):
+            doc = await self._items.find_one(
+                {"status": DUE_PENDING, "kind": kind, "ready_at": window},
+                {"ready_at": 1},
+                sort=[("ready_at", ASCENDING)],
+            )
+            if doc is not None and (earliest is None or doc["ready_at"] < earliest):
+                earliest = doc["ready_at"]
+        return earliest
+
+    async def _update_claimed(self, claimed: Sequence[ClaimedWork], change: Document) -> None:
+        for token, keys in _keys_by_token(claimed).items():
+            for start in range(0, len(keys), IN_CHUNK):
+                await self._items.update_many(
+                    {"_id": {"$in": keys[start : start + IN_CHUNK]}, "token": token}, change
+                )
+
+
+def _to_millis(moment: datetime) -> datetime:
+    """BSON keeps milliseconds: truncate first, so an equality on a stored time matches."""
+    if moment.tzinfo is None:
+        raise ValueError(f"due work needs aware UTC datetimes, got {moment!r}")
+    return moment.astimezone(UTC).replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def _due_document(item: DueWork) -> Document:
+    due_at = _to_millis(item.due_at)
+    return {
+        "kind": item.kind,
+        "due_at": due_at,
+        "ready_at": due_at,
+        "status": DUE_PENDING,
+        "attempts": 0,
+        "token": None,
+        "payload": dict(item.payload),
+    }
+
+
+def _due_work(doc: Document) -> DueWork:
+    return DueWork(doc["_id"], doc["kind"], doc["due_at"], doc.get("payload") or {})
+
+
+def _keys_by_token(claimed: Sequence[ClaimedWork]) -> dict[str, list[str]]:
+    keys: dict[str, list[str]] = {}
+    for item in claimed:
+        keys.setdefault(item.token, []).append(item.work.key)
+    return keys
