@@ -12,21 +12,31 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import phonenumbers
+from phonenumbers import timezone as phone_time_zones
+
+from services.nurture.templates import Part, template_problems
 from shared.events import (
     Channel,
     Consent,
     Contact,
+    EngagementRecordedV1,
     Event,
     LeadAssignedV1,
     LeadConvertedV1,
     LeadErasedV1,
     LeadLostV1,
     LeadMergedV1,
+    LeadOptedOutV1,
     LeadReceivedV1,
+    LeadReturnedToPoolV1,
+    LeadRoutedToNurtureV1,
     LossLevel,
+    MessageStatusUpdatedV1,
 )
 
 WEEKDAYS: Final = range(7)
@@ -43,19 +53,40 @@ class StopReason(StrEnum):
     ASSIGNED = "assigned"
     CONVERTED = "converted"
     ERASED = "erased"
+    REPLIED = "replied"
+    OPTED_OUT = "opted_out"
+    BOUNCED = "bounced"
+    REQUALIFIED = "requalified"
+    ARCHIVED = "archived"
+
+
+class SequenceStatus(StrEnum):
+    """`paused`: nothing is sent and nobody new is enrolled until it is resumed (enrolled
+    leads keep their place); `archived`: for good, its enrollments are stopped."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    ARCHIVED = "archived"
+
+
+class StepAnchor(StrEnum):
+    """What a step's delay counts from."""
+
+    PREVIOUS = "previous"
+    """The previous step's send (or the enrollment, for the first step)."""
+    ENROLLMENT = "enrollment"
+
+
+class SkipCondition(StrEnum):
+    """Why a step is not sent (and the sequence moves on to the next one)."""
+
+    OPENED_PREVIOUS = "opened_previous"
+    CLICKED_PREVIOUS = "clicked_previous"
+    OPENED_ANY = "opened_any"
 
 
 MANUAL_ENROLLMENT: Final = "manual"
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One message of a sequence, sent `delay_hours` after enrollment or the previous step."""
-
-    channel: Channel
-    delay_hours: int
-    body: str
-    subject: str | None = None
+BULK_ENROLLMENT: Final = "bulk"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +98,25 @@ class SendWindow:
 
     start_hour: int
     end_hour: int
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One message of a sequence, sent `delay_hours` after enrollment or the previous step.
+
+    `body` is the SMS text or the email's plain-text part, `subject` and `html` are email
+    only; all three are templates (see `services.nurture.templates`). A step's own
+    `send_window` / `weekdays` replace the sequence's for that step."""
+
+    channel: Channel
+    delay_hours: int
+    body: str
+    subject: str | None = None
+    html: str | None = None
+    after: StepAnchor = StepAnchor.PREVIOUS
+    skip_if: tuple[SkipCondition, ...] = ()
+    send_window: SendWindow | None = None
+    weekdays: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +139,23 @@ class FieldError:
 
 @dataclass(frozen=True, slots=True)
 class SequenceRecord:
-    """A sequence as stored: its content and the version marketing's edits have reached."""
+    """A sequence as stored: its content and the version marketing's edits have reached.
+
+    `history` keeps every earlier version's content: a lead goes through the sequence as it
+    was when the lead was enrolled, so editing a live sequence never breaks anyone in it."""
 
     sequence: NurtureSequence
     version: int
     created_at: datetime
     updated_at: datetime
+    status: SequenceStatus = SequenceStatus.ACTIVE
+    history: Mapping[int, NurtureSequence] = dataclasses.field(default_factory=dict)
+
+    def at(self, version: int) -> NurtureSequence:
+        """The content of `version` (the current one when that version is not kept)."""
+        if version == self.version:
+            return self.sequence
+        return self.history.get(version, self.sequence)
 
 
 SequenceCatalog = Mapping[str, SequenceRecord]
@@ -118,6 +179,8 @@ class Enrollment:
     last_sent_at: datetime | None = None
     stopped_at: datetime | None = None
     stop_reason: StopReason | None = None
+    engaged: tuple[str, ...] = ()
+    """What the lead did with this enrollment's messages, e.g. 'opened:0', 'clicked:1'."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +194,8 @@ class LeadContact:
     consent: Consent | None = None
     consent_as_of: datetime | None = None
     erased_at: datetime | None = None
+    blocked: tuple[Channel, ...] = ()
+    """Channels the lead opted out of, or whose address hard-bounced: never used again."""
 
     @property
     def known(self) -> bool:
@@ -140,10 +205,14 @@ class LeadContact:
 
 @dataclass(frozen=True, slots=True)
 class LeadNurture:
-    """Everything nurture decides on for one lead: its contact and its active enrollment."""
+    """Everything nurture decides on for one lead: its contact and its active enrollments
+    (at most one per sequence)."""
 
     contact: LeadContact
-    active: Enrollment | None = None
+    active: tuple[Enrollment, ...] = ()
+
+    def active_in(self, sequence_id: str) -> Enrollment | None:
+        return next((e for e in self.active if e.sequence_id == sequence_id), None)
 
 
 # --- what can go wrong ----------------------------------------------------------------------
@@ -172,6 +241,11 @@ class AlreadyEnrolledError(Exception):
         )
 
 
+class SequenceNotEnrollingError(Exception):
+    def __init__(self, sequence_id: str, status: SequenceStatus) -> None:
+        super().__init__(f"sequence '{sequence_id}' is {status.value}: it enrolls nobody")
+
+
 # --- which leads are nurtured, in what ------------------------------------------------------
 
 
@@ -188,42 +262,86 @@ def enrollment_for_loss(level: LossLevel) -> LossEnrollment | None:
     return LossEnrollment(sequence_id=f"loss-level-{level}", reason=f"lost-level-{level}")
 
 
-def allowed_channels(contact: Contact | None, consent: Consent | None) -> tuple[Channel, ...]:
-    """Channels the lead agreed to and can be reached on; steps on other channels are skipped."""
+def allowed_channels(
+    contact: Contact | None, consent: Consent | None, blocked: Collection[Channel] = ()
+) -> tuple[Channel, ...]:
+    """Channels the lead agreed to and can be reached on, less those it opted out of or
+    that bounced; steps on other channels are skipped."""
     if contact is None or consent is None:
         return ()
     channels: list[Channel] = []
-    if consent.email and contact.email:
+    if consent.email and contact.email and "email" not in blocked:
         channels.append("email")
-    if consent.sms and contact.phone:
+    if consent.sms and contact.phone and "sms" not in blocked:
         channels.append("sms")
     return tuple(channels)
 
 
-def sequence_errors(sequence: NurtureSequence) -> list[FieldError]:
-    """Every rule a sequence breaks that its fields' own types cannot express."""
+def _window_errors(
+    where: tuple[str | int, ...], window: SendWindow | None, weekdays: tuple[int, ...] | None
+) -> list[FieldError]:
     errors: list[FieldError] = []
-    if not sequence.steps:
-        errors.append(FieldError(("steps",), "a sequence needs at least one step"))
-    for index, step in enumerate(sequence.steps):
-        if step.channel == "sms" and step.subject is not None:
-            errors.append(FieldError(("steps", index, "subject"), "an SMS step has no subject"))
-        if step.channel == "email" and not step.subject:
-            errors.append(FieldError(("steps", index, "subject"), "an email step needs a subject"))
-    window = sequence.send_window
     if window is not None and window.start_hour == window.end_hour:
         errors.append(
             FieldError(
-                ("send_window", "end_hour"),
+                (*where, "send_window", "end_hour"),
                 "the window opens and closes at the same hour; leave send_window out to send "
                 "at any hour",
             )
         )
-    if sequence.weekdays is not None and not sequence.weekdays:
+    if weekdays is not None and not weekdays:
         errors.append(
-            FieldError(("weekdays",), "at least one weekday is needed; leave weekdays out for all")
+            FieldError(
+                (*where, "weekdays"), "at least one weekday is needed; leave weekdays out for all"
+            )
         )
     return errors
+
+
+def _step_errors(index: int, step: Step, steps: Sequence[Step]) -> list[FieldError]:
+    where: tuple[str | int, ...] = ("steps", index)
+    errors: list[FieldError] = []
+    if step.channel == "sms":
+        for part, value in (("subject", step.subject), ("html", step.html)):
+            if value is not None:
+                errors.append(FieldError((*where, part), f"an SMS step has no {part}"))
+    if step.channel == "email" and not step.subject:
+        errors.append(FieldError((*where, "subject"), "an email step needs a subject"))
+    parts: list[tuple[Part, str | None]] = [
+        ("subject", step.subject),
+        ("body", step.body),
+        ("html", step.html),
+    ]
+    for part, source in parts:
+        if source is not None:
+            errors += [
+                FieldError((*where, part), str(problem))
+                for problem in template_problems(part, source)
+            ]
+    for condition in step.skip_if:
+        if condition in _ABOUT_PREVIOUS and (index == 0 or steps[index - 1].channel != "email"):
+            errors.append(
+                FieldError(
+                    (*where, "skip_if"),
+                    f"'{condition}' needs an email step just before this one (opens and "
+                    "clicks are tracked on email only)",
+                )
+            )
+    return errors + _window_errors(where, step.send_window, step.weekdays)
+
+
+_ABOUT_PREVIOUS: Final = frozenset({SkipCondition.OPENED_PREVIOUS, SkipCondition.CLICKED_PREVIOUS})
+
+
+def sequence_errors(sequence: NurtureSequence) -> list[FieldError]:
+    """Every rule a sequence breaks that its fields' own types cannot express, template
+    syntax errors and unknown template variables included (with their line)."""
+    errors: list[FieldError] = []
+    if not sequence.steps:
+        errors.append(FieldError(("steps",), "a sequence needs at least one step"))
+    for index, step in enumerate(sequence.steps):
+        errors += _step_errors(index, step, sequence.steps)
+    return errors + _window_errors((), sequence.send_window, sequence.weekdays)
 
 
 # --- when a step is due ---------------------------------------------------------------------
@@ -237,9 +355,44 @@ def is_time_zone(name: str) -> bool:
     return True
 
 
-def lead_time_zone(name: str | None, default: str) -> str:
-    """The lead's own IANA zone if it has a valid one, else `default`."""
-    return name if name and is_time_zone(name) else default
+def lead_time_zone(name: str | None, default: str, phone: str | None = None) -> str:
+    """The lead's own IANA zone if it has a valid one, else the zone its phone number's
+    country (or area) is in, else `default`."""
+    if name and is_time_zone(name):
+        return name
+    return (phone and phone_time_zone(phone)) or default
+
+
+_OFFSET_PROBES: Final = (
+    datetime(2025, 1, 15, 12, tzinfo=UTC),
+    datetime(2025, 7, 15, 12, tzinfo=UTC),
+)
+
+
+@lru_cache(maxsize=8192)
+def phone_time_zone(phone: str) -> str | None:
+    """The zone of an E.164 number when its prefix pins one down: a single zone, or zones
+    that all keep the same clock (the UK's London, Jersey, Guernsey...). A prefix spanning
+    different clocks (+1 without an area code that tells) gives None."""
+    try:
+        number = phonenumbers.parse(phone)
+    except phonenumbers.NumberParseException:
+        return None
+    zones = [z for z in phone_time_zones.time_zones_for_number(number) if is_time_zone(z)]
+    if not zones:
+        return None
+    clocks = {
+        tuple(probe.astimezone(ZoneInfo(z)).utcoffset() for probe in _OFFSET_PROBES) for z in zones
+    }
+    if len(clocks) != 1:
+        return None
+    return "Europe/London" if "Europe/London" in zones else zones[0]
+
+
+def contact_time_zone(contact: Contact | None, default: str) -> str:
+    if contact is None:
+        return default
+    return lead_time_zone(contact.timezone, default, contact.phone)
 
 
 def _local_hour(day: date, hour: int, zone: ZoneInfo) -> datetime:
@@ -295,6 +448,28 @@ class EnrollmentPlan:
     """None when the sequence has no step left at that index."""
 
 
+def step_due(
+    sequence: NurtureSequence,
+    step_index: int,
+    since: datetime,
+    timezone: str,
+    *,
+    enrolled_at: datetime | None = None,
+) -> datetime:
+    """When step `step_index` is due in `timezone`: its delay after `since` (the previous
+    send, or the enrollment) or after `enrolled_at` (a step anchored on the enrollment),
+    then into its own window and weekdays, or else the sequence's."""
+    step = sequence.steps[step_index]
+    anchor = enrolled_at if step.after is StepAnchor.ENROLLMENT and enrolled_at else since
+    return next_send_time(
+        step,
+        anchor,
+        timezone,
+        step.send_window or sequence.send_window,
+        step.weekdays if step.weekdays is not None else sequence.weekdays,
+    )
+
+
 def plan_step(
     sequence: NurtureSequence,
     step_index: int,
@@ -303,16 +478,16 @@ def plan_step(
     contact: Contact | None,
     consent: Consent | None,
     default_timezone: str,
+    enrolled_at: datetime | None = None,
+    blocked: Collection[Channel] = (),
 ) -> EnrollmentPlan:
     """An enrollment's channels and when its step `step_index` is due, counted from `since`
     (enrollment or the previous send), for the lead's current contact and consent."""
-    channels = allowed_channels(contact, consent)
+    channels = allowed_channels(contact, consent, blocked)
     if step_index >= len(sequence.steps):
         return EnrollmentPlan(channels=channels, next_send_at=None)
-    timezone = lead_time_zone(contact.timezone if contact else None, default_timezone)
-    due = next_send_time(
-        sequence.steps[step_index], since, timezone, sequence.send_window, sequence.weekdays
-    )
+    timezone = contact_time_zone(contact, default_timezone)
+    due = step_due(sequence, step_index, since, timezone, enrolled_at=enrolled_at)
     return EnrollmentPlan(channels=channels, next_send_at=due)
 
 
@@ -349,13 +524,19 @@ def erased(lead: LeadContact, now: datetime) -> LeadContact:
     return LeadContact(lead.lead_id, erased_at=lead.erased_at or now)
 
 
-def why_not_enrolled(lead: LeadNurture, *, must_be_known: bool) -> Exception | None:
-    """Why `lead` cannot start an enrollment now, or None if it can. One active enrollment
-    per lead; an erased lead is never enrolled; marketing may enroll only leads it knows."""
-    if lead.active is not None:
-        return AlreadyEnrolledError(lead.contact.lead_id, lead.active.sequence_id)
+def why_not_enrolled(
+    lead: LeadNurture, record: SequenceRecord, *, must_be_known: bool
+) -> Exception | None:
+    """Why `lead` cannot start an enrollment in `record` now, or None if it can. One active
+    enrollment per lead per sequence; an erased lead is never enrolled; marketing may enroll
+    only leads it knows; a paused or archived sequence takes nobody new."""
+    sequence_id = record.sequence.sequence_id
+    if lead.active_in(sequence_id) is not None:
+        return AlreadyEnrolledError(lead.contact.lead_id, sequence_id)
     if lead.contact.erased_at is not None or (must_be_known and not lead.contact.known):
         return LeadNotFoundError(lead.contact.lead_id)
+    if record.status is not SequenceStatus.ACTIVE:
+        return SequenceNotEnrollingError(sequence_id, record.status)
     return None
 
 
@@ -377,6 +558,8 @@ def start_enrollment(
         contact=lead.contact,
         consent=lead.consent,
         default_timezone=default_timezone,
+        enrolled_at=now,
+        blocked=lead.blocked,
     )
     return Enrollment(
         enrollment_id=enrollment_id,
@@ -397,14 +580,17 @@ def replanned(
     enrollment: Enrollment, record: SequenceRecord, lead: LeadContact, default_timezone: str
 ) -> Enrollment:
     """The lead's channels and time zone may have changed: so may its enrollment's channels
-    and the time its current step is due (counted, as before, from the last send)."""
+    and the time its current step is due (counted, as before, from the last send), on the
+    version of the sequence the lead was enrolled in."""
     plan = plan_step(
-        record.sequence,
+        record.at(enrollment.sequence_version),
         enrollment.current_step,
         enrollment.last_sent_at or enrollment.enrolled_at,
         contact=lead.contact,
         consent=lead.consent,
         default_timezone=default_timezone,
+        enrolled_at=enrollment.enrolled_at,
+        blocked=lead.blocked,
     )
     return dataclasses.replace(enrollment, channels=plan.channels, next_send_at=plan.next_send_at)
 
@@ -428,11 +614,11 @@ def sequence_of(catalog: SequenceCatalog, sequence_id: str) -> SequenceRecord:
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    """A lead after one event, the enrollment the event started or changed (if any), and
-    why a loss enrolled nobody (if it did not)."""
+    """A lead after one event, the enrollments the event started or changed, and why a
+    trigger enrolled nobody (if it did not)."""
 
     lead: LeadNurture
-    enrollment: Enrollment | None = None
+    enrollments: tuple[Enrollment, ...] = ()
     not_enrolled: str | None = None
 
 
@@ -440,6 +626,31 @@ _STOPS: Final[Mapping[type[Event], StopReason]] = {
     LeadAssignedV1: StopReason.ASSIGNED,
     LeadConvertedV1: StopReason.CONVERTED,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """A lifecycle event that enrolls a lead: in which sequence, and the reason recorded."""
+
+    sequence_id: str
+    reason: str
+
+
+RETURNED_TO_POOL: Final = Trigger("returned-to-pool", "returned-to-pool")
+ROUTED_TO_NURTURE: Final = Trigger("routed-to-nurture", "routed-to-nurture")
+
+
+def trigger_of(event: Event) -> Trigger | None:
+    """The sequence an event enrolls its lead in, if any."""
+    match event:
+        case LeadLostV1(level=level):
+            loss = enrollment_for_loss(level)
+            return None if loss is None else Trigger(loss.sequence_id, loss.reason)
+        case LeadReturnedToPoolV1():
+            return RETURNED_TO_POOL
+        case LeadRoutedToNurtureV1():
+            return ROUTED_TO_NURTURE
+    return None
 
 
 def apply_event(
@@ -450,38 +661,59 @@ def apply_event(
     now: datetime,
     default_timezone: str,
 ) -> Applied:
-    """What one lifecycle event does to a lead's nurture state.
+    """What one event does to a lead's nurture state.
 
-    - received / merged / lost carry contact and consent: the newest wins; an active
-      enrollment is replanned when they change;
-    - a loss at level 2 or 3 enrolls the lead in that level's sequence (level 1 never),
-      unless it is already enrolled or was erased;
-    - an assignment or a conversion that happened after the enrollment was triggered stops
+    - received / merged / lost / routed-to-nurture carry contact and consent: the newest
+      wins; active enrollments are replanned when they change;
+    - a loss at level 2 or 3, a return to the pool and a routing to nurture enroll the lead
+      in their sequence (a loss at level 1 never), unless it is already active in it, was
+      erased, or the sequence is paused or archived;
+    - an assignment or a conversion that happened after an enrollment was triggered stops
       it (an older one, arriving late, does not);
-    - an erasure stops the active enrollment whenever it was triggered (the lead has no
-      contact left, and a loss arriving after the erasure would not enroll it either) and
-      forgets the contact for good.
+    - a reply stops every active enrollment; an opt-out or a hard bounce blocks the channel
+      (an enrollment left with no channel stops); opens and clicks are noted on the
+      enrollment whose message they were about (skip conditions read them);
+    - an erasure stops every active enrollment whenever it was triggered and forgets the
+      contact for good.
     """
     zone = default_timezone
     at, now = to_stored_precision(event.occurred_at), to_stored_precision(now)
+    applied = Applied(lead)
     match event:
         case LeadReceivedV1(contact=contact, consent=consent):
-            return _contact_changed(lead, at, contact, consent, catalog, zone)
-        case LeadMergedV1(contact=contact):
-            return _contact_changed(lead, at, contact, None, catalog, zone)
-        case LeadLostV1(contact=contact, consent=consent):
             applied = _contact_changed(lead, at, contact, consent, catalog, zone)
-            return _enroll_on_loss(applied, event, catalog, now=now, default_timezone=zone)
+        case LeadMergedV1(contact=contact):
+            applied = _contact_changed(lead, at, contact, None, catalog, zone)
+        case (
+            LeadLostV1(contact=contact, consent=consent)
+            | LeadRoutedToNurtureV1(contact=contact, consent=consent)
+        ):
+            applied = _contact_changed(lead, at, contact, consent, catalog, zone)
         case LeadErasedV1():
-            ended = None if lead.active is None else stopped(lead.active, StopReason.ERASED, now)
-            return Applied(LeadNurture(erased(lead.contact, now)), enrollment=ended)
+            ended = tuple(stopped(e, StopReason.ERASED, now) for e in lead.active)
+            return Applied(LeadNurture(erased(lead.contact, now)), enrollments=ended)
         case LeadAssignedV1() | LeadConvertedV1():
-            active = lead.active
-            if active is None or active.triggered_at >= at:
-                return Applied(lead)
-            ended = stopped(active, _STOPS[type(event)], now)
-            return Applied(LeadNurture(lead.contact), enrollment=ended)
-    return Applied(lead)
+            ending = [e for e in lead.active if e.triggered_at < at]
+            ended = tuple(stopped(e, _STOPS[type(event)], now) for e in ending)
+            kept = tuple(e for e in lead.active if e.triggered_at >= at)
+            return Applied(LeadNurture(lead.contact, kept), enrollments=ended)
+        case EngagementRecordedV1():
+            return _engaged(lead, event, now)
+        case LeadOptedOutV1(channel=channel):
+            blocked: tuple[Channel, ...] = ("email", "sms") if channel == "all" else (channel,)
+            return _blocked(lead, blocked, StopReason.OPTED_OUT, catalog, zone, now)
+        case MessageStatusUpdatedV1(status="bounced", channel=channel):
+            return _blocked(lead, (channel,), StopReason.BOUNCED, catalog, zone, now)
+    trigger = trigger_of(event)
+    if trigger is None:
+        return applied
+    return _enroll_on_trigger(applied, event, trigger, catalog, now=now, default_timezone=zone)
+
+
+def _merge(applied: Applied, more: Iterable[Enrollment]) -> tuple[Enrollment, ...]:
+    touched = {e.enrollment_id: e for e in applied.enrollments}
+    touched.update((e.enrollment_id, e) for e in more)
+    return tuple(touched.values())
 
 
 def _contact_changed(  # noqa: PLR0917 - the parts of one contact update, in their order
@@ -495,39 +727,83 @@ def _contact_changed(  # noqa: PLR0917 - the parts of one contact update, in the
     newer = with_newer_contact(lead.contact, as_of, contact, consent)
     if newer == lead.contact:
         return Applied(lead)
-    if lead.active is None:
-        return Applied(LeadNurture(newer))
-    active = replanned(
-        lead.active, sequence_of(catalog, lead.active.sequence_id), newer, default_timezone
+    return _replanned_all(lead, newer, catalog, default_timezone)
+
+
+def _replanned_all(
+    lead: LeadNurture, newer: LeadContact, catalog: SequenceCatalog, default_timezone: str
+) -> Applied:
+    active = tuple(
+        replanned(e, sequence_of(catalog, e.sequence_id), newer, default_timezone)
+        for e in lead.active
     )
-    return Applied(LeadNurture(newer, active), enrollment=None if active == lead.active else active)
+    changed = tuple(a for a, b in zip(active, lead.active, strict=True) if a != b)
+    return Applied(LeadNurture(newer, active), enrollments=changed)
 
 
-def _enroll_on_loss(
+def _blocked(  # noqa: PLR0917 - one channel block, then what it does to each enrollment
+    lead: LeadNurture,
+    channels: tuple[Channel, ...],
+    reason: StopReason,
+    catalog: SequenceCatalog,
+    default_timezone: str,
+    now: datetime,
+) -> Applied:
+    """The lead can no longer be reached on `channels`: enrollments keep the other channels,
+    and those left with none stop with `reason`."""
+    contact = lead.contact
+    if contact.erased_at is not None:
+        return Applied(lead)
+    newer = dataclasses.replace(contact, blocked=tuple(sorted({*contact.blocked, *channels})))
+    if newer == contact:
+        return Applied(lead)
+    applied = _replanned_all(lead, newer, catalog, default_timezone)
+    ending = [e for e in applied.lead.active if not e.channels]
+    ended = [stopped(e, reason, now) for e in ending]
+    kept = tuple(e for e in applied.lead.active if e.channels)
+    return Applied(LeadNurture(newer, kept), enrollments=_merge(applied, ended))
+
+
+def _engaged(lead: LeadNurture, event: EngagementRecordedV1, now: datetime) -> Applied:
+    if event.kind == "reply":
+        ended = tuple(stopped(e, StopReason.REPLIED, now) for e in lead.active)
+        return Applied(LeadNurture(lead.contact), enrollments=ended)
+    if event.kind not in {"open", "click"} or event.sequence_id is None or event.step is None:
+        return Applied(lead)
+    mark = f"{'opened' if event.kind == 'open' else 'clicked'}:{event.step}"
+    enrollment = lead.active_in(event.sequence_id)
+    if enrollment is None or mark in enrollment.engaged:
+        return Applied(lead)
+    noted = dataclasses.replace(enrollment, engaged=(*enrollment.engaged, mark))
+    active = tuple(noted if e is enrollment else e for e in lead.active)
+    return Applied(LeadNurture(lead.contact, active), enrollments=(noted,))
+
+
+def _enroll_on_trigger(
     applied: Applied,
-    event: LeadLostV1,
+    event: Event,
+    trigger: Trigger,
     catalog: SequenceCatalog,
     *,
     now: datetime,
     default_timezone: str,
 ) -> Applied:
-    loss = enrollment_for_loss(event.level)
-    if loss is None:
-        return applied
-    refusal = why_not_enrolled(applied.lead, must_be_known=False)
+    record = sequence_of(catalog, trigger.sequence_id)
+    refusal = why_not_enrolled(applied.lead, record, must_be_known=False)
     if refusal is not None:
         return dataclasses.replace(applied, not_enrolled=str(refusal))
     enrollment = start_enrollment(
         applied.lead.contact,
-        sequence_of(catalog, loss.sequence_id),
-        # The loss's own id: the same loss can only ever make the same enrollment.
+        record,
+        # The trigger's own id: the same event can only ever make the same enrollment.
         enrollment_id=event.event_id.hex,
-        reason=loss.reason,
+        reason=trigger.reason,
         triggered_at=to_stored_precision(event.occurred_at),
         now=now,
         default_timezone=default_timezone,
     )
-    return Applied(LeadNurture(applied.lead.contact, enrollment), enrollment=enrollment)
+    lead = LeadNurture(applied.lead.contact, (*applied.lead.active, enrollment))
+    return Applied(lead, enrollments=_merge(applied, [enrollment]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,25 +817,24 @@ class NurtureChanges:
     changed: tuple[Enrollment, ...] = ()
     """Enrollments that existed before and changed (replanned or stopped), as they are now."""
     not_enrolled: tuple[tuple[str, str], ...] = ()
-    """(lead_id, why) of each loss that enrolled nobody."""
+    """(lead_id, why) of each trigger that enrolled nobody."""
 
 
 def sequences_needed(events: Iterable[Event], active: Iterable[Enrollment]) -> set[str]:
-    """The sequences a batch may plan against: those its losses enroll in, and those of the
-    leads' active enrollments (replanned when a contact changes)."""
+    """The sequences a batch may plan against: those its triggers enroll in, and those of
+    the leads' active enrollments (replanned when a contact changes)."""
     needed = {enrollment.sequence_id for enrollment in active}
     for event in events:
-        if isinstance(event, LeadLostV1):
-            loss = enrollment_for_loss(event.level)
-            if loss is not None:
-                needed.add(loss.sequence_id)
+        trigger = trigger_of(event)
+        if trigger is not None:
+            needed.add(trigger.sequence_id)
     return needed
 
 
 def nurture_batch(
     events: Sequence[Event],
     contacts: Mapping[str, LeadContact],
-    active: Mapping[str, Enrollment],
+    active: Mapping[str, Sequence[Enrollment]],
     catalog: SequenceCatalog,
     *,
     now: datetime,
@@ -573,15 +848,15 @@ def nurture_batch(
     for event in events:
         lead_id = event.lead_id
         lead = leads.get(lead_id) or LeadNurture(
-            contacts.get(lead_id) or LeadContact(lead_id), active.get(lead_id)
+            contacts.get(lead_id) or LeadContact(lead_id), tuple(active.get(lead_id, ()))
         )
         applied = apply_event(lead, event, catalog, now=now, default_timezone=default_timezone)
         leads[lead_id] = applied.lead
-        if applied.enrollment is not None:
-            touched[applied.enrollment.enrollment_id] = applied.enrollment
+        for enrollment in applied.enrollments:
+            touched[enrollment.enrollment_id] = enrollment
         if applied.not_enrolled is not None:
             not_enrolled.append((lead_id, applied.not_enrolled))
-    before = {enrollment.enrollment_id: enrollment for enrollment in active.values()}
+    before = {e.enrollment_id: e for enrollments in active.values() for e in enrollments}
     return NurtureChanges(
         contacts=tuple(
             lead.contact
@@ -602,13 +877,12 @@ def enroll_by_hand(
     enrollment_id: str,
     now: datetime,
     default_timezone: str,
+    reason: str = MANUAL_ENROLLMENT,
 ) -> Enrollment:
-    """Marketing enrolls a lead it knows. Raises AlreadyEnrolledError, SequenceNotFoundError
-    or LeadNotFoundError (never seen, or erased)."""
-    if lead.active is not None:
-        raise AlreadyEnrolledError(lead.contact.lead_id, lead.active.sequence_id)
+    """Marketing enrolls a lead it knows. Raises AlreadyEnrolledError, SequenceNotFoundError,
+    SequenceNotEnrollingError or LeadNotFoundError (never seen, or erased)."""
     record = sequence_of(catalog, sequence_id)
-    refusal = why_not_enrolled(lead, must_be_known=True)
+    refusal = why_not_enrolled(lead, record, must_be_known=True)
     if refusal is not None:
         raise refusal
     now = to_stored_precision(now)
@@ -616,7 +890,7 @@ def enroll_by_hand(
         lead.contact,
         record,
         enrollment_id=enrollment_id,
-        reason=MANUAL_ENROLLMENT,
+        reason=reason,
         triggered_at=now,
         now=now,
         default_timezone=default_timezone,
@@ -686,6 +960,48 @@ DEFAULT_SEQUENCES: Final[tuple[NurtureSequence, ...]] = (
                 subject="We kept your place, {{name}}",
                 body="Hi {{name}}, whenever you are ready, book a visit and we will pick up "
                 "where we left off.",
+            ),
+        ),
+        send_window=_OFFICE_HOURS,
+        weekdays=_WORKDAYS_AND_SATURDAY,
+    ),
+    NurtureSequence(
+        sequence_id=RETURNED_TO_POOL.sequence_id,
+        name="Back in the pool: keep in touch until a rep reaches them",
+        steps=(
+            Step(
+                channel="sms",
+                delay_hours=2,
+                body="Hi {{name}}, we tried to reach you. Reply with a good time to call.",
+            ),
+            Step(
+                channel="email",
+                delay_hours=2 * _DAY,
+                subject="Sorry we missed you, {{name}}",
+                body="Hi {{name}}, we could not reach you by phone. Reply to this email with a "
+                "time that suits you, or book a visit online.",
+            ),
+        ),
+        send_window=_OFFICE_HOURS,
+        weekdays=_WORKDAYS_AND_SATURDAY,
+    ),
+    NurtureSequence(
+        sequence_id=ROUTED_TO_NURTURE.sequence_id,
+        name="Not a fit for sales yet: helpful content until they warm up",
+        steps=(
+            Step(
+                channel="email",
+                delay_hours=1 * _DAY,
+                subject="Thanks for your interest, {{name}}",
+                body="Hi {{name}}, here is how others get started with us. Reply any time "
+                "with a question.",
+            ),
+            Step(
+                channel="email",
+                delay_hours=7 * _DAY,
+                subject="A closer look, {{name}}",
+                body="Hi {{name}}, a short guide to what we offer and what it costs.",
+                skip_if=(SkipCondition.OPENED_PREVIOUS,),
             ),
         ),
         send_window=_OFFICE_HOURS,

@@ -7,8 +7,9 @@ steps of each flow in `usecases`.
 - `config_versions`: `{_id: "sequences", version}`, incremented in the same transaction as
   every change to `sequences`, so replicas re-read sequences only when they changed.
 - `enrollments`: one document per enrollment of a lead in a sequence; at most one active per
-  lead (a unique partial index). A scheduler picks the due ones with
-  `{status: "active", next_send_at: {$lte: now}}` (index `due_steps`).
+  lead and sequence (a unique partial index).
+- `sequences` keep every earlier version's content in `history` (enrolled leads go on with
+  the version they started on) and a `status` (active / paused / archived).
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ from services.nurture.rules import (
     SequenceExistsError,
     SequenceNotFoundError,
     SequenceRecord,
+    SequenceStatus,
+    SkipCondition,
     Step,
+    StepAnchor,
     StopReason,
 )
 from shared.events import Consent, Contact, Event
@@ -69,13 +73,15 @@ class NurtureTransaction(Protocol):
         """The stored contacts of these leads (one query); unknown leads are left out."""
         ...
 
-    async def active_enrollments(self, lead_ids: Collection[str]) -> dict[str, Enrollment]:
-        """The active enrollment of each of these leads that has one (one query)."""
+    async def active_enrollments(
+        self, lead_ids: Collection[str]
+    ) -> dict[str, tuple[Enrollment, ...]]:
+        """The active enrollments of each of these leads that has some (one query)."""
         ...
 
     async def save(self, changes: NurtureChanges) -> None:
         """Store changed contacts and new or changed enrollments, in bulk. Raises
-        AlreadyEnrolledError if a lead would have two active enrollments."""
+        AlreadyEnrolledError if a lead would have two active enrollments in one sequence."""
         ...
 
 
@@ -111,7 +117,15 @@ class NurtureStore(Protocol):
         ...
 
     async def update_sequence(self, sequence: NurtureSequence, now: datetime) -> SequenceRecord:
-        """Replace a sequence's content, one version up. Raises SequenceNotFoundError."""
+        """Replace a sequence's content, one version up, keeping the old content in its
+        history. Raises SequenceNotFoundError."""
+        ...
+
+    async def set_sequence_status(
+        self, sequence_id: str, status: SequenceStatus, now: datetime
+    ) -> SequenceRecord:
+        """Pause, resume or archive (the content's version does not move). Raises
+        SequenceNotFoundError."""
         ...
 
     async def insert_missing_sequences(self, records: Sequence[SequenceRecord]) -> int:
@@ -140,10 +154,14 @@ class MongoNurtureStore:
         self._ledger = ledger
 
     async def ensure_indexes(self) -> None:
-        # At most one active enrollment per lead, even when an event and a manual request race.
+        # Enrollments used to be one active per lead; now one per lead and sequence.
+        if "one_active_enrollment_per_lead" in await self._enrollments.index_information():
+            await self._enrollments.drop_index("one_active_enrollment_per_lead")
+        # At most one active enrollment per lead and sequence, even when an event and a
+        # manual request race.
         await self._enrollments.create_index(
-            "lead_id",
-            name="one_active_enrollment_per_lead",
+            [("lead_id", ASCENDING), ("sequence_id", ASCENDING)],
+            name="one_active_enrollment_per_lead_and_sequence",
             unique=True,
             partialFilterExpression={"status": EnrollmentStatus.ACTIVE.value},
         )
@@ -194,14 +212,42 @@ class MongoNurtureStore:
 
     async def update_sequence(self, sequence: NurtureSequence, now: datetime) -> SequenceRecord:
         async def update(session: Session) -> tuple[SequenceRecord, list[Event]]:
+            known = await self._sequences.find_one({"_id": sequence.sequence_id}, session=session)
+            if known is None:
+                raise SequenceNotFoundError(sequence.sequence_id)
+            old = sequence_from_document(known)
             doc = await self._sequences.find_one_and_update(
-                {"_id": sequence.sequence_id},
-                {"$set": {**_sequence_fields(sequence), "updated_at": now}, "$inc": {"version": 1}},
+                {"_id": sequence.sequence_id, "version": old.version},
+                {
+                    "$set": {
+                        **_sequence_fields(sequence),
+                        f"history.{old.version}": _sequence_fields(old.sequence),
+                        "updated_at": now,
+                        "version": old.version + 1,
+                    }
+                },
+                return_document=ReturnDocument.AFTER,
+                session=session,
+            )
+            if doc is None:  # edited on another replica in between: the transaction retries
+                raise SequenceNotFoundError(sequence.sequence_id)
+            await self._bump_sequences_version(session)
+            return sequence_from_document(doc), []
+
+        return await self._ledger.commit(update)
+
+    async def set_sequence_status(
+        self, sequence_id: str, status: SequenceStatus, now: datetime
+    ) -> SequenceRecord:
+        async def update(session: Session) -> tuple[SequenceRecord, list[Event]]:
+            doc = await self._sequences.find_one_and_update(
+                {"_id": sequence_id},
+                {"$set": {"status": status.value, "updated_at": now}},
                 return_document=ReturnDocument.AFTER,
                 session=session,
             )
             if doc is None:
-                raise SequenceNotFoundError(sequence.sequence_id)
+                raise SequenceNotFoundError(sequence_id)
             await self._bump_sequences_version(session)
             return sequence_from_document(doc), []
 
@@ -265,7 +311,9 @@ class _MongoNurtureTransaction:
         self._stored_contacts.update(doc["_id"] for doc in documents)
         return {doc["_id"]: contact_from_document(doc) for doc in documents}
 
-    async def active_enrollments(self, lead_ids: Collection[str]) -> dict[str, Enrollment]:
+    async def active_enrollments(
+        self, lead_ids: Collection[str]
+    ) -> dict[str, tuple[Enrollment, ...]]:
         documents = await find_in(
             self._store._enrollments,
             "lead_id",
@@ -273,7 +321,13 @@ class _MongoNurtureTransaction:
             session=self._session,
             also={"status": EnrollmentStatus.ACTIVE.value},
         )
-        return {doc["lead_id"]: enrollment_from_document(doc) for doc in documents}
+        active: dict[str, tuple[Enrollment, ...]] = {}
+        for doc in documents:
+            active[doc["lead_id"]] = (
+                *active.get(doc["lead_id"], ()),
+                enrollment_from_document(doc),
+            )
+        return active
 
     async def save(self, changes: NurtureChanges) -> None:
         store, session = self._store, self._session
@@ -302,18 +356,19 @@ class _MongoNurtureTransaction:
         try:
             await store._enrollments.bulk_write(writes, ordered=True, session=session)
         except BulkWriteError as error:
-            lead_id = _second_active_enrollment_of(error)
-            if lead_id is None:
+            second = _second_active_enrollment_of(error)
+            if second is None:
                 raise
-            raise AlreadyEnrolledError(lead_id, None) from error
+            raise AlreadyEnrolledError(*second) from error
 
 
-def _second_active_enrollment_of(error: BulkWriteError) -> str | None:
-    """The lead a write gave a second active enrollment, if that is what failed."""
+def _second_active_enrollment_of(error: BulkWriteError) -> tuple[str, str | None] | None:
+    """The lead (and sequence) a write gave a second active enrollment, if that is what
+    failed."""
     for failure in error.details.get("writeErrors", []):
         key = failure.get("keyValue") or {}
         if failure.get("code") == _DUPLICATE_KEY and "lead_id" in key:
-            return str(key["lead_id"])
+            return str(key["lead_id"]), key.get("sequence_id")
     return None
 
 
@@ -328,6 +383,7 @@ def contact_document(lead: LeadContact) -> Document:
         "consent": None if lead.consent is None else lead.consent.model_dump(),
         "consent_as_of": lead.consent_as_of,
         "erased_at": lead.erased_at,
+        "blocked": list(lead.blocked),
     }
 
 
@@ -340,6 +396,7 @@ def contact_from_document(doc: Document) -> LeadContact:
         consent=None if consent is None else Consent.model_validate(consent),
         consent_as_of=doc.get("consent_as_of"),
         erased_at=doc.get("erased_at"),
+        blocked=tuple(doc.get("blocked", ())),
     )
 
 
@@ -356,26 +413,63 @@ def sequence_document(record: SequenceRecord) -> Document:
         "version": record.version,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
+        "status": record.status.value,
+        "history": {str(v): _sequence_fields(s) for v, s in record.history.items()},
     }
 
 
-def sequence_from_document(doc: Document) -> SequenceRecord:
-    window = doc.get("send_window")
-    weekdays = doc.get("weekdays")
-    sequence = NurtureSequence(
-        sequence_id=doc["_id"],
-        name=doc["name"],
-        steps=tuple(Step(**s) for s in doc["steps"]),
-        send_window=None if window is None else SendWindow(**window),
-        weekdays=None if weekdays is None else tuple(weekdays),
+def _window(doc: Document | None) -> SendWindow | None:
+    return None if doc is None else SendWindow(**doc)
+
+
+def _weekdays(values: list[int] | None) -> tuple[int, ...] | None:
+    return None if values is None else tuple(values)
+
+
+def step_from_document(doc: Document) -> Step:
+    return Step(
+        channel=doc["channel"],
+        delay_hours=doc["delay_hours"],
+        body=doc["body"],
+        subject=doc.get("subject"),
+        html=doc.get("html"),
+        after=StepAnchor(doc.get("after", StepAnchor.PREVIOUS.value)),
+        skip_if=tuple(SkipCondition(c) for c in doc.get("skip_if", ())),
+        send_window=_window(doc.get("send_window")),
+        weekdays=_weekdays(doc.get("weekdays")),
     )
-    return SequenceRecord(sequence, doc["version"], doc["created_at"], doc["updated_at"])
+
+
+def _sequence_content(sequence_id: str, doc: Document) -> NurtureSequence:
+    return NurtureSequence(
+        sequence_id=sequence_id,
+        name=doc["name"],
+        steps=tuple(step_from_document(s) for s in doc["steps"]),
+        send_window=_window(doc.get("send_window")),
+        weekdays=_weekdays(doc.get("weekdays")),
+    )
+
+
+def sequence_from_document(doc: Document) -> SequenceRecord:
+    sequence_id = doc["_id"]
+    return SequenceRecord(
+        _sequence_content(sequence_id, doc),
+        doc["version"],
+        doc["created_at"],
+        doc["updated_at"],
+        status=SequenceStatus(doc.get("status", SequenceStatus.ACTIVE.value)),
+        history={
+            int(version): _sequence_content(sequence_id, content)
+            for version, content in (doc.get("history") or {}).items()
+        },
+    )
 
 
 def enrollment_document(enrollment: Enrollment) -> Document:
     doc = asdict(enrollment)
     doc["_id"] = doc.pop("enrollment_id")
     doc["channels"] = list(enrollment.channels)
+    doc["engaged"] = list(enrollment.engaged)
     return doc
 
 
@@ -396,4 +490,5 @@ def enrollment_from_document(doc: Document) -> Enrollment:
         last_sent_at=doc.get("last_sent_at"),
         stopped_at=doc.get("stopped_at"),
         stop_reason=None if stop_reason is None else StopReason(stop_reason),
+        engaged=tuple(doc.get("engaged", ())),
     )

@@ -24,6 +24,7 @@ from services.nurture.rules import (
     SequenceCatalog,
     SequenceNotFoundError,
     SequenceRecord,
+    SequenceStatus,
     enroll_by_hand,
     nurture_batch,
     sequences_needed,
@@ -62,6 +63,13 @@ class Sequences:
         Raises SequenceNotFoundError."""
         record = await self._store.update_sequence(sequence, self._clock())
         self._cache.invalidate()
+        return record
+
+    async def set_status(self, sequence_id: str, status: SequenceStatus) -> SequenceRecord:
+        """Pause, resume or archive. Raises SequenceNotFoundError."""
+        record = await self._store.set_sequence_status(sequence_id, status, self._clock())
+        self._cache.invalidate()
+        log.info("sequence status changed", sequence_id=sequence_id, status=status.value)
         return record
 
     async def seed(self, defaults: Sequence[NurtureSequence]) -> None:
@@ -127,7 +135,7 @@ class ApplyLeadEvents:
             contacts = await transaction.contacts(lead_ids)
             active = await transaction.active_enrollments(lead_ids)
             catalog = await self._sequences.catalog(
-                needing=sequences_needed(fresh, active.values())
+                needing=sequences_needed(fresh, (e for es in active.values() for e in es))
             )
             now = self._clock()
             changes = nurture_batch(
@@ -180,7 +188,9 @@ class EnrollByHand:
             contacts = await transaction.contacts([lead_id])
             active = await transaction.active_enrollments([lead_id])
             catalog = await self._sequences.catalog(needing=[sequence_id])
-            lead = LeadNurture(contacts.get(lead_id) or LeadContact(lead_id), active.get(lead_id))
+            lead = LeadNurture(
+                contacts.get(lead_id) or LeadContact(lead_id), active.get(lead_id, ())
+            )
             enrollment = enroll_by_hand(
                 lead,
                 catalog,
@@ -211,6 +221,7 @@ def enrolled_event(enrollment: Enrollment) -> LeadEnrolledV1:
         occurred_at=enrollment.enrolled_at,
         sequence_id=enrollment.sequence_id,
         reason=enrollment.reason,
+        sequence_version=enrollment.sequence_version,
     )
 
 

@@ -18,11 +18,15 @@ from services.nurture.rules import (
     EnrollmentStatus,
     LeadContact,
     NurtureChanges,
+    SendWindow,
     SequenceCatalog,
     SequenceExistsError,
     SequenceNotFoundError,
     SequenceRecord,
+    SequenceStatus,
+    SkipCondition,
     Step,
+    StepAnchor,
     StopReason,
 )
 from services.nurture.store import (
@@ -146,12 +150,12 @@ async def save(store: NurtureStore, changes: NurtureChanges) -> None:
 
 async def stored(
     store: NurtureStore, *lead_ids: str
-) -> tuple[dict[str, LeadContact], dict[str, Enrollment]]:
+) -> tuple[dict[str, LeadContact], dict[str, tuple[Enrollment, ...]]]:
     """The leads' contacts and active enrollments, as a use case reads them."""
 
     async def read(
         transaction: NurtureTransaction,
-    ) -> tuple[tuple[dict[str, LeadContact], dict[str, Enrollment]], list[Event]]:
+    ) -> tuple[tuple[dict[str, LeadContact], dict[str, tuple[Enrollment, ...]]], list[Event]]:
         contacts = await transaction.contacts(lead_ids)
         active = await transaction.active_enrollments(lead_ids)
         return (contacts, active), []
@@ -232,7 +236,7 @@ async def test_contacts_and_enrollments_are_stored_as_saved(store: NurtureStore)
 
     contacts, actives = await stored(store, "k", "g", "nobody")
     assert contacts == {"k": known, "g": gone}
-    assert actives == {"k": active}
+    assert actives == {"k": (active,)}
     assert await store.latest_enrollment("k") == active
     assert await store.latest_enrollment("nobody") is None
 
@@ -251,17 +255,20 @@ async def test_a_stopped_enrollment_makes_room_for_a_new_one(store: NurtureStore
     await save(store, NurtureChanges(changed=(ended,), started=(second,)))
 
     _, actives = await stored(store, "r")
-    assert actives == {"r": second}
+    assert actives == {"r": (second,)}
     # Both enrolled at NOW: the later trigger is the newer enrollment.
     listed = await store.list_enrollments(EnrollmentFilter(lead_id="r"))
     assert listed == [second, ended]
 
 
-async def test_a_lead_never_has_two_active_enrollments(store: NurtureStore) -> None:
+async def test_a_lead_is_never_active_twice_in_one_sequence(store: NurtureStore) -> None:
     await save(store, NurtureChanges(started=(enrollment("twice", "e1"),)))
     with pytest.raises(AlreadyEnrolledError, match="twice"):
         await save(store, NurtureChanges(started=(enrollment("twice", "e2"),)))
     assert [e.enrollment_id for e in await active_of(store, "twice")] == ["e1"]
+    elsewhere = dataclasses.replace(enrollment("twice", "e3"), sequence_id="loss-level-2")
+    await save(store, NurtureChanges(started=(elsewhere,)))
+    assert sorted(e.enrollment_id for e in await active_of(store, "twice")) == ["e1", "e3"]
 
 
 async def test_enrollments_are_listed_newest_first_and_filtered(store: NurtureStore) -> None:
@@ -321,6 +328,56 @@ async def test_every_sequence_change_moves_the_version(store: NurtureStore) -> N
     assert await store.sequence_catalog() == {"spring": updated}
 
 
+async def test_an_edit_keeps_every_earlier_version_for_the_leads_in_it(
+    store: NurtureStore,
+) -> None:
+    spring = a_sequence("versions")
+    await store.insert_sequence(spring)
+    rich = dataclasses.replace(
+        spring.sequence,
+        steps=(
+            Step(
+                channel="email",
+                delay_hours=0,
+                subject="Hi {{ first_name }}",
+                body="Text",
+                html="<p>Hi</p>",
+                after=StepAnchor.ENROLLMENT,
+                send_window=SendWindow(9, 18),
+                weekdays=(0, 1),
+            ),
+            Step(
+                channel="email",
+                delay_hours=24,
+                subject="Again",
+                body="More",
+                skip_if=(SkipCondition.OPENED_PREVIOUS,),
+            ),
+        ),
+    )
+    second = await store.update_sequence(rich, LATER)
+    third = await store.update_sequence(dataclasses.replace(rich, name="Third"), LATER)
+    assert (second.version, third.version) == (2, 3)
+    stored_record = await store.get_sequence("versions")
+    assert stored_record == third
+    assert stored_record.at(1) == spring.sequence
+    assert stored_record.at(2) == rich
+    assert stored_record.at(3).name == "Third"
+
+
+async def test_pausing_resuming_and_archiving_keep_the_content(store: NurtureStore) -> None:
+    await store.insert_sequence(a_sequence("paused"))
+    before = await store.sequences_version()
+    paused = await store.set_sequence_status("paused", SequenceStatus.PAUSED, LATER)
+    assert (paused.status, paused.version) == (SequenceStatus.PAUSED, 1)
+    assert await store.sequences_version() > before  # caches see the pause at once
+    resumed = await store.set_sequence_status("paused", SequenceStatus.ACTIVE, LATER)
+    assert resumed.status is SequenceStatus.ACTIVE
+    with pytest.raises(SequenceNotFoundError):
+        await store.set_sequence_status("missing", SequenceStatus.ARCHIVED, LATER)
+    assert await store.get_sequence("paused") == resumed
+
+
 async def test_sequence_mistakes_change_nothing(store: NurtureStore) -> None:
     await store.insert_sequence(a_sequence("taken"))
     version = await store.sequences_version()
@@ -354,7 +411,7 @@ async def test_manual_enrollment_racing_a_consumed_loss_enrolls_once(subject: Su
 
     async def by_hand(lead_id: str) -> Enrollment | AlreadyEnrolledError:
         try:
-            return await nurture.enroll_by_hand(lead_id, "loss-level-3")
+            return await nurture.enroll_by_hand(lead_id, "loss-level-2")
         except AlreadyEnrolledError as refused:
             return refused
 
@@ -371,6 +428,7 @@ async def test_manual_enrollment_racing_a_consumed_loss_enrolls_once(subject: Su
             assert from_loss == []
         else:
             assert active.reason == "lost-level-2"
+            assert isinstance(by_marketing, AlreadyEnrolledError)
             assert [e.lead_id for e in from_loss] == [lead_id]
     enrolled = [e.lead_id for e in await subject.enrolled()]
     assert sorted(enrolled) == sorted(leads)  # one LeadEnrolledV1 per lead

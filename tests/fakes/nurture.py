@@ -24,6 +24,7 @@ from services.nurture.rules import (
     SequenceExistsError,
     SequenceNotFoundError,
     SequenceRecord,
+    SequenceStatus,
 )
 from services.nurture.store import BatchWork, EnrollmentFilter, Work
 from shared.events import Event
@@ -101,9 +102,27 @@ class InMemoryNurtureStore:
             if known is None:
                 raise SequenceNotFoundError(sequence.sequence_id)
             record = dataclasses.replace(
-                known, sequence=sequence, version=known.version + 1, updated_at=now
+                known,
+                sequence=sequence,
+                version=known.version + 1,
+                updated_at=now,
+                history={**known.history, known.version: known.sequence},
             )
             self.tables.sequences[sequence.sequence_id] = record
+            self.tables.sequences_version += 1
+            return record, []
+
+        return await self.ledger.commit(update)
+
+    async def set_sequence_status(
+        self, sequence_id: str, status: SequenceStatus, now: datetime
+    ) -> SequenceRecord:
+        async def update() -> tuple[SequenceRecord, list[Event]]:
+            known = self.tables.sequences.get(sequence_id)
+            if known is None:
+                raise SequenceNotFoundError(sequence_id)
+            record = dataclasses.replace(known, status=status, updated_at=now)
+            self.tables.sequences[sequence_id] = record
             self.tables.sequences_version += 1
             return record, []
 
@@ -147,14 +166,16 @@ class _InMemoryNurtureTransaction:
         self._store.reads["contacts"] += 1
         return {i: self._tables.contacts[i] for i in lead_ids if i in self._tables.contacts}
 
-    async def active_enrollments(self, lead_ids: Collection[str]) -> dict[str, Enrollment]:
+    async def active_enrollments(
+        self, lead_ids: Collection[str]
+    ) -> dict[str, tuple[Enrollment, ...]]:
         self._store.reads["enrollments"] += 1
         wanted = set(lead_ids)
-        return {
-            e.lead_id: e
-            for e in self._tables.enrollments.values()
-            if e.lead_id in wanted and e.status is EnrollmentStatus.ACTIVE
-        }
+        active: dict[str, tuple[Enrollment, ...]] = {}
+        for e in self._tables.enrollments.values():
+            if e.lead_id in wanted and e.status is EnrollmentStatus.ACTIVE:
+                active[e.lead_id] = (*active.get(e.lead_id, ()), e)
+        return active
 
     async def save(self, changes: NurtureChanges) -> None:
         tables = self._tables
@@ -169,9 +190,10 @@ class _InMemoryNurtureTransaction:
                 raise KeyError(f"duplicate enrollment id {enrollment.enrollment_id}")
             tables.enrollments[enrollment.enrollment_id] = enrollment
         # What MongoDB's unique partial index refuses (the ledger rolls the tables back).
-        active: set[str] = set()
+        active: set[tuple[str, str]] = set()
         for enrollment in tables.enrollments.values():
             if enrollment.status is EnrollmentStatus.ACTIVE:
-                if enrollment.lead_id in active:
-                    raise AlreadyEnrolledError(enrollment.lead_id, None)
-                active.add(enrollment.lead_id)
+                key = (enrollment.lead_id, enrollment.sequence_id)
+                if key in active:
+                    raise AlreadyEnrolledError(*key)
+                active.add(key)

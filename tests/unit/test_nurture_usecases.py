@@ -242,20 +242,22 @@ async def test_erasure_stops_nurturing_in_whichever_order_the_events_are_read(
     assert enrollment.stop_reason is StopReason.ERASED
 
 
-async def test_a_lead_in_a_sequence_is_not_enrolled_again_until_it_stops(
-    nurture: Nurture,
-) -> None:
+async def test_a_lead_is_active_once_per_sequence_until_it_stops(nurture: Nurture) -> None:
     batch: list[Event] = [
         lost("again", 3, minutes=10),
-        lost("again", 2, minutes=11),  # already in loss-level-3: not enrolled twice
-        assigned("again", minutes=12),
-        lost("again", 2, minutes=13),  # back from sales and lost again: a new enrollment
+        lost("again", 3, minutes=11),  # already in loss-level-3: not enrolled twice
+        lost("again", 2, minutes=12),  # another sequence: enrolled there too
+        assigned("again", minutes=13),  # sales has it: both stop
+        lost("again", 3, minutes=14),  # back from sales and lost again: a new enrollment
     ]
     enrolled = await nurture.apply(batch)
-    assert [e.sequence_id for e in enrolled] == ["loss-level-3", "loss-level-2"]
-    newest, first = await nurture.enrollments("again")
-    assert (newest.sequence_id, newest.status) == ("loss-level-2", EnrollmentStatus.ACTIVE)
-    assert (first.sequence_id, first.stop_reason) == ("loss-level-3", StopReason.ASSIGNED)
+    assert [e.sequence_id for e in enrolled] == ["loss-level-3", "loss-level-2", "loss-level-3"]
+    newest, *older = await nurture.enrollments("again")
+    assert (newest.sequence_id, newest.status) == ("loss-level-3", EnrollmentStatus.ACTIVE)
+    assert sorted((e.sequence_id, e.stop_reason) for e in older) == [
+        ("loss-level-2", StopReason.ASSIGNED),
+        ("loss-level-3", StopReason.ASSIGNED),
+    ]
 
 
 async def test_the_newest_contact_wins_whatever_the_reading_order(nurture: Nurture) -> None:
@@ -298,7 +300,9 @@ async def test_marketing_enrolls_a_known_lead_once(nurture: Nurture) -> None:
     )
     assert [(e.lead_id, e.reason) for e in nurture.published()] == [("m", "manual")]
     with pytest.raises(AlreadyEnrolled):
-        await nurture.enroll("m", "loss-level-2")
+        await nurture.enroll("m", "loss-level-3")
+    other = await nurture.enroll("m", "loss-level-2")  # another sequence takes it
+    assert other.status is EnrollmentStatus.ACTIVE
 
 
 async def test_manual_enrollment_needs_a_known_lead_and_sequence(nurture: Nurture) -> None:
@@ -353,7 +357,7 @@ async def test_a_sequence_changed_on_another_replica_is_used_within_the_max_age(
 
 
 async def test_seeding_again_keeps_marketing_edits(nurture: Nurture) -> None:
-    [level_2, _] = DEFAULT_SEQUENCES
+    level_2, *_ = DEFAULT_SEQUENCES
     edited = NurtureSequence(
         sequence_id=level_2.sequence_id, name="Our own", steps=level_2.steps[:1]
     )
