@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from leadflow.localinfra import LOOPBACK, free_port
+from leadflow.sinks import MailSink
 from services.assignment.notifications.channels import (
     DeliveryError,
     EmailSender,
@@ -25,7 +26,6 @@ from services.assignment.notifications.rules import (
     email_for,
     webhook_request,
 )
-from tests.support.mailsink import MailSink
 from tests.support.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.unit
@@ -73,9 +73,9 @@ async def test_an_email_arrives_at_the_smtp_server_with_subject_body_and_message
     [mail] = sink.messages
     assert mail.rcpt_tos == ("rita@example.com",)
     assert mail.mail_from == "leadflow@example.com"
-    assert mail.message["Subject"] == "[leadflow] New lead lead-1 is yours."
-    assert mail.message["Message-ID"] == message.message_id
-    assert "pool_id: seoul" in mail.message.get_content()
+    assert mail.header("Subject") == "[leadflow] New lead lead-1 is yours."
+    assert mail.header("Message-ID") == message.message_id
+    assert "pool_id: seoul" in (mail.part("text/plain") or "")
 
 
 async def test_a_mailbox_refused_for_good_is_a_permanent_failure(sink: MailSink) -> None:
