@@ -1,0 +1,313 @@
+"""What the channel webhooks change, in nurture's database (the Mongo driver only here).
+
+- `channel_opt_outs`: one document per lead and channel (`_id` "lead:<lead>:<channel>") and
+  per phone number for SMS (`_id` "phone:<E.164>"), with the reason and time of the change.
+- `channel_message_statuses`: the latest delivery status of each message we sent (`_id`
+  our message id), never moved backwards.
+- `channel_engagements`: opens, clicks and replies, `_id` the engagement's de-duplication
+  key; read by lead (index `lead_at`).
+- `channel_sms_recipients`: which lead was last texted at each number (`_id` the number),
+  so an inbound text is attributed.
+
+Every change commits with the events it implies (outbox) through the chassis ledger, in
+one transaction. The send loop reads opt-outs, statuses and engagements for many leads
+at once (`find_in`, chunked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from datetime import datetime
+from typing import Any, Protocol, TypeVar, cast
+
+from pymongo import ASCENDING, InsertOne, ReplaceOne
+
+from leadflow.chassis.store import Collection as MongoCollection
+from leadflow.chassis.store import (
+    Database,
+    Document,
+    DuplicateKeyError,
+    EventLedger,
+    Session,
+    find_in,
+)
+from services.nurture.channels.rules import (
+    Engagement,
+    MessageStatusRecord,
+    OptOut,
+    SmsRecipient,
+    lead_opt_out_key,
+    phone_key,
+)
+from shared.events import Channel, Event
+
+T = TypeVar("T")
+
+CHANNELS: tuple[Channel, ...] = ("email", "sms")
+_COMMIT_ATTEMPTS = 3
+
+
+class ChannelTransaction(Protocol):
+    """What a channel use case reads and writes inside one transaction."""
+
+    async def opt_outs(self, keys: Collection[str]) -> dict[str, OptOut]:
+        """Stored opt-out states by key (`lead_opt_out_key`, `phone_key`)."""
+        ...
+
+    async def save_opt_outs(self, states: Sequence[OptOut]) -> None: ...
+
+    async def statuses(self, message_ids: Collection[str]) -> dict[str, MessageStatusRecord]: ...
+
+    async def save_status(self, record: MessageStatusRecord) -> None: ...
+
+    async def known_engagements(self, keys: Collection[str]) -> set[str]:
+        """Which of these engagement keys are stored already."""
+        ...
+
+    async def add_engagements(self, engagements: Sequence[Engagement]) -> None:
+        """Insert engagements whose keys are not stored (check with known_engagements)."""
+        ...
+
+    async def recipients(self, phones: Collection[str]) -> dict[str, SmsRecipient]: ...
+
+    async def save_recipients(self, recipients: Sequence[SmsRecipient]) -> None: ...
+
+
+Work = Callable[[ChannelTransaction], Awaitable[tuple[T, Sequence[Event]]]]
+
+
+class ChannelStore(Protocol):
+    async def ensure_indexes(self) -> None: ...
+
+    async def commit(self, work: Work[T]) -> T:
+        """Run `work` in one transaction; the events it returns go to the outbox. A race
+        with another replica writing the same new document runs `work` again."""
+        ...
+
+    # --- batch reads for the send loop ------------------------------------------------
+
+    async def opted_out_channels(self, lead_ids: Collection[str]) -> dict[str, frozenset[Channel]]:
+        """The channels each lead opted out of (leads with none are left out)."""
+        ...
+
+    async def opted_out_phones(self, phones: Collection[str]) -> set[str]:
+        """Which of these numbers opted out of SMS (STOP, or the carrier said so)."""
+        ...
+
+    async def engagements(
+        self, lead_ids: Collection[str], since: datetime | None = None
+    ) -> list[Engagement]:
+        """These leads' engagements (at or after `since`), oldest first."""
+        ...
+
+    async def message_statuses(
+        self, message_ids: Collection[str]
+    ) -> dict[str, MessageStatusRecord]: ...
+
+
+class MongoChannelStore:
+    def __init__(self, database: Database, ledger: EventLedger) -> None:
+        self._opt_outs: MongoCollection = database["channel_opt_outs"]
+        self._statuses: MongoCollection = database["channel_message_statuses"]
+        self._engagements: MongoCollection = database["channel_engagements"]
+        self._recipients: MongoCollection = database["channel_sms_recipients"]
+        self._ledger = ledger
+
+    async def ensure_indexes(self) -> None:
+        await self._engagements.create_index(
+            [("lead_id", ASCENDING), ("at", ASCENDING)], name="lead_at"
+        )
+
+    async def commit(self, work: Work[T]) -> T:
+        async def in_transaction(session: Session) -> tuple[T, Sequence[Event]]:
+            return await work(_MongoChannelTransaction(self, session))
+
+        for attempt in range(1, _COMMIT_ATTEMPTS + 1):
+            try:
+                return await self._ledger.commit(in_transaction)
+            except DuplicateKeyError:
+                # Another request inserted the same new document first (two callbacks for
+                # one message, a webhook delivered twice at once): run again, now seeing it.
+                if attempt == _COMMIT_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def opted_out_channels(self, lead_ids: Collection[str]) -> dict[str, frozenset[Channel]]:
+        keys = [lead_opt_out_key(lead_id, channel) for lead_id in lead_ids for channel in CHANNELS]
+        found: dict[str, set[Channel]] = {}
+        for doc in await find_in(self._opt_outs, "_id", keys, also={"opted_out": True}):
+            found.setdefault(doc["lead_id"], set()).add(doc["channel"])
+        return {lead_id: frozenset(channels) for lead_id, channels in found.items()}
+
+    async def opted_out_phones(self, phones: Collection[str]) -> set[str]:
+        keys = [phone_key(phone) for phone in phones]
+        docs = await find_in(self._opt_outs, "_id", keys, also={"opted_out": True})
+        return {doc["phone"] for doc in docs}
+
+    async def engagements(
+        self, lead_ids: Collection[str], since: datetime | None = None
+    ) -> list[Engagement]:
+        also = None if since is None else {"at": {"$gte": since}}
+        docs = await find_in(self._engagements, "lead_id", lead_ids, also=also)
+        return sorted((engagement_from_document(d) for d in docs), key=lambda e: (e.at, e.key))
+
+    async def message_statuses(
+        self, message_ids: Collection[str]
+    ) -> dict[str, MessageStatusRecord]:
+        docs = await find_in(self._statuses, "_id", message_ids)
+        return {doc["_id"]: status_from_document(doc) for doc in docs}
+
+
+class _MongoChannelTransaction:
+    def __init__(self, store: MongoChannelStore, session: Session) -> None:
+        self._store = store
+        self._session = session
+
+    async def opt_outs(self, keys: Collection[str]) -> dict[str, OptOut]:
+        docs = await find_in(self._store._opt_outs, "_id", keys, session=self._session)
+        return {doc["_id"]: opt_out_from_document(doc) for doc in docs}
+
+    async def save_opt_outs(self, states: Sequence[OptOut]) -> None:
+        if states:
+            await self._store._opt_outs.bulk_write(
+                [ReplaceOne({"_id": s.key}, opt_out_document(s), upsert=True) for s in states],
+                ordered=False,
+                session=self._session,
+            )
+
+    async def statuses(self, message_ids: Collection[str]) -> dict[str, MessageStatusRecord]:
+        docs = await find_in(self._store._statuses, "_id", message_ids, session=self._session)
+        return {doc["_id"]: status_from_document(doc) for doc in docs}
+
+    async def save_status(self, record: MessageStatusRecord) -> None:
+        await self._store._statuses.replace_one(
+            {"_id": record.message_id}, status_document(record), upsert=True, session=self._session
+        )
+
+    async def known_engagements(self, keys: Collection[str]) -> set[str]:
+        docs = await find_in(
+            self._store._engagements, "_id", keys, session=self._session, projection={"_id": 1}
+        )
+        return {doc["_id"] for doc in docs}
+
+    async def add_engagements(self, engagements: Sequence[Engagement]) -> None:
+        if engagements:
+            await self._store._engagements.bulk_write(
+                [InsertOne(engagement_document(e)) for e in engagements],
+                ordered=False,
+                session=self._session,
+            )
+
+    async def recipients(self, phones: Collection[str]) -> dict[str, SmsRecipient]:
+        docs = await find_in(self._store._recipients, "_id", phones, session=self._session)
+        return {doc["_id"]: recipient_from_document(doc) for doc in docs}
+
+    async def save_recipients(self, recipients: Sequence[SmsRecipient]) -> None:
+        if recipients:
+            await self._store._recipients.bulk_write(
+                [
+                    ReplaceOne({"_id": r.phone}, recipient_document(r), upsert=True)
+                    for r in recipients
+                ],
+                ordered=False,
+                session=self._session,
+            )
+
+
+# --- documents ------------------------------------------------------------------------------
+
+
+def opt_out_document(state: OptOut) -> Document:
+    return {
+        "_id": state.key,
+        "channel": state.channel,
+        "opted_out": state.opted_out,
+        "reason": state.reason,
+        "changed_at": state.changed_at,
+        "lead_id": state.lead_id,
+        "phone": state.phone,
+    }
+
+
+def opt_out_from_document(doc: Document) -> OptOut:
+    return OptOut(
+        channel=cast(Channel, doc["channel"]),
+        opted_out=bool(doc["opted_out"]),
+        reason=doc["reason"],
+        changed_at=doc["changed_at"],
+        lead_id=doc.get("lead_id"),
+        phone=doc.get("phone"),
+    )
+
+
+def status_document(record: MessageStatusRecord) -> Document:
+    fields: dict[str, Any] = {
+        "lead_id": record.lead_id,
+        "channel": record.channel,
+        "status": record.status,
+        "rank": record.rank,
+        "updated_at": record.updated_at,
+        "provider_id": record.provider_id,
+        "error_code": record.error_code,
+        "sequence_id": record.sequence_id,
+        "step": record.step,
+    }
+    return {"_id": record.message_id, **fields}
+
+
+def status_from_document(doc: Document) -> MessageStatusRecord:
+    return MessageStatusRecord(
+        message_id=doc["_id"],
+        lead_id=doc["lead_id"],
+        channel=doc["channel"],
+        status=doc["status"],
+        rank=int(doc["rank"]),
+        updated_at=doc["updated_at"],
+        provider_id=doc.get("provider_id"),
+        error_code=doc.get("error_code"),
+        sequence_id=doc.get("sequence_id"),
+        step=doc.get("step"),
+    )
+
+
+def engagement_document(engagement: Engagement) -> Document:
+    return {
+        "_id": engagement.key,
+        "lead_id": engagement.lead_id,
+        "kind": engagement.kind,
+        "at": engagement.at,
+        "message_id": engagement.message_id,
+        "channel": engagement.channel,
+        "sequence_id": engagement.sequence_id,
+        "step": engagement.step,
+        "url": engagement.url,
+    }
+
+
+def engagement_from_document(doc: Document) -> Engagement:
+    return Engagement(
+        key=doc["_id"],
+        lead_id=doc["lead_id"],
+        kind=doc["kind"],
+        at=doc["at"],
+        message_id=doc.get("message_id"),
+        channel=doc.get("channel"),
+        sequence_id=doc.get("sequence_id"),
+        step=doc.get("step"),
+        url=doc.get("url"),
+    )
+
+
+def recipient_from_document(doc: Document) -> SmsRecipient:
+    return SmsRecipient(
+        phone=doc["_id"], lead_id=doc["lead_id"], at=doc["at"], message_id=doc.get("message_id")
+    )
+
+
+def recipient_document(recipient: SmsRecipient) -> Document:
+    return {
+        "_id": recipient.phone,
+        "lead_id": recipient.lead_id,
+        "at": recipient.at,
+        "message_id": recipient.message_id,
+    }
