@@ -9,6 +9,7 @@ from leadflow.chassis.app import ServiceChassis
 from leadflow.chassis.clock import Clock, system_clock
 from leadflow.chassis.config_cache import VersionedCache
 from services.nurture import api
+from services.nurture.channels.runtime import build_channels
 from services.nurture.handlers import register_handlers
 from services.nurture.rules import DEFAULT_SEQUENCES, SequenceCatalog
 from services.nurture.settings import Settings
@@ -29,9 +30,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
     zone = settings.default_timezone
     apply_lead_events = ApplyLeadEvents(store, sequences, default_timezone=zone, clock=clock)
     register_handlers(chassis, apply_lead_events)
+    channels = build_channels(settings, chassis.database, chassis.ledger, clock=clock)
 
     async def startup() -> None:
         await store.ensure_indexes()
+        await channels.start()
         await sequences.seed(DEFAULT_SEQUENCES)
 
     return chassis.build_app(
@@ -39,10 +42,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         description="Email/SMS sequences for leads that are not ready to buy: enrollment on "
         "loss level 2/3 or by marketing, stopped when sales takes the lead again.",
         version=__version__,
-        routers=[api.router],
+        routers=[api.router, channels.router],
         startup=startup,
+        shutdown=channels.stop,
         store=store,
         sequences=sequences,
         enroll_by_hand=EnrollByHand(store, sequences, default_timezone=zone, clock=clock),
         apply_lead_events=apply_lead_events,
+        channels=channels,
     )
