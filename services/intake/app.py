@@ -12,6 +12,7 @@ from services.intake import api
 from services.intake.settings import Settings
 from services.intake.store import MongoIntakeStore
 from services.intake.usecases import AcceptLeads
+from services.intake.webhooks import api as webhooks_api
 
 SERVICE = "intake"
 
@@ -31,7 +32,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         description="Accepts leads from forms, ad platforms and front desks; normalises, "
         "de-duplicates and publishes them.",
         version=__version__,
-        routers=[api.router],
+        routers=[api.router, webhooks_api.router],
         startup=store.ensure_indexes,
         # Before the chassis closes the database the committer writes to.
         shutdown=lead_acceptor.stop,

@@ -1,0 +1,1 @@
+"""Ad-platform webhooks: Meta Lead Ads and Google Ads lead forms."""
