@@ -9,9 +9,10 @@ from leadflow.chassis.app import ServiceChassis
 from leadflow.chassis.batching import GroupCommit
 from leadflow.chassis.clock import Clock, system_clock
 from services.intake import api
+from services.intake.imports import api as imports_api
 from services.intake.settings import Settings
 from services.intake.store import MongoIntakeStore
-from services.intake.usecases import AcceptLeads
+from services.intake.usecases import AcceptLeads, AcceptSubmissions
 from services.intake.webhooks import api as webhooks_api
 
 SERVICE = "intake"
@@ -24,18 +25,24 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
     settings = settings or Settings()
     chassis = ServiceChassis(SERVICE, settings, clock=clock)
     store = MongoIntakeStore(chassis.database, chassis.ledger)
+    accept_leads = AcceptLeads(store)
     lead_acceptor: api.LeadAcceptor = GroupCommit(
-        AcceptLeads(store), max_batch=ACCEPT_MAX_BATCH, name="accept-leads"
+        accept_leads, max_batch=ACCEPT_MAX_BATCH, name="accept-leads"
+    )
+    # The batch entry point of every channel (see AcceptSubmissions).
+    accept_submissions = AcceptSubmissions(
+        accept_leads, default_region=settings.default_region, clock=clock
     )
     return chassis.build_app(
         title="leadflow intake",
         description="Accepts leads from forms, ad platforms and front desks; normalises, "
         "de-duplicates and publishes them.",
         version=__version__,
-        routers=[api.router, webhooks_api.router],
+        routers=[api.router, webhooks_api.router, imports_api.router],
         startup=store.ensure_indexes,
         # Before the chassis closes the database the committer writes to.
         shutdown=lead_acceptor.stop,
         store=store,
         lead_acceptor=lead_acceptor,
+        accept_submissions=accept_submissions,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -22,9 +23,18 @@ from services.intake.store import (
     ContactKeyTaken,
     IntakeStore,
     MongoIntakeStore,
+    StoredResponse,
 )
 from services.intake.usecases import AcceptLeads
-from shared.events import Attribution, Consent, Contact, Event, Profile
+from shared.events import (
+    Attribution,
+    Consent,
+    ConsentRecord,
+    Contact,
+    Event,
+    LeadConvertedV1,
+    Profile,
+)
 from tests.contract.conftest import NOW, STORE_KINDS, mongo_parts
 from tests.fakes.intake import InMemoryIntakeStore
 
@@ -69,7 +79,8 @@ async def read(
         batch: AcceptingBatch,
     ) -> tuple[tuple[dict[ContactKey, str], dict[str, Contact]], list[Event]]:
         owners = await batch.key_owners(keys)
-        return (owners, await batch.contacts(set(owners.values()))), []
+        known = await batch.known(set(owners.values()))
+        return (owners, {lead_id: k.contact for lead_id, k in known.items()}), []
 
     return await store.accept_batch(work)
 
@@ -179,3 +190,112 @@ async def test_replicas_accepting_the_same_contacts_at_once_make_one_lead_each(
     accepted = [(lead, result) for lead, result in answers if isinstance(result, Acceptance)]
     assert all(result.lead_id == lead_of[lead.contact.phone or ""] for lead, result in accepted)
     assert sum(result.outcome == "received" for _, result in accepted) == len(phones)
+
+
+async def test_a_merge_fills_profile_and_consent_and_appends_its_inquiries(
+    store: IntakeStore,
+) -> None:
+    dana = new_lead(phone="+14155550100")
+    await save(store, received(dana))
+    again = replace(
+        new_lead(phone="+14155550100"),
+        profile=Profile(industry="fitness", custom={"意向程度": "high"}),
+        consent=Consent(
+            sms=True, records=(ConsentRecord(channel="sms", granted=True, at=NOW, source="desk"),)
+        ),
+        attribution=Attribution(source="friend referral", channel="walk_in"),
+        message="visited",
+    )
+
+    async def work(batch: AcceptingBatch) -> tuple[None, list[Event]]:
+        known = await batch.known({dana.lead_id})
+        await batch.save(plan_acceptance([again], {("phone", "+14155550100"): dana.lead_id}, known))
+        return None, []
+
+    await store.accept_batch(work)
+    stored = await store.get(dana.lead_id)
+    assert stored is not None
+    assert stored["profile"]["region"] == "west"  # kept
+    assert stored["profile"]["industry"] == "fitness"  # filled
+    assert stored["profile"]["custom"] == {"意向程度": "high"}
+    assert stored["consent"]["sms"] is True
+    assert [r["source"] for r in stored["consent"]["records"]] == ["desk"]
+    assert [(h["channel"], h["source"], h["message"]) for h in stored["history"]] == [
+        ("web_form", "website", "call me"),
+        ("walk_in", "friend referral", "visited"),
+    ]
+
+
+async def test_an_external_id_is_stored_once(store: IntakeStore) -> None:
+    first = replace(new_lead(phone="+14155550100"), external_id="meta:1")
+    await save(store, received(first))
+
+    async def seen(batch: AcceptingBatch) -> tuple[dict[str, str], list[Event]]:
+        return await batch.seen_external_ids({"meta:1", "meta:2"}), []
+
+    assert await store.accept_batch(seen) == {"meta:1": first.lead_id}
+    again = replace(new_lead(email="x@example.com"), external_id="meta:1")
+    with pytest.raises(ContactKeyTaken):
+        await save(store, received(again))
+    assert await store.get(again.lead_id) is None
+
+
+async def test_erasure_forgets_the_person_and_frees_the_keys(store: IntakeStore) -> None:
+    dana = new_lead(phone="+14155550100", email="dana@example.com", name="Dana")
+    await save(store, received(dana))
+    assert await store.erase(dana.lead_id, "manager:m1", NOW) is True
+    assert await store.erase(dana.lead_id, "manager:m1", NOW) is False
+    assert await store.erase("nobody", "manager:m1", NOW) is False
+    stored = await store.get(dana.lead_id)
+    assert stored is not None
+    assert stored["status"] == "erased"
+    assert stored["contact"] == Contact().model_dump()
+    assert stored["message"] is None
+    assert stored["profile"]["region"] is None
+    assert all(h["message"] is None for h in stored["history"])
+    assert await store.find_by_contact("phone", "+14155550100") is None
+    assert await store.find_by_contact("email", "dana@example.com") is None
+
+
+async def test_a_conversion_makes_the_lead_a_customer_once(store: IntakeStore) -> None:
+    dana = new_lead(phone="+14155550100")
+    await save(store, received(dana))
+    converted = LeadConvertedV1(lead_id=dana.lead_id, rep_id="rita", revenue=90, customer_id="c7")
+    await store.record_conversions([converted, converted])
+    await store.record_conversions([converted])
+    stored = await store.get(dana.lead_id)
+    assert stored is not None
+    assert (stored["status"], stored["customer_id"], stored["converted_by"]) == (
+        "customer",
+        "c7",
+        "rita",
+    )
+
+
+async def test_an_idempotency_key_is_claimed_once_and_answers_after(store: IntakeStore) -> None:
+    stale = timedelta(seconds=30)
+    assert await store.claim_request("k1:a", "f", NOW, stale_after=stale) == "claimed"
+    assert await store.claim_request("k1:a", "f", NOW, stale_after=stale) == "in_progress"
+    answer = StoredResponse("f", 201, {"lead_id": "x"})
+    await store.complete_request("k1:a", answer)
+    assert await store.claim_request("k1:a", "f", NOW, stale_after=stale) == answer
+    # A released claim (the request failed) can be claimed again; a stale one is taken over.
+    assert await store.claim_request("k1:b", "f", NOW, stale_after=stale) == "claimed"
+    await store.release_request("k1:b")
+    assert await store.claim_request("k1:b", "f", NOW, stale_after=stale) == "claimed"
+    later = NOW + timedelta(minutes=1)
+    assert await store.claim_request("k1:b", "f", later, stale_after=stale) == "claimed"
+
+
+async def test_configuration_is_versioned(store: IntakeStore) -> None:
+    before = await store.config_version()
+    await store.put_config("source", "promo", {"source_id": "promo", "name": "Promotion"})
+    await store.put_config("form", "f1", {"form_key": "f1"})
+    assert await store.config_version() == before + 2
+    assert await store.list_config("source") == [{"source_id": "promo", "name": "Promotion"}]
+    assert await store.get_config("form", "f1") == {"form_key": "f1"}
+    assert await store.get_config("form", "nope") is None
+    assert await store.delete_config("source", "promo") is True
+    assert await store.delete_config("source", "promo") is False
+    assert await store.list_config("source") == []
+    assert await store.config_version() == before + 3

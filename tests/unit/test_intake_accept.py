@@ -14,6 +14,7 @@ from services.intake.rules import (
     Acceptance,
     AcceptancePlan,
     ContactKey,
+    KnownLead,
     LeadRejected,
     NewLead,
 )
@@ -182,8 +183,11 @@ class _HidingBatch:
         owners = await self._batch.key_owners(keys)
         return {key: owner for key, owner in owners.items() if key not in self._hidden}
 
-    async def contacts(self, lead_ids: Collection[str]) -> dict[str, Contact]:
-        return await self._batch.contacts(lead_ids)
+    async def known(self, lead_ids: Collection[str]) -> dict[str, KnownLead]:
+        return await self._batch.known(lead_ids)
+
+    async def seen_external_ids(self, ids: Collection[str]) -> dict[str, str]:
+        return await self._batch.seen_external_ids(ids)
 
     async def save(self, plan: AcceptancePlan) -> None:
         await self._batch.save(plan)
