@@ -9,7 +9,6 @@ from leadflow.chassis.app import ServiceChassis
 from leadflow.chassis.batching import GroupCommit
 from leadflow.chassis.clock import Clock, system_clock
 from services.intake import api
-from services.intake.imports import api as imports_api
 from services.intake.settings import Settings
 from services.intake.store import MongoIntakeStore
 from services.intake.usecases import AcceptLeads, AcceptSubmissions
@@ -38,7 +37,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         description="Accepts leads from forms, ad platforms and front desks; normalises, "
         "de-duplicates and publishes them.",
         version=__version__,
-        routers=[api.router, webhooks_api.router, imports_api.router],
+        routers=[api.router, webhooks_api.router],
         startup=store.ensure_indexes,
         # Before the chassis closes the database the committer writes to.
         shutdown=lead_acceptor.stop,
