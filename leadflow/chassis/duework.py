@@ -94,7 +94,7 @@ class LeaseLost(Exception):  # noqa: N818 - a state of the world, not a bug
     replica claimed it, or it was cancelled or rescheduled): the caller's transaction must
     abort, so its effects are not committed a second time."""
 
-    def __init__(self, keys: Collection[str]) -> None:
+    def __init__(self, keys: Collection[str] = ()) -> None:
         super().__init__(f"no longer claimed by this token: {sorted(keys)}")
         self.keys = frozenset(keys)
 
@@ -204,8 +204,10 @@ class DueWorkRunner:
                 # Cleared before the claim, so a wake() during the round is not missed.
                 self._nudge.clear()
                 try:
-                    fired = await self.run_once()
-                    if not fired:
+                    if await self.run_once():
+                        # More may be due at once; let the rest of the process run first.
+                        await asyncio.sleep(0)
+                    else:
                         await self._sleep_until_due()
                 except asyncio.CancelledError:
                     raise
