@@ -1,4 +1,4 @@
-"""Composition root of analytics: the event store and the reports built on it."""
+"""Composition root of analytics: the event store, its roll-ups, the reports and dashboard."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
     settings = settings or Settings()
     chassis = ServiceChassis(SERVICE, settings, clock=clock)
     store = MongoAnalyticsStore(chassis.database, chassis.ledger)
-    register_handlers(chassis, RecordEvents(store, zone=settings.report_timezone, clock=clock))
+    register_handlers(chassis, RecordEvents(store, clock=clock))
     return chassis.build_app(
         title="leadflow analytics",
         description="Records every lifecycle event once and serves the reports managers "
-        "run the business on, as JSON or CSV.",
+        "run the business on, as JSON or CSV, and a dashboard at /dashboard.",
         version=__version__,
-        routers=[api.router],
+        routers=[api.router, api.dashboard_router],
         startup=store.ensure_indexes,
         store=store,
     )

@@ -1,24 +1,36 @@
-"""Pure decisions of analytics: which daily counters an event moves, and how reports add
-them up. No I/O and no clock reads: the store persists what these functions decide.
+"""Pure decisions of analytics' ingest: which counters an event moves, given what is known
+about its lead. No I/O and no clock reads: the store persists what these functions decide.
 
-Figures named `leads_*` count each lead once, on the day it first reached that stage (as
-CRM "became a <stage> on" dates do): a reassigned lead is not assigned twice, a lead lost
-again after requalification is not lost twice. Events that carry money or effort are also
-counted one by one (`assignments`, `conversions`), for per-rep and revenue reports.
+Counters are hourly (UTC) so a report can count days in any whole-hour time zone, and every
+lead-scoped counter carries the lead's channel, source, campaign, pool and rep, so a report
+filters by any of them while reading only counters, never the event store.
+
+Out of order: an event read before its lead's `lead-received` is counted under channel
+"unknown" and remembered on the lead (`pending`); when the `lead-received` arrives, those
+increments are moved to the lead's real channel, source and campaign (or dropped, for a
+test lead). Figures named `leads_*` count each lead once, in the hour it first reached
+that stage; figures counted per event (`conversions`, `losses`, `activities`) count each.
+
+Open leads are a gauge (`open` key per lead): the lead's current place (rep, pool, stage,
+age, last touch, SLA due) is kept as a counter that moves -1/+1 when the place changes, so
+"open", "overdue", "aging" and "forgotten" are read from a few gauge documents.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter, defaultdict
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
-from zoneinfo import ZoneInfo
 
+from services.analytics.events import RawEvent
 from shared.events import (
+    ActivityLoggedV1,
+    CampaignSavedV1,
+    EngagementRecordedV1,
     Event,
     LeadAssignedV1,
     LeadConvertedV1,
@@ -26,148 +38,201 @@ from shared.events import (
     LeadErasedV1,
     LeadLostV1,
     LeadMergedV1,
+    LeadOptedOutV1,
+    LeadQueuedV1,
     LeadReceivedV1,
+    LeadRejectedByRepV1,
+    LeadRequalifiedV1,
+    LeadReturnedToPoolV1,
+    LeadRoutedToNurtureV1,
+    MessageFailedV1,
+    MessageSentV1,
+    MessageStatusUpdatedV1,
+    OpportunityOpenedV1,
+    SatisfactionRecordedV1,
+    SlaBreachedV1,
+    VisitCheckedInV1,
+    VisitScheduledV1,
 )
 
 
 class Metric(StrEnum):
-    LEADS_RECEIVED = "leads_received"
-    """New leads, each once (dimensions: channel, campaign)."""
     INQUIRIES = "inquiries"
-    """Every inquiry: a new lead or a repeat inquiry merged into one (channel, campaign)."""
-    LEADS_ASSIGNED = "leads_assigned"
-    """Leads assigned to a rep for the first time (rep_id of that first assignee)."""
+    """Every inquiry: a new lead or a repeat inquiry merged into one."""
+    LEADS_RECEIVED = "leads_received"
+    """New leads, each once."""
+    WALK_IN_LEADS = "walk_in_leads"
+    """New walk-in leads (dimension contact_kept: yes when a phone or email was taken)."""
+    REACHED = "reached"
+    """Leads reaching a funnel stage for the first time (dimension stage)."""
     ASSIGNMENTS = "assignments"
-    """Every assignment, reassignments included (rep_id)."""
-    LEADS_LOST = "leads_lost"
-    """Leads lost for the first time (level, rep_id)."""
-    LEADS_ENROLLED = "leads_enrolled"
-    """Leads enrolled in nurture for the first time (sequence_id)."""
-    LEADS_CONVERTED = "leads_converted"
-    """Leads converted for the first time (rep_id, channel)."""
+    """Every assignment, reassignments included."""
+    ACTIVITIES = "activities"
+    """Every activity a rep logged (activity, outcome)."""
+    FIRST_CONTACTS = "first_contacts"
+    """A lead's first contact (speed bucket; amount = seconds since arrival)."""
+    SLA_BREACHES = "sla_breaches"
+    VISITS_SCHEDULED = "visits_scheduled"
+    VISITS = "visits"
+    """Visits checked in (walk_in: yes / no)."""
+    SATISFACTION = "satisfaction"
+    """Next-day satisfaction scores (score)."""
+    OPPORTUNITIES = "opportunities"
+    """Opportunities opened (currency, stage; amount = expected amount)."""
     CONVERSIONS = "conversions"
-    """Every sale, its revenue as the amount (rep_id, channel, currency)."""
+    """Every sale (currency; amount = revenue)."""
+    LEADS_CONVERTED = "leads_converted"
+    LOSSES = "losses"
+    """Every loss (level, reason)."""
+    LEADS_LOST = "leads_lost"
+    """Leads lost for the first time (level)."""
+    LEADS_ENROLLED = "leads_enrolled"
+    ROUTED_TO_NURTURE = "routed_to_nurture"
+    QUEUED = "queued"
+    RETURNED_TO_POOL = "returned_to_pool"
+    REJECTED_BY_REP = "rejected_by_rep"
+    MESSAGES_SENT = "messages_sent"
+    """Nurture messages sent (sequence, step, channel)."""
+    MESSAGE_STATUS = "message_status"
+    """Provider delivery reports (sequence, step, status)."""
+    MESSAGES_FAILED = "messages_failed"
+    ENGAGEMENTS = "engagements"
+    """Opens, clicks, replies, web visits (sequence, step, kind)."""
+    OPTED_OUT = "opted_out"
+    REQUALIFIED = "requalified"
+    CONVERTED_AFTER_NURTURE = "converted_after_nurture"
+    UNKNOWN_EVENTS = "unknown_events"
+    """Events of a type or version this analytics does not know (event_type, version)."""
 
 
 UNKNOWN = "unknown"
-"""Dimension value when the event does not say (a loss with no rep, a sale of a lead whose
-lead-received event has not arrived)."""
-NO_CAMPAIGN = ""
+NONE = ""
+"""Dimension value for "not applicable" (no campaign, not assigned yet)."""
 
 LOSS_LEVELS = ("1", "2", "3")
-
+STAGES = ("received", "assigned", "contacted", "visit_scheduled", "visited", "converted")
+"""The sales funnel, in order (seed 003)."""
+SPEED_BUCKETS = ("lt_5m", "5m_1h", "1h_4h", "4h_24h", "gt_24h", "unknown")
+CONTACT_ACTIVITIES = frozenset({"call", "email", "sms", "meeting"})
 PERSONAL_FIELDS = ("contact", "message", "note")
 """Event fields holding a person's data, forgotten when the lead is erased."""
+REASON_MAX = 80
+PENDING_MAX = 500
+"""Most increments remembered for a lead whose lead-received has not arrived."""
+
+LEAD_DIMENSIONS = ("channel", "source", "campaign", "pool", "rep")
+"""Dimensions every lead-scoped counter carries; reports filter on them."""
 
 Dimensions = tuple[tuple[str, str], ...]
 
 
 def dimensions(**values: str) -> Dimensions:
-    """Dimensions in one canonical order, so equal dimensions make equal bucket keys."""
+    """Dimensions in one canonical order, so equal dimensions make equal counter keys."""
     return tuple(sorted(values.items()))
+
+
+def hour_of(instant: datetime) -> datetime:
+    return instant.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 @dataclass(frozen=True, slots=True)
 class Increment:
-    """Add `count` (and `amount`, e.g. revenue) to one metric's counter for one day."""
+    """Add `count` (and `amount`: money, seconds) to one counter for one UTC hour."""
 
-    day: date
+    hour: datetime
     metric: Metric
     dimensions: Dimensions = ()
     count: int = 1
     amount: float = 0.0
 
 
+def counter_key(increment: Increment) -> str:
+    return json.dumps(
+        [hour_key(increment.hour), increment.metric.value, increment.dimensions],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def hour_key(hour: datetime) -> str:
+    """Hours as sortable text: `2026-11-23T09`."""
+    return hour.astimezone(UTC).strftime("%Y-%m-%dT%H")
+
+
+def hour_from_key(key: str) -> datetime:
+    return datetime.strptime(key, "%Y-%m-%dT%H").replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenKey:
+    """Where an open lead stands now: one gauge counter per distinct place."""
+
+    channel: str
+    source: str
+    campaign: str
+    pool: str
+    rep: str
+    stage: str
+    received_day: str
+    last_touch_day: str
+    sla_due_hour: str
+    """The first-response deadline while the lead waits for its first contact, else ""."""
+
+    def as_dimensions(self) -> Dimensions:
+        return tuple(sorted(dataclasses.asdict(self).items()))
+
+
+@dataclass(frozen=True, slots=True)
+class GaugeMove:
+    key: OpenKey
+    count: int
+
+
 @dataclass(frozen=True, slots=True)
 class LeadFacts:
-    """What analytics remembers about one lead: the day it first reached each stage (so
-    it is counted once) and where it came from (so a later sale is credited to a channel)."""
+    """What analytics remembers about one lead."""
 
     lead_id: str
     channel: str | None = None
+    source: str | None = None
     campaign: str | None = None
-    rep_id: str | None = None
-    received_on: date | None = None
-    assigned_on: date | None = None
-    lost_on: date | None = None
-    enrolled_on: date | None = None
-    converted_on: date | None = None
+    pool: str | None = None
+    """The lead's home pool: the first it was routed to (counters carry it)."""
+    current_pool: str | None = None
+    """Where it is now (the open-lead gauge carries it)."""
+    rep: str | None = None
+    received_at: datetime | None = None
+    first_contact_at: datetime | None = None
+    is_test: bool = False
     erased: bool = False
+    reached: Mapping[str, datetime] = field(default_factory=dict)
+    """Funnel stage -> when the lead first reached it."""
+    last_assigned_at: datetime | None = None
+    last_closed_at: datetime | None = None
+    """When it was last converted, lost or routed to nurture (it leaves the sales floor)."""
+    last_touch_at: datetime | None = None
+    sla_due_at: datetime | None = None
+    lost_at: datetime | None = None
+    enrolled_at: datetime | None = None
+    converted_at: datetime | None = None
+    sequence: str | None = None
+    step: int | None = None
+    pending: tuple[tuple[Any, ...], ...] = ()
+    """Increments counted before the lead's lead-received arrived: (hour, metric, dims,
+    count, amount), moved to the right channel once it does."""
+    open_key: OpenKey | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class Tally:
-    """What one event changes: counters to increment and the lead's facts afterwards."""
-
-    increments: tuple[Increment, ...]
-    facts: LeadFacts
-    forget_personal_data: bool = False
-
-
-def report_day(instant: datetime, zone: ZoneInfo) -> date:
-    """The calendar day `instant` falls on in the report time zone."""
-    return instant.astimezone(zone).date()
-
-
-def tally_event(event: Event, facts: LeadFacts, zone: ZoneInfo) -> Tally:
-    """The counters `event` moves, given what is known about its lead so far."""
-    day = report_day(event.occurred_at, zone)
-    increments: list[Increment] = []
-    replace = dataclasses.replace
-    match event:
-        case LeadReceivedV1(attribution=attribution) | LeadMergedV1(attribution=attribution):
-            where = dimensions(
-                channel=attribution.channel, campaign=attribution.campaign or NO_CAMPAIGN
-            )
-            increments.append(Increment(day, Metric.INQUIRIES, where))
-            if isinstance(event, LeadReceivedV1) and facts.received_on is None:
-                increments.append(Increment(day, Metric.LEADS_RECEIVED, where))
-                facts = replace(
-                    facts,
-                    received_on=day,
-                    channel=attribution.channel,
-                    campaign=attribution.campaign,
-                )
-        case LeadAssignedV1(rep_id=rep_id):
-            increments.append(Increment(day, Metric.ASSIGNMENTS, dimensions(rep_id=rep_id)))
-            if facts.assigned_on is None:
-                increments.append(Increment(day, Metric.LEADS_ASSIGNED, dimensions(rep_id=rep_id)))
-                facts = replace(facts, assigned_on=day)
-            facts = replace(facts, rep_id=rep_id)
-        case LeadLostV1(level=level, rep_id=rep_id):
-            if facts.lost_on is None:
-                lost = dimensions(level=str(level), rep_id=rep_id or facts.rep_id or UNKNOWN)
-                increments.append(Increment(day, Metric.LEADS_LOST, lost))
-                facts = replace(facts, lost_on=day)
-        case LeadEnrolledV1(sequence_id=sequence_id):
-            if facts.enrolled_on is None:
-                enrolled = dimensions(sequence_id=sequence_id)
-                increments.append(Increment(day, Metric.LEADS_ENROLLED, enrolled))
-                facts = replace(facts, enrolled_on=day)
-        case LeadConvertedV1(rep_id=rep_id, revenue=revenue, currency=currency):
-            channel = facts.channel or UNKNOWN
-            sale = dimensions(rep_id=rep_id, channel=channel, currency=currency)
-            increments.append(Increment(day, Metric.CONVERSIONS, sale, amount=revenue))
-            if facts.converted_on is None:
-                converted = dimensions(rep_id=rep_id, channel=channel)
-                increments.append(Increment(day, Metric.LEADS_CONVERTED, converted))
-                facts = replace(facts, converted_on=day)
-        case LeadErasedV1():
-            return Tally((), replace(facts, erased=True), forget_personal_data=True)
-        case _:
-            # Stored in the event store but not counted yet (visits, activities, messages).
-            return Tally((), facts)
-    return Tally(tuple(increments), facts)
-
-
-def stored_payload(event: Event, *, erased: bool) -> dict[str, Any]:
-    """The event as JSON-able data for the event store; without personal data once the
-    lead is erased (an event can arrive after the erasure, on another topic)."""
-    payload = event.model_dump(mode="json")
-    if erased:
-        for name in PERSONAL_FIELDS:
-            payload.pop(name, None)
-    return payload
+class Campaign:
+    campaign_id: str
+    name: str
+    channel: str
+    cost: float
+    currency: str
+    starts_on: str | None
+    ends_on: str | None
+    saved_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +245,7 @@ class RecordedEvent:
     occurred_at: datetime
     recorded_at: datetime
     payload: Mapping[str, Any]
+    known: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,196 +254,518 @@ class BatchTally:
 
     recorded: tuple[RecordedEvent, ...]
     facts: tuple[LeadFacts, ...]
-    """The facts of every lead the batch changed, as they stand after it."""
     increments: tuple[Increment, ...]
-    """One increment per counter, the batch's events added up."""
+    gauge: tuple[GaugeMove, ...]
+    campaigns: tuple[Campaign, ...]
     erased_leads: frozenset[str]
-    """Leads whose personal data must go from every stored event."""
+    unknown_events: int = 0
+
+
+def is_known(event: Event) -> bool:
+    """Whether the event is one of the contract's (else it is kept raw and counted)."""
+    return not isinstance(event, RawEvent)
+
+
+# --- one event ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Work:
+    """The changes of one event, gathered while it is tallied."""
+
+    facts: LeadFacts
+    increments: list[Increment] = field(default_factory=list)
+    forget_personal_data: bool = False
+
+
+def _lead_dims(facts: LeadFacts, **extra: str) -> Dimensions:
+    base = {
+        "channel": facts.channel or UNKNOWN,
+        "source": facts.source or UNKNOWN,
+        "campaign": facts.campaign or NONE,
+        "pool": facts.pool or NONE,
+        "rep": facts.rep or NONE,
+    }
+    base.update(extra)
+    return dimensions(**base)
+
+
+def speed_bucket(seconds: float | None) -> str:
+    if seconds is None or seconds < 0:
+        return "unknown"
+    if seconds < 5 * 60:
+        return "lt_5m"
+    if seconds < 3600:
+        return "5m_1h"
+    if seconds < 4 * 3600:
+        return "1h_4h"
+    if seconds < 24 * 3600:
+        return "4h_24h"
+    return "gt_24h"
+
+
+def _reach(work: _Work, stage: str, at: datetime, *, rep: str | None = None) -> None:
+    """The lead reached `stage` (counted the first time only; `rep`: who got it there)."""
+    facts = work.facts
+    if stage in facts.reached:
+        return
+    work.facts = dataclasses.replace(facts, reached={**facts.reached, stage: at})
+    credited = work.facts if rep is None else dataclasses.replace(work.facts, rep=rep)
+    work.increments.append(
+        Increment(hour_of(at), Metric.REACHED, _lead_dims(credited, stage=stage))
+    )
+
+
+def _count(
+    work: _Work,
+    at: datetime,
+    metric: Metric,
+    *,
+    amount: float = 0.0,
+    rep: str | None = None,
+    **extra: str,
+) -> None:
+    """Count one for the lead; `rep` credits the rep who did it rather than the owner."""
+    facts = work.facts if rep is None else dataclasses.replace(work.facts, rep=rep)
+    work.increments.append(Increment(hour_of(at), metric, _lead_dims(facts, **extra), 1, amount))
+
+
+def _touch(work: _Work, at: datetime) -> None:
+    last = work.facts.last_touch_at
+    if last is None or at > last:
+        work.facts = dataclasses.replace(work.facts, last_touch_at=at)
+
+
+def tally_event(event: Event, facts: LeadFacts) -> _Work:  # noqa: PLR0912, PLR0915 - one case per event type
+    """What `event` changes, given what is known about its lead so far."""
+    at = event.occurred_at
+    work = _Work(facts)
+    replace = dataclasses.replace
+    match event:
+        case LeadReceivedV1(attribution=attribution) if facts.received_at is None:
+            work.facts = replace(
+                facts,
+                channel=attribution.channel,
+                source=attribution.source,
+                campaign=attribution.campaign_id or attribution.campaign or NONE,
+                received_at=at,
+                is_test=event.is_test,
+            )
+            # An arrival precedes any rep: counted with no rep.
+            _touch(work, at)
+            _count(work, at, Metric.INQUIRIES, rep=NONE)
+            _count(work, at, Metric.LEADS_RECEIVED, rep=NONE)
+            _reach(work, "received", at, rep=NONE)
+            if attribution.channel == "walk_in":
+                kept = bool(event.contact.phone or event.contact.email)
+                _count(
+                    work, at, Metric.WALK_IN_LEADS, rep=NONE, contact_kept="yes" if kept else "no"
+                )
+        case LeadReceivedV1(attribution=attribution) | LeadMergedV1(attribution=attribution):
+            # A repeat inquiry (or the lead received again): an inquiry, credited where it
+            # came from this time; the lead keeps its first attribution.
+            again = replace(
+                facts,
+                channel=attribution.channel,
+                source=attribution.source,
+                campaign=attribution.campaign_id or attribution.campaign or NONE,
+            )
+            if not event.is_test:
+                work.increments.append(
+                    Increment(hour_of(at), Metric.INQUIRIES, _lead_dims(again, rep=NONE))
+                )
+            _touch(work, at)
+        case LeadAssignedV1(rep_id=rep_id, pool_id=pool_id):
+            work.facts = replace(
+                facts,
+                rep=rep_id,
+                pool=facts.pool or pool_id,
+                current_pool=pool_id or facts.current_pool,
+                last_assigned_at=max(filter(None, (facts.last_assigned_at, at))),
+                sla_due_at=event.sla_due_at or facts.sla_due_at,
+            )
+            _count(work, at, Metric.ASSIGNMENTS, how=event.how)
+            _reach(work, "assigned", at)
+        case LeadQueuedV1(pool_id=pool_id):
+            work.facts = replace(facts, pool=facts.pool or pool_id, current_pool=pool_id)
+            _count(work, at, Metric.QUEUED)
+        case LeadReturnedToPoolV1(rep_id=rep_id, pool_id=pool_id):
+            work.facts = replace(facts, current_pool=pool_id or facts.current_pool)
+            _count(work, at, Metric.RETURNED_TO_POOL, by=rep_id)
+        case LeadRejectedByRepV1(rep_id=rep_id):
+            _count(work, at, Metric.REJECTED_BY_REP, by=rep_id)
+        case LeadRoutedToNurtureV1():
+            work.facts = replace(
+                facts, last_closed_at=max(filter(None, (facts.last_closed_at, at)))
+            )
+            _count(work, at, Metric.ROUTED_TO_NURTURE, reason=event.reason[:REASON_MAX])
+        case ActivityLoggedV1(rep_id=rep_id, activity=activity):
+            work.facts = replace(facts, rep=facts.rep or rep_id)
+            _count(
+                work,
+                at,
+                Metric.ACTIVITIES,
+                rep=rep_id,
+                activity=activity,
+                outcome=(event.outcome or NONE)[:REASON_MAX],
+            )
+            _touch(work, at)
+            is_first = "contacted" not in facts.reached and (
+                event.first_contact or activity in CONTACT_ACTIVITIES
+            )
+            if is_first:
+                arrived = event.received_at or facts.received_at
+                seconds = None if arrived is None else (at - arrived).total_seconds()
+                _count(
+                    work,
+                    at,
+                    Metric.FIRST_CONTACTS,
+                    amount=seconds or 0.0,
+                    rep=rep_id,
+                    speed=speed_bucket(seconds),
+                )
+                work.facts = replace(work.facts, first_contact_at=at)
+                _reach(work, "contacted", at, rep=rep_id)
+        case SlaBreachedV1(rep_id=rep_id, pool_id=pool_id):
+            work.facts = replace(facts, pool=facts.pool or pool_id)
+            breached = replace(work.facts, rep=rep_id)
+            work.increments.append(
+                Increment(hour_of(at), Metric.SLA_BREACHES, _lead_dims(breached, sla=event.sla))
+            )
+        case VisitScheduledV1(rep_id=rep_id):
+            _count(work, at, Metric.VISITS_SCHEDULED, rep=rep_id)
+            _reach(work, "visit_scheduled", at, rep=rep_id)
+            _touch(work, at)
+        case VisitCheckedInV1(walk_in=walk_in, rep_id=rep_id):
+            _count(work, at, Metric.VISITS, rep=rep_id, walk_in="yes" if walk_in else "no")
+            _reach(work, "visited", at, rep=rep_id)
+            _touch(work, at)
+        case SatisfactionRecordedV1(score=score, rep_id=rep_id):
+            _count(work, at, Metric.SATISFACTION, rep=rep_id, score=str(score))
+        case OpportunityOpenedV1(amount=amount, currency=currency, stage=stage, rep_id=rep_id):
+            _count(
+                work,
+                at,
+                Metric.OPPORTUNITIES,
+                amount=amount,
+                rep=rep_id,
+                currency=currency,
+                stage=stage[:40],
+            )
+            _touch(work, at)
+        case LeadConvertedV1(revenue=revenue, currency=currency, rep_id=rep_id):
+            work.facts = replace(
+                facts,
+                rep=facts.rep or rep_id,
+                converted_at=facts.converted_at or at,
+                last_closed_at=max(filter(None, (facts.last_closed_at, at))),
+            )
+            sale = replace(work.facts, rep=rep_id)
+            work.increments.append(
+                Increment(
+                    hour_of(at), Metric.CONVERSIONS, _lead_dims(sale, currency=currency), 1, revenue
+                )
+            )
+            if facts.converted_at is None:
+                work.increments.append(
+                    Increment(hour_of(at), Metric.LEADS_CONVERTED, _lead_dims(sale))
+                )
+                if facts.enrolled_at is not None:
+                    seq, step_ = _nurture_dims(facts, None, None)
+                    work.increments.append(
+                        Increment(
+                            hour_of(at),
+                            Metric.CONVERTED_AFTER_NURTURE,
+                            _lead_dims(sale, currency=currency, sequence=seq, step=step_),
+                            1,
+                            revenue,
+                        )
+                    )
+            _reach(work, "converted", at, rep=rep_id)
+        case LeadLostV1(level=level):
+            lost = replace(
+                facts,
+                rep=event.rep_id or facts.rep,
+                lost_at=facts.lost_at or at,
+                last_closed_at=max(filter(None, (facts.last_closed_at, at))),
+            )
+            work.facts = lost
+            reason = (event.reason or NONE)[:REASON_MAX]
+            _count(work, at, Metric.LOSSES, level=str(level), reason=reason)
+            if facts.lost_at is None:
+                _count(work, at, Metric.LEADS_LOST, level=str(level))
+        case LeadEnrolledV1(sequence_id=sequence_id):
+            work.facts = replace(facts, enrolled_at=facts.enrolled_at or at, sequence=sequence_id)
+            if facts.enrolled_at is None:
+                _count(work, at, Metric.LEADS_ENROLLED, sequence=sequence_id)
+        case MessageSentV1(sequence_id=sequence_id, step=step, channel=channel):
+            work.facts = replace(facts, sequence=sequence_id, step=step)
+            _count(
+                work, at, Metric.MESSAGES_SENT, sequence=sequence_id, step=str(step), medium=channel
+            )
+        case MessageStatusUpdatedV1(status=status):
+            seq, step_ = _nurture_dims(facts, event.sequence_id, event.step)
+            _count(work, at, Metric.MESSAGE_STATUS, status=status, sequence=seq, step=step_)
+        case MessageFailedV1(sequence_id=sequence_id, step=step):
+            _count(work, at, Metric.MESSAGES_FAILED, sequence=sequence_id, step=str(step))
+        case EngagementRecordedV1(kind=kind):
+            seq, step_ = _nurture_dims(facts, event.sequence_id, event.step)
+            _count(work, at, Metric.ENGAGEMENTS, kind=kind, sequence=seq, step=step_)
+            _touch(work, at)
+        case LeadOptedOutV1(channel=channel):
+            seq, step_ = _nurture_dims(facts, event.sequence_id, None)
+            _count(work, at, Metric.OPTED_OUT, medium=channel, sequence=seq, step=step_)
+        case LeadRequalifiedV1():
+            seq, step_ = _nurture_dims(facts, event.sequence_id, None)
+            _count(work, at, Metric.REQUALIFIED, sequence=seq, step=step_)
+        case LeadErasedV1():
+            work.facts = replace(facts, erased=True)
+            work.forget_personal_data = True
+        case _:
+            pass
+    return work
+
+
+def _nurture_dims(facts: LeadFacts, sequence: str | None, step: int | None) -> tuple[str, str]:
+    """The sequence and step a nurture event belongs to. The step only ever comes from the
+    event (a sequence-level row otherwise): taking it from the last message read would
+    depend on the order events of different topics are read in."""
+    return sequence or facts.sequence or UNKNOWN, NONE if step is None else str(step)
+
+
+def open_key(facts: LeadFacts) -> OpenKey | None:
+    """The lead's place among open leads, None when it is not open: an open lead is
+    assigned and was not converted, lost or sent to nurture after its last assignment."""
+    if facts.is_test or facts.last_assigned_at is None:
+        return None
+    if facts.last_closed_at is not None and facts.last_closed_at >= facts.last_assigned_at:
+        return None
+    stage = next((s for s in reversed(STAGES) if s in facts.reached), "assigned")
+    awaiting_contact = "contacted" not in facts.reached
+    received = facts.received_at or facts.last_assigned_at
+    touched = facts.last_touch_at or received
+    return OpenKey(
+        channel=facts.channel or UNKNOWN,
+        source=facts.source or UNKNOWN,
+        campaign=facts.campaign or NONE,
+        pool=facts.current_pool or facts.pool or NONE,
+        rep=facts.rep or NONE,
+        stage=stage,
+        received_day=received.astimezone(UTC).date().isoformat(),
+        last_touch_day=touched.astimezone(UTC).date().isoformat(),
+        sla_due_hour=hour_key(facts.sla_due_at)
+        if awaiting_contact and facts.sla_due_at is not None
+        else NONE,
+    )
+
+
+def _complete(facts: LeadFacts) -> bool:
+    """Whether counters of the lead carry their final channel, source, campaign and pool."""
+    return facts.received_at is not None and facts.pool is not None
+
+
+def _moved(entry: Sequence[Any], facts: LeadFacts) -> Increment:
+    """A pending increment with what is now known of the lead's attribution and pool."""
+    old = _from_pending(entry)
+    values = dict(old.dimensions)
+    if facts.received_at is not None and values.get("channel") == UNKNOWN:
+        # Counted before the lead's attribution was known (a repeat inquiry keeps its own).
+        values.update(
+            channel=facts.channel or UNKNOWN,
+            source=facts.source or UNKNOWN,
+            campaign=facts.campaign or NONE,
+        )
+    if facts.pool is not None and not values.get("pool"):
+        values["pool"] = facts.pool
+    amount = old.amount
+    unknown_speed = old.metric is Metric.FIRST_CONTACTS and values.get("speed") == "unknown"
+    if unknown_speed and facts.first_contact_at is not None and facts.received_at is not None:
+        # The first contact was read before the lead's arrival time was known.
+        amount = (facts.first_contact_at - facts.received_at).total_seconds()
+        values["speed"] = speed_bucket(amount)
+    return dataclasses.replace(old, dimensions=dimensions(**values), amount=amount)
+
+
+def _pending_entry(increment: Increment) -> tuple[Any, ...]:
+    return (
+        hour_key(increment.hour),
+        increment.metric.value,
+        [list(pair) for pair in increment.dimensions],
+        increment.count,
+        increment.amount,
+    )
+
+
+def _from_pending(entry: Sequence[Any]) -> Increment:
+    hour, metric, dims, count, amount = entry
+    return Increment(
+        hour_from_key(hour), Metric(metric), tuple((k, v) for k, v in dims), count, amount
+    )
+
+
+def settle(before: LeadFacts, work: _Work) -> tuple[LeadFacts, list[Increment], list[GaugeMove]]:
+    """Turn one event's work into what is counted: nothing for a test lead; increments
+    counted before the lead's attribution and home pool were known are remembered
+    (`pending`) and moved once both are, whatever order the events came in."""
+    facts = work.facts
+    increments: list[Increment] = []
+    if facts.is_test:
+        # Known to be a test lead only now: take back what its earlier events counted.
+        for entry in before.pending:
+            old = _from_pending(entry)
+            increments.append(dataclasses.replace(old, count=-old.count, amount=-old.amount))
+        facts = dataclasses.replace(facts, pending=())
+    else:
+        increments.extend(work.increments)
+        pending = list(before.pending)
+        learned = (before.received_at is None and facts.received_at is not None) or (
+            before.pool is None and facts.pool is not None
+        )
+        if learned and pending:
+            # Move what was counted before to where the lead is now known to belong.
+            still: list[tuple[Any, ...]] = []
+            for entry in pending:
+                old = _from_pending(entry)
+                moved = _moved(entry, facts)
+                increments.append(dataclasses.replace(old, count=-old.count, amount=-old.amount))
+                increments.append(moved)
+                still.append(_pending_entry(moved))
+            pending = still
+        if _complete(facts):
+            pending = []
+        else:
+            pending.extend(_pending_entry(i) for i in work.increments)
+        facts = dataclasses.replace(facts, pending=tuple(pending[-PENDING_MAX:]))
+    gauge: list[GaugeMove] = []
+    new_key = open_key(facts)
+    if new_key != before.open_key:
+        if before.open_key is not None:
+            gauge.append(GaugeMove(before.open_key, -1))
+        if new_key is not None:
+            gauge.append(GaugeMove(new_key, 1))
+        facts = dataclasses.replace(facts, open_key=new_key)
+    return facts, increments, gauge
+
+
+# --- a batch --------------------------------------------------------------------------------
+
+
+def stored_payload(event: Event, *, erased: bool) -> dict[str, Any]:
+    """The event as JSON-able data for the event store; without personal data once the
+    lead is erased (an event can arrive after the erasure, on another topic)."""
+    payload = event.model_dump(mode="json")
+    if erased:
+        for name in PERSONAL_FIELDS:
+            payload.pop(name, None)
+    return payload
+
+
+def is_campaign(event: Event) -> bool:
+    return isinstance(event, CampaignSavedV1)
 
 
 def tally_batch(
     events: Sequence[Event],
     known: Mapping[str, LeadFacts],
-    zone: ZoneInfo,
     recorded_at: datetime,
 ) -> BatchTally:
-    """Tally `events` in order, each on the facts its predecessors left (`tally_event`)."""
+    """Tally `events` in order, each on the facts its predecessors left."""
     facts = dict(known)
     changed: dict[str, LeadFacts] = {}
     increments: list[Increment] = []
+    gauge: list[GaugeMove] = []
     recorded: list[RecordedEvent] = []
+    campaigns: dict[str, Campaign] = {}
     erased: set[str] = set()
+    unknown = 0
     for event in events:
-        before = facts.get(event.lead_id, LeadFacts(event.lead_id))
-        tally = tally_event(event, before, zone)
-        recorded.append(
-            RecordedEvent(
-                event_id=str(event.event_id),
-                event_type=event.event_type,
-                lead_id=event.lead_id,
-                occurred_at=event.occurred_at,
-                recorded_at=recorded_at,
-                payload=stored_payload(event, erased=tally.facts.erased),
+        known_type = is_known(event)
+        if not known_type:
+            unknown += 1
+            increments.append(
+                Increment(
+                    hour_of(event.occurred_at),
+                    Metric.UNKNOWN_EVENTS,
+                    dimensions(event_type=event.event_type[:64], version=str(event.schema_version)),
+                )
             )
+            recorded.append(_recorded(event, recorded_at, event.model_dump(mode="json"), False))
+            continue
+        if isinstance(event, CampaignSavedV1):
+            campaign = campaign_of(event)
+            previous = campaigns.get(campaign.campaign_id)
+            if previous is None or campaign.saved_at >= previous.saved_at:
+                campaigns[campaign.campaign_id] = campaign
+            recorded.append(_recorded(event, recorded_at, event.model_dump(mode="json"), True))
+            continue
+        before = facts.get(event.lead_id, LeadFacts(event.lead_id))
+        work = tally_event(event, before)
+        after, counted, moves = settle(before, work)
+        recorded.append(
+            _recorded(event, recorded_at, stored_payload(event, erased=after.erased), True)
         )
-        increments.extend(tally.increments)
-        if tally.forget_personal_data:
+        increments.extend(counted)
+        gauge.extend(moves)
+        if work.forget_personal_data:
             erased.add(event.lead_id)
-        if tally.facts != before:
-            facts[event.lead_id] = changed[event.lead_id] = tally.facts
+        if after != before:
+            facts[event.lead_id] = changed[event.lead_id] = after
     return BatchTally(
         recorded=tuple(recorded),
         facts=tuple(changed.values()),
         increments=tuple(merge_increments(increments)),
+        gauge=tuple(merge_gauge(gauge)),
+        campaigns=tuple(campaigns.values()),
         erased_leads=frozenset(erased),
+        unknown_events=unknown,
+    )
+
+
+def _recorded(
+    event: Event, recorded_at: datetime, payload: dict[str, Any], known: bool
+) -> RecordedEvent:
+    return RecordedEvent(
+        event_id=str(event.event_id),
+        event_type=event.event_type,
+        lead_id=event.lead_id,
+        occurred_at=event.occurred_at,
+        recorded_at=recorded_at,
+        payload=payload,
+        known=known,
+    )
+
+
+def campaign_of(event: CampaignSavedV1) -> Campaign:
+    return Campaign(
+        campaign_id=event.campaign_id,
+        name=event.name,
+        channel=event.channel,
+        cost=event.cost,
+        currency=event.currency,
+        starts_on=None if event.starts_on is None else event.starts_on.isoformat(),
+        ends_on=None if event.ends_on is None else event.ends_on.isoformat(),
+        saved_at=event.occurred_at,
     )
 
 
 def merge_increments(increments: Iterable[Increment]) -> list[Increment]:
-    """Increments of the same counter added into one."""
-    merged: dict[tuple[date, Metric, Dimensions], Increment] = {}
+    """Increments of the same counter added into one (those that cancel out dropped)."""
+    merged: dict[tuple[datetime, Metric, Dimensions], Increment] = {}
     for increment in increments:
-        key = (increment.day, increment.metric, increment.dimensions)
+        key = (increment.hour, increment.metric, increment.dimensions)
         known = merged.get(key)
         merged[key] = (
             increment
             if known is None
             else dataclasses.replace(
-                known,
-                count=known.count + increment.count,
-                amount=known.amount + increment.amount,
+                known, count=known.count + increment.count, amount=known.amount + increment.amount
             )
         )
-    return list(merged.values())
+    return [i for i in merged.values() if i.count != 0 or abs(i.amount) > 1e-9]
 
 
-# --- reports -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Bucket:
-    """One stored counter: a metric's total for one day and one set of dimensions."""
-
-    day: date
-    metric: Metric
-    dimensions: Mapping[str, str]
-    count: int
-    amount: float = 0.0
-
-
-class PeriodError(ValueError):
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(reason)
-        self.field = field
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class Period:
-    """Report days, both ends included, in the report time zone."""
-
-    first_day: date
-    last_day: date
-
-
-def report_period(
-    first_day: date | None, last_day: date | None, *, today: date, max_days: int
-) -> Period:
-    """The period a report covers: `to` defaults to today, `from` to the first of `to`'s
-    month (month to date, what a sales meeting looks at). Raises PeriodError naming the
-    query field that is wrong."""
-    last = last_day or today
-    first = first_day or last.replace(day=1)
-    if first > last:
-        raise PeriodError("from", f"'from' ({first}) is after 'to' ({last})")
-    days = (last - first).days + 1
-    if days > max_days:
-        raise PeriodError("from", f"a report covers at most {max_days} days; this asks {days}")
-    return Period(first, last)
-
-
-SUMMARY_METRICS = (
-    Metric.LEADS_RECEIVED,
-    Metric.INQUIRIES,
-    Metric.LEADS_ASSIGNED,
-    Metric.LEADS_LOST,
-    Metric.LEADS_ENROLLED,
-    Metric.LEADS_CONVERTED,
-    Metric.CONVERSIONS,
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    leads_received: int = 0
-    inquiries: int = 0
-    leads_assigned: int = 0
-    leads_lost: int = 0
-    lost_by_level: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(LOSS_LEVELS, 0))
-    leads_enrolled: int = 0
-    leads_converted: int = 0
-    revenue: float = 0.0
-
-
-def summarise(buckets: Iterable[Bucket]) -> Summary:
-    """Add the buckets of a period up into the summary figures."""
-    counts: Counter[Metric] = Counter()
-    lost_by_level = dict.fromkeys(LOSS_LEVELS, 0)
-    revenue = 0.0
-    for bucket in buckets:
-        counts[bucket.metric] += bucket.count
-        if bucket.metric is Metric.LEADS_LOST:
-            level = bucket.dimensions.get("level", UNKNOWN)
-            lost_by_level[level] = lost_by_level.get(level, 0) + bucket.count
-        elif bucket.metric is Metric.CONVERSIONS:
-            revenue += bucket.amount
-    return Summary(
-        leads_received=counts[Metric.LEADS_RECEIVED],
-        inquiries=counts[Metric.INQUIRIES],
-        leads_assigned=counts[Metric.LEADS_ASSIGNED],
-        leads_lost=counts[Metric.LEADS_LOST],
-        lost_by_level=lost_by_level,
-        leads_enrolled=counts[Metric.LEADS_ENROLLED],
-        leads_converted=counts[Metric.LEADS_CONVERTED],
-        revenue=round(revenue, 2),
-    )
-
-
-CHANNEL_METRICS = (
-    Metric.INQUIRIES,
-    Metric.LEADS_RECEIVED,
-    Metric.LEADS_CONVERTED,
-    Metric.CONVERSIONS,
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelFigures:
-    channel: str
-    inquiries: int = 0
-    leads_received: int = 0
-    leads_converted: int = 0
-    revenue: float = 0.0
-
-
-def figures_by_channel(buckets: Iterable[Bucket]) -> list[ChannelFigures]:
-    """Inquiries, new leads, conversions and revenue per channel, busiest channel first.
-    A sale counts for the channel its lead first came in through."""
-    totals: dict[str, Counter[Metric]] = {}
-    revenue: defaultdict[str, float] = defaultdict(float)
-    for bucket in buckets:
-        channel = bucket.dimensions.get("channel", UNKNOWN)
-        totals.setdefault(channel, Counter())[bucket.metric] += bucket.count
-        if bucket.metric is Metric.CONVERSIONS:
-            revenue[channel] += bucket.amount
-    rows = [
-        ChannelFigures(
-            channel=channel,
-            inquiries=counts[Metric.INQUIRIES],
-            leads_received=counts[Metric.LEADS_RECEIVED],
-            leads_converted=counts[Metric.LEADS_CONVERTED],
-            revenue=round(revenue[channel], 2),
-        )
-        for channel, counts in totals.items()
-    ]
-    return sorted(rows, key=lambda row: (-row.inquiries, -row.leads_received, row.channel))
+def merge_gauge(moves: Iterable[GaugeMove]) -> list[GaugeMove]:
+    merged: dict[OpenKey, int] = {}
+    for move in moves:
+        merged[move.key] = merged.get(move.key, 0) + move.count
+    return [GaugeMove(key, count) for key, count in merged.items() if count != 0]

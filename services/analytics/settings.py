@@ -12,7 +12,9 @@ class Settings(ServiceSettings):
     database: str = "leadflow_analytics"
     port: int = 8004
     report_timezone: ZoneInfo = ZoneInfo("UTC")
-    """IANA zone (e.g. "Asia/Seoul") whose calendar days and months the reports count in.
-    Events are bucketed when they arrive: changing it later does not move what was counted."""
+    """IANA zone (e.g. "Asia/Seoul") whose days and months reports count in by default; a
+    report can ask for another with `tz` (counters are hourly, in UTC)."""
     max_report_days: int = Field(default=1096, ge=1)
     """The longest period one report may cover (three years by default)."""
+    forgotten_after_days: int = Field(default=3, ge=1)
+    """An open lead nobody touched for this many days counts as forgotten."""

@@ -1,19 +1,20 @@
-"""Analytics' persistence, in the `leadflow_analytics` database. Decisions live in `rules`,
-the steps of each flow in `usecases`.
+"""Analytics' persistence, in the `leadflow_analytics` database. Decisions live in `rules`
+and `reports`, the steps of each flow in `usecases`.
 
-- `events`: every consumed event once, `_id` = event_id (the event store).
-- `lead_facts`: per lead, the day it first reached each stage and where it came from.
-- `daily_counters`: one document per day, metric and dimensions, incremented in the same
-  transaction as the events are stored, so a report sums a few documents per day instead
-  of scanning the event store.
+- `events`: every consumed event once, `_id` = event_id (the event store, and the inbox);
+  events of an unknown type or version too, with `known: false`.
+- `lead_facts`: per lead, what the next event needs (attribution, stages reached, ...).
+- `counters`: one document per UTC hour, metric and dimensions, incremented in the same
+  transaction as the events are stored, so a report sums counters instead of scanning the
+  event store; `open_leads`: the gauge of open leads by where they stand; `campaigns`:
+  the last saved version of each campaign.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import asdict
-from datetime import date
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from pymongo import ASCENDING, ReplaceOne, UpdateOne
@@ -23,24 +24,37 @@ from leadflow.chassis.store import Database, Document, EventLedger, Session, fin
 from services.analytics.rules import (
     PERSONAL_FIELDS,
     BatchTally,
-    Bucket,
+    Campaign,
+    GaugeMove,
     Increment,
     LeadFacts,
     Metric,
-    Period,
+    OpenKey,
+    counter_key,
+    hour_from_key,
+    hour_key,
 )
 from shared.events import Event
 
 T = TypeVar("T")
 
-_FACT_DAYS = ("received_on", "assigned_on", "lost_on", "enrolled_on", "converted_on")
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Bucket:
+    """One stored counter: a metric's total for one UTC hour and one set of dimensions."""
+
+    hour: datetime
+    metric: Metric
+    dimensions: Mapping[str, str]
+    count: int
+    amount: float = 0.0
 
 
 class RecordingBatch(Protocol):
     """What a use case may read and write while recording one batch (one transaction)."""
 
     async def lead_facts(self, lead_ids: Collection[str]) -> dict[str, LeadFacts]: ...
-    async def save(self, tally: BatchTally) -> None: ...
+    async def save(self, tally: BatchTally, *, store_events: bool = True) -> None: ...
 
 
 BatchWork = Callable[[RecordingBatch, list[Event]], Awaitable[T]]
@@ -53,22 +67,51 @@ class AnalyticsStore(Protocol):
         that also remembers them; None (nothing written) when every one was known."""
         ...
 
-    async def buckets(self, metrics: Sequence[Metric], period: Period) -> list[Bucket]: ...
+    async def counters(
+        self,
+        metrics: Collection[Metric],
+        first_hour: datetime,
+        last_hour: datetime,
+        filters: Mapping[str, str],
+    ) -> list[Bucket]:
+        """Counters of `metrics` for the hours from `first_hour` to `last_hour` (both
+        included) whose dimensions match every filter."""
+        ...
+
+    async def open_leads(self, filters: Mapping[str, str]) -> list[tuple[OpenKey, int]]: ...
+    async def campaigns(self) -> list[Campaign]: ...
     async def timeline(self, lead_id: str, *, limit: int) -> list[Document]: ...
+    async def events_stored(self) -> int: ...
+
+    # --- rebuild ---
+    async def clear_rollups(self) -> None:
+        """Drop every roll-up (facts, counters, gauge, campaigns); the event store stays."""
+        ...
+
+    def stored_events(self, chunk: int) -> AsyncIterator[list[Document]]:
+        """Every stored event, oldest first (by occurred_at, then arrival), in chunks."""
+        ...
+
+    async def rebuild_batch(self, work: Callable[[RecordingBatch], Awaitable[T]]) -> T:
+        """Run `work` in one transaction, without touching the event store."""
+        ...
 
 
 class MongoAnalyticsStore:
     def __init__(self, database: Database, ledger: EventLedger) -> None:
         self._events: MongoCollection = database["events"]
         self._facts: MongoCollection = database["lead_facts"]
-        self._counters: MongoCollection = database["daily_counters"]
+        self._counters: MongoCollection = database["counters"]
+        self._open: MongoCollection = database["open_leads"]
+        self._campaigns: MongoCollection = database["campaigns"]
         self._ledger = ledger
 
     async def ensure_indexes(self) -> None:
         await self._events.create_index(
             [("lead_id", ASCENDING), ("occurred_at", ASCENDING), ("recorded_at", ASCENDING)]
         )
-        await self._counters.create_index([("metric", ASCENDING), ("day", ASCENDING)])
+        await self._events.create_index([("occurred_at", ASCENDING), ("recorded_at", ASCENDING)])
+        await self._counters.create_index([("metric", ASCENDING), ("hour", ASCENDING)])
 
     async def record_batch(self, consumed: Sequence[Event], work: BatchWork[T]) -> T | None:
         async def in_transaction(session: Session, fresh: list[Event]) -> tuple[T, list[Event]]:
@@ -77,24 +120,37 @@ class MongoAnalyticsStore:
         # The event store holds every recorded event by id: it is the inbox too.
         return await self._ledger.commit_batch(consumed, in_transaction, recorded_in=self._events)
 
-    async def buckets(self, metrics: Sequence[Metric], period: Period) -> list[Bucket]:
-        cursor = self._counters.find(
-            {
-                "metric": {"$in": [metric.value for metric in metrics]},
-                "day": {"$gte": period.first_day.isoformat(), "$lte": period.last_day.isoformat()},
-            },
-            {"_id": 0},
-        )
+    async def counters(
+        self,
+        metrics: Collection[Metric],
+        first_hour: datetime,
+        last_hour: datetime,
+        filters: Mapping[str, str],
+    ) -> list[Bucket]:
+        query: dict[str, Any] = {
+            "metric": {"$in": sorted(metric.value for metric in metrics)},
+            "hour": {"$gte": hour_key(first_hour), "$lte": hour_key(last_hour)},
+        }
+        query.update({f"dimensions.{name}": value for name, value in filters.items()})
         return [
             Bucket(
-                day=date.fromisoformat(doc["day"]),
+                hour=hour_from_key(doc["hour"]),
                 metric=Metric(doc["metric"]),
                 dimensions=doc["dimensions"],
                 count=doc["count"],
                 amount=doc["amount"],
             )
-            async for doc in cursor
+            async for doc in self._counters.find(query, {"_id": 0})
+            if doc["count"] or doc["amount"]
         ]
+
+    async def open_leads(self, filters: Mapping[str, str]) -> list[tuple[OpenKey, int]]:
+        query: dict[str, Any] = {"count": {"$gt": 0}}
+        query.update({f"key.{name}": value for name, value in filters.items()})
+        return [(OpenKey(**doc["key"]), doc["count"]) async for doc in self._open.find(query)]
+
+    async def campaigns(self) -> list[Campaign]:
+        return [campaign_from_document(doc) async for doc in self._campaigns.find({})]
 
     async def timeline(self, lead_id: str, *, limit: int) -> list[Document]:
         """The lead's recorded events, oldest first (ties in arrival order)."""
@@ -104,6 +160,42 @@ class MongoAnalyticsStore:
             .limit(limit)
         )
         return [doc async for doc in cursor]
+
+    async def events_stored(self) -> int:
+        return await self._events.estimated_document_count()
+
+    async def clear_rollups(self) -> None:
+        for collection in (self._facts, self._counters, self._open, self._campaigns):
+            await collection.delete_many({})
+
+    async def stored_events(self, chunk: int) -> AsyncIterator[list[Document]]:
+        # Paged by (occurred_at, recorded_at, _id) rather than one long cursor: a cursor
+        # left open across transactions may time out on a large store.
+        last: tuple[Any, Any, Any] | None = None
+        order = [("occurred_at", ASCENDING), ("recorded_at", ASCENDING), ("_id", ASCENDING)]
+        while True:
+            query: dict[str, Any] = {}
+            if last is not None:
+                at, recorded, event_id = last
+                query = {
+                    "$or": [
+                        {"occurred_at": {"$gt": at}},
+                        {"occurred_at": at, "recorded_at": {"$gt": recorded}},
+                        {"occurred_at": at, "recorded_at": recorded, "_id": {"$gt": event_id}},
+                    ]
+                }
+            page = [doc async for doc in self._events.find(query).sort(order).limit(chunk)]
+            if not page:
+                return
+            yield page
+            tail = page[-1]
+            last = (tail["occurred_at"], tail["recorded_at"], tail["_id"])
+
+    async def rebuild_batch(self, work: Callable[[RecordingBatch], Awaitable[T]]) -> T:
+        async def transaction(session: Session) -> tuple[T, list[Event]]:
+            return await work(_MongoRecordingBatch(self, session)), []
+
+        return await self._ledger.commit(transaction)
 
 
 class _MongoRecordingBatch:
@@ -117,9 +209,9 @@ class _MongoRecordingBatch:
         self._stored_facts.update(doc["_id"] for doc in found)
         return {doc["_id"]: facts_from_document(doc) for doc in found}
 
-    async def save(self, tally: BatchTally) -> None:
+    async def save(self, tally: BatchTally, *, store_events: bool = True) -> None:
         store, session = self._store, self._session
-        if tally.recorded:
+        if tally.recorded and store_events:
             await store._events.insert_many(
                 [
                     {
@@ -128,6 +220,7 @@ class _MongoRecordingBatch:
                         "lead_id": event.lead_id,
                         "occurred_at": event.occurred_at,
                         "recorded_at": event.recorded_at,
+                        "known": event.known,
                         "payload": dict(event.payload),
                     }
                     for event in tally.recorded
@@ -149,6 +242,7 @@ class _MongoRecordingBatch:
             await store._facts.insert_many(
                 [facts_document(facts) for facts in first], session=session
             )
+            self._stored_facts.update(facts.lead_id for facts in first)
         if known:
             await store._facts.bulk_write(
                 [ReplaceOne({"_id": facts.lead_id}, facts_document(facts)) for facts in known],
@@ -161,16 +255,47 @@ class _MongoRecordingBatch:
                 ordered=False,
                 session=session,
             )
+        if tally.gauge:
+            await store._open.bulk_write(
+                [gauge_update(move) for move in tally.gauge], ordered=False, session=session
+            )
+        if tally.campaigns:
+            # The newest version of a campaign wins, whatever order versions arrive in.
+            stored = {
+                doc["_id"]: doc["saved_at"]
+                for doc in await find_in(
+                    store._campaigns,
+                    "_id",
+                    [c.campaign_id for c in tally.campaigns],
+                    session=session,
+                    projection={"saved_at": 1},
+                )
+            }
+            newer = [
+                campaign
+                for campaign in tally.campaigns
+                if campaign.campaign_id not in stored
+                or stored[campaign.campaign_id] <= campaign.saved_at
+            ]
+            if newer:
+                await store._campaigns.bulk_write(
+                    [
+                        ReplaceOne({"_id": c.campaign_id}, campaign_document(c), upsert=True)
+                        for c in newer
+                    ],
+                    ordered=False,
+                    session=session,
+                )
 
 
 def counter_update(increment: Increment) -> UpdateOne:
-    # The key spells out day, metric and dimensions, so concurrent first increments of
+    # The key spells out hour, metric and dimensions, so concurrent first increments of
     # one counter upsert one document rather than two.
     return UpdateOne(
         {"_id": counter_key(increment)},
         {
             "$setOnInsert": {
-                "day": increment.day.isoformat(),
+                "hour": hour_key(increment.hour),
                 "metric": increment.metric.value,
                 "dimensions": dict(increment.dimensions),
             },
@@ -180,37 +305,69 @@ def counter_update(increment: Increment) -> UpdateOne:
     )
 
 
-def counter_key(increment: Increment) -> str:
-    return json.dumps(
-        [increment.day.isoformat(), increment.metric.value, increment.dimensions],
-        separators=(",", ":"),
-        ensure_ascii=False,
+def gauge_key(key: OpenKey) -> str:
+    return "|".join(value for _, value in key.as_dimensions())
+
+
+def gauge_update(move: GaugeMove) -> UpdateOne:
+    return UpdateOne(
+        {"_id": gauge_key(move.key)},
+        {"$setOnInsert": {"key": dataclasses.asdict(move.key)}, "$inc": {"count": move.count}},
+        upsert=True,
     )
 
 
+_FACT_TIMES = (
+    "received_at",
+    "first_contact_at",
+    "last_assigned_at",
+    "last_closed_at",
+    "last_touch_at",
+    "sla_due_at",
+    "lost_at",
+    "enrolled_at",
+    "converted_at",
+)
+
+
 def facts_document(facts: LeadFacts) -> Document:
-    document: dict[str, Any] = asdict(facts)
+    document: dict[str, Any] = {
+        name: getattr(facts, name) for name in (f.name for f in dataclasses.fields(facts))
+    }
     document["_id"] = document.pop("lead_id")
-    for name in _FACT_DAYS:
-        day = document[name]
-        document[name] = None if day is None else day.isoformat()
+    document["reached"] = dict(facts.reached)
+    document["pending"] = [list(entry) for entry in facts.pending]
+    document["open_key"] = None if facts.open_key is None else dataclasses.asdict(facts.open_key)
     return document
 
 
 def facts_from_document(document: Document) -> LeadFacts:
-    def day(name: str) -> date | None:
-        value = document.get(name)
-        return None if value is None else date.fromisoformat(value)
-
+    values = {name: document.get(name) for name in _FACT_TIMES}
+    open_key = document.get("open_key")
     return LeadFacts(
         lead_id=document["_id"],
         channel=document.get("channel"),
+        source=document.get("source"),
         campaign=document.get("campaign"),
-        rep_id=document.get("rep_id"),
-        received_on=day("received_on"),
-        assigned_on=day("assigned_on"),
-        lost_on=day("lost_on"),
-        enrolled_on=day("enrolled_on"),
-        converted_on=day("converted_on"),
+        pool=document.get("pool"),
+        current_pool=document.get("current_pool"),
+        rep=document.get("rep"),
+        is_test=bool(document.get("is_test", False)),
         erased=bool(document.get("erased", False)),
+        reached=dict(document.get("reached") or {}),
+        sequence=document.get("sequence"),
+        step=document.get("step"),
+        pending=tuple(tuple(entry) for entry in document.get("pending") or ()),
+        open_key=None if open_key is None else OpenKey(**open_key),
+        **values,
     )
+
+
+def campaign_document(campaign: Campaign) -> Document:
+    document: dict[str, Any] = dataclasses.asdict(campaign)
+    document["_id"] = document["campaign_id"]
+    return document
+
+
+def campaign_from_document(document: Document) -> Campaign:
+    return Campaign(**{field.name: document[field.name] for field in dataclasses.fields(Campaign)})

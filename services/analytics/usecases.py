@@ -2,40 +2,166 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from zoneinfo import ZoneInfo
+from typing import Any
 
 import structlog
+from prometheus_client import Counter
 
 from leadflow.chassis.clock import Clock
-from services.analytics.rules import tally_batch
+from services.analytics import reports
+from services.analytics.events import PARSER, RawEvent
+from services.analytics.reports import Report, ReportQuery
+from services.analytics.rules import LeadFacts, is_campaign, tally_batch
 from services.analytics.store import AnalyticsStore, RecordingBatch
 from shared.events import Event
 
 log = structlog.get_logger(__name__)
 
+UNKNOWN_EVENTS = Counter(
+    "leadflow_analytics_unknown_events_total",
+    "Events of a type or version analytics does not know: stored raw and counted",
+    ["event_type", "version"],
+)
+
+
+async def _tally_and_save(
+    batch: RecordingBatch, events: Sequence[Event], now: datetime, *, store_events: bool
+) -> int:
+    lead_ids = {event.lead_id for event in events if not is_campaign(event)}
+    known: dict[str, LeadFacts] = await batch.lead_facts(lead_ids) if lead_ids else {}
+    tally = tally_batch(events, known, recorded_at=now)
+    await batch.save(tally, store_events=store_events)
+    return tally.unknown_events
+
 
 class RecordEvents:
-    """Store each consumed event once and move the counters it implies."""
+    """Store each consumed event once and move the roll-ups it implies."""
 
-    def __init__(self, store: AnalyticsStore, *, zone: ZoneInfo, clock: Clock) -> None:
+    def __init__(self, store: AnalyticsStore, *, clock: Clock) -> None:
         self._store = store
-        self._zone = zone
         self._clock = clock
 
     async def __call__(self, events: Sequence[Event]) -> int:
         """Record a batch in one transaction; returns how many events were new."""
+        unknown: list[Event] = []
 
         async def record(batch: RecordingBatch, fresh: list[Event]) -> int:
-            known = await batch.lead_facts({event.lead_id for event in fresh})
-            await batch.save(tally_batch(fresh, known, self._zone, recorded_at=self._now()))
+            unknown[:] = [e for e in fresh if isinstance(e, RawEvent)]
+            await _tally_and_save(batch, fresh, self._clock(), store_events=True)
             return len(fresh)
 
         recorded = await self._store.record_batch(events, record) or 0
+        for event in unknown:
+            UNKNOWN_EVENTS.labels(event.event_type[:64], str(event.schema_version)).inc()
+            log.warning(
+                "event of an unknown type or version stored raw",
+                event_type=event.event_type,
+                schema_version=event.schema_version,
+                event_id=str(event.event_id),
+            )
         if recorded < len(events):
             log.debug("events already recorded", skipped=len(events) - recorded)
         return recorded
 
-    def _now(self) -> datetime:
-        return self._clock()
+
+class RebuildRollups:
+    """Every roll-up again from the event store: facts, counters, the open-lead gauge and
+    campaigns are dropped and the stored events tallied oldest first, in chunks."""
+
+    def __init__(self, store: AnalyticsStore, *, clock: Clock, chunk: int = 1000) -> None:
+        self._store = store
+        self._clock = clock
+        self._chunk = chunk
+
+    async def __call__(self, progress: Callable[[int], None] | None = None) -> int:
+        await self._store.clear_rollups()
+        done = 0
+        async for documents in self._store.stored_events(self._chunk):
+            events = [event_from_document(doc) for doc in documents]
+
+            async def work(batch: RecordingBatch, events: list[Event] = events) -> int:
+                return await _tally_and_save(batch, events, self._clock(), store_events=False)
+
+            await self._store.rebuild_batch(work)
+            done += len(events)
+            if progress is not None:
+                progress(len(events))
+        log.info("analytics roll-ups rebuilt", events=done)
+        return done
+
+
+def event_from_document(document: dict[str, Any]) -> Event:
+    """A stored event parsed again as what the consumer read (raw when unknown)."""
+    return PARSER.validate_python(document["payload"])
+
+
+class BuildReport:
+    """Load what a report needs (counters of the period, the gauge, campaigns) and build it."""
+
+    def __init__(self, store: AnalyticsStore) -> None:
+        self._store = store
+
+    async def __call__(self, name: str, query: ReportQuery) -> Report:
+        store, filters = self._store, query.filters
+
+        async def counters(metrics: frozenset[Any], q: ReportQuery = query) -> list[Any]:
+            return await store.counters(metrics, q.first_hour, q.last_hour, filters)
+
+        match name:
+            case "summary":
+                return reports.summary(query, await counters(reports.SUMMARY_METRICS))
+            case "monthly":
+                previous = query.previous()
+                return reports.monthly(
+                    query,
+                    await counters(reports.MONTHLY_METRICS),
+                    await counters(reports.MONTHLY_METRICS, previous),
+                )
+            case "channels":
+                return reports.channels(query, await counters(reports.CHANNEL_METRICS))
+            case "campaigns":
+                return reports.campaigns(
+                    query, await counters(reports.CAMPAIGN_METRICS), await store.campaigns()
+                )
+            case "reps":
+                return reports.reps(
+                    query, await counters(reports.REP_METRICS), await store.open_leads(filters)
+                )
+            case "speed":
+                return reports.speed(
+                    query, await counters(reports.SPEED_METRICS), await store.open_leads(filters)
+                )
+            case "losses":
+                return reports.losses(query, await counters(reports.LOSS_METRICS))
+            case "walk-ins":
+                return reports.walk_ins(query, await counters(reports.WALK_IN_METRICS))
+            case "nurture":
+                return reports.nurture(query, await counters(reports.NURTURE_METRICS))
+            case "forecast":
+                return reports.forecast(
+                    query,
+                    await counters(reports.FORECAST_METRICS),
+                    await store.open_leads(filters),
+                )
+            case "ingest":
+                return reports.ingest(
+                    query, await counters(reports.INGEST_METRICS), await store.events_stored()
+                )
+        raise KeyError(name)
+
+
+REPORTS: dict[str, str] = {
+    "summary": "Lead funnel and revenue for a period",
+    "monthly": "Monthly sales report: inquiries, visits, conversions, revenue, month over month",
+    "channels": "Channel and source analysis",
+    "campaigns": "Campaigns: leads, opportunities, conversions, revenue, cost, CPL, ROI",
+    "reps": "Per-rep funnel: calls to bookings, consultations to sales, open and overdue",
+    "speed": "Speed to lead: first contact times, SLA breaches, aging, forgotten leads",
+    "losses": "Losses by level and reason",
+    "walk-ins": "Walk-in contact retention against 95 % and satisfaction scores",
+    "nurture": "Nurture performance per sequence and step",
+    "forecast": "Funnel by stage and next month's forecast from the open pipeline",
+    "ingest": "Events stored, and events of an unknown type or version",
+}

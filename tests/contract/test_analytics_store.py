@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime
-from zoneinfo import ZoneInfo
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from services.analytics.rules import Metric, Period, tally_batch
-from services.analytics.store import AnalyticsStore, MongoAnalyticsStore, RecordingBatch
-from services.analytics.usecases import RecordEvents
+from services.analytics.events import PARSER
+from services.analytics.rules import Metric, tally_batch
+from services.analytics.store import (
+    AnalyticsStore,
+    Bucket,
+    MongoAnalyticsStore,
+    RecordingBatch,
+)
+from services.analytics.usecases import RebuildRollups, RecordEvents
 from shared.events import (
+    ActivityLoggedV1,
     Attribution,
+    CampaignSavedV1,
     Contact,
     Event,
     LeadAssignedV1,
+    LeadConvertedV1,
     LeadErasedV1,
     LeadReceivedV1,
 )
 from tests.contract.conftest import NOW, STORE_KINDS, mongo_parts
 from tests.fakes.analytics import InMemoryAnalyticsStore
 
-DAY = date(2026, 11, 23)
-PERIOD = Period(DAY, DAY)
+FIRST_HOUR = NOW.replace(hour=0)
+LAST_HOUR = NOW.replace(hour=23)
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -37,13 +45,16 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[AnalyticsStore]
         yield mongo
 
 
-def received(lead_id: str, channel: str = "web_form") -> LeadReceivedV1:
+def received(
+    lead_id: str, channel: str = "web_form", *, at: datetime = NOW, is_test: bool = False
+) -> LeadReceivedV1:
     return LeadReceivedV1(
         lead_id=lead_id,
-        occurred_at=NOW,
+        occurred_at=at,
         contact=Contact(name="Dana Kim", email=f"{lead_id}@example.com"),
-        attribution=Attribution(source="website", channel=channel),
+        attribution=Attribution(source="website", channel=channel, campaign_id="c1"),
         message="call me",
+        is_test=is_test,
     )
 
 
@@ -53,12 +64,17 @@ def assigned(lead_id: str, rep_id: str, at: datetime = NOW) -> LeadAssignedV1:
     )
 
 
+def sold(lead_id: str, revenue: float, at: datetime = NOW) -> LeadConvertedV1:
+    return LeadConvertedV1(lead_id=lead_id, rep_id="r1", occurred_at=at, revenue=revenue)
+
+
 def record(store: AnalyticsStore) -> RecordEvents:
-    return RecordEvents(store, zone=ZoneInfo("UTC"), clock=lambda: NOW)
+    return RecordEvents(store, clock=lambda: NOW)
 
 
-async def counts(store: AnalyticsStore, metric: Metric) -> int:
-    return sum(b.count for b in await store.buckets([metric], PERIOD))
+async def counts(store: AnalyticsStore, metric: Metric, **filters: str) -> int:
+    buckets = await store.counters({metric}, FIRST_HOUR, LAST_HOUR, filters)
+    return sum(b.count for b in buckets)
 
 
 async def test_a_batch_is_recorded_once_even_when_delivered_again(store: AnalyticsStore) -> None:
@@ -67,7 +83,8 @@ async def test_a_batch_is_recorded_once_even_when_delivered_again(store: Analyti
     assert await record(store)(batch) == 0  # redelivered: nothing new
     assert await record(store)([*batch, received("c")]) == 1  # only the new one
     assert await counts(store, Metric.LEADS_RECEIVED) == 3
-    assert await counts(store, Metric.LEADS_ASSIGNED) == 1
+    assert await counts(store, Metric.REACHED, stage="assigned") == 1
+    assert await counts(store, Metric.ASSIGNMENTS) == 1
 
 
 async def test_the_same_event_twice_in_one_batch_counts_once(store: AnalyticsStore) -> None:
@@ -81,7 +98,7 @@ async def test_a_failing_unit_of_work_leaves_nothing_behind(store: AnalyticsStor
 
     async def fail_after_saving(batch: RecordingBatch, fresh: list[Event]) -> None:
         known = await batch.lead_facts({e.lead_id for e in fresh})
-        await batch.save(tally_batch(fresh, known, ZoneInfo("UTC"), recorded_at=NOW))
+        await batch.save(tally_batch(fresh, known, recorded_at=NOW))
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
@@ -95,8 +112,90 @@ async def test_facts_carry_from_one_batch_to_the_next(store: AnalyticsStore) -> 
     await record(store)([received("f")])
     await record(store)([assigned("f", "r1")])
     await record(store)([assigned("f", "r2")])  # a reassignment
-    assert await counts(store, Metric.LEADS_ASSIGNED) == 1
     assert await counts(store, Metric.ASSIGNMENTS) == 2
+    assert await counts(store, Metric.ASSIGNMENTS, rep="r2", channel="web_form") == 1
+    open_now = await store.open_leads({})
+    assert [(key.rep, key.channel, n) for key, n in open_now] == [("r2", "web_form", 1)]
+
+
+async def test_a_sale_read_before_its_lead_is_credited_to_the_lead_channel(
+    store: AnalyticsStore,
+) -> None:
+    await record(store)([sold("late", 120.0)])
+    assert await counts(store, Metric.CONVERSIONS, channel="unknown") == 1
+    await record(store)([received("late", "phone")])
+    assert await counts(store, Metric.CONVERSIONS, channel="unknown") == 0
+    assert await counts(store, Metric.CONVERSIONS, channel="phone", campaign="c1") == 1
+    phone = await store.counters({Metric.CONVERSIONS}, FIRST_HOUR, LAST_HOUR, {"channel": "phone"})
+    assert sum(b.amount for b in phone) == 120.0
+
+
+async def test_a_test_lead_is_kept_out_even_when_its_events_came_first(
+    store: AnalyticsStore,
+) -> None:
+    await record(store)([assigned("t1", "r1"), sold("t1", 50.0)])
+    await record(store)([received("t1", is_test=True)])
+    await record(store)([sold("t1", 70.0)])
+    for metric in (Metric.INQUIRIES, Metric.ASSIGNMENTS, Metric.CONVERSIONS, Metric.REACHED):
+        assert await counts(store, metric) == 0, metric
+    assert await store.open_leads({}) == []
+
+
+async def test_an_unknown_event_is_stored_raw_and_counted(store: AnalyticsStore) -> None:
+    raw = PARSER.validate_python(
+        {"event_type": "lead-teleported", "lead_id": "u1", "occurred_at": NOW, "where": "mars"}
+    )
+    newer = PARSER.validate_python(
+        {"event_type": "lead-received", "schema_version": 2, "lead_id": "u2", "occurred_at": NOW}
+    )
+    assert await record(store)([raw, newer]) == 2
+    assert await counts(store, Metric.UNKNOWN_EVENTS) == 2
+    assert await counts(store, Metric.LEADS_RECEIVED) == 0
+    (stored,) = await store.timeline("u1", limit=10)
+    assert stored["payload"]["where"] == "mars"
+    assert stored["known"] is False
+
+
+async def test_the_newest_campaign_version_wins_in_any_order(store: AnalyticsStore) -> None:
+    def saved(cost: float, minutes: int) -> CampaignSavedV1:
+        return CampaignSavedV1(
+            lead_id="campaign:c1",
+            campaign_id="c1",
+            name=f"spring {cost}",
+            channel="ad",
+            cost=cost,
+            occurred_at=NOW + timedelta(minutes=minutes),
+        )
+
+    await record(store)([saved(300.0, 10)])
+    await record(store)([saved(100.0, 0)])  # an older version, read later
+    (campaign,) = await store.campaigns()
+    assert (campaign.cost, campaign.name) == (300.0, "spring 300.0")
+    await record(store)([saved(500.0, 20), saved(400.0, 15)])
+    (campaign,) = await store.campaigns()
+    assert campaign.cost == 500.0
+
+
+async def test_rebuild_gives_the_same_rollups(store: AnalyticsStore) -> None:
+    later = NOW + timedelta(minutes=30)
+    await record(store)([sold("r", 80.0, later), assigned("q", "r1")])
+    await record(store)([received("r", "ad"), received("q"), assigned("r", "r2")])
+    await record(store)(
+        [ActivityLoggedV1(lead_id="q", rep_id="r1", activity="call", occurred_at=later)]
+    )
+    metrics = set(Metric)
+
+    def snapshot(buckets: list[Bucket]) -> list[tuple[object, ...]]:
+        return sorted(
+            (b.hour, b.metric, sorted(b.dimensions.items()), b.count, round(b.amount, 2))
+            for b in buckets
+        )
+
+    before = snapshot(await store.counters(metrics, FIRST_HOUR, LAST_HOUR, {}))
+    open_before = sorted(map(repr, await store.open_leads({})))
+    assert await RebuildRollups(store, clock=lambda: NOW, chunk=2)() == 6
+    assert snapshot(await store.counters(metrics, FIRST_HOUR, LAST_HOUR, {})) == before
+    assert sorted(map(repr, await store.open_leads({}))) == open_before
 
 
 async def test_timeline_is_oldest_first_and_erasure_forgets_personal_data(
@@ -113,12 +212,16 @@ async def test_timeline_is_oldest_first_and_erasure_forgets_personal_data(
     assert all("message" not in doc["payload"] for doc in erased)
 
 
-async def test_buckets_are_kept_per_day_and_dimensions(store: AnalyticsStore) -> None:
+async def test_counters_are_kept_per_hour_and_filtered_by_dimension(
+    store: AnalyticsStore,
+) -> None:
     await record(store)([received("p", "phone"), received("q", "phone"), received("w", "walk_in")])
-    buckets = await store.buckets([Metric.LEADS_RECEIVED], PERIOD)
+    buckets = await store.counters({Metric.LEADS_RECEIVED}, FIRST_HOUR, LAST_HOUR, {})
     by_channel = {b.dimensions["channel"]: b.count for b in buckets}
     assert by_channel == {"phone": 2, "walk_in": 1}
+    assert await counts(store, Metric.LEADS_RECEIVED, channel="walk_in") == 1
+    next_day = datetime.combine(date(2026, 11, 24), datetime.min.time(), UTC)
     assert (
-        await store.buckets([Metric.LEADS_RECEIVED], Period(date(2026, 11, 24), date(2026, 11, 30)))
+        await store.counters({Metric.LEADS_RECEIVED}, next_day, next_day + timedelta(hours=23), {})
         == []
     )

@@ -4,20 +4,23 @@ contract tests (tests/contract/test_analytics_store.py)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 from leadflow.chassis.store import Document
 from services.analytics.rules import (
     PERSONAL_FIELDS,
     BatchTally,
-    Bucket,
+    Campaign,
     LeadFacts,
     Metric,
-    Period,
+    OpenKey,
+    counter_key,
+    hour_key,
 )
-from services.analytics.store import BatchWork, counter_key
+from services.analytics.store import BatchWork, Bucket, RecordingBatch
 from shared.events import Event
 from tests.fakes.ledger import InMemoryLedger
 
@@ -29,6 +32,8 @@ class _Tables:
     events: dict[str, Document] = field(default_factory=dict)
     facts: dict[str, LeadFacts] = field(default_factory=dict)
     counters: dict[str, Bucket] = field(default_factory=dict)
+    open_leads: dict[OpenKey, int] = field(default_factory=dict)
+    campaigns: dict[str, Campaign] = field(default_factory=dict)
 
 
 class InMemoryAnalyticsStore:
@@ -45,17 +50,60 @@ class InMemoryAnalyticsStore:
 
         return await self.ledger.commit_batch(consumed, in_transaction)
 
-    async def buckets(self, metrics: Sequence[Metric], period: Period) -> list[Bucket]:
+    async def counters(
+        self,
+        metrics: Collection[Metric],
+        first_hour: datetime,
+        last_hour: datetime,
+        filters: Mapping[str, str],
+    ) -> list[Bucket]:
+        first, last = hour_key(first_hour), hour_key(last_hour)
         return [
             bucket
             for bucket in self.tables.counters.values()
-            if bucket.metric in metrics and period.first_day <= bucket.day <= period.last_day
+            if bucket.metric in metrics
+            and first <= hour_key(bucket.hour) <= last
+            and all(bucket.dimensions.get(k) == v for k, v in filters.items())
+            and (bucket.count or bucket.amount)
         ]
+
+    async def open_leads(self, filters: Mapping[str, str]) -> list[tuple[OpenKey, int]]:
+        return [
+            (key, count)
+            for key, count in self.tables.open_leads.items()
+            if count > 0 and all(getattr(key, k) == v for k, v in filters.items())
+        ]
+
+    async def campaigns(self) -> list[Campaign]:
+        return list(self.tables.campaigns.values())
 
     async def timeline(self, lead_id: str, *, limit: int) -> list[Document]:
         mine = [doc for doc in self.tables.events.values() if doc["lead_id"] == lead_id]
         mine.sort(key=lambda doc: (doc["occurred_at"], doc["recorded_at"]))
         return mine[:limit]
+
+    async def events_stored(self) -> int:
+        return len(self.tables.events)
+
+    async def clear_rollups(self) -> None:
+        self.tables.facts.clear()
+        self.tables.counters.clear()
+        self.tables.open_leads.clear()
+        self.tables.campaigns.clear()
+
+    async def stored_events(self, chunk: int) -> AsyncIterator[list[Document]]:
+        ordered = sorted(
+            self.tables.events.values(),
+            key=lambda doc: (doc["occurred_at"], doc["recorded_at"], doc["_id"]),
+        )
+        for start in range(0, len(ordered), chunk):
+            yield ordered[start : start + chunk]
+
+    async def rebuild_batch(self, work: Callable[[RecordingBatch], Awaitable[T]]) -> T:
+        async def in_transaction() -> tuple[T, list[Event]]:
+            return await work(_InMemoryRecordingBatch(self.tables)), []
+
+        return await self.ledger.commit(in_transaction)
 
 
 class _InMemoryRecordingBatch:
@@ -65,9 +113,9 @@ class _InMemoryRecordingBatch:
     async def lead_facts(self, lead_ids: Collection[str]) -> dict[str, LeadFacts]:
         return {i: self._tables.facts[i] for i in lead_ids if i in self._tables.facts}
 
-    async def save(self, tally: BatchTally) -> None:
+    async def save(self, tally: BatchTally, *, store_events: bool = True) -> None:
         tables = self._tables
-        for event in tally.recorded:
+        for event in tally.recorded if store_events else ():
             if event.event_id in tables.events:
                 raise KeyError(f"duplicate event id {event.event_id}")
             tables.events[event.event_id] = {
@@ -76,6 +124,7 @@ class _InMemoryRecordingBatch:
                 "lead_id": event.lead_id,
                 "occurred_at": event.occurred_at,
                 "recorded_at": event.recorded_at,
+                "known": event.known,
                 "payload": dict(event.payload),
             }
         for doc in tables.events.values():
@@ -90,7 +139,7 @@ class _InMemoryRecordingBatch:
             known = tables.counters.get(key)
             tables.counters[key] = (
                 Bucket(
-                    day=increment.day,
+                    hour=increment.hour,
                     metric=increment.metric,
                     dimensions=dict(increment.dimensions),
                     count=increment.count,
@@ -103,3 +152,9 @@ class _InMemoryRecordingBatch:
                     amount=known.amount + increment.amount,
                 )
             )
+        for move in tally.gauge:
+            tables.open_leads[move.key] = tables.open_leads.get(move.key, 0) + move.count
+        for campaign in tally.campaigns:
+            stored = tables.campaigns.get(campaign.campaign_id)
+            if stored is None or stored.saved_at <= campaign.saved_at:
+                tables.campaigns[campaign.campaign_id] = campaign

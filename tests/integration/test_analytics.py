@@ -84,7 +84,7 @@ async def summary_for(
     )
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
-    return body
+    return {**body["figures"], "from": body["from"], "to": body["to"]}
 
 
 async def settled_summary(analytics: httpx.AsyncClient, keys: Keys, day: date) -> dict[str, Any]:
@@ -114,7 +114,10 @@ def delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
         level: after["lost_by_level"][level] - before["lost_by_level"][level]
         for level in ("1", "2", "3")
     }
-    moved["revenue"] = round(after["revenue"] - before["revenue"], 2)
+    moved["revenue"] = {
+        cur: round(after["revenue"].get(cur, 0.0) - before["revenue"].get(cur, 0.0), 2)
+        for cur in set(after["revenue"]) | set(before["revenue"])
+    }
     return moved
 
 
@@ -150,7 +153,7 @@ async def test_summary_counts_each_lead_once_per_stage(
         "lost_by_level": {"1": 0, "2": 1, "3": 0},
         "leads_enrolled": 1,
         "leads_converted": 1,
-        "revenue": 1250.5,
+        "revenue": {"USD": 1250.5},
     }
 
     async def moved() -> dict[str, Any]:
@@ -243,10 +246,11 @@ async def test_csv_reports_match_their_json(
 
     async def channel_row() -> dict[str, Any] | None:
         response = await analytics.get("/v1/reports/channels", params=params, headers=headers)
-        rows = [r for r in response.json()["channels"] if r["channel"] == channel]
+        table = response.json()["tables"]["channels"]["rows"]
+        rows = [r for r in table if r["channel"] == channel]
         return rows[0] if rows else None
 
-    await eventually(channel_row, lambda r: r is not None and r["leads_received"] == 2)
+    await eventually(channel_row, lambda r: r is not None and r["leads"] == 2)
     # The sale travels on another topic; published after the lead is known, as in life,
     # it is credited to the lead's channel.
     sale = LeadConvertedV1(lead_id=first, occurred_at=now, rep_id="rep-a", revenue=99.9)
@@ -255,9 +259,12 @@ async def test_csv_reports_match_their_json(
     assert row == {
         "channel": channel,
         "inquiries": 3,
-        "leads_received": 2,
+        "leads": 2,
+        "contacted": 0,
+        "visits": 0,
         "leads_converted": 1,
-        "revenue": 99.9,
+        "conversion_rate": 0.5,
+        "revenue": {"USD": 99.9},
     }
 
     channels_csv = await analytics.get(
@@ -266,13 +273,14 @@ async def test_csv_reports_match_their_json(
     assert channels_csv.headers["content-type"].startswith("text/csv")
     assert "attachment" in channels_csv.headers["content-disposition"]
     csv_rows = list(csv.DictReader(io.StringIO(channels_csv.text)))
-    assert {
-        "channel": "'" + channel,
+    ours = [r for r in csv_rows if r["channel"] == "'" + channel]
+    assert len(ours) == 1
+    assert {k: ours[0][k] for k in ("inquiries", "leads", "leads_converted", "revenue_USD")} == {
         "inquiries": "3",
-        "leads_received": "2",
+        "leads": "2",
         "leads_converted": "1",
-        "revenue": "99.90",
-    } in csv_rows
+        "revenue_USD": "99.90",
+    }
 
     summary_json = await summary_for(analytics, keys, now.date(), Role.MARKETING)
     summary_csv = await analytics.get(
@@ -280,14 +288,14 @@ async def test_csv_reports_match_their_json(
     )
     assert summary_csv.headers["content-type"].startswith("text/csv")
     (summary_row,) = list(csv.DictReader(io.StringIO(summary_csv.text)))
-    assert summary_row["from"] == summary_json["from"] == day
-    assert summary_row["to"] == summary_json["to"] == day
+    assert summary_json["from"] == summary_json["to"] == day
+    assert "summary_summary_" + day in summary_csv.headers["content-disposition"]
     # Other tests' events may land between the two reads; they only ever add.
     for name in COUNTS:
         assert int(summary_row[name]) >= summary_json[name]
     for level in ("1", "2", "3"):
         assert int(summary_row[f"lost_level_{level}"]) >= summary_json["lost_by_level"][level]
-    assert float(summary_row["revenue"]) >= summary_json["revenue"]
+    assert float(summary_row["revenue_USD"]) >= summary_json["revenue"]["USD"]
 
 
 async def test_summary_defaults_to_month_to_date(analytics: httpx.AsyncClient, keys: Keys) -> None:
@@ -370,13 +378,18 @@ async def test_reports_need_a_key_with_a_reporting_role(
         ({"from": "2026-05-02", "to": "2026-05-01"}, "from", "after"),
         ({"from": "2000-01-01", "to": "2026-01-01"}, "from", "at most"),
         ({"format": "xml"}, "format", "json"),
+        ({"month": "2026-5"}, "month", "not a month"),
+        ({"month": "2026-05", "from": "2026-05-01"}, "month", "not both"),
+        ({"tz": "Nowhere/Else"}, "tz", "unknown time zone"),
+        ({"tz": "Asia/Kathmandu"}, "tz", "whole number of hours"),
+        ({"format": "csv", "table": "nope"}, "table", "has the tables"),
     ],
 )
 async def test_bad_report_query_is_a_422_naming_the_field(
     analytics: httpx.AsyncClient, keys: Keys, params: dict[str, str], field: str, reason: str
 ) -> None:
     headers = await keys.headers(Role.MANAGER)
-    for path in ("/v1/reports/summary", "/v1/reports/channels"):
+    for path in ("/v1/reports/summary", "/v1/reports/channels", "/v1/reports/monthly"):
         response = await analytics.get(path, params=params, headers=headers)
         assert response.status_code == 422, response.text
         errors = response.json()["detail"]
