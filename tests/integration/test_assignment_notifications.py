@@ -22,9 +22,15 @@ import pytest
 
 from leadflow.chassis.app import ServiceChassis
 from leadflow.chassis.clock import system_clock
-from leadflow.chassis.store import connect
+from leadflow.chassis.store import Session, connect
 from leadflow.sinks import MailSink
-from services.assignment.notifications.rules import DeliveryStatus, FeedEntry
+from services.assignment.notifications.rules import (
+    DeliveryStatus,
+    FeedEntry,
+    Notice,
+    NoticeKind,
+    notice_for_request,
+)
 from services.assignment.notifications.runtime import NotificationRuntime
 from services.assignment.notifications.store import NotificationQuery
 from services.assignment.settings import Settings
@@ -71,17 +77,23 @@ def notification_settings(infra: Infra, run_id: str, sink: MailSink, **overrides
 
 
 @contextlib.asynccontextmanager
-async def replica(settings: Settings) -> AsyncIterator[NotificationRuntime]:
+async def process(settings: Settings) -> AsyncIterator[tuple[ServiceChassis, NotificationRuntime]]:
     """What one assignment process runs for notifications, without HTTP and Kafka."""
     chassis = ServiceChassis("assignment", settings, clock=system_clock)
     runtime = NotificationRuntime(chassis, settings, clock=system_clock)
     await chassis.ledger.ensure_indexes()
     await runtime.start()
     try:
-        yield runtime
+        yield chassis, runtime
     finally:
         await runtime.stop()
         await chassis.mongo.close()
+
+
+@contextlib.asynccontextmanager
+async def replica(settings: Settings) -> AsyncIterator[NotificationRuntime]:
+    async with process(settings) as (_, runtime):
+        yield runtime
 
 
 async def add_people(settings: Settings, *people: dict[str, Any]) -> None:
@@ -277,3 +289,51 @@ async def _next(stream: AsyncIterator[tuple[int, FeedEntry]]) -> tuple[int, Feed
 
 async def _ready(value: int) -> int:
     return value
+
+
+async def test_help_requested_in_a_workflow_step_reaches_the_manager_only_if_the_step_commits(
+    infra: Infra, run_id: str, sink: MailSink
+) -> None:
+    settings = notification_settings(infra, run_id, sink)
+    await add_people(settings, person("rita", None, manager_id="mona"), person("mona", None))
+    kept, aborted = unique("lead"), unique("lead")
+
+    def help_for(lead_id: str) -> Notice:
+        return notice_for_request(
+            NoticeKind.HELP_REQUESTED,
+            source_id=unique("help"),
+            person_id="mona",
+            lead_id=lead_id,
+            at=utc_now(),
+            text=f"Rita asks for help with lead {lead_id}.",
+        )
+
+    class StepFailedError(Exception):
+        pass
+
+    async with process(settings) as (chassis, runtime):
+        stream = runtime.feed.follow("mona", after=0)
+
+        async def step(lead_id: str, *, fail: bool) -> None:
+            """A workflow step: its change and its notice in one transaction."""
+
+            async def work(session: Session) -> tuple[None, list[Event]]:
+                await runtime.record_notices(session, [help_for(lead_id)], utc_now())
+                if fail:
+                    raise StepFailedError(lead_id)
+                return None, []
+
+            await chassis.ledger.commit(work)
+
+        await step(kept, fail=False)
+        with pytest.raises(StepFailedError):
+            await step(aborted, fail=True)
+        _, entry = await asyncio.wait_for(_next(stream), timeout=10)
+        await eventually(lambda: statuses(runtime), lambda s: s == Counter(sent=1))
+        await asyncio.sleep(1.0)
+        await stream.aclose()
+
+    assert (entry.kind, entry.lead_id) == ("help-requested", kept)
+    [mail] = sink.messages
+    assert mail.rcpt_tos == ("mona@example.com",)
+    assert mail.header("Subject") == f"[leadflow] Rita asks for help with lead {kept}."

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
+from prometheus_client import Counter
 
 from leadflow.chassis.clock import Clock
 from leadflow.chassis.duework import ClaimedWork
@@ -54,6 +55,12 @@ from services.assignment.notifications.store import (
 from shared.events import Event
 
 log = structlog.get_logger(__name__)
+
+NOTIFICATION_ATTEMPTS = Counter(
+    "leadflow_notification_attempts_total",
+    "Notification delivery attempts by channel and outcome (sent, retrying, failed)",
+    ["channel", "outcome"],
+)
 
 
 class PlanNotifications:
@@ -230,6 +237,9 @@ class DeliverNotifications:
 def _log_outcome(outcome: Outcome) -> None:
     key = outcome.claimed.work.key
     attempts = outcome.claimed.attempts + 1
+    channel = key.rsplit(":", 1)[-1]
+    result = "sent" if outcome.error is None else "retrying" if outcome.retry_at else "failed"
+    NOTIFICATION_ATTEMPTS.labels(channel, result).inc()
     if outcome.error is None:
         log.debug("notification delivered", delivery_id=key, attempts=attempts)
     elif outcome.retry_at is not None:
