@@ -11,7 +11,8 @@ from services.assignment import api
 from services.assignment.handlers import register_handlers
 from services.assignment.settings import Settings
 from services.assignment.store import MongoAssignmentStore
-from services.assignment.usecases import ManageTeam, RouteLeads, WorkLeads, configuration_cache
+from services.assignment.usecases import ManageTeam, RouteLeads, configuration_cache
+from services.assignment.workflow import WorkLeads
 
 SERVICE = "assignment"
 
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         routers=[api.router],
         startup=store.ensure_indexes,
         store=store,
-        team=ManageTeam(store, configuration),
+        team=ManageTeam(store, configuration, clock=clock),
         leads=WorkLeads(store, configuration),
+        configuration=configuration,
     )

@@ -1,51 +1,74 @@
 """Assignment's persistence, in the `leadflow_assignment` database. Decisions live in
-`rules`, the steps of each flow in `usecases`.
+`rules`, the steps of each flow in `usecases`, document shapes in `documents`.
 
-- `reps`, `pools`: the routing configuration. Every change to it also increments the
-  `configuration` counter in the same transaction, which is how replicas know to reload it.
-- `leads`: one document per lead; a lead whose lead-received event has not been read yet
-  (an `AwaitedLead`) is a document without `status`.
-- `last_assignments`: per rep, the turn number and time of the last lead they were dealt.
+- `reps`, `pools`, `territory_rules`, `settings`: the routing configuration. Every change to
+  it also increments the `configuration` counter in the same transaction, which is how
+  replicas know to reload it.
+- `leads`: one document per lead (its activities, visits and history embedded); a lead whose
+  lead-received event has not been read yet (an `AwaitedLead`) is a document without `status`.
+- `last_assignments`: per rep, their routing state (turn, open leads, today's count).
 - `counters`: `turn` (the service-wide turn numbers, taken once per routed batch) and
-  `configuration` (the version of reps and pools).
+  `configuration` (the version of the configuration).
+- `due_work`: timers (the chassis' due work), written in the transaction that needs them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, InsertOne, ReplaceOne, ReturnDocument
 
+from leadflow.chassis.duework import ClaimedWork, DueWork
 from leadflow.chassis.store import Collection as MongoCollection
 from leadflow.chassis.store import (
     Database,
     Document,
     DuplicateKeyError,
     EventLedger,
+    MongoDueWork,
     Session,
     find_in,
 )
+from services.assignment.documents import (
+    known_lead_document,
+    known_lead_from_document,
+    lead_from_document,
+    load_document,
+    load_from_document,
+    pool_document,
+    pool_from_document,
+    rep_document,
+    rep_from_document,
+    rule_document,
+    rule_from_document,
+    settings_document,
+    settings_from_document,
+)
 from services.assignment.rules import (
+    OPEN_STATUSES,
     AlreadyExistsError,
-    AwaitedLead,
     KnownLead,
     LastAssignment,
     Lead,
     LeadStatus,
     Pool,
-    PoolMatch,
     Rep,
     RoutingConfig,
+    RoutingSettings,
+    TerritoryRule,
+    Timer,
+    ranked_rules,
 )
-from shared.events import Attribution, Consent, Contact, Event, Profile
+from shared.events import Event
 
 T = TypeVar("T")
 
 _TURN = "turn"
 _CONFIGURATION = "configuration"
+_SETTINGS = "routing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +77,19 @@ class LeadQuery:
     rep_id: str | None = None
     pool_id: str | None = None
     limit: int = 50
+    rep_ids: tuple[str, ...] | None = None
+    """Only leads held by one of these reps (a team queue)."""
+    grade: str | None = None
+    overdue_at: datetime | None = None
+    """Only open leads whose next follow-up was due before this."""
+    not_converted: bool = False
+    queued: bool = False
+    """Only leads waiting in a pool's queue."""
+    open_only: bool = False
+
+
+def timer_work(timer: Timer) -> DueWork:
+    return DueWork(timer.key, timer.kind, timer.due_at, dict(timer.payload))
 
 
 class LeadsInTransaction(Protocol):
@@ -70,13 +106,32 @@ class LeadsInTransaction(Protocol):
     async def save(
         self, leads: Sequence[KnownLead], last_assignments: Sequence[LastAssignment]
     ) -> None:
-        """Store leads and reps' last assignments. A lead that `leads` did not find in this
+        """Store leads and reps' routing state. A lead that `leads` did not find in this
         transaction is stored as new: read a lead before saving a change to it."""
+        ...
+
+    async def queued(self, pool_id: str, limit: int) -> list[Lead]:
+        """Leads waiting in the pool's queue, longest waiting first (and read: saveable)."""
+        ...
+
+    async def open_leads_of(self, rep_id: str) -> list[Lead]:
+        """Every open lead the rep holds (and read: saveable)."""
+        ...
+
+    async def claimed_open(self, rep_id: str, pool_id: str) -> int:
+        """How many open leads the rep holds from claims in the pool."""
+        ...
+
+    async def schedule(self, timers: Sequence[Timer]) -> None: ...
+    async def cancel(self, keys: Collection[str]) -> None: ...
+    async def finish(self, claimed: Sequence[ClaimedWork]) -> None:
+        """Complete fired timers in this transaction (raises `LeaseLost` if another
+        replica took them over: the transaction then aborts)."""
         ...
 
 
 class ConfigurationInTransaction(Protocol):
-    """What a use case may read and write about reps and pools inside one transaction."""
+    """What a use case may read and write about the configuration inside one transaction."""
 
     async def rep(self, rep_id: str) -> Rep | None: ...
     async def known_rep_ids(self, rep_ids: Collection[str]) -> set[str]: ...
@@ -95,6 +150,16 @@ class ConfigurationInTransaction(Protocol):
         """No pool but `keeping` is the default any more."""
         ...
 
+    async def rule(self, rule_id: str) -> TerritoryRule | None: ...
+    async def add_rule(self, rule: TerritoryRule, now: datetime) -> None:
+        """Raises `AlreadyExistsError` when the rule id is taken."""
+        ...
+
+    async def save_rule(self, rule: TerritoryRule, now: datetime) -> None: ...
+    async def delete_rule(self, rule_id: str) -> bool: ...
+    async def save_settings(self, settings: RoutingSettings, now: datetime) -> None: ...
+    async def schedule(self, timers: Sequence[Timer]) -> None: ...
+
 
 BatchWork = Callable[[LeadsInTransaction, list[Event]], Awaitable[tuple[T, Sequence[Event]]]]
 LeadWork = Callable[[LeadsInTransaction], Awaitable[tuple[T, Sequence[Event]]]]
@@ -102,6 +167,11 @@ ConfigurationWork = Callable[[ConfigurationInTransaction], Awaitable[T]]
 
 
 class AssignmentStore(Protocol):
+    @property
+    def due_work(self) -> object:
+        """The due-work store timers live in (a `DueWorkStore`)."""
+        ...
+
     async def ensure_indexes(self) -> None: ...
 
     async def handle_batch(self, consumed: Sequence[Event], work: BatchWork[T]) -> T | None:
@@ -125,6 +195,8 @@ class AssignmentStore(Protocol):
     async def get_rep(self, rep_id: str) -> Rep | None: ...
     async def list_pools(self) -> list[Pool]: ...
     async def get_pool(self, pool_id: str) -> Pool | None: ...
+    async def list_rules(self) -> list[TerritoryRule]: ...
+    async def get_settings(self) -> RoutingSettings: ...
     async def last_assignments(self, rep_ids: Collection[str]) -> dict[str, LastAssignment]: ...
     async def list_leads(self, query: LeadQuery) -> list[Lead]: ...
     async def get_lead(self, lead_id: str) -> Lead | None:
@@ -136,15 +208,24 @@ class MongoAssignmentStore:
     def __init__(self, database: Database, ledger: EventLedger) -> None:
         self._reps: MongoCollection = database["reps"]
         self._pools: MongoCollection = database["pools"]
+        self._rules: MongoCollection = database["territory_rules"]
+        self._settings: MongoCollection = database["settings"]
         self._leads: MongoCollection = database["leads"]
         self._last_assignments: MongoCollection = database["last_assignments"]
         self._counters: MongoCollection = database["counters"]
+        self._due = MongoDueWork(database)
         self._ledger = ledger
+
+    @property
+    def due_work(self) -> MongoDueWork:
+        return self._due
 
     async def ensure_indexes(self) -> None:
         for field in ("rep_id", "pool_id", "status"):
             await self._leads.create_index([(field, ASCENDING), ("received_at", DESCENDING)])
         await self._leads.create_index([("received_at", DESCENDING)])
+        await self._leads.create_index([("pool_id", ASCENDING), ("queued_at", ASCENDING)])
+        await self._due.ensure_indexes()
 
     # --- transactions -----------------------------------------------------------------
 
@@ -178,7 +259,12 @@ class MongoAssignmentStore:
 
     async def load_configuration(self) -> RoutingConfig:
         reps = {rep.rep_id: rep for rep in await self.list_reps()}
-        return RoutingConfig(reps=reps, pools=tuple(await self.list_pools()))
+        return RoutingConfig(
+            reps=reps,
+            pools=tuple(await self.list_pools()),
+            rules=tuple(await self.list_rules()),
+            settings=await self.get_settings(),
+        )
 
     async def list_reps(self) -> list[Rep]:
         cursor = self._reps.find({}).sort([("created_at", ASCENDING), ("_id", ASCENDING)])
@@ -196,6 +282,12 @@ class MongoAssignmentStore:
         doc = await self._pools.find_one({"_id": pool_id})
         return None if doc is None else pool_from_document(doc)
 
+    async def list_rules(self) -> list[TerritoryRule]:
+        return ranked_rules([rule_from_document(doc) async for doc in self._rules.find({})])
+
+    async def get_settings(self) -> RoutingSettings:
+        return settings_from_document(await self._settings.find_one({"_id": _SETTINGS}))
+
     # --- leads ------------------------------------------------------------------------
 
     async def last_assignments(self, rep_ids: Collection[str]) -> dict[str, LastAssignment]:
@@ -203,15 +295,24 @@ class MongoAssignmentStore:
 
     async def list_leads(self, query: LeadQuery) -> list[Lead]:
         criteria: Document = {"status": {"$exists": True}}
-        criteria |= {
-            key: value
-            for key, value in (
-                ("status", query.status.value if query.status else None),
-                ("rep_id", query.rep_id),
-                ("pool_id", query.pool_id),
-            )
-            if value is not None
-        }
+        if query.status is not None:
+            criteria["status"] = query.status.value
+        elif query.open_only or query.overdue_at is not None:
+            criteria["status"] = {"$in": sorted(s.value for s in OPEN_STATUSES)}
+        elif query.not_converted:
+            criteria["status"] = {"$exists": True, "$ne": LeadStatus.CONVERTED.value}
+        if query.rep_id is not None:
+            criteria["rep_id"] = query.rep_id
+        elif query.rep_ids is not None:
+            criteria["rep_id"] = {"$in": list(query.rep_ids)}
+        if query.pool_id is not None:
+            criteria["pool_id"] = query.pool_id
+        if query.grade is not None:
+            criteria["grade"] = query.grade
+        if query.overdue_at is not None:
+            criteria["next_follow_up_at"] = {"$lt": query.overdue_at}
+        if query.queued:
+            criteria["queued_at"] = {"$ne": None}
         cursor = (
             self._leads.find(criteria)
             .sort([("received_at", DESCENDING), ("_id", ASCENDING)])
@@ -245,15 +346,7 @@ class _MongoLeads:
         documents = await find_in(
             self._store._last_assignments, "_id", rep_ids, session=self._session
         )
-        return {
-            doc["_id"]: LastAssignment(
-                rep_id=doc["_id"],
-                turn=doc["turn"],
-                assigned_at=doc["assigned_at"],
-                pool_id=doc.get("pool_id"),
-            )
-            for doc in documents
-        }
+        return {doc["_id"]: load_from_document(doc) for doc in documents}
 
     async def take_turns(self, count: int) -> int:
         counter = await self._store._counters.find_one_and_update(
@@ -286,20 +379,57 @@ class _MongoLeads:
         if last_assignments:
             await self._store._last_assignments.bulk_write(
                 [
-                    ReplaceOne(
-                        {"_id": last.rep_id},
-                        {
-                            "turn": last.turn,
-                            "assigned_at": last.assigned_at,
-                            "pool_id": last.pool_id,
-                        },
-                        upsert=True,
-                    )
+                    ReplaceOne({"_id": last.rep_id}, load_document(last), upsert=True)
                     for last in last_assignments
                 ],
                 ordered=False,
                 session=self._session,
             )
+
+    async def _read(self, criteria: Document, limit: int, sort: str) -> list[Lead]:
+        cursor = (
+            self._store._leads.find(criteria, session=self._session)
+            .sort([(sort, ASCENDING), ("_id", ASCENDING)])
+            .limit(limit)
+        )
+        found = [lead_from_document(doc) async for doc in cursor]
+        self._stored.update(lead.lead_id for lead in found)
+        return found
+
+    async def queued(self, pool_id: str, limit: int) -> list[Lead]:
+        return await self._read(
+            {"pool_id": pool_id, "queued_at": {"$ne": None}, "status": LeadStatus.NEW.value},
+            limit,
+            "queued_at",
+        )
+
+    async def open_leads_of(self, rep_id: str) -> list[Lead]:
+        return await self._read(
+            {"rep_id": rep_id, "status": {"$in": sorted(s.value for s in OPEN_STATUSES)}},
+            10_000,
+            "received_at",
+        )
+
+    async def claimed_open(self, rep_id: str, pool_id: str) -> int:
+        return await self._store._leads.count_documents(
+            {
+                "rep_id": rep_id,
+                "pool_id": pool_id,
+                "status": {"$in": sorted(s.value for s in OPEN_STATUSES)},
+                "why.strategy": "claimed",
+            },
+            session=self._session,
+        )
+
+    async def schedule(self, timers: Sequence[Timer]) -> None:
+        await self._store._due.schedule([timer_work(t) for t in timers], session=self._session)
+
+    async def cancel(self, keys: Collection[str]) -> None:
+        if keys:
+            await self._store._due.cancel(keys, session=self._session)
+
+    async def finish(self, claimed: Sequence[ClaimedWork]) -> None:
+        await self._store._due.finish(claimed, session=self._session)
 
 
 class _MongoConfiguration:
@@ -364,112 +494,33 @@ class _MongoConfiguration:
             session=self._session,
         )
 
+    async def rule(self, rule_id: str) -> TerritoryRule | None:
+        doc = await self._store._rules.find_one({"_id": rule_id}, session=self._session)
+        return None if doc is None else rule_from_document(doc)
 
-# --- documents <-> domain ---------------------------------------------------------------
+    async def add_rule(self, rule: TerritoryRule, now: datetime) -> None:
+        document = {"_id": rule.rule_id, **rule_document(rule)}
+        try:
+            await self._store._rules.insert_one(document, session=self._session)
+        except DuplicateKeyError as error:
+            raise AlreadyExistsError("rule", rule.rule_id) from error
 
-
-def rep_document(rep: Rep) -> Document:
-    fields = asdict(rep)
-    del fields["rep_id"]
-    return fields
-
-
-def rep_from_document(doc: Mapping[str, Any]) -> Rep:
-    return Rep(
-        rep_id=doc["_id"],
-        name=doc["name"],
-        email=doc.get("email"),
-        timezone=doc.get("timezone"),
-        active=doc.get("active", True),
-        away=doc.get("away", False),
-    )
-
-
-def pool_document(pool: Pool) -> Document:
-    return {
-        "name": pool.name,
-        "rep_ids": list(pool.rep_ids),
-        "match": asdict(pool.match),
-        "priority": pool.priority,
-        "is_default": pool.is_default,
-    }
-
-
-def pool_from_document(doc: Mapping[str, Any]) -> Pool:
-    return Pool(
-        pool_id=doc["_id"],
-        name=doc["name"],
-        rep_ids=tuple(doc.get("rep_ids", ())),
-        match=PoolMatch(**doc.get("match", {})),
-        priority=doc.get("priority", 0),
-        is_default=doc.get("is_default", False),
-    )
-
-
-def known_lead_document(lead: KnownLead) -> Document:
-    """A lead's document; an awaited lead's has no `status` (it is not a lead yet)."""
-    if isinstance(lead, AwaitedLead):
-        return {
-            "contact": lead.contact.model_dump(),
-            "inquiries": lead.inquiries,
-            "last_inquiry_at": lead.last_inquiry_at,
-            "erased_at": lead.erased_at,
-            "updated_at": lead.updated_at,
-        }
-    return {
-        "status": lead.status.value,
-        "contact": lead.contact.model_dump(),
-        "consent": lead.consent.model_dump(),
-        "attribution": lead.attribution.model_dump(),
-        "profile": lead.profile.model_dump(),
-        "received_at": lead.received_at,
-        "rep_id": lead.rep_id,
-        "pool_id": lead.pool_id,
-        "assigned_at": lead.assigned_at,
-        "fit_score": lead.fit_score,
-        "message": lead.message,
-        "inquiries": lead.inquiries,
-        "last_inquiry_at": lead.last_inquiry_at,
-        "lost_level": lead.lost_level,
-        "lost_reason": lead.lost_reason,
-        "returned_by": list(lead.returned_by),
-        "erased_at": lead.erased_at,
-        "updated_at": lead.updated_at,
-    }
-
-
-def known_lead_from_document(doc: Mapping[str, Any]) -> KnownLead:
-    if "status" not in doc:
-        return AwaitedLead(
-            lead_id=doc["_id"],
-            contact=Contact.model_validate(doc.get("contact") or {}),
-            inquiries=doc.get("inquiries", 0),
-            last_inquiry_at=doc.get("last_inquiry_at"),
-            erased_at=doc.get("erased_at"),
-            updated_at=doc.get("updated_at"),
+    async def save_rule(self, rule: TerritoryRule, now: datetime) -> None:
+        await self._store._rules.replace_one(
+            {"_id": rule.rule_id}, rule_document(rule), session=self._session
         )
-    return lead_from_document(doc)
 
+    async def delete_rule(self, rule_id: str) -> bool:
+        result = await self._store._rules.delete_one({"_id": rule_id}, session=self._session)
+        return result.deleted_count == 1
 
-def lead_from_document(doc: Mapping[str, Any]) -> Lead:
-    return Lead(
-        lead_id=doc["_id"],
-        status=LeadStatus(doc["status"]),
-        contact=Contact.model_validate(doc["contact"]),
-        consent=Consent.model_validate(doc["consent"]),
-        attribution=Attribution.model_validate(doc["attribution"]),
-        profile=Profile.model_validate(doc["profile"]),
-        received_at=doc["received_at"],
-        rep_id=doc.get("rep_id"),
-        pool_id=doc.get("pool_id"),
-        assigned_at=doc.get("assigned_at"),
-        fit_score=doc.get("fit_score"),
-        message=doc.get("message"),
-        inquiries=doc.get("inquiries", 1),
-        last_inquiry_at=doc.get("last_inquiry_at"),
-        lost_level=doc.get("lost_level"),
-        lost_reason=doc.get("lost_reason"),
-        returned_by=tuple(doc.get("returned_by", ())),
-        erased_at=doc.get("erased_at"),
-        updated_at=doc.get("updated_at"),
-    )
+    async def save_settings(self, settings: RoutingSettings, now: datetime) -> None:
+        await self._store._settings.replace_one(
+            {"_id": _SETTINGS},
+            {**settings_document(settings), "updated_at": now},
+            upsert=True,
+            session=self._session,
+        )
+
+    async def schedule(self, timers: Sequence[Timer]) -> None:
+        await self._store._due.schedule([timer_work(t) for t in timers], session=self._session)

@@ -22,8 +22,9 @@ import pytest
 
 from leadflow.chassis.auth import Role
 from leadflow.chassis.clock import system_clock
+from leadflow.chassis.duework import ClaimedWork
 from leadflow.chassis.store import Database, EventLedger, connect
-from services.assignment.rules import KnownLead, LastAssignment, Pool, Rep
+from services.assignment.rules import KnownLead, LastAssignment, Lead, Pool, Rep, Timer
 from services.assignment.settings import Settings
 from services.assignment.store import (
     BatchWork,
@@ -162,7 +163,16 @@ async def test_manager_adds_lists_and_changes_reps(
     }
     created = await assignment.post("/v1/reps", json=body, headers=manager)
     assert created.status_code == 201, created.text
-    assert created.json() == {**body, "active": True, "away": False, "available": True}
+    assert {key: created.json()[key] for key in body} == body
+    assert (created.json()["active"], created.json()["away"]) == (True, False)
+    assert created.json()["available"] is True
+    assert created.json()["notify"] == {
+        "email": None,
+        "webhook_url": None,
+        "webhook_secret_set": False,
+        "slack": False,
+        "channels": [],
+    }
 
     again = await assignment.post("/v1/reps", json=body, headers=manager)
     assert again.status_code == 409
@@ -288,7 +298,7 @@ async def test_leads_are_dealt_round_robin_across_the_pools_reps(team: Team, inf
     assert all(lead["pool_id"] == pool_id for lead in leads)
     first = leads[0]
     assert first["contact"]["name"] == "Dana Kim"
-    assert first["consent"] == {"email": True, "sms": False, "phone": True}
+    assert first["consent"] == {"email": True, "sms": False, "phone": True, "records": []}
     assert first["attribution"]["channel"] == "web_form"
     assert first["received_at"] is not None
 
@@ -493,7 +503,7 @@ async def test_rep_marks_lead_lost_level_2_and_it_goes_to_nurture(
     assert published["rep_id"] == ana
     assert published["reason"] == "joined the gym next door"
     assert published["contact"]["email"] == "sam@example.com"
-    assert published["consent"] == {"email": True, "sms": False, "phone": True}
+    assert published["consent"] == {"email": True, "sms": False, "phone": True, "records": []}
 
 
 async def test_manager_marks_lead_lost_level_1_and_it_is_closed(team: Team, infra: Infra) -> None:
@@ -620,7 +630,7 @@ async def replica_on(mongo_url: str, database: str) -> AsyncIterator[Replica]:
             ledger,
             cache,
             RouteLeads(store, cache, clock=system_clock),
-            ManageTeam(store, cache),
+            ManageTeam(store, cache, clock=system_clock),
         )
     finally:
         await client.close()
@@ -698,6 +708,24 @@ class PausingLeads:
     ) -> None:
         await self._leads.save(leads, last_assignments)
 
+    async def queued(self, pool_id: str, limit: int) -> list[Lead]:
+        return await self._leads.queued(pool_id, limit)
+
+    async def open_leads_of(self, rep_id: str) -> list[Lead]:
+        return await self._leads.open_leads_of(rep_id)
+
+    async def claimed_open(self, rep_id: str, pool_id: str) -> int:
+        return await self._leads.claimed_open(rep_id, pool_id)
+
+    async def schedule(self, timers: Sequence[Timer]) -> None:
+        await self._leads.schedule(timers)
+
+    async def cancel(self, keys: Collection[str]) -> None:
+        await self._leads.cancel(keys)
+
+    async def finish(self, claimed: Sequence[ClaimedWork]) -> None:
+        await self._leads.finish(claimed)
+
 
 class PausingStore(MongoAssignmentStore):
     """The Mongo store whose batches pause once, inside their transaction, after reading
@@ -742,5 +770,8 @@ async def test_losing_a_lead_while_its_repeat_inquiry_is_handled_keeps_both(
         await asyncio.wait_for(handling, timeout=60)
 
     lead = await team.lead(event.lead_id)
-    assert (lead["status"], lead["lost_level"]) == ("nurturing", 3)
+    # The loss committed first; the repeat inquiry, run again on it, reopened the lead
+    # for its owner (a nurtured lead that asks again is back with sales).
+    assert (lead["status"], lead["rep_id"]) == ("assigned", ana)
+    assert "lost level 3" in [entry["action"] for entry in lead["history"]]
     assert (lead["inquiries"], lead["contact"]["email"]) == (2, "dana@example.com")

@@ -137,7 +137,7 @@ def test_equal_priorities_are_settled_by_pool_id() -> None:
 
 def test_reps_who_never_had_a_lead_go_first_in_pool_order() -> None:
     pool = Pool("p", "P", rep_ids=("cho", "ana", "ben"))
-    rep = choose_rep(pool, reps_named("ana", "ben", "cho"), lasts(("cho", 4)))
+    rep = choose_rep(pool, reps_named("ana", "ben", "cho"), lasts(("cho", 4)), now=START)
     assert rep is not None
     assert rep.rep_id == "ana"
 
@@ -146,7 +146,7 @@ def test_the_rep_whose_last_lead_from_any_pool_is_oldest_goes_next() -> None:
     pool = Pool("p", "P", rep_ids=("ana", "ben", "cho"))
     # Ben's last lead (turn 2) may have come from another pool: it counts the same.
     rep = choose_rep(
-        pool, reps_named("ana", "ben", "cho"), lasts(("ana", 5), ("ben", 2), ("cho", 3))
+        pool, reps_named("ana", "ben", "cho"), lasts(("ana", 5), ("ben", 2), ("cho", 3)), now=START
     )
     assert rep is not None
     assert rep.rep_id == "ben"
@@ -155,29 +155,30 @@ def test_the_rep_whose_last_lead_from_any_pool_is_oldest_goes_next() -> None:
 def test_rep_who_is_away_or_inactive_is_skipped() -> None:
     pool = Pool("p", "P", rep_ids=("ana", "ben", "cho"))
     reps = reps_named("ana", "ben", "cho", away=("ana",), inactive=("ben",))
-    rep = choose_rep(pool, reps, lasts(("cho", 9)))
+    rep = choose_rep(pool, reps, lasts(("cho", 9)), now=START)
     assert rep is not None
     assert rep.rep_id == "cho"
 
 
 def test_returning_rep_is_passed_over() -> None:
     pool = Pool("p", "P", rep_ids=("ana", "ben"))
-    rep = choose_rep(pool, reps_named("ana", "ben"), {}, passing_over={"ana"})
+    rep = choose_rep(pool, reps_named("ana", "ben"), {}, passing_over={"ana"}, now=START)
     assert rep is not None
     assert rep.rep_id == "ben"
-    assert choose_rep(pool, reps_named("ana"), {}, passing_over={"ana"}) is None
+    assert choose_rep(pool, reps_named("ana"), {}, passing_over={"ana"}, now=START) is None
 
 
 def test_a_member_who_is_no_rep_is_never_dealt() -> None:
-    assert choose_rep(Pool("p", "P", rep_ids=("gone",)), reps_named("ana"), {}) is None
-    assert choose_rep(Pool("empty", "Empty"), {}, {}) is None
+    assert choose_rep(Pool("p", "P", rep_ids=("gone",)), reps_named("ana"), {}, now=START) is None
+    assert choose_rep(Pool("empty", "Empty"), {}, {}, now=START) is None
 
 
 def test_routing_in_a_pool_takes_the_turn_for_the_rep() -> None:
     routing = route_in_pool(WEST, CONFIG.reps, lasts(("ana", 1)), turn=8, now=START)
     assert routing.rep == CONFIG.reps["ben"]
     assert routing.status is LeadStatus.ASSIGNED
-    assert routing.taken == LastAssignment("ben", 8, START, "west")
+    assert routing.taken is not None
+    assert (routing.taken.rep_id, routing.taken.turn, routing.taken.open) == ("ben", 8, 1)
 
 
 def test_nobody_available_or_no_pool_leaves_the_lead_unassigned() -> None:
@@ -197,7 +198,8 @@ def test_only_available_members_of_the_batchs_pools_may_be_dealt() -> None:
     east = Pool("east", "East", rep_ids=("cho", "dee"), match=PoolMatch(region="east"))
     config = RoutingConfig(reps_named("ana", "ben", "cho", "dee", away=("dee",)), (WEST, east))
     events = [received("l1", "east"), merged("l2", "x@example.com"), received("l3", "north")]
-    assert reps_who_may_be_dealt(events, config) == {"cho"}
+    # Everyone who might be dealt one, away or not: their state is read to decide.
+    assert reps_who_may_be_dealt(events, config) == {"cho", "dee"}
 
 
 def test_pool_members_are_listed_in_the_order_they_are_dealt_next() -> None:
@@ -229,9 +231,9 @@ def test_a_batch_deals_its_leads_in_order_on_consecutive_turns() -> None:
         ("l4", "ana"),
     ]
     assert [lead.lead_id for lead in outcome.unassigned] == ["l3"]
-    assert set(outcome.last_assignments) == {
-        LastAssignment("ana", 13, START, "west"),
-        LastAssignment("ben", 12, START, "west"),
+    assert {(t.rep_id, t.turn, t.open, t.day_count) for t in outcome.last_assignments} == {
+        ("ana", 13, 2, 2),
+        ("ben", 12, 1, 1),
     }
     first = outcome.assigned[0]
     assert (first.status, first.pool_id, first.assigned_at, first.inquiries) == (
@@ -337,7 +339,12 @@ def test_a_returned_lead_goes_to_a_rep_who_has_not_returned_it() -> None:
     later = START + timedelta(hours=1)
     returned, routing = return_to_pool(lead, WEST, CONFIG.reps, {}, turn=20, now=later)
     assert (returned.rep_id, returned.returned_by, returned.assigned_at) == ("ben", ("ana",), later)
-    assert routing.taken == LastAssignment("ben", 20, later, "west")
+    assert routing.taken is not None
+    assert (routing.taken.rep_id, routing.taken.turn, routing.taken.assigned_at) == (
+        "ben",
+        20,
+        later,
+    )
     again, routing = return_to_pool(returned, WEST, CONFIG.reps, {}, turn=21, now=later)
     assert (again.status, again.rep_id, again.returned_by) == (LeadStatus.NEW, None, ("ana", "ben"))
     assert routing.taken is None

@@ -25,9 +25,9 @@ from services.assignment.usecases import (
     ConfigurationCache,
     ManageTeam,
     RouteLeads,
-    WorkLeads,
     configuration_cache,
 )
+from services.assignment.workflow import WorkLeads
 from shared.events import (
     Attribution,
     Contact,
@@ -78,7 +78,7 @@ def replica(store: InMemoryAssignmentStore | None = None) -> Replica:
         store,
         cache,
         RouteLeads(store, cache, clock=clock),
-        ManageTeam(store, cache),
+        ManageTeam(store, cache, clock=clock),
         WorkLeads(store, cache),
         clock,
     )
@@ -372,11 +372,13 @@ async def test_losing_and_a_repeat_inquiry_at_once_both_land(app: Replica) -> No
     )
     final = await app.store.get_lead(lead.lead_id)
     assert final is not None
-    assert (final.status, final.inquiries, final.contact.email) == (
-        LeadStatus.NURTURING,
-        2,
-        "dana@example.com",
-    )
+    # Whichever ran first, both land: lost at level 3 and then reopened by the repeat
+    # inquiry (back to Ana), or the inquiry counted and then the lead lost.
+    assert (final.inquiries, final.contact.email) == (2, "dana@example.com")
+    assert (final.status, final.rep_id) in {
+        (LeadStatus.ASSIGNED, "ana"),
+        (LeadStatus.NURTURING, "ana"),
+    }
 
 
 # --- reps and pools --------------------------------------------------------------------------
