@@ -1,0 +1,219 @@
+"""Due work with several replicas on the real MongoDB-wire server: every item's effect is
+committed exactly once, whether the replicas race for the same items or one of them dies
+holding a claim.
+
+Each runner has its own MongoClient, as a separate replica would. `fire` writes an effect
+document per item and finishes the items in the same transaction (through the chassis'
+`EventLedger`), which is how services use it; counting the effect documents is counting
+what users would see (alerts sent, reassignments made).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from leadflow.chassis.duework import ClaimedWork, DueWork, DueWorkRunner, LeaseLost
+from leadflow.chassis.store import (
+    Collection,
+    Document,
+    EventLedger,
+    MongoDueWork,
+    Session,
+    connect,
+)
+from shared.events import Event, utc_now
+from tests.support.infra import Infra
+from tests.support.services import eventually
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Replica:
+    """One replica's parts: its own client, store, ledger and effects collection."""
+
+    name: str
+    client: AsyncMongoClient[Document]
+    store: MongoDueWork
+    ledger: EventLedger
+    effects: Collection
+
+    async def fire(self, batch: list[ClaimedWork]) -> None:
+        async def work(session: Session) -> tuple[None, Sequence[Event]]:
+            await self.effects.insert_many(
+                [
+                    {"key": c.work.key, "replica": self.name, "token": c.token, "at": utc_now()}
+                    for c in batch
+                ],
+                session=session,
+            )
+            await self.store.finish(batch, session=session)
+            return None, []
+
+        await self.ledger.commit(work)
+
+
+@contextlib.asynccontextmanager
+async def replicas(infra: Infra, count: int) -> AsyncIterator[list[Replica]]:
+    database_name = f"duework_{uuid.uuid4().hex[:10]}"
+    made: list[Replica] = []
+    try:
+        for n in range(count):
+            client = connect(infra.mongo_url, app_name=f"duework-replica-{n}")
+            database = client[database_name]
+            store = MongoDueWork(database)
+            await store.ensure_indexes()
+            ledger = EventLedger(
+                client, database, handled_retention=timedelta(days=8), clock=utc_now
+            )
+            made.append(Replica(f"r{n}", client, store, ledger, database["effects"]))
+        yield made
+    finally:
+        if made:
+            await made[0].client.drop_database(database_name)
+        for replica in made:
+            await replica.client.close()
+
+
+async def schedule(store: MongoDueWork, items: list[DueWork]) -> None:
+    for start in range(0, len(items), 500):
+        await store.schedule(items[start : start + 500])
+
+
+async def effects_per_key(effects: Collection) -> dict[str, int]:
+    counted = await effects.aggregate([{"$group": {"_id": "$key", "n": {"$sum": 1}}}])
+    return {doc["_id"]: doc["n"] async for doc in counted}
+
+
+async def remaining(store: MongoDueWork) -> int:
+    return await store._items.count_documents({})  # what is left to fire
+
+
+async def test_three_replicas_draining_the_same_items_fire_each_exactly_once(
+    infra: Infra,
+) -> None:
+    async with replicas(infra, 3) as parts:
+        now = utc_now()
+        keys = [f"sla:L{i:04}:1" for i in range(2000)]
+        # Due over the last two seconds, a few hundred at the very same instant.
+        await schedule(
+            parts[0].store,
+            [
+                DueWork(key, "sla", now - timedelta(milliseconds=(i % 7) * 300), {"n": i})
+                for i, key in enumerate(keys)
+            ],
+        )
+        runners = [
+            DueWorkRunner(
+                p.store, kinds={"sla"}, fire=p.fire, clock=utc_now, batch_size=100, idle_poll_s=0.05
+            )
+            for p in parts
+        ]
+        tasks = [asyncio.create_task(r.run()) for r in runners]
+        try:
+            await eventually(lambda: remaining(parts[0].store), lambda n: n == 0, timeout_s=240)
+        finally:
+            await asyncio.gather(*(r.stop() for r in runners))
+            await asyncio.gather(*tasks)
+        fired = await effects_per_key(parts[0].effects)
+        by_replica = {
+            p.name: await parts[0].effects.count_documents({"replica": p.name}) for p in parts
+        }
+    assert sorted(fired) == keys
+    assert {key: n for key, n in fired.items() if n != 1} == {}
+    assert sum(by_replica.values()) == 2000
+    assert sum(1 for n in by_replica.values() if n) >= 2, by_replica  # they really raced
+
+
+async def test_items_claimed_by_a_replica_that_died_fire_once_after_its_lease_lapses(
+    infra: Infra,
+) -> None:
+    async with replicas(infra, 2) as (dead, alive):
+        now = utc_now()
+        keys = [f"send:E{i:03}:0" for i in range(300)]
+        await schedule(dead.store, [DueWork(key, "send", now) for key in keys])
+        lease = timedelta(seconds=2)
+        held = await dead.store.claim(
+            kinds={"send"}, now=utc_now(), limit=200, lease=lease, token=uuid.uuid4().hex
+        )
+        claimed_at = utc_now()
+        assert len(held) == 200
+        runner = DueWorkRunner(
+            alive.store, kinds={"send"}, fire=alive.fire, clock=utc_now, idle_poll_s=0.05
+        )
+        task = asyncio.create_task(runner.run())
+        try:
+            # The 100 nobody held fire at once; the dead replica's 200 once its lease lapses.
+            await eventually(lambda: remaining(alive.store), lambda n: n == 200, timeout_s=60)
+            assert utc_now() - claimed_at < lease
+            await eventually(lambda: remaining(alive.store), lambda n: n == 0, timeout_s=60)
+            assert utc_now() - claimed_at >= lease
+        finally:
+            await runner.stop()
+            await task
+        # The "dead" replica comes back and commits what it had claimed: refused, undone.
+        with pytest.raises(LeaseLost):
+            await dead.fire(held)
+        fired = await effects_per_key(alive.effects)
+        replicas_seen = await alive.effects.distinct("replica")
+    assert sorted(fired) == keys
+    assert set(fired.values()) == {1}
+    assert replicas_seen == ["r1"]
+
+
+async def test_a_replica_slower_than_its_lease_cannot_commit_a_second_firing(
+    infra: Infra,
+) -> None:
+    """Leases shorter than some firings: batches are taken over while still in hand, and
+    the late finishes must abort rather than commit their effects again."""
+    async with replicas(infra, 2) as parts:
+        now = utc_now()
+        keys = [f"follow-up:L{i:03}:1" for i in range(400)]
+        await schedule(parts[0].store, [DueWork(key, "follow-up", now) for key in keys])
+        slow, quick = parts
+        calls = 0
+
+        async def slow_fire(batch: list[ClaimedWork]) -> None:
+            nonlocal calls
+            calls += 1
+            if calls % 2:
+                await asyncio.sleep(1.5)  # past the 1 s lease: the batch is taken over
+            await slow.fire(batch)
+
+        runners = [
+            DueWorkRunner(
+                slow.store,
+                kinds={"follow-up"},
+                fire=slow_fire,
+                clock=utc_now,
+                batch_size=50,
+                lease_s=1.0,
+                idle_poll_s=0.05,
+            ),
+            DueWorkRunner(
+                quick.store,
+                kinds={"follow-up"},
+                fire=quick.fire,
+                clock=utc_now,
+                batch_size=50,
+                lease_s=1.0,
+                idle_poll_s=0.05,
+            ),
+        ]
+        tasks = [asyncio.create_task(r.run()) for r in runners]
+        try:
+            await eventually(lambda: remaining(slow.store), lambda n: n == 0, timeout_s=120)
+        finally:
+            await asyncio.gather(*(r.stop() for r in runners))
+            await asyncio.gather(*tasks)
+        fired = await effects_per_key(slow.effects)
+    assert sorted(fired) == keys
+    assert {key: n for key, n in fired.items() if n != 1} == {}
