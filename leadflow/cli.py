@@ -92,6 +92,8 @@ def _print_ready(ready: Any, data_dir: Path) -> None:
     console.print(table)
     console.print(f"Kafka   {ready.kafka_bootstrap}  (log storage: {ready.kafka_storage})")
     console.print(f"MongoDB {ready.mongo_url}")
+    if ready.sinks_page:
+        console.print(f'emails and texts nurture "sent": [bold]{ready.sinks_page}[/]')
     console.print(f"admin API key: [bold]{ready.admin_key}[/]  (send as X-API-Key)")
     console.print(f"logs in {data_dir / 'logs'}; press Ctrl-C to stop")
 
@@ -223,3 +225,96 @@ def keys_revoke(
     ):
         raise typer.BadParameter(f"no active key with id {key_id}")
     typer.echo(f"revoked {key_id}")
+
+
+# --- analytics and the demo -----------------------------------------------------------------
+
+analytics_app = typer.Typer(help="Analytics maintenance.", no_args_is_help=True)
+app.add_typer(analytics_app, name="analytics")
+
+
+@analytics_app.command("rebuild")
+def analytics_rebuild(
+    chunk: Annotated[int, typer.Option(min=1, help="Events tallied per transaction.")] = 1000,
+) -> None:
+    """Rebuild every analytics roll-up from its event store (stop analytics first)."""
+    from rich.progress import Progress  # noqa: PLC0415
+
+    from services.analytics.rebuild import rebuild_rollups  # noqa: PLC0415
+    from services.analytics.settings import Settings as AnalyticsSettings  # noqa: PLC0415
+
+    settings = AnalyticsSettings()
+    with Progress(console=console) as progress:
+        task = progress.add_task("rebuilding roll-ups", total=None)
+        done = asyncio.run(
+            rebuild_rollups(
+                settings,
+                chunk=chunk,
+                on_total=lambda total: progress.update(task, total=total),
+                on_progress=lambda n: progress.advance(task, n),
+            )
+        )
+    console.print(f"rebuilt analytics roll-ups from {done} stored events in {settings.database}")
+
+
+@app.command()
+def demo(
+    leads: Annotated[int, typer.Option(min=1, max=5000, help="How many leads arrive.")] = 120,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="LEADFLOW_API_KEY", help="An admin key (default: the one `up` made)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Where the services listen.")] = "127.0.0.1",
+    seed: Annotated[int, typer.Option(help="Same seed, same month.")] = 2026,
+) -> None:
+    """Drive a month of leads, calls, visits, sales and losses through the running stack
+    (`leadflow up` in another terminal), then open the dashboard."""
+    from leadflow.demo import DemoConfig, demo_progress, run_demo, wait_for_reports  # noqa: PLC0415
+
+    settings = StackSettings()
+    key = api_key or _stored_admin_key(settings.data_dir)
+    ports = {name: 8001 + i for i, name in enumerate(SERVICES)}
+    url = {name: f"http://{host}:{port}" for name, port in ports.items()}
+    config = DemoConfig(
+        intake_url=url["intake"],
+        assignment_url=url["assignment"],
+        analytics_url=url["analytics"],
+        nurture_url=url["nurture"],
+        api_key=key,
+        leads=leads,
+        seed=seed,
+    )
+    with demo_progress() as progress:
+        try:
+            result = asyncio.run(run_demo(config, progress))
+        except RuntimeError as error:
+            raise typer.BadParameter(str(error)) from error
+    summary = asyncio.run(wait_for_reports(url["analytics"], key, result.leads_posted))
+    table = Table(title="demo")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("leads posted", str(result.leads_posted))
+    table.add_row("leads routed to a rep", str(result.leads_assigned))
+    for action, count in sorted(result.actions.items()):
+        table.add_row(action, str(count))
+    console.print(table)
+    for refused, count in sorted(result.refused.items()):
+        console.print(f"[yellow]refused[/] {refused} x{count}")
+    for note in result.skipped:
+        console.print(f"[yellow]skipped[/] {note}")
+    figures = summary.get("figures", {})
+    console.print(
+        f"analytics counted {figures.get('leads_received', 0)} new leads this month; "
+        f"dashboard: [bold]{url['analytics']}/dashboard#key={key}[/]"
+    )
+    if result.leads_posted == 0:
+        raise typer.Exit(1)
+
+
+def _stored_admin_key(data_dir: Path) -> str:
+    key_file = data_dir / "admin.key"
+    if not key_file.exists():
+        raise typer.BadParameter(
+            f"no {key_file}: start the stack with `leadflow up`, or pass --api-key"
+        )
+    return key_file.read_text().strip()

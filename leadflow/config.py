@@ -29,6 +29,12 @@ class StackSettings(BaseSettings):
     identity_database: str = "leadflow_identity"
     topic_partitions: int = Field(default=6, ge=1)
     startup_timeout_s: float = Field(default=90.0, gt=0)
+    sinks: bool = True
+    """Start the local mail sink and fake SMS provider, and point nurture at them."""
+    mail_sink_port: int = Field(default=1025, ge=1, le=65535)
+    """SMTP port of the local mail sink."""
+    sinks_http_port: int = Field(default=8025, ge=1, le=65535)
+    """The fake Twilio API and the page listing the messages "sent"."""
 
     def local_mongo_url(self) -> str:
         return f"mongodb://127.0.0.1:{self.mongo_port}/?directConnection=true"

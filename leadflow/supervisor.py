@@ -5,7 +5,8 @@ stops services first and infrastructure last) and is told by the kernel to die i
 supervisor dies, so no process outlives `up`. A child that dies, a service or a piece of
 infrastructure, is started again on the same port and data after a back-off that doubles
 with each restart (1 s, 2 s, 4 s ... at most 30 s); Tansu only once its S3 server (SeaweedFS)
-answers again.
+answers again. Unless `LEADFLOW_SINKS=false`, a local mail sink and fake SMS provider run
+too, nurture sends to them, and a page lists what was "sent".
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from leadflow.chassis.auth import Role
 from leadflow.chassis.kafka import ensure_topics
 from leadflow.config import SERVICES, StackSettings
 from leadflow.keys import create_key, key_is_valid
-from leadflow.localinfra import ChildProcess, LocalInfra, port_open
+from leadflow.localinfra import LOOPBACK, ChildProcess, LocalInfra, port_open
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +55,10 @@ def service_settings(name: str) -> BaseSettings:
 
 def _service_port(name: str) -> int:
     return int(getattr(service_settings(name), "port"))  # noqa: B009
+
+
+def _local_url(port: int) -> str:
+    return f"http://{LOOPBACK}:{port}"
 
 
 class Step(StrEnum):
@@ -107,6 +112,8 @@ class StackReady:
     mongo_url: str
     kafka_storage: str
     started_in_s: float
+    sinks_page: str | None = None
+    """The page listing the emails and texts "sent" (None without the local sinks)."""
 
 
 class Stack:
@@ -121,6 +128,10 @@ class Stack:
             persistent=settings.persistent,
             start_kafka=settings.kafka_bootstrap is None,
             start_mongo=settings.mongo_url is None,
+            start_sinks=settings.sinks,
+            smtp_sink_port=settings.mail_sink_port,
+            sinks_http_port=settings.sinks_http_port,
+            sinks_inbound_url=f"{_local_url(_service_port('nurture'))}/v1/sms/inbound",
         )
         self.kafka_bootstrap = settings.kafka_bootstrap or self.infra.kafka_bootstrap
         self.mongo_url = settings.effective_mongo_url()
@@ -149,6 +160,7 @@ class Stack:
             if self.settings.kafka_bootstrap is None
             else "external",
             started_in_s=time.monotonic() - started,
+            sinks_page=f"{self.infra.sinks_url}/" if self.settings.sinks else None,
         )
         self.ready = ready
         self._write_state(ready)
@@ -163,6 +175,9 @@ class Stack:
                 wanted["LEADFLOW_S3_PORT"] = self.settings.s3_port
         if self.infra.start_mongo:
             wanted["LEADFLOW_MONGO_PORT"] = self.settings.mongo_port
+        if self.infra.start_sinks:
+            wanted["LEADFLOW_MAIL_SINK_PORT"] = self.settings.mail_sink_port
+            wanted["LEADFLOW_SINKS_HTTP_PORT"] = self.settings.sinks_http_port
         taken = [f"{port} ({variable})" for variable, port in wanted.items() if port_open(port)]
         if taken:
             raise RuntimeError(
@@ -206,6 +221,8 @@ class Stack:
             f"{prefix}IDENTITY_DATABASE": self.settings.identity_database,
             f"{prefix}TOPIC_PARTITIONS": str(self.settings.topic_partitions),
         }
+        if name == "nurture" and self.infra.start_sinks:
+            env.update(self._nurture_sink_env())
         port = _service_port(name)
         child = ChildProcess(
             name,
@@ -216,6 +233,26 @@ class Stack:
         )
         child.start()
         self.services.append(ServiceProcess(name, port, child))
+
+    def _nurture_sink_env(self) -> dict[str, str]:
+        """Point nurture's SMTP and Twilio at the local sinks, and its links and webhooks at
+        itself, unless the environment already says otherwise."""
+        from leadflow.sinks import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN  # noqa: PLC0415
+
+        wanted = {
+            "SMTP_HOST": LOOPBACK,
+            "SMTP_PORT": str(self.settings.mail_sink_port),
+            "SMTP_STARTTLS": "false",
+            "TWILIO_BASE_URL": self.infra.sinks_url,
+            "TWILIO_ACCOUNT_SID": DEV_ACCOUNT_SID,
+            "TWILIO_AUTH_TOKEN": DEV_AUTH_TOKEN,
+            "PUBLIC_URL": _local_url(_service_port("nurture")),
+        }
+        return {
+            f"LEADFLOW_NURTURE_{key}": value
+            for key, value in wanted.items()
+            if f"LEADFLOW_NURTURE_{key}" not in os.environ
+        }
 
     def _wait_until_ready(self, deadline: float) -> None:
         pending = {s.name: s for s in self.services}
@@ -246,6 +283,7 @@ class Stack:
             "mongo_url": ready.mongo_url,
             "kafka_storage": ready.kafka_storage,
             "started_in_s": round(ready.started_in_s, 2),
+            "sinks_page": ready.sinks_page,
         }
         (self.data_dir / "stack.json").write_text(json.dumps(state, indent=2))
 

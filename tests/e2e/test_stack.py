@@ -64,6 +64,8 @@ def stack_environment(data_dir: Path) -> dict[str, str]:
             "LEADFLOW_KAFKA_PORT": str(free_port()),
             "LEADFLOW_MONGO_PORT": str(free_port()),
             "LEADFLOW_S3_PORT": str(free_port()),
+            "LEADFLOW_MAIL_SINK_PORT": str(free_port()),
+            "LEADFLOW_SINKS_HTTP_PORT": str(free_port()),
         }
     )
     for service in SERVICES:
