@@ -31,7 +31,7 @@ from leadflow.sinks import MailSink
 from services.assignment.notifications import api as notifications_api
 from services.assignment.notifications.runtime import NotificationRuntime
 from services.assignment.settings import Settings
-from shared.events import LeadAssignedV1, SatisfactionRecordedV1
+from shared.events import LeadAssignedV1, SlaBreachedV1, utc_now
 from tests.conftest import Keys
 from tests.support.infra import Infra
 from tests.support.services import settings_for
@@ -248,7 +248,7 @@ async def test_failed_deliveries_are_listed_for_managers_and_a_rep_sees_only_the
     sink.refused["mona@example.com"] = 550
     manager = await keys.headers(Role.MANAGER)
     rita = await keys.headers(Role.REP, rep_id="rita")
-    low = SatisfactionRecordedV1(lead_id=unique("lead"), rep_id="rita", score=3)
+    low = SlaBreachedV1(lead_id=unique("lead"), rep_id="rita", sla="satisfaction", due_at=utc_now())
 
     await stack.runtime.plan([low])
 

@@ -166,14 +166,47 @@ def test_a_queued_lead_with_no_manager_to_tell_is_reported_not_dropped_silently(
     assert [n.kind for n in decided.unaddressed] == [NoticeKind.QUEUED]
 
 
-@pytest.mark.parametrize(("score", "alerted"), [(7, True), (8, False), (10, False), (1, True)])
-def test_satisfaction_below_eight_alerts_the_manager(score: int, alerted: bool) -> None:
-    rated = SatisfactionRecordedV1(lead_id="lead-3", occurred_at=NOW, rep_id="rita", score=score)
+def alert(sla: str, **fields: Any) -> SlaBreachedV1:
+    return SlaBreachedV1(
+        lead_id="lead-3", occurred_at=NOW, rep_id="rita", sla=sla, due_at=NOW, **fields
+    )
 
-    decided = plan(rated)
+
+def test_a_low_satisfaction_score_alerts_the_manager_only() -> None:
+    decided = plan(alert("satisfaction", escalated_to="mona"))
 
     told = [(d.notice.person_id, d.notice.kind) for d in decided.deliveries]
-    assert told == ([("mona", NoticeKind.LOW_SATISFACTION)] if alerted else [])
+    assert told == [("mona", NoticeKind.LOW_SATISFACTION)]
+    assert [(e.person_id, e.kind) for e in decided.feed] == [("mona", "low-satisfaction")]
+    assert "low satisfaction score" in decided.deliveries[0].notice.text
+
+
+def test_a_rep_asking_for_help_alerts_their_manager_and_keeps_the_sla_warning() -> None:
+    decided = plan(alert("help", escalated_to="mona"))
+
+    assert [(d.notice.person_id, d.notice.kind) for d in decided.deliveries] == [
+        ("mona", NoticeKind.HELP_REQUESTED)
+    ]
+    assert decided.deliveries[0].notice.text == "Rita asks for help with lead lead-3."
+    assert decided.cancelled == []  # asking for help is not a first contact
+
+
+def test_an_overdue_follow_up_reminds_the_rep_then_the_manager() -> None:
+    reminder = plan(alert("follow_up"))
+    escalated = plan(alert("follow_up", escalated_to="mona"))
+
+    assert [(e.person_id, e.kind) for e in reminder.feed] == [("rita", "follow-up-overdue")]
+    assert [(d.notice.person_id, d.notice.kind) for d in escalated.deliveries] == [
+        ("mona", NoticeKind.FOLLOW_UP_OVERDUE)
+    ]
+    assert "Lead lead-3 of Rita is overdue" in escalated.deliveries[0].notice.text
+
+
+def test_a_satisfaction_score_on_its_own_tells_nobody() -> None:
+    """The workflow decides what is low (its threshold) and raises the alert."""
+    rated = SatisfactionRecordedV1(lead_id="lead-3", occurred_at=NOW, rep_id="rita", score=3)
+
+    assert plan(rated) == NotificationPlan()
 
 
 def test_an_sla_warning_is_scheduled_ahead_of_the_due_time() -> None:

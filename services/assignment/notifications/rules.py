@@ -26,7 +26,6 @@ from shared.events import (
     LeadQueuedV1,
     LeadRejectedByRepV1,
     LeadReturnedToPoolV1,
-    SatisfactionRecordedV1,
     SlaBreachedV1,
     VisitCheckedInV1,
     VisitScheduledV1,
@@ -44,7 +43,6 @@ NOTIFIED_EVENTS: Final = (
     ActivityLoggedV1,
     VisitScheduledV1,
     VisitCheckedInV1,
-    SatisfactionRecordedV1,
     LeadConvertedV1,
     LeadLostV1,
     SlaBreachedV1,
@@ -59,14 +57,13 @@ NotifiedEvent = (
     | ActivityLoggedV1
     | VisitScheduledV1
     | VisitCheckedInV1
-    | SatisfactionRecordedV1
     | LeadConvertedV1
     | LeadLostV1
     | SlaBreachedV1
 )
 
-LOW_SATISFACTION_BELOW: Final = 8
-"""Seed 004: a satisfaction score below this alerts the manager."""
+_OTHER_ALERTS: Final = frozenset({"help", "satisfaction", "follow_up", "follow-up", "forgotten"})
+"""`SlaBreachedV1.sla` values that are not a missed response (see `_sla_notices`)."""
 
 SIGNATURE_HEADER: Final = "X-Leadflow-Signature"
 TIMESTAMP_HEADER: Final = "X-Leadflow-Timestamp"
@@ -301,10 +298,11 @@ def _stops_sla_warning(event: Event) -> bool:
             | LeadRejectedByRepV1()
             | LeadLostV1()
             | LeadConvertedV1()
-            | SlaBreachedV1()
             | LeadAssignedV1()
         ):
             return True
+        case SlaBreachedV1():
+            return is_missed_response(event)
     return False
 
 
@@ -390,7 +388,7 @@ def _queue_changes(event: Event) -> list[FeedEntry]:
         case LeadLostV1(rep_id=str() as rep_id):
             data = _without_none(level=event.level, reason=event.reason)
             return [FeedEntry(rep_id, "lead-lost", event.lead_id, at, data)]
-        case SlaBreachedV1():
+        case SlaBreachedV1() if is_missed_response(event):
             data = _without_none(
                 sla=event.sla,
                 due_at=event.due_at.isoformat(),
@@ -441,39 +439,7 @@ def _notices_for(
                 )
             return notices
         case SlaBreachedV1():
-            details = _without_none(
-                sla=event.sla,
-                due_at=event.due_at.isoformat(),
-                pool_id=event.pool_id,
-                reassigned=event.reassigned,
-            )
-            notices = [
-                Notice(
-                    f"{base}:{NoticeKind.SLA_BREACHED}:{event.rep_id}",
-                    NoticeKind.SLA_BREACHED,
-                    event.rep_id,
-                    lead,
-                    at,
-                    f"Lead {lead}: the {event.sla} SLA was missed (due {_clock(event.due_at)})."
-                    + (" It has been reassigned." if event.reassigned else ""),
-                    details,
-                )
-            ]
-            manager_id = event.escalated_to or _manager_of(people, event.rep_id)
-            if manager_id:
-                notices.append(
-                    Notice(
-                        f"{base}:{NoticeKind.SLA_ESCALATED}:{manager_id}",
-                        NoticeKind.SLA_ESCALATED,
-                        manager_id,
-                        lead,
-                        at,
-                        f"Escalation: {_name(people, event.rep_id)} missed the {event.sla} "
-                        f"SLA on lead {lead} (due {_clock(event.due_at)}).",
-                        {**details, "rep_id": event.rep_id},
-                    )
-                )
-            return notices
+            return _sla_notices(event, people)
         case LeadQueuedV1():
             text = f"Lead {lead} is waiting in pool {event.pool_id}: {event.reason}."
             details = {"pool_id": event.pool_id, "reason": event.reason}
@@ -483,27 +449,74 @@ def _notices_for(
                 )
                 for m in pool_managers.get(event.pool_id) or ("",)
             ]
-        case SatisfactionRecordedV1() if event.score < LOW_SATISFACTION_BELOW:
-            manager_id = _manager_of(people, event.rep_id) if event.rep_id else None
-            by = f" (rep {_name(people, event.rep_id)})" if event.rep_id else ""
-            note = f": {event.note}" if event.note else ""
+    return []
+
+
+def _sla_notices(event: SlaBreachedV1, people: Mapping[str, Person]) -> list[Notice]:
+    """The workflow raises every timer-born alert as `SlaBreachedV1`, its `sla` saying
+    which: the first response missed (the rep, escalated to the manager), a rep asking
+    for help or a low satisfaction score (the manager), a follow-up overdue or a lead
+    forgotten (the rep, then the manager once escalated)."""
+    base, lead, at = str(event.event_id), event.lead_id, event.occurred_at
+    rep = _name(people, event.rep_id)
+    manager_id = event.escalated_to or _manager_of(people, event.rep_id)
+    details = _without_none(
+        sla=event.sla,
+        due_at=event.due_at.isoformat(),
+        pool_id=event.pool_id,
+        reassigned=event.reassigned or None,
+        rep_id=event.rep_id,
+    )
+
+    def notice(kind: NoticeKind, person_id: str | None, text: str) -> Notice:
+        return Notice(
+            f"{base}:{kind}:{person_id or '?'}", kind, person_id or "", lead, at, text, details
+        )
+
+    match event.sla:
+        case "help":
             return [
-                Notice(
-                    f"{base}:{NoticeKind.LOW_SATISFACTION}:{manager_id or '?'}",
-                    NoticeKind.LOW_SATISFACTION,
-                    manager_id or "",
-                    lead,
-                    at,
-                    f"Lead {lead} rated the visit {event.score}/10{by}{note}.",
-                    _without_none(
-                        score=event.score,
-                        rep_id=event.rep_id,
-                        visit_id=event.visit_id,
-                        note=event.note,
-                    ),
+                notice(
+                    NoticeKind.HELP_REQUESTED, manager_id, f"{rep} asks for help with lead {lead}."
                 )
             ]
-    return []
+        case "satisfaction":
+            text = f"Lead {lead} gave {rep}'s visit a low satisfaction score."
+            return [notice(NoticeKind.LOW_SATISFACTION, manager_id, text)]
+        case "follow_up" | "follow-up" | "forgotten":
+            what = (
+                "is forgotten: no activity for days"
+                if event.sla == "forgotten"
+                else "is overdue for a follow-up"
+            )
+            if event.escalated_to:
+                return [
+                    notice(
+                        NoticeKind.FOLLOW_UP_OVERDUE,
+                        event.escalated_to,
+                        f"Lead {lead} of {rep} {what}.",
+                    )
+                ]
+            return [notice(NoticeKind.FOLLOW_UP_OVERDUE, event.rep_id, f"Lead {lead} {what}.")]
+    reassigned = " It has been reassigned." if event.reassigned else ""
+    due = _clock(event.due_at)
+    notices = [
+        notice(
+            NoticeKind.SLA_BREACHED,
+            event.rep_id,
+            f"Lead {lead}: the {event.sla} SLA was missed (due {due}).{reassigned}",
+        )
+    ]
+    if manager_id:
+        text = f"Escalation: {rep} missed the {event.sla} SLA on lead {lead} (due {due})."
+        notices.append(notice(NoticeKind.SLA_ESCALATED, manager_id, text + reassigned))
+    return notices
+
+
+def is_missed_response(event: SlaBreachedV1) -> bool:
+    """A first response (or an unknown kind of SLA) was missed, as opposed to the other
+    alerts the workflow raises as `SlaBreachedV1`."""
+    return event.sla not in _OTHER_ALERTS
 
 
 def notice_for_request(
