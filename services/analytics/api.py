@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response, status
 from fastapi.responses import FileResponse, HTMLResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from leadflow.chassis.auth import Principal, Role, require
 from leadflow.chassis.clock import Clock
@@ -127,6 +127,10 @@ class ReportTable(BaseModel):
 
 
 class ReportBody(BaseModel):
+    # The summary also has its figures, and the channel report its channel rows, at the
+    # top level, where the first version of these two reports had them.
+    model_config = ConfigDict(extra="allow")
+
     report: str
     title: str
     first_day: date = Field(serialization_alias="from")
@@ -142,6 +146,10 @@ def report_body(report: Report) -> ReportBody:
     data = report.as_json()
     data["first_day"] = data.pop("from")
     data["last_day"] = data.pop("to")
+    if report.name == "summary":
+        data.update(report.figures)
+    elif report.name == "channels":
+        data["channels"] = data["tables"]["channels"]["rows"]
     return ReportBody.model_validate(data)
 
 

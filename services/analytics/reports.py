@@ -433,7 +433,7 @@ def _attribution_rows(s: Sums, dimension: str) -> list[dict[str, Any]]:
             {
                 dimension: value,
                 "inquiries": part.count(Metric.INQUIRIES),
-                "leads": leads,
+                "leads_received": leads,
                 "contacted": part.count(Metric.REACHED, stage="contacted"),
                 "visits": part.count(Metric.VISITS),
                 "leads_converted": converted,
@@ -441,7 +441,7 @@ def _attribution_rows(s: Sums, dimension: str) -> list[dict[str, Any]]:
                 "revenue": part.money(Metric.CONVERSIONS),
             }
         )
-    rows.sort(key=lambda r: (-int(r["inquiries"]), -int(r["leads"]), str(r[dimension])))
+    rows.sort(key=lambda r: (-int(r["inquiries"]), -int(r["leads_received"]), str(r[dimension])))
     return rows
 
 
@@ -449,7 +449,7 @@ def channels(query: ReportQuery, buckets: Iterable[Bucket]) -> Report:
     s = Sums(in_period(buckets, query))
     cols = (
         "inquiries",
-        "leads",
+        "leads_received",
         "contacted",
         "visits",
         "leads_converted",
@@ -467,7 +467,7 @@ def channels(query: ReportQuery, buckets: Iterable[Bucket]) -> Report:
         ),
         (
             "a sale counts for the channel and source the lead first came in through",
-            "conversion_rate = leads converted / new leads of the period",
+            "conversion_rate = leads converted / new leads (leads_received) of the period",
         ),
     )
 

@@ -250,7 +250,7 @@ async def test_csv_reports_match_their_json(
         rows = [r for r in table if r["channel"] == channel]
         return rows[0] if rows else None
 
-    await eventually(channel_row, lambda r: r is not None and r["leads"] == 2)
+    await eventually(channel_row, lambda r: r is not None and r["leads_received"] == 2)
     # The sale travels on another topic; published after the lead is known, as in life,
     # it is credited to the lead's channel.
     sale = LeadConvertedV1(lead_id=first, occurred_at=now, rep_id="rep-a", revenue=99.9)
@@ -259,7 +259,7 @@ async def test_csv_reports_match_their_json(
     assert row == {
         "channel": channel,
         "inquiries": 3,
-        "leads": 2,
+        "leads_received": 2,
         "contacted": 0,
         "visits": 0,
         "leads_converted": 1,
@@ -275,9 +275,10 @@ async def test_csv_reports_match_their_json(
     csv_rows = list(csv.DictReader(io.StringIO(channels_csv.text)))
     ours = [r for r in csv_rows if r["channel"] == "'" + channel]
     assert len(ours) == 1
-    assert {k: ours[0][k] for k in ("inquiries", "leads", "leads_converted", "revenue_USD")} == {
+    wanted = ("inquiries", "leads_received", "leads_converted", "revenue_USD")
+    assert {k: ours[0][k] for k in wanted} == {
         "inquiries": "3",
-        "leads": "2",
+        "leads_received": "2",
         "leads_converted": "1",
         "revenue_USD": "99.90",
     }

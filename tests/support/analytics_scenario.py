@@ -532,7 +532,7 @@ def expected(scenario: Scenario, now: datetime) -> dict[str, Any]:
             + sum(
                 1 for lead in real if lead.channel != ch for c in lead.repeat_channels if c == ch
             ),
-            "leads": leads_n,
+            "leads_received": leads_n,
             "contacted": sum(1 for lead in mine if _in(lead.contacted_at, first, last)),
             "visits": sum(1 for lead in mine if lead.visited and _in(_visit_at(lead), first, last)),
             "leads_converted": len(sold),
@@ -720,3 +720,27 @@ def _last_touch(lead: Lead) -> datetime:
     if lead.opportunity:
         times.append(day + timedelta(days=1, hours=1))
     return max(times)
+
+
+async def publish_all(bootstrap: str, events: list[Event]) -> None:
+    """Publish `events` with one producer, keyed by lead as the services do."""
+    from aiokafka import AIOKafkaProducer  # noqa: PLC0415 - only the Kafka tests need it
+
+    from shared.topics import topic_for  # noqa: PLC0415
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        sent = [
+            await producer.send(
+                topic_for(event),
+                event.model_dump_json().encode(),
+                key=event.lead_id.encode(),
+                headers=[("content-type", b"application/json")],
+            )
+            for event in events
+        ]
+        for delivery in sent:
+            await delivery
+    finally:
+        await producer.stop()

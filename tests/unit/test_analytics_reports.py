@@ -105,7 +105,8 @@ def test_channel_and_source_analysis(reports: dict[str, Any]) -> None:
         for name, value in want.items():
             assert got[name] == value, (channel, name)
     by_source = rows(reports["channels"], "sources", "source")
-    assert by_source["instagram"]["leads"] == EXPECTED["channels"]["ad"]["leads"]
+    want = EXPECTED["channels"]["ad"]["leads_received"]
+    assert by_source["instagram"]["leads_received"] == want
 
 
 def test_campaign_report(reports: dict[str, Any]) -> None:

@@ -57,7 +57,7 @@ function chartSpec(name, report) {
     case "channels":
       return bar(rows("channels").map((r) => r.channel), [
         { label: "inquiries", data: rows("channels").map((r) => r.inquiries) },
-        { label: "leads", data: rows("channels").map((r) => r.leads) },
+        { label: "new leads", data: rows("channels").map((r) => r.leads_received) },
         { label: "converted", data: rows("channels").map((r) => r.leads_converted) },
       ]);
     case "campaigns":
