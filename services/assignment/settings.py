@@ -47,3 +47,9 @@ class Settings(ServiceSettings):
     """How often a replica with live streams open reads entries other replicas committed."""
     stream_heartbeat_s: float = Field(default=15.0, gt=0)
     """A comment line on idle streams, so proxies keep them open and clients see they live."""
+    timer_poll_s: float = Field(default=0.5, gt=0)
+    """The longest the timer runner sleeps without looking for due timers (SLA, follow-up,
+    queue dealing): timers fire at most about this late."""
+    timer_batch_size: int = Field(default=200, ge=1)
+    timer_lease_s: float = Field(default=30.0, gt=0)
+    """How long a replica holds the timers it claimed before another may take them over."""
