@@ -13,18 +13,35 @@ from pydantic import Field
 from leadflow.chassis.app import ServiceChassis
 from services.nurture.usecases import ApplyLeadEvents
 from shared.events import (
+    EngagementRecordedV1,
     Event,
     LeadAssignedV1,
     LeadConvertedV1,
     LeadErasedV1,
     LeadLostV1,
     LeadMergedV1,
+    LeadOptedOutV1,
     LeadReceivedV1,
+    LeadReturnedToPoolV1,
+    LeadRoutedToNurtureV1,
+    MessageStatusUpdatedV1,
 )
 from shared.topics import topic_for
 
+# Nurture also consumes its own channel events (published by its webhooks through the
+# outbox): replies, opt-outs and bounces end enrollments, engagements feed the score.
 Consumed = Annotated[
-    LeadReceivedV1 | LeadMergedV1 | LeadErasedV1 | LeadLostV1 | LeadAssignedV1 | LeadConvertedV1,
+    LeadReceivedV1
+    | LeadMergedV1
+    | LeadErasedV1
+    | LeadLostV1
+    | LeadReturnedToPoolV1
+    | LeadRoutedToNurtureV1
+    | LeadAssignedV1
+    | LeadConvertedV1
+    | EngagementRecordedV1
+    | LeadOptedOutV1
+    | MessageStatusUpdatedV1,
     Field(discriminator="event_type"),
 ]
 
@@ -33,7 +50,8 @@ CONSUMED_TOPICS = tuple(topic_for(model) for model in get_args(get_args(Consumed
 
 def register_handlers(chassis: ServiceChassis, apply_lead_events: ApplyLeadEvents) -> None:
     async def on_nurture_events(events: list[Event]) -> None:
-        """Keep contacts, enroll lost leads, replan or stop their enrollments."""
+        """Keep contacts, enroll lost / returned / low-fit leads, replan or stop their
+        enrollments, score engagements and hand warmed leads back to sales."""
         await apply_lead_events(events)
 
     chassis.consume(CONSUMED_TOPICS, Consumed, on_nurture_events, title="on_nurture_events")

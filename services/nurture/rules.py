@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
-from typing import Final
+from typing import Final, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
@@ -196,6 +197,10 @@ class LeadContact:
     erased_at: datetime | None = None
     blocked: tuple[Channel, ...] = ()
     """Channels the lead opted out of, or whose address hard-bounced: never used again."""
+    stage: str | None = None
+    """Where the lead last was in its lifecycle (new, assigned, in_pool, nurture, lost-N,
+    converted), as of `stage_as_of`: what marketing's bulk enrollment filters on."""
+    stage_as_of: datetime | None = None
 
     @property
     def known(self) -> bool:
@@ -678,6 +683,7 @@ def apply_event(
     """
     zone = default_timezone
     at, now = to_stored_precision(event.occurred_at), to_stored_precision(now)
+    lead = _with_stage(lead, event, at)
     applied = Applied(lead)
     match event:
         case LeadReceivedV1(contact=contact, consent=consent):
@@ -708,6 +714,35 @@ def apply_event(
     if trigger is None:
         return applied
     return _enroll_on_trigger(applied, event, trigger, catalog, now=now, default_timezone=zone)
+
+
+def stage_of(event: Event) -> str | None:
+    """The lifecycle stage an event puts its lead in, if it is one that does."""
+    match event:
+        case LeadReceivedV1():
+            return "new"
+        case LeadAssignedV1():
+            return "assigned"
+        case LeadReturnedToPoolV1():
+            return "in_pool"
+        case LeadRoutedToNurtureV1():
+            return "nurture"
+        case LeadLostV1(level=level):
+            return f"lost-{level}"
+        case LeadConvertedV1():
+            return "converted"
+    return None
+
+
+def _with_stage(lead: LeadNurture, event: Event, at: datetime) -> LeadNurture:
+    stage, contact = stage_of(event), lead.contact
+    if stage is None or contact.erased_at is not None:
+        return lead
+    if contact.stage_as_of is not None and contact.stage_as_of >= at:
+        return lead  # an older fact arriving late
+    return dataclasses.replace(
+        lead, contact=dataclasses.replace(contact, stage=stage, stage_as_of=at)
+    )
 
 
 def _merge(applied: Applied, more: Iterable[Enrollment]) -> tuple[Enrollment, ...]:
@@ -1008,3 +1043,410 @@ DEFAULT_SEQUENCES: Final[tuple[NurtureSequence, ...]] = (
         weekdays=_WORKDAYS_AND_SATURDAY,
     ),
 )
+
+
+# --- sending: when a due step may really go out -----------------------------------------------
+
+SEND_KIND: Final = "send"
+"""The due-work kind of a step falling due."""
+
+
+def send_key(enrollment_id: str, step: int) -> str:
+    """The one key of an enrollment's step: its timer and its send record. However many
+    replicas fire it, a step is sent at most once."""
+    return f"send:{enrollment_id}:{step}"
+
+
+@dataclass(frozen=True, slots=True)
+class QuietHours:
+    """Local hours in which nothing is sent whatever a sequence says: [start, end),
+    overnight when start > end (21 to 8 is 21:00-08:00)."""
+
+    start_hour: int
+    end_hour: int
+
+
+@dataclass(frozen=True, slots=True)
+class FrequencyCap:
+    """At most `per_day` messages a local day and `per_week` a local (ISO) week, per lead
+    and channel, across all sequences."""
+
+    per_day: int
+    per_week: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendPolicy:
+    max_lateness: timedelta
+    """A step found due longer ago than this (the scheduler was down) is skipped."""
+    quiet_hours: QuietHours | None
+    caps: Mapping[Channel, FrequencyCap]
+
+
+def _in_quiet_hours(local: datetime, quiet: QuietHours) -> bool:
+    hour = local.hour
+    if quiet.start_hour < quiet.end_hour:
+        return quiet.start_hour <= hour < quiet.end_hour
+    return hour >= quiet.start_hour or hour < quiet.end_hour
+
+
+def _after_quiet_hours(local: datetime, zone: ZoneInfo, quiet: QuietHours) -> datetime:
+    day = local.date()
+    if quiet.start_hour >= quiet.end_hour and local.hour >= quiet.start_hour:
+        day += timedelta(days=1)
+    return _local_hour(day, quiet.end_hour, zone)
+
+
+def _week_start(local: datetime) -> date:
+    return local.date() - timedelta(days=local.weekday())
+
+
+def _next_capped_slot(
+    moment: datetime, zone: ZoneInfo, sent: Sequence[datetime], cap: FrequencyCap
+) -> datetime | None:
+    """None if a message may go out at `moment`, else the local midnight from which the
+    cap no longer holds it back (the next day, or the next week)."""
+    local = moment.astimezone(zone)
+    same_day = sum(1 for at in sent if at.astimezone(zone).date() == local.date())
+    same_week = sum(1 for at in sent if _week_start(at.astimezone(zone)) == _week_start(local))
+    if same_week >= cap.per_week:
+        return _local_hour(_week_start(local) + timedelta(days=7), 0, zone)
+    if same_day >= cap.per_day:
+        return _local_hour(local.date() + timedelta(days=1), 0, zone)
+    return None
+
+
+def next_allowed_time(
+    candidate: datetime,
+    timezone: str,
+    *,
+    send_window: SendWindow | None,
+    weekdays: Collection[int] | None,
+    quiet_hours: QuietHours | None,
+    sent: Sequence[datetime] = (),
+    cap: FrequencyCap | None = None,
+) -> datetime:
+    """The first moment from `candidate` on that is inside the send window on an allowed
+    weekday, outside quiet hours, and under the lead's frequency cap for the channel (`sent`:
+    the times of its messages on that channel), all read in the lead's `timezone` (DST-
+    correct). A capped message moves to the next allowed slot; it is never dropped."""
+    zone = ZoneInfo(timezone)
+    at = candidate.astimezone(UTC)
+    anytime = Step(channel="email", delay_hours=0, body="")
+    for _ in range(64):  # each round moves forward; a few always settle it
+        at = next_send_time(anytime, at, timezone, send_window, weekdays)
+        local = at.astimezone(zone)
+        if quiet_hours is not None and _in_quiet_hours(local, quiet_hours):
+            at = _after_quiet_hours(local, zone, quiet_hours)
+            continue
+        later = None if cap is None else _next_capped_slot(at, zone, sent, cap)
+        if later is not None:
+            at = later
+            continue
+        return at
+    raise ValueError("no moment satisfies the send window, quiet hours and caps")
+
+
+class StepOutcome(StrEnum):
+    SEND = "send"
+    DEFER = "defer"
+    """Not now (quiet hours, window, cap, paused sequence): the same step, later."""
+    SKIP = "skip"
+    """Not this step (too late, no channel for it, a skip condition): on to the next one."""
+    STOP = "stop"
+    DROP = "drop"
+    """The timer is stale (enrollment gone, stopped, or already past this step)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepDecision:
+    outcome: StepOutcome
+    why: str = ""
+    at: datetime | None = None
+    """DEFER: when to try again."""
+    stop_reason: StopReason | None = None
+
+
+def skip_condition_met(step: Step, index: int, engaged: Collection[str]) -> SkipCondition | None:
+    for condition in step.skip_if:
+        if condition is SkipCondition.OPENED_PREVIOUS and f"opened:{index - 1}" in engaged:
+            return condition
+        if condition is SkipCondition.CLICKED_PREVIOUS and f"clicked:{index - 1}" in engaged:
+            return condition
+        if condition is SkipCondition.OPENED_ANY and any(
+            mark.startswith("opened:") for mark in engaged
+        ):
+            return condition
+    return None
+
+
+def decide_step(
+    enrollment: Enrollment | None,
+    step_index: int,
+    record: SequenceRecord | None,
+    lead: LeadContact | None,
+    *,
+    due_at: datetime,
+    now: datetime,
+    policy: SendPolicy,
+    default_timezone: str,
+    sent: Sequence[datetime] = (),
+) -> StepDecision:
+    """What to do with step `step_index` of `enrollment`, fallen due at `due_at`."""
+    if (
+        enrollment is None
+        or enrollment.status is not EnrollmentStatus.ACTIVE
+        or enrollment.current_step != step_index
+        or record is None
+    ):
+        return StepDecision(StepOutcome.DROP, "the enrollment is no longer at this step")
+    if record.status is SequenceStatus.ARCHIVED:
+        return StepDecision(StepOutcome.STOP, "archived", stop_reason=StopReason.ARCHIVED)
+    sequence = record.at(enrollment.sequence_version)
+    if step_index >= len(sequence.steps):
+        return StepDecision(StepOutcome.DROP, "the sequence has no such step")
+    if record.status is SequenceStatus.PAUSED:
+        return StepDecision(StepOutcome.DEFER, "paused", at=now + PAUSED_RECHECK)
+    if now - due_at > policy.max_lateness:
+        return StepDecision(StepOutcome.SKIP, f"too late: due {due_at.isoformat()}")
+    step = sequence.steps[step_index]
+    if step.channel not in enrollment.channels or lead is None or lead.erased_at is not None:
+        return StepDecision(StepOutcome.SKIP, f"the lead cannot be reached by {step.channel}")
+    condition = skip_condition_met(step, step_index, enrollment.engaged)
+    if condition is not None:
+        return StepDecision(StepOutcome.SKIP, condition.value)
+    allowed = next_allowed_time(
+        now,
+        contact_time_zone(lead.contact, default_timezone),
+        send_window=step.send_window or sequence.send_window,
+        weekdays=step.weekdays if step.weekdays is not None else sequence.weekdays,
+        quiet_hours=policy.quiet_hours,
+        sent=sent,
+        cap=policy.caps.get(step.channel),
+    )
+    if allowed > now:
+        return StepDecision(StepOutcome.DEFER, "window, quiet hours or frequency cap", at=allowed)
+    return StepDecision(StepOutcome.SEND)
+
+
+PAUSED_RECHECK: Final = timedelta(minutes=1)
+"""How soon a step of a paused sequence is looked at again (resuming needs no other write)."""
+
+
+def after_step(
+    enrollment: Enrollment,
+    record: SequenceRecord,
+    lead: LeadContact | None,
+    *,
+    sent_at: datetime | None,
+    counted_from: datetime,
+    default_timezone: str,
+) -> Enrollment:
+    """The enrollment moved on past its current step (sent at `sent_at`, or skipped: then
+    the next delay counts from `counted_from`), its next step planned, or completed."""
+    sequence = record.at(enrollment.sequence_version)
+    following = enrollment.current_step + 1
+    last_sent = sent_at or enrollment.last_sent_at
+    if following >= len(sequence.steps):
+        return dataclasses.replace(
+            enrollment,
+            current_step=following,
+            last_sent_at=last_sent,
+            next_send_at=None,
+            status=EnrollmentStatus.COMPLETED,
+            stopped_at=sent_at or counted_from,
+        )
+    zone = contact_time_zone(lead.contact if lead else None, default_timezone)
+    due = step_due(
+        sequence, following, sent_at or counted_from, zone, enrolled_at=enrollment.enrolled_at
+    )
+    return dataclasses.replace(
+        enrollment, current_step=following, last_sent_at=last_sent, next_send_at=due
+    )
+
+
+def retry_delay(attempts: int, base: timedelta, ceiling: timedelta) -> timedelta:
+    """Back-off before sending again after the provider's `attempts`-th temporary refusal."""
+    return min(base * (1 << max(0, attempts - 1)), ceiling)
+
+
+# --- engagement score and requalification ----------------------------------------------------
+
+Temperature = Literal["cold", "warm", "hot"]
+EngagementKind = Literal["open", "click", "reply", "web_visit"]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringPolicy:
+    weights: Mapping[str, float]
+    """Points per engagement kind (open, click, reply, web_visit)."""
+    half_life: timedelta
+    """Every point is worth half as much after this long."""
+    warm_at: float
+    hot_at: float
+    high_intent_paths: tuple[str, ...] = ()
+    """Web pages (path prefixes, e.g. '/pricing') whose visit hands the lead back at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeadScore:
+    lead_id: str
+    score: float
+    as_of: datetime
+    temperature: Temperature
+
+
+def decayed(score: float, since: datetime, now: datetime, half_life: timedelta) -> float:
+    """`score` as of `since`, decayed exponentially to `now` (never grows back in time)."""
+    elapsed = max(0.0, (now - since).total_seconds())
+    return float(score * 0.5 ** (elapsed / half_life.total_seconds()))
+
+
+def temperature_of(score: float, policy: ScoringPolicy) -> Temperature:
+    if score >= policy.hot_at:
+        return "hot"
+    if score >= policy.warm_at:
+        return "warm"
+    return "cold"
+
+
+def scored(
+    previous: LeadScore | None, lead_id: str, kind: str, at: datetime, policy: ScoringPolicy
+) -> LeadScore:
+    """The lead's score after one engagement at `at`: the old score decayed to `at` plus the
+    kind's weight. Equal to summing every engagement's decayed weight, kept in O(1).
+    An engagement older than the stored score counts decayed to the stored time."""
+    weight = policy.weights.get(kind, 0.0)
+    if previous is None:
+        total, as_of = weight, at
+    elif at >= previous.as_of:
+        total, as_of = decayed(previous.score, previous.as_of, at, policy.half_life) + weight, at
+    else:
+        total = previous.score + decayed(weight, at, previous.as_of, policy.half_life)
+        as_of = previous.as_of
+    return LeadScore(lead_id, total, as_of, temperature_of(total, policy))
+
+
+def is_high_intent(url: str | None, policy: ScoringPolicy) -> bool:
+    if not url:
+        return False
+    path = urlsplit(url).path or "/"
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in policy.high_intent_paths)
+
+
+def requalification_reason(
+    before: LeadScore | None, after: LeadScore, kind: str, url: str | None, policy: ScoringPolicy
+) -> str | None:
+    """Why this engagement hands the lead back to sales, or None: a reply, a visit to a
+    high-intent page, or the score crossing into hot."""
+    if kind == "reply":
+        return "replied"
+    if kind == "web_visit" and is_high_intent(url, policy):
+        return f"visited a high-intent page: {urlsplit(url or '').path}"
+    was_hot = before is not None and before.temperature == "hot"
+    if after.temperature == "hot" and not was_hot:
+        return f"score {after.score:.1f} crossed into hot (>= {policy.hot_at:g})"
+    return None
+
+
+# --- send records ---------------------------------------------------------------------------
+
+
+class SendStatus(StrEnum):
+    SENDING = "sending"
+    """Reserved by a replica that is handing it to the provider (or died doing so)."""
+    SENT = "sent"
+    RETRYABLE = "retryable"
+    """The provider refused it for now: the next attempt may take the record again."""
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class SendRecord:
+    """One step's message, keyed by `send_key`: the guard that it goes out at most once,
+    and the history frequency caps count."""
+
+    key: str
+    lead_id: str
+    enrollment_id: str
+    sequence_id: str
+    step: int
+    channel: Channel
+    status: SendStatus
+    reserved_at: datetime
+    attempts: int = 1
+    sent_at: datetime | None = None
+    provider_id: str | None = None
+    error: str | None = None
+
+    @property
+    def counts_for_caps(self) -> bool:
+        return self.status in {SendStatus.SENDING, SendStatus.SENT}
+
+
+@dataclass(frozen=True, slots=True)
+class Requalification:
+    lead_id: str
+    score: float
+    reason: str
+    at: datetime
+    sequence_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredBatch:
+    scores: tuple[LeadScore, ...]
+    requalified: tuple[Requalification, ...]
+
+
+def score_batch(
+    engagements: Sequence[EngagementRecordedV1],
+    stored: Mapping[str, LeadScore],
+    nurtured: Mapping[str, str | None],
+    policy: ScoringPolicy,
+) -> ScoredBatch:
+    """Scores after these engagements, and the nurtured leads (`nurtured`: lead id to the
+    sequence it is in) they hand back to sales, once each per batch. A lead nobody nurtures
+    is scored but never requalified by nurture."""
+    scores: dict[str, LeadScore] = dict(stored)
+    changed: dict[str, LeadScore] = {}
+    requalified: dict[str, Requalification] = {}
+    for event in engagements:
+        lead_id, at = event.lead_id, to_stored_precision(event.occurred_at)
+        before = scores.get(lead_id)
+        if before is not None and at > before.as_of:
+            value = decayed(before.score, before.as_of, at, policy.half_life)
+            before = LeadScore(lead_id, value, at, temperature_of(value, policy))
+        after = scored(before, lead_id, event.kind, at, policy)
+        scores[lead_id] = changed[lead_id] = after
+        reason = requalification_reason(before, after, event.kind, event.url, policy)
+        if reason is not None and lead_id in nurtured and lead_id not in requalified:
+            requalified[lead_id] = Requalification(
+                lead_id, after.score, reason, at, event.sequence_id or nurtured[lead_id]
+            )
+    return ScoredBatch(tuple(changed.values()), tuple(requalified.values()))
+
+
+def stop_requalified(
+    changes: NurtureChanges,
+    active: Mapping[str, Sequence[Enrollment]],
+    lead_ids: Collection[str],
+    now: datetime,
+) -> NurtureChanges:
+    """`changes` with every enrollment of `lead_ids` still active after them stopped: the
+    lead is back with sales."""
+    if not lead_ids:
+        return changes
+    now = to_stored_precision(now)
+    latest = {e.enrollment_id: e for es in active.values() for e in es if e.lead_id in lead_ids}
+    latest.update((e.enrollment_id, e) for e in (*changes.changed, *changes.started))
+    ending = {
+        i: stopped(e, StopReason.REQUALIFIED, now)
+        for i, e in latest.items()
+        if e.lead_id in lead_ids and e.status is EnrollmentStatus.ACTIVE
+    }
+    started = tuple(ending.get(e.enrollment_id, e) for e in changes.started)
+    new_ids = {e.enrollment_id for e in changes.started}
+    changed = {e.enrollment_id: e for e in changes.changed}
+    changed.update((i, e) for i, e in ending.items() if i not in new_ids)
+    return dataclasses.replace(changes, started=started, changed=tuple(changed.values()))

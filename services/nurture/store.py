@@ -16,28 +16,34 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, InsertOne, ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError
 
+from leadflow.chassis.duework import ClaimedWork, DueWork, DueWorkStore
 from leadflow.chassis.store import Collection as MongoCollection
 from leadflow.chassis.store import (
     Database,
     Document,
     DuplicateKeyError,
     EventLedger,
+    MongoDueWork,
     Session,
     find_in,
 )
 from services.nurture.rules import (
+    SEND_KIND,
     AlreadyEnrolledError,
     Enrollment,
     EnrollmentStatus,
     LeadContact,
+    LeadScore,
     NurtureChanges,
     NurtureSequence,
+    SendRecord,
+    SendStatus,
     SendWindow,
     SequenceExistsError,
     SequenceNotFoundError,
@@ -47,8 +53,9 @@ from services.nurture.rules import (
     Step,
     StepAnchor,
     StopReason,
+    send_key,
 )
-from shared.events import Consent, Contact, Event
+from shared.events import Channel, Consent, Contact, Event
 
 T = TypeVar("T")
 
@@ -66,6 +73,18 @@ class EnrollmentFilter:
     limit: int = 50
 
 
+@dataclass(frozen=True, slots=True)
+class ContactFilter:
+    """Which known (not erased) leads a bulk enrollment takes."""
+
+    stages: tuple[str, ...] | None = None
+    exclude_stages: tuple[str, ...] = ()
+    reachable_on: Channel | None = None
+    """Only leads that consented to this channel, have an address for it and did not
+    opt out of it."""
+    limit: int = 10_000
+
+
 class NurtureTransaction(Protocol):
     """What a use case may read and write inside one transaction."""
 
@@ -80,9 +99,23 @@ class NurtureTransaction(Protocol):
         ...
 
     async def save(self, changes: NurtureChanges) -> None:
-        """Store changed contacts and new or changed enrollments, in bulk. Raises
-        AlreadyEnrolledError if a lead would have two active enrollments in one sequence."""
+        """Store changed contacts and new or changed enrollments, in bulk, and their timers:
+        an active enrollment's current step is scheduled at its `next_send_at` (key
+        `send_key`), any other's is cancelled. Raises AlreadyEnrolledError if a lead would
+        have two active enrollments in one sequence."""
         ...
+
+    async def enrollments(self, enrollment_ids: Collection[str]) -> dict[str, Enrollment]:
+        """These enrollments by id (one query); unknown ids are left out."""
+        ...
+
+    async def finish(self, claimed: Sequence[ClaimedWork]) -> None:
+        """Complete claimed timers in this transaction (LeaseLost if one was taken over)."""
+        ...
+
+    async def scores(self, lead_ids: Collection[str]) -> dict[str, LeadScore]: ...
+
+    async def save_scores(self, scores: Sequence[LeadScore]) -> None: ...
 
 
 Work = Callable[[NurtureTransaction], Awaitable[tuple[T, Sequence[Event]]]]
@@ -132,7 +165,36 @@ class NurtureStore(Protocol):
         """Insert those whose id is not taken, never touching one that exists; how many."""
         ...
 
+    # --- sends (outside transactions: they guard an effect no transaction can undo) -------
+
+    async def send_records(self, keys: Collection[str]) -> dict[str, SendRecord]: ...
+
+    async def sends_since(
+        self, lead_ids: Collection[str], since: datetime
+    ) -> dict[str, list[SendRecord]]:
+        """Each lead's send records reserved at or after `since` (for frequency caps)."""
+        ...
+
+    async def reserve_sends(self, records: Sequence[SendRecord]) -> set[str]:
+        """Insert these records (status sending); the keys this call reserved. A key
+        reserved before is not reserved again, except a RETRYABLE one, which is taken back
+        (its `attempts` moves on)."""
+        ...
+
+    async def record_outcomes(self, records: Sequence[SendRecord]) -> None:
+        """Write the provider's answer into each record (status, provider id, error)."""
+        ...
+
+    async def take_rate(self, channel: str, second: datetime, wanted: int, limit: int) -> int:
+        """Reserve up to `wanted` of the `limit` sends `channel` may make in `second`, across
+        replicas; how many were granted."""
+        ...
+
     # --- enrollments (reads) --------------------------------------------------------------
+
+    async def contacts_matching(self, where: ContactFilter) -> list[str]:
+        """The ids of the known, not erased leads `where` selects, at most `where.limit`."""
+        ...
 
     async def latest_enrollment(self, lead_id: str) -> Enrollment | None: ...
     async def list_enrollments(self, where: EnrollmentFilter) -> list[Enrollment]:
@@ -146,12 +208,18 @@ has two enrollments at the same time, the later trigger being the newer."""
 
 
 class MongoNurtureStore:
-    def __init__(self, database: Database, ledger: EventLedger) -> None:
+    def __init__(
+        self, database: Database, ledger: EventLedger, due: DueWorkStore | None = None
+    ) -> None:
         self._contacts: MongoCollection = database["contacts"]
         self._sequences: MongoCollection = database["sequences"]
         self._versions: MongoCollection = database["config_versions"]
         self._enrollments: MongoCollection = database["enrollments"]
+        self._sends: MongoCollection = database["sends"]
+        self._rates: MongoCollection = database["send_rates"]
+        self._scores: MongoCollection = database["scores"]
         self._ledger = ledger
+        self.due: DueWorkStore = due or MongoDueWork(database)
 
     async def ensure_indexes(self) -> None:
         # Enrollments used to be one active per lead; now one per lead and sequence.
@@ -170,6 +238,10 @@ class MongoNurtureStore:
         )
         await self._enrollments.create_index([("lead_id", ASCENDING), *NEWEST_FIRST])
         await self._enrollments.create_index(NEWEST_FIRST)
+        await self._sends.create_index([("lead_id", ASCENDING), ("reserved_at", ASCENDING)])
+        # Rate windows are one second long: a minute later nobody reads them.
+        await self._rates.create_index("expires_at", expireAfterSeconds=0)
+        await self.due.ensure_indexes()
 
     async def commit(self, work: Work[T]) -> T:
         async def in_transaction(session: Session) -> tuple[T, Sequence[Event]]:
@@ -280,7 +352,104 @@ class MongoNurtureStore:
             {"_id": SEQUENCES_VERSION}, {"$inc": {"version": 1}}, upsert=True, session=session
         )
 
+    # --- sends ----------------------------------------------------------------------------
+
+    async def send_records(self, keys: Collection[str]) -> dict[str, SendRecord]:
+        return {d["_id"]: send_from_document(d) for d in await find_in(self._sends, "_id", keys)}
+
+    async def sends_since(
+        self, lead_ids: Collection[str], since: datetime
+    ) -> dict[str, list[SendRecord]]:
+        documents = await find_in(
+            self._sends, "lead_id", lead_ids, also={"reserved_at": {"$gte": since}}
+        )
+        found: dict[str, list[SendRecord]] = {}
+        for doc in documents:
+            found.setdefault(doc["lead_id"], []).append(send_from_document(doc))
+        return found
+
+    async def reserve_sends(self, records: Sequence[SendRecord]) -> set[str]:
+        if not records:
+            return set()
+        taken: set[str] = set()
+        try:
+            await self._sends.insert_many([send_document(r) for r in records], ordered=False)
+        except BulkWriteError as error:
+            taken = {
+                str(f["keyValue"]["_id"])
+                for f in error.details.get("writeErrors", [])
+                if f.get("code") == _DUPLICATE_KEY
+            }
+            if len(taken) != len(error.details.get("writeErrors", [])):
+                raise
+        reserved = {r.key for r in records} - taken
+        for record in records:
+            if record.key not in taken:
+                continue
+            # Only a record the provider refused for now is taken back, by one replica.
+            again = await self._sends.find_one_and_update(
+                {"_id": record.key, "status": SendStatus.RETRYABLE.value},
+                {
+                    "$set": {"status": SendStatus.SENDING.value, "reserved_at": record.reserved_at},
+                    "$inc": {"attempts": 1},
+                },
+            )
+            if again is not None:
+                reserved.add(record.key)
+        return reserved
+
+    async def record_outcomes(self, records: Sequence[SendRecord]) -> None:
+        if records:
+            await self._sends.bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": r.key},
+                        {
+                            "$set": {
+                                "status": r.status.value,
+                                "sent_at": r.sent_at,
+                                "provider_id": r.provider_id,
+                                "error": r.error,
+                            }
+                        },
+                    )
+                    for r in records
+                ],
+                ordered=False,
+            )
+
+    async def take_rate(self, channel: str, second: datetime, wanted: int, limit: int) -> int:
+        if wanted <= 0:
+            return 0
+        window = second.replace(microsecond=0)
+        doc = await self._rates.find_one_and_update(
+            {"_id": f"{channel}:{window.isoformat()}"},
+            {"$inc": {"taken": wanted}, "$setOnInsert": {"expires_at": window + RATE_WINDOW_KEPT}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        # An upsert returning the document after the update always returns one.
+        before = (int(doc["taken"]) if doc is not None else wanted) - wanted
+        return max(0, min(wanted, limit - before))
+
     # --- enrollments ----------------------------------------------------------------------
+
+    async def contacts_matching(self, where: ContactFilter) -> list[str]:
+        query: dict[str, Any] = {"erased_at": None}
+        stages: dict[str, Any] = {}
+        if where.stages is not None:
+            stages["$in"] = list(where.stages)
+        if where.exclude_stages:
+            stages["$nin"] = list(where.exclude_stages)
+        if stages:
+            query["stage"] = stages
+        if where.reachable_on is not None:
+            address = "email" if where.reachable_on == "email" else "phone"
+            query[f"consent.{where.reachable_on}"] = True
+            query[f"contact.{address}"] = {"$nin": [None, ""]}
+            query["blocked"] = {"$ne": where.reachable_on}
+        cursor = self._contacts.find(query, {"_id": 1}).sort("_id").limit(where.limit)
+        return [doc["_id"] async for doc in cursor]
 
     async def latest_enrollment(self, lead_id: str) -> Enrollment | None:
         cursor = self._enrollments.find({"lead_id": lead_id}).sort(NEWEST_FIRST).limit(1)
@@ -305,6 +474,27 @@ class _MongoNurtureTransaction:
         self._store = store
         self._session = session
         self._stored_contacts: set[str] = set()
+
+    async def enrollments(self, enrollment_ids: Collection[str]) -> dict[str, Enrollment]:
+        documents = await find_in(
+            self._store._enrollments, "_id", enrollment_ids, session=self._session
+        )
+        return {doc["_id"]: enrollment_from_document(doc) for doc in documents}
+
+    async def finish(self, claimed: Sequence[ClaimedWork]) -> None:
+        await self._store.due.finish(claimed, session=self._session)
+
+    async def scores(self, lead_ids: Collection[str]) -> dict[str, LeadScore]:
+        documents = await find_in(self._store._scores, "_id", lead_ids, session=self._session)
+        return {doc["_id"]: score_from_document(doc) for doc in documents}
+
+    async def save_scores(self, scores: Sequence[LeadScore]) -> None:
+        if scores:
+            await self._store._scores.bulk_write(
+                [ReplaceOne({"_id": s.lead_id}, score_document(s), upsert=True) for s in scores],
+                ordered=False,
+                session=self._session,
+            )
 
     async def contacts(self, lead_ids: Collection[str]) -> dict[str, LeadContact]:
         documents = await find_in(self._store._contacts, "_id", lead_ids, session=self._session)
@@ -360,6 +550,9 @@ class _MongoNurtureTransaction:
             if second is None:
                 raise
             raise AlreadyEnrolledError(*second) from error
+        due, done = step_timers((*changes.changed, *changes.started))
+        await store.due.cancel(done, session=session)
+        await store.due.schedule(due, session=session)
 
 
 def _second_active_enrollment_of(error: BulkWriteError) -> tuple[str, str | None] | None:
@@ -372,7 +565,61 @@ def _second_active_enrollment_of(error: BulkWriteError) -> tuple[str, str | None
     return None
 
 
+def step_timers(enrollments: Sequence[Enrollment]) -> tuple[list[DueWork], list[str]]:
+    """The timers these enrollments need now: their current step at `next_send_at` when
+    active (scheduling the same key again only moves it), and the keys to cancel."""
+    due: list[DueWork] = []
+    done: list[str] = []
+    for e in enrollments:
+        key = send_key(e.enrollment_id, e.current_step)
+        if e.status is EnrollmentStatus.ACTIVE and e.next_send_at is not None:
+            payload = {"enrollment_id": e.enrollment_id, "step": e.current_step}
+            due.append(DueWork(key, SEND_KIND, e.next_send_at, payload))
+        else:
+            done.append(key)
+    return due, done
+
+
+RATE_WINDOW_KEPT = timedelta(minutes=1)
+
+
 # --- documents ----------------------------------------------------------------------------
+
+
+def send_document(record: SendRecord) -> Document:
+    doc = asdict(record)
+    doc["_id"] = doc.pop("key")
+    return doc
+
+
+def send_from_document(doc: Document) -> SendRecord:
+    return SendRecord(
+        key=doc["_id"],
+        lead_id=doc["lead_id"],
+        enrollment_id=doc["enrollment_id"],
+        sequence_id=doc["sequence_id"],
+        step=doc["step"],
+        channel=doc["channel"],
+        status=SendStatus(doc["status"]),
+        reserved_at=doc["reserved_at"],
+        attempts=doc.get("attempts", 1),
+        sent_at=doc.get("sent_at"),
+        provider_id=doc.get("provider_id"),
+        error=doc.get("error"),
+    )
+
+
+def score_document(score: LeadScore) -> Document:
+    return {
+        "_id": score.lead_id,
+        "score": score.score,
+        "as_of": score.as_of,
+        "temperature": score.temperature,
+    }
+
+
+def score_from_document(doc: Document) -> LeadScore:
+    return LeadScore(doc["_id"], doc["score"], doc["as_of"], doc["temperature"])
 
 
 def contact_document(lead: LeadContact) -> Document:
@@ -384,6 +631,8 @@ def contact_document(lead: LeadContact) -> Document:
         "consent_as_of": lead.consent_as_of,
         "erased_at": lead.erased_at,
         "blocked": list(lead.blocked),
+        "stage": lead.stage,
+        "stage_as_of": lead.stage_as_of,
     }
 
 
@@ -397,6 +646,8 @@ def contact_from_document(doc: Document) -> LeadContact:
         consent_as_of=doc.get("consent_as_of"),
         erased_at=doc.get("erased_at"),
         blocked=tuple(doc.get("blocked", ())),
+        stage=doc.get("stage"),
+        stage_as_of=doc.get("stage_as_of"),
     )
 
 

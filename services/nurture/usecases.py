@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+import dataclasses
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from uuid import uuid4
 
 import structlog
@@ -16,21 +18,30 @@ import structlog
 from leadflow.chassis.clock import Clock
 from leadflow.chassis.config_cache import VersionedCache
 from services.nurture.rules import (
+    BULK_ENROLLMENT,
+    AlreadyEnrolledError,
     Enrollment,
     LeadContact,
+    LeadNotFoundError,
     LeadNurture,
     NurtureChanges,
     NurtureSequence,
+    Requalification,
+    ScoringPolicy,
     SequenceCatalog,
+    SequenceNotEnrollingError,
     SequenceNotFoundError,
     SequenceRecord,
     SequenceStatus,
     enroll_by_hand,
     nurture_batch,
+    score_batch,
+    sequence_of,
     sequences_needed,
+    stop_requalified,
 )
-from services.nurture.store import NurtureStore, NurtureTransaction
-from shared.events import Event, LeadEnrolledV1
+from services.nurture.store import ContactFilter, NurtureStore, NurtureTransaction
+from shared.events import EngagementRecordedV1, Event, LeadEnrolledV1, LeadRequalifiedV1
 
 log = structlog.get_logger(__name__)
 
@@ -119,18 +130,20 @@ class ApplyLeadEvents:
         *,
         default_timezone: str,
         clock: Clock,
+        scoring: ScoringPolicy | None = None,
     ) -> None:
         self._store = store
         self._sequences = sequences
         self._default_timezone = default_timezone
         self._clock = clock
+        self._scoring = scoring
 
     async def __call__(self, events: Sequence[Event]) -> list[LeadEnrolledV1]:
         """Apply the events not handled before, in order; the enrollments they started."""
 
         async def apply(
             transaction: NurtureTransaction, fresh: list[Event]
-        ) -> tuple[BatchOutcome, list[LeadEnrolledV1]]:
+        ) -> tuple[BatchOutcome, list[Event]]:
             lead_ids = {event.lead_id for event in fresh}
             contacts = await transaction.contacts(lead_ids)
             active = await transaction.active_enrollments(lead_ids)
@@ -146,9 +159,12 @@ class ApplyLeadEvents:
                 now=now,
                 default_timezone=self._default_timezone,
             )
+            requalified = await self._score(transaction, fresh, active)
+            changes = stop_requalified(changes, active, {r.lead_id for r in requalified}, now)
             await transaction.save(changes)
             enrolled = [enrolled_event(e) for e in changes.started]
-            return BatchOutcome(enrolled, changes), enrolled
+            handed_back = [requalified_event(r) for r in requalified]
+            return BatchOutcome(enrolled, changes), [*enrolled, *handed_back]
 
         outcome = await self._store.commit_batch(events, apply)
         if outcome is None:
@@ -156,6 +172,29 @@ class ApplyLeadEvents:
             return []
         _log_outcome(outcome.changes)
         return outcome.enrolled
+
+    async def _score(
+        self,
+        transaction: NurtureTransaction,
+        fresh: Sequence[Event],
+        active: Mapping[str, Sequence[Enrollment]],
+    ) -> tuple[Requalification, ...]:
+        """Score the batch's engagements; the nurtured leads they hand back to sales."""
+        engagements = [e for e in fresh if isinstance(e, EngagementRecordedV1)]
+        if not engagements or self._scoring is None:
+            return ()
+        stored = await transaction.scores({e.lead_id for e in engagements})
+        nurtured = {lead_id: es[0].sequence_id for lead_id, es in active.items() if es}
+        batch = score_batch(engagements, stored, nurtured, self._scoring)
+        await transaction.save_scores(batch.scores)
+        for requalification in batch.requalified:
+            log.info(
+                "lead requalified",
+                lead_id=requalification.lead_id,
+                reason=requalification.reason,
+                score=round(requalification.score, 2),
+            )
+        return batch.requalified
 
 
 class EnrollByHand:
@@ -213,6 +252,126 @@ class EnrollByHand:
             enrollment_id=enrollment.enrollment_id,
         )
         return enrollment
+
+
+@dataclass(frozen=True, slots=True)
+class BulkOutcome:
+    enrolled: int
+    already_enrolled: int
+    refused: int
+    """Erased or unknown leads (only possible with an explicit list)."""
+
+
+BULK_CHUNK = 200
+"""Leads per transaction: one query per collection and one bulk write each."""
+
+
+class EnrollInBulk:
+    """A manager or marketing enrolls many leads at once: chosen by id or by a filter
+    (seed 000: a bulk SMS to the leads who have not paid)."""
+
+    def __init__(
+        self,
+        store: NurtureStore,
+        sequences: Sequences,
+        *,
+        default_timezone: str,
+        clock: Clock,
+        new_id: Callable[[], str] = lambda: uuid4().hex,
+    ) -> None:
+        self._store = store
+        self._sequences = sequences
+        self._default_timezone = default_timezone
+        self._clock = clock
+        self._new_id = new_id
+
+    async def __call__(
+        self, sequence_id: str, *, lead_ids: Sequence[str] | None, where: ContactFilter
+    ) -> BulkOutcome:
+        """Raises SequenceNotFoundError, SequenceNotEnrollingError."""
+        catalog = await self._sequences.catalog(needing=[sequence_id])
+        record = sequence_of(catalog, sequence_id)
+        if record.status is not SequenceStatus.ACTIVE:
+            raise SequenceNotEnrollingError(sequence_id, record.status)
+        chosen = (
+            list(dict.fromkeys(lead_ids))
+            if lead_ids is not None
+            else (await self._store.contacts_matching(where))
+        )
+        total = BulkOutcome(0, 0, 0)
+        for start in range(0, len(chosen), BULK_CHUNK):
+            outcome = await self._chunk(catalog, sequence_id, chosen[start : start + BULK_CHUNK])
+            total = BulkOutcome(
+                total.enrolled + outcome.enrolled,
+                total.already_enrolled + outcome.already_enrolled,
+                total.refused + outcome.refused,
+            )
+        log.info("bulk enrollment", sequence_id=sequence_id, **dataclasses.asdict(total))
+        return total
+
+    async def _chunk(
+        self, catalog: SequenceCatalog, sequence_id: str, lead_ids: Sequence[str]
+    ) -> BulkOutcome:
+        async def enroll(transaction: NurtureTransaction) -> tuple[BulkOutcome, list[Event]]:
+            contacts = await transaction.contacts(lead_ids)
+            active = await transaction.active_enrollments(lead_ids)
+            now = self._clock()
+            started: list[Enrollment] = []
+            already = refused = 0
+            for lead_id in lead_ids:
+                lead = LeadNurture(
+                    contacts.get(lead_id) or LeadContact(lead_id), active.get(lead_id, ())
+                )
+                try:
+                    started.append(
+                        enroll_by_hand(
+                            lead,
+                            catalog,
+                            sequence_id,
+                            enrollment_id=self._new_id(),
+                            now=now,
+                            default_timezone=self._default_timezone,
+                            reason=BULK_ENROLLMENT,
+                        )
+                    )
+                except AlreadyEnrolledError:
+                    already += 1
+                except LeadNotFoundError:
+                    refused += 1
+            await transaction.save(NurtureChanges(started=tuple(started)))
+            outcome = BulkOutcome(len(started), already, refused)
+            return outcome, [enrolled_event(e) for e in started]
+
+        return await self._store.commit(enroll)
+
+
+class RecordWebVisit:
+    """The website's beacon: a known lead viewed a page. Recorded as an engagement event,
+    which nurture's own consumer scores (and may requalify on), like opens and clicks."""
+
+    def __init__(self, store: NurtureStore, *, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    async def __call__(self, lead_id: str, url: str, occurred_at: datetime | None) -> None:
+        event = EngagementRecordedV1(
+            lead_id=lead_id, occurred_at=occurred_at or self._clock(), kind="web_visit", url=url
+        )
+
+        async def record(_: NurtureTransaction) -> tuple[None, list[Event]]:
+            return None, [event]
+
+        await self._store.commit(record)
+
+
+def requalified_event(requalification: Requalification) -> LeadRequalifiedV1:
+    return LeadRequalifiedV1(
+        lead_id=requalification.lead_id,
+        occurred_at=requalification.at,
+        score=round(requalification.score, 3),
+        reason=requalification.reason,
+        sequence_id=requalification.sequence_id,
+    )
 
 
 def enrolled_event(enrollment: Enrollment) -> LeadEnrolledV1:

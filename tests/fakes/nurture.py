@@ -14,20 +14,32 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
+from leadflow.chassis.duework import ClaimedWork
 from services.nurture.rules import (
     AlreadyEnrolledError,
     Enrollment,
     EnrollmentStatus,
     LeadContact,
+    LeadScore,
     NurtureChanges,
     NurtureSequence,
+    SendRecord,
+    SendStatus,
     SequenceExistsError,
     SequenceNotFoundError,
     SequenceRecord,
     SequenceStatus,
+    allowed_channels,
 )
-from services.nurture.store import BatchWork, EnrollmentFilter, Work
+from services.nurture.store import (
+    BatchWork,
+    ContactFilter,
+    EnrollmentFilter,
+    Work,
+    step_timers,
+)
 from shared.events import Event
+from tests.fakes.duework import InMemoryDueWork
 from tests.fakes.ledger import InMemoryLedger
 
 T = TypeVar("T")
@@ -39,6 +51,9 @@ class _Tables:
     sequences: dict[str, SequenceRecord] = field(default_factory=dict)
     sequences_version: int = 0
     enrollments: dict[str, Enrollment] = field(default_factory=dict)
+    due: InMemoryDueWork = field(default_factory=InMemoryDueWork)
+    """Timers, restored with the other tables when a unit of work fails."""
+    scores: dict[str, LeadScore] = field(default_factory=dict)
 
 
 def _newest_first(enrollment: Enrollment) -> tuple[datetime, datetime]:
@@ -51,6 +66,14 @@ class InMemoryNurtureStore:
         self.ledger = InMemoryLedger(self.tables)
         self.reads: Counter[str] = Counter()
         """Queries per collection: contacts, enrollments, sequences, config_versions."""
+        # Outside the tables: send records and rate windows are written outside
+        # transactions (they guard effects no transaction can undo).
+        self.sends: dict[str, SendRecord] = {}
+        self.rates: Counter[str] = Counter()
+
+    @property
+    def due(self) -> InMemoryDueWork:
+        return self.tables.due
 
     async def ensure_indexes(self) -> None:
         return None
@@ -139,7 +162,74 @@ class InMemoryNurtureStore:
 
         return await self.ledger.commit(insert)
 
+    # --- sends ----------------------------------------------------------------------------
+
+    async def send_records(self, keys: Collection[str]) -> dict[str, SendRecord]:
+        return {k: self.sends[k] for k in keys if k in self.sends}
+
+    async def sends_since(
+        self, lead_ids: Collection[str], since: datetime
+    ) -> dict[str, list[SendRecord]]:
+        wanted = set(lead_ids)
+        found: dict[str, list[SendRecord]] = {}
+        for record in self.sends.values():
+            if record.lead_id in wanted and record.reserved_at >= since:
+                found.setdefault(record.lead_id, []).append(record)
+        return found
+
+    async def reserve_sends(self, records: Sequence[SendRecord]) -> set[str]:
+        reserved: set[str] = set()
+        for record in records:
+            known = self.sends.get(record.key)
+            if known is None:
+                self.sends[record.key] = record
+            elif known.status is SendStatus.RETRYABLE:
+                self.sends[record.key] = dataclasses.replace(
+                    known,
+                    status=SendStatus.SENDING,
+                    reserved_at=record.reserved_at,
+                    attempts=known.attempts + 1,
+                )
+            else:
+                continue
+            reserved.add(record.key)
+        return reserved
+
+    async def record_outcomes(self, records: Sequence[SendRecord]) -> None:
+        for record in records:
+            known = self.sends[record.key]
+            self.sends[record.key] = dataclasses.replace(
+                known,
+                status=record.status,
+                sent_at=record.sent_at,
+                provider_id=record.provider_id,
+                error=record.error,
+            )
+
+    async def take_rate(self, channel: str, second: datetime, wanted: int, limit: int) -> int:
+        if wanted <= 0:
+            return 0
+        window = f"{channel}:{second.replace(microsecond=0).isoformat()}"
+        before = self.rates[window]
+        self.rates[window] += wanted
+        return max(0, min(wanted, limit - before))
+
     # --- enrollments ----------------------------------------------------------------------
+
+    async def contacts_matching(self, where: ContactFilter) -> list[str]:
+        self.reads["contacts"] += 1
+        matching = [
+            lead.lead_id
+            for lead in self.tables.contacts.values()
+            if lead.erased_at is None
+            and (where.stages is None or lead.stage in where.stages)
+            and lead.stage not in where.exclude_stages
+            and (
+                where.reachable_on is None
+                or where.reachable_on in allowed_channels(lead.contact, lead.consent, lead.blocked)
+            )
+        ]
+        return sorted(matching)[: where.limit]
 
     async def latest_enrollment(self, lead_id: str) -> Enrollment | None:
         found = await self.list_enrollments(EnrollmentFilter(lead_id=lead_id, limit=1))
@@ -161,6 +251,23 @@ class _InMemoryNurtureTransaction:
     def __init__(self, store: InMemoryNurtureStore) -> None:
         self._store = store
         self._tables = store.tables
+
+    async def enrollments(self, enrollment_ids: Collection[str]) -> dict[str, Enrollment]:
+        self._store.reads["enrollments"] += 1
+        return {
+            i: self._tables.enrollments[i] for i in enrollment_ids if i in self._tables.enrollments
+        }
+
+    async def finish(self, claimed: Sequence[ClaimedWork]) -> None:
+        await self._tables.due.finish(claimed)
+
+    async def scores(self, lead_ids: Collection[str]) -> dict[str, LeadScore]:
+        self._store.reads["scores"] += 1
+        return {i: self._tables.scores[i] for i in lead_ids if i in self._tables.scores}
+
+    async def save_scores(self, scores: Sequence[LeadScore]) -> None:
+        for score in scores:
+            self._tables.scores[score.lead_id] = score
 
     async def contacts(self, lead_ids: Collection[str]) -> dict[str, LeadContact]:
         self._store.reads["contacts"] += 1
@@ -197,3 +304,6 @@ class _InMemoryNurtureTransaction:
                 if key in active:
                     raise AlreadyEnrolledError(*key)
                 active.add(key)
+        due, done = step_timers((*changes.changed, *changes.started))
+        await tables.due.cancel(done)
+        await tables.due.schedule(due)

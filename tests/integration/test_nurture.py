@@ -426,7 +426,8 @@ async def test_manual_enrollment_racing_a_consumed_loss_leaves_one_active_enroll
     await replica.apply_lead_events([received(lead_id) for lead_id in leads])
 
     async def by_hand(lead_id: str) -> httpx.Response:
-        body = {"lead_id": lead_id, "sequence_id": "loss-level-3"}
+        # The same sequence the loss enrolls in: one of the two must lose.
+        body = {"lead_id": lead_id, "sequence_id": "loss-level-2"}
         return await replica.client.post("/v1/enrollments", json=body, headers=headers)
 
     async def consume_loss(lead_id: str) -> list[LeadEnrolledV1]:
@@ -507,9 +508,15 @@ async def test_marketing_creates_reads_and_replaces_a_sequence(
     assert fetched.json()["steps"][1] == {
         "channel": "sms",
         "delay_hours": 72,
+        "after": "previous",
         "subject": None,
         "body": "Book your next visit?",
+        "html": None,
+        "skip_if": [],
+        "send_window": None,
+        "weekdays": None,
     }
+    assert fetched.json()["status"] == "active"
 
     replacement = sequence_body(sequence_id, name="Renamed", weekdays=[5, 5, 6])
     del replacement["sequence_id"]
@@ -578,6 +585,31 @@ EMAIL_WITHOUT_SUBJECT = {"channel": "email", "delay_hours": 0, "body": "b"}
         ),
         ({"weekdays": [7]}, ["body", "weekdays", 0], "less than or equal to 6"),
         ({"weekdays": []}, ["body", "weekdays"], "at least one weekday"),
+        (
+            {"steps": [{"channel": "sms", "delay_hours": 0, "body": "Hi\n{{ name }\n"}]},
+            ["body", "steps", 0, "body"],
+            "line 2:",
+        ),
+        (
+            {"steps": [{"channel": "sms", "delay_hours": 0, "body": "Hi\n\n{{ nickname }}"}]},
+            ["body", "steps", 0, "body"],
+            "line 3: 'nickname' is not a template variable",
+        ),
+        (
+            {"steps": [{**EMAIL_WITHOUT_SUBJECT, "subject": "{% if name %}Hi"}]},
+            ["body", "steps", 0, "subject"],
+            "line 1:",
+        ),
+        (
+            {"steps": [{"channel": "sms", "delay_hours": 0, "body": "b", "html": "<p>"}]},
+            ["body", "steps", 0, "html"],
+            "SMS step has no html",
+        ),
+        (
+            {"steps": [{**SMS_WITH_SUBJECT, "subject": None, "skip_if": ["opened_previous"]}]},
+            ["body", "steps", 0, "skip_if"],
+            "needs an email step just before",
+        ),
         ({"sequence_id": "Has Spaces"}, ["body", "sequence_id"], "pattern"),
         ({"surprise": True}, ["body", "surprise"], "Extra inputs"),
     ],

@@ -1,0 +1,653 @@
+"""Sending the steps that fall due: the due-work runner's `fire` for kind "send".
+
+One batch of claimed timers goes through three phases:
+
+1. **Decide** (reads only): the enrollments, leads, sequences, send records of the batch's
+   keys and the leads' recent sends (frequency caps); `rules.decide_step` says send, defer,
+   skip, stop or drop for each. Sends over the channel's global rate are deferred a second.
+2. **Send**: each message to send first gets its send record (`_id` = the step's send key,
+   inserted outside any transaction). A key another replica reserved is never sent again,
+   so no number of replicas or restarts sends a step twice. The provider's answer is
+   written into the record at once.
+3. **Commit** (one transaction): the enrollments as they are now are moved on (or their
+   step re-planned), `MessageSentV1` / `MessageFailedV1` go to the outbox, and the timers
+   are finished. If a timer was taken over meanwhile, the transaction aborts (LeaseLost);
+   the replica that fires it next finds the send record and publishes what happened
+   instead of sending again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import html
+from collections import defaultdict
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol, TypeVar
+
+import structlog
+from prometheus_client import Counter
+
+from leadflow.chassis.clock import Clock
+from leadflow.chassis.duework import ClaimedWork
+from services.nurture.channels.email import OutboundEmail
+from services.nurture.channels.errors import (
+    PermanentSendError,
+    RecipientOptedOutError,
+    RetryableSendError,
+)
+from services.nurture.channels.rules import SmsRecipient
+from services.nurture.channels.sms import OutboundSms
+from services.nurture.rules import (
+    Enrollment,
+    EnrollmentStatus,
+    LeadContact,
+    NurtureChanges,
+    SendPolicy,
+    SendRecord,
+    SendStatus,
+    SequenceCatalog,
+    SequenceRecord,
+    Step,
+    StepDecision,
+    StepOutcome,
+    after_step,
+    decide_step,
+    retry_delay,
+    stopped,
+)
+from services.nurture.store import NurtureStore, NurtureTransaction
+from services.nurture.templates import RenderError, render, template_context
+from services.nurture.usecases import Sequences
+from shared.events import (
+    Channel,
+    Event,
+    MessageFailedV1,
+    MessageSentV1,
+)
+
+log = structlog.get_logger(__name__)
+
+STEPS_HANDLED = Counter(
+    "leadflow_nurture_steps_total", "Due steps by outcome", ["channel", "outcome"]
+)
+
+CAP_HISTORY = timedelta(days=8)
+"""How far back sends are read for the frequency caps (a local week and a day's margin)."""
+
+
+class EmailSender(Protocol):
+    async def send(self, outbound: OutboundEmail) -> str:
+        """The provider's message id. Raises RetryableSendError, PermanentSendError."""
+        ...
+
+
+class SmsSender(Protocol):
+    async def send(self, outbound: OutboundSms) -> str:
+        """The provider's message id. Raises RetryableSendError, PermanentSendError,
+        RecipientOptedOutError."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Senders:
+    email: EmailSender | None = None
+    sms: SmsSender | None = None
+
+
+class OptOuts(Protocol):
+    """The channels' opt-out store (unsubscribe links, STOP/START): checked right before
+    sending, so an opt-out counts even before nurture has consumed its event."""
+
+    async def opted_out_channels(
+        self, lead_ids: Collection[str]
+    ) -> dict[str, frozenset[Channel]]: ...
+
+    async def opted_out_phones(self, phones: Collection[str]) -> set[str]: ...
+
+
+class SendFeedback(Protocol):
+    """What the send loop tells the channels: the carrier's opt-outs (Twilio 21610) and who
+    was texted at which number (so a text back, STOP included, finds its lead)."""
+
+    async def opt_out(
+        self,
+        lead_id: str | None,
+        channel: Channel,
+        reason: str,
+        *,
+        phone: str | None = None,
+        sequence_id: str | None = None,
+        opted_out: bool = True,
+    ) -> bool: ...
+
+    async def remember_sms_recipients(self, recipients: Sequence[SmsRecipient]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SendSettings:
+    policy: SendPolicy
+    default_timezone: str
+    rate_per_second: Mapping[str, int]
+    """Global sends per second per channel, across replicas."""
+    provider_attempts: int = 5
+    retry_base: timedelta = timedelta(seconds=30)
+    retry_ceiling: timedelta = timedelta(hours=1)
+    concurrency: int = 32
+    """Messages handed to the providers at once by one replica."""
+    unknown_after: timedelta = timedelta(seconds=60)
+    """A send record left 'sending' this long belongs to a replica that died mid-send."""
+
+
+def message_id_of(enrollment_id: str, step: int) -> str:
+    """Our id of a step's message (a valid Message-ID left part, unlike the send key)."""
+    return f"{enrollment_id}.{step}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    subject: str | None
+    text: str
+    html: str | None
+
+
+def render_step(
+    step: Step,
+    contact: LeadContact,
+    sequence_name: str,
+    *,
+    unsubscribe_url: str | None = None,
+    custom: Mapping[str, str] | None = None,
+) -> Rendered:
+    """The step's parts for this lead. Raises RenderError."""
+    context = template_context(
+        contact.contact,
+        sequence_name=sequence_name,
+        custom=custom,
+        unsubscribe_url=unsubscribe_url if step.channel == "email" else None,
+    )
+    text = render("body", step.body, context)
+    subject = None if step.subject is None else render("subject", step.subject, context)
+    body_html = None if step.html is None else render("html", step.html, context)
+    return Rendered(subject, text, body_html)
+
+
+def outbound_message(
+    step: Step,
+    rendered: Rendered,
+    lead: LeadContact,
+    *,
+    message_id: str,
+    sequence_id: str,
+    index: int,
+) -> OutboundEmail | OutboundSms:
+    contact = lead.contact
+    if step.channel == "email":
+        text_as_html = "".join(f"<p>{html.escape(p)}</p>" for p in rendered.text.split("\n\n"))
+        return OutboundEmail(
+            message_id=message_id,
+            lead_id=lead.lead_id,
+            to=(contact.email if contact else None) or "",
+            subject=rendered.subject or "",
+            html=rendered.html or f"<html><body>{text_as_html}</body></html>",
+            text=rendered.text,
+            sequence_id=sequence_id,
+            step=index,
+        )
+    return OutboundSms(
+        message_id=message_id,
+        lead_id=lead.lead_id,
+        to=(contact.phone if contact else None) or "",
+        body=rendered.text,
+        sequence_id=sequence_id,
+        step=index,
+    )
+
+
+@dataclass
+class _Item:
+    claimed: ClaimedWork
+    enrollment_id: str
+    step: int
+    enrollment: Enrollment | None
+    record: SequenceRecord | None
+    lead: LeadContact | None
+    decision: StepDecision
+    channel: Channel | None = None
+    message: OutboundEmail | OutboundSms | None = None
+    send: SendRecord | None = None
+    """The send record this attempt owns, or found (sent or failed before)."""
+    failure: str | None = None
+    """Why this message will never go (render error, permanent provider refusal)."""
+    retry_at: datetime | None = None
+    opted_out: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.claimed.work.key
+
+
+class SendDueSteps:
+    """`fire` for the due-work runner: send (or defer, skip, stop) a batch of due steps."""
+
+    def __init__(
+        self,
+        store: NurtureStore,
+        sequences: Sequences,
+        senders: Senders,
+        settings: SendSettings,
+        *,
+        clock: Clock,
+        opt_outs: OptOuts | None = None,
+        feedback: SendFeedback | None = None,
+    ) -> None:
+        self._store = store
+        self._sequences = sequences
+        self._senders = senders
+        self._settings = settings
+        self._clock = clock
+        self._opt_outs = opt_outs
+        self._feedback = feedback
+        self._slots = asyncio.Semaphore(max(1, settings.concurrency))
+
+    async def __call__(self, batch: list[ClaimedWork]) -> None:
+        items = await self._decide(batch)
+        await self._drop_opted_out(items)
+        await self._limit_rate(items)
+        await self._reserve(items)
+        await self._send(items)
+        await self._tell_channels(items)
+        await self._commit(batch, items)
+
+    # --- 1. decide ----------------------------------------------------------------------------
+
+    async def _decide(self, batch: Sequence[ClaimedWork]) -> list[_Item]:
+        now = self._clock()
+        ids = {str(c.work.payload["enrollment_id"]) for c in batch}
+
+        async def read(
+            transaction: NurtureTransaction,
+        ) -> tuple[tuple[dict[str, Enrollment], dict[str, LeadContact]], list[Event]]:
+            enrollments = await transaction.enrollments(ids)
+            contacts = await transaction.contacts({e.lead_id for e in enrollments.values()})
+            return (enrollments, contacts), []
+
+        enrollments, contacts = await self._store.commit(read)
+        catalog = await self._sequences.catalog(
+            needing={e.sequence_id for e in enrollments.values()}
+        )
+        found = await self._store.send_records([c.work.key for c in batch])
+        history = await self._store.sends_since(contacts.keys(), now - CAP_HISTORY)
+        sent_times: dict[tuple[str, str], list[datetime]] = defaultdict(list)
+        for lead_id, records in history.items():
+            for r in records:
+                if r.counts_for_caps and r.key not in found:
+                    sent_times[lead_id, r.channel].append(r.reserved_at)
+
+        items: list[_Item] = []
+        for claimed in sorted(batch, key=lambda c: c.work.due_at):
+            enrollment_id = str(claimed.work.payload["enrollment_id"])
+            step = int(claimed.work.payload["step"])
+            enrollment = enrollments.get(enrollment_id)
+            record = catalog.get(enrollment.sequence_id) if enrollment else None
+            lead = contacts.get(enrollment.lead_id) if enrollment else None
+            item = _Item(claimed, enrollment_id, step, enrollment, record, lead, _DROP)
+            item.decision = self._decision(
+                item, found.get(claimed.work.key), sent_times, now, catalog
+            )
+            if item.decision.outcome is StepOutcome.SEND and enrollment is not None:
+                self._prepare(item, now)
+                if item.channel is not None and item.failure is None:
+                    # Later steps in this batch count this one against the caps.
+                    sent_times[enrollment.lead_id, item.channel].append(now)
+            items.append(item)
+        return items
+
+    def _decision(
+        self,
+        item: _Item,
+        known: SendRecord | None,
+        sent_times: Mapping[tuple[str, str], list[datetime]],
+        now: datetime,
+        catalog: SequenceCatalog,
+    ) -> StepDecision:
+        if known is not None and known.status is not SendStatus.RETRYABLE:
+            return self._already(item, known, now)
+        enrollment = item.enrollment
+        channel = _channel_of(item)
+        sent = sent_times.get((enrollment.lead_id, channel), []) if enrollment and channel else []
+        return decide_step(
+            enrollment,
+            item.step,
+            item.record,
+            item.lead,
+            due_at=item.claimed.work.due_at,
+            now=now,
+            policy=self._settings.policy,
+            default_timezone=self._settings.default_timezone,
+            sent=sent,
+        )
+
+    def _already(self, item: _Item, known: SendRecord, now: datetime) -> StepDecision:
+        """This step has a send record already: a replica sent it (or tried) and did not
+        commit. Publish what happened; never send it again."""
+        if (
+            known.status is SendStatus.SENDING
+            and now - known.reserved_at < self._settings.unknown_after
+        ):
+            # Maybe still in a provider call on another replica: look again later.
+            return StepDecision(
+                StepOutcome.DEFER, "being sent", at=now + self._settings.unknown_after
+            )
+        item.send = known
+        item.channel = known.channel
+        if known.status is SendStatus.SENDING:
+            item.failure = "outcome unknown: the replica sending it stopped; not sent again"
+        elif known.status is SendStatus.FAILED:
+            item.failure = known.error or "failed"
+        return StepDecision(StepOutcome.SEND, "recorded before")
+
+    def _prepare(self, item: _Item, now: datetime) -> None:
+        enrollment, record, lead = item.enrollment, item.record, item.lead
+        if enrollment is None or record is None or lead is None or item.send is not None:
+            return
+        sequence = record.at(enrollment.sequence_version)
+        step = sequence.steps[item.step]
+        item.channel = step.channel
+        try:
+            rendered = render_step(step, lead, sequence.name)
+        except RenderError as error:
+            item.failure = f"template: {error}"
+            return
+        item.message = outbound_message(
+            step,
+            rendered,
+            lead,
+            message_id=message_id_of(enrollment.enrollment_id, item.step),
+            sequence_id=enrollment.sequence_id,
+            index=item.step,
+        )
+        item.send = SendRecord(
+            key=item.key,
+            lead_id=enrollment.lead_id,
+            enrollment_id=enrollment.enrollment_id,
+            sequence_id=enrollment.sequence_id,
+            step=item.step,
+            channel=step.channel,
+            status=SendStatus.SENDING,
+            reserved_at=now,
+        )
+
+    # --- 2. send ------------------------------------------------------------------------------
+
+    async def _drop_opted_out(self, items: Sequence[_Item]) -> None:
+        sending = [i for i in items if i.message is not None]
+        if self._opt_outs is None or not sending:
+            return
+        leads = {i.message.lead_id for i in sending if i.message is not None}
+        by_lead = await self._opt_outs.opted_out_channels(leads)
+        phones = await self._opt_outs.opted_out_phones(
+            {i.message.to for i in sending if isinstance(i.message, OutboundSms)}
+        )
+        for item in sending:
+            message = item.message
+            if message is None or item.channel is None:
+                continue
+            if item.channel in by_lead.get(message.lead_id, frozenset()) or (
+                isinstance(message, OutboundSms) and message.to in phones
+            ):
+                item.decision = StepDecision(StepOutcome.SKIP, f"opted out of {item.channel}")
+                item.message = item.send = None
+
+    async def _limit_rate(self, items: Sequence[_Item]) -> None:
+        now = self._clock()
+        wanting: dict[str, list[_Item]] = defaultdict(list)
+        for item in items:
+            if item.message is not None and item.channel is not None:
+                wanting[item.channel].append(item)
+        for channel, waiting in wanting.items():
+            limit = self._settings.rate_per_second.get(channel)
+            if limit is None:
+                continue
+            granted = await self._store.take_rate(channel, now, len(waiting), limit)
+            for item in waiting[granted:]:
+                _defer(item, now.replace(microsecond=0) + timedelta(seconds=1), "rate limit")
+
+    async def _reserve(self, items: Sequence[_Item]) -> None:
+        wanted = [i.send for i in items if i.message is not None and i.send is not None]
+        reserved = await self._store.reserve_sends(wanted)
+        now = self._clock()
+        for item in items:
+            if item.message is not None and item.key not in reserved:
+                # Another replica holds this step's record: it sends it, or it already did.
+                _defer(item, now + self._settings.unknown_after, "reserved elsewhere")
+
+    async def _send(self, items: Sequence[_Item]) -> None:
+        sending = [i for i in items if i.message is not None]
+        await asyncio.gather(*(self._send_one(item) for item in sending))
+        await self._store.record_outcomes([i.send for i in sending if i.send is not None])
+
+    async def _send_one(self, item: _Item) -> None:
+        message, send = item.message, item.send
+        if message is None or send is None:
+            return
+        now = self._clock()
+        try:
+            async with self._slots:
+                if isinstance(message, OutboundEmail):
+                    provider_id = await _need(self._senders.email, "email").send(message)
+                else:
+                    provider_id = await _need(self._senders.sms, "sms").send(message)
+        except RetryableSendError as error:
+            attempts = send.attempts
+            if attempts < self._settings.provider_attempts:
+                delay = retry_delay(
+                    attempts, self._settings.retry_base, self._settings.retry_ceiling
+                )
+                item.retry_at = now + delay
+                item.send = dataclasses.replace(send, status=SendStatus.RETRYABLE, error=str(error))
+                log.warning(
+                    "provider refused for now; retrying",
+                    key=item.key,
+                    attempts=attempts,
+                    error=str(error),
+                )
+                return
+            item.failure = f"gave up after {attempts} attempts: {error}"
+        except RecipientOptedOutError as error:
+            item.failure, item.opted_out = str(error), True
+        except PermanentSendError as error:
+            item.failure = str(error)
+        else:
+            item.send = dataclasses.replace(
+                send, status=SendStatus.SENT, sent_at=now, provider_id=provider_id
+            )
+            return
+        item.send = dataclasses.replace(send, status=SendStatus.FAILED, error=item.failure)
+
+    async def _tell_channels(self, items: Sequence[_Item]) -> None:
+        if self._feedback is None:
+            return
+        texted = [
+            SmsRecipient(
+                phone=i.message.to,
+                lead_id=i.message.lead_id,
+                at=i.send.sent_at,
+                message_id=i.send.provider_id,
+            )
+            for i in items
+            if isinstance(i.message, OutboundSms)
+            and i.send is not None
+            and i.send.sent_at is not None
+        ]
+        await self._feedback.remember_sms_recipients(texted)
+        for item in items:
+            if item.opted_out and item.message is not None and item.channel is not None:
+                await self._feedback.opt_out(
+                    item.message.lead_id,
+                    item.channel,
+                    item.failure or "the carrier reports the recipient opted out",
+                    phone=item.message.to if isinstance(item.message, OutboundSms) else None,
+                    sequence_id=item.message.sequence_id,
+                )
+
+    # --- 3. commit ----------------------------------------------------------------------------
+
+    async def _commit(self, batch: list[ClaimedWork], items: Sequence[_Item]) -> None:
+        settings = self._settings
+
+        async def commit(transaction: NurtureTransaction) -> tuple[None, list[Event]]:
+            now = self._clock()
+            current = await transaction.enrollments({i.enrollment_id for i in items})
+            contacts = await transaction.contacts({e.lead_id for e in current.values()})
+            changed: dict[str, Enrollment] = {}
+            events: list[Event] = []
+            for item in items:
+                enrollment = changed.get(item.enrollment_id) or current.get(item.enrollment_id)
+                events += _events_of(item, now)
+                outcome = _outcome(item)
+                STEPS_HANDLED.labels(item.channel or "-", outcome).inc()
+                if (
+                    enrollment is None
+                    or item.record is None
+                    or enrollment.current_step != item.step
+                    or enrollment.status is not EnrollmentStatus.ACTIVE
+                ):
+                    continue  # moved on meanwhile (stopped, replanned): its new state stands
+                moved = self._moved(
+                    item, outcome, enrollment, contacts.get(enrollment.lead_id), now
+                )
+                if moved is not None and moved != enrollment:
+                    changed[item.enrollment_id] = moved
+            # Timers first: finishing a claimed one then rescheduling its key is a new item.
+            await transaction.finish(batch)
+            await transaction.save(NurtureChanges(changed=tuple(changed.values())))
+            return None, events
+
+        await self._store.commit(commit)
+        log.debug(
+            "due steps handled",
+            count=len(items),
+            by=_tally(items),
+            settings=settings.rate_per_second,
+        )
+
+    def _moved(
+        self,
+        item: _Item,
+        outcome: str,
+        enrollment: Enrollment,
+        lead: LeadContact | None,
+        now: datetime,
+    ) -> Enrollment | None:
+        record = item.record
+        assert record is not None
+        zone = self._settings.default_timezone
+        match outcome:
+            case "deferred":
+                return dataclasses.replace(
+                    enrollment, next_send_at=item.retry_at or item.decision.at
+                )
+            case "stopped":
+                reason = item.decision.stop_reason
+                return None if reason is None else stopped(enrollment, reason, now)
+            case "dropped":
+                return None
+            case "sent":
+                sent_at = item.send.sent_at if item.send and item.send.sent_at else now
+                return after_step(
+                    enrollment,
+                    record,
+                    lead,
+                    sent_at=sent_at,
+                    counted_from=now,
+                    default_timezone=zone,
+                )
+        # skipped or failed: on to the next step, its delay counted from this one's due time
+        return after_step(
+            enrollment,
+            record,
+            lead,
+            sent_at=None,
+            counted_from=item.claimed.work.due_at,
+            default_timezone=zone,
+        )
+
+
+_DROP = StepDecision(StepOutcome.DROP)
+S = TypeVar("S", EmailSender, SmsSender)
+
+
+def _defer(item: _Item, at: datetime, why: str) -> None:
+    item.decision = StepDecision(StepOutcome.DEFER, why, at=at)
+    item.message = None
+    item.send = None
+
+
+def _channel_of(item: _Item) -> Channel | None:
+    if item.enrollment is None or item.record is None:
+        return None
+    steps = item.record.at(item.enrollment.sequence_version).steps
+    return steps[item.step].channel if item.step < len(steps) else None
+
+
+def _need(sender: S | None, channel: Channel) -> S:
+    if sender is None:
+        raise PermanentSendError(channel, f"no {channel} provider is configured")
+    return sender
+
+
+def _outcome(item: _Item) -> str:
+    decision = item.decision.outcome
+    if decision is StepOutcome.SEND:
+        if item.retry_at is not None:
+            return "deferred"
+        if item.failure is not None:
+            return "failed"
+        return "sent" if item.send is not None and item.send.status is SendStatus.SENT else "failed"
+    return {
+        StepOutcome.DEFER: "deferred",
+        StepOutcome.SKIP: "skipped",
+        StepOutcome.STOP: "stopped",
+        StepOutcome.DROP: "dropped",
+    }[decision]
+
+
+def _events_of(item: _Item, now: datetime) -> list[Event]:
+    enrollment, send = item.enrollment, item.send
+    if enrollment is None or item.decision.outcome is not StepOutcome.SEND or item.retry_at:
+        return []
+    channel = item.channel or "email"
+    if item.failure is None and send is not None and send.status is SendStatus.SENT:
+        return [
+            MessageSentV1(
+                lead_id=enrollment.lead_id,
+                occurred_at=send.sent_at or now,
+                sequence_id=enrollment.sequence_id,
+                step=item.step,
+                channel=channel,
+                message_id=message_id_of(enrollment.enrollment_id, item.step),
+                sequence_version=enrollment.sequence_version,
+                due_at=item.claimed.work.due_at,
+            )
+        ]
+    # A carrier opt-out (21610) is told to the channels too, which publish LeadOptedOutV1.
+    return [
+        MessageFailedV1(
+            lead_id=enrollment.lead_id,
+            occurred_at=now,
+            sequence_id=enrollment.sequence_id,
+            step=item.step,
+            channel=channel,
+            error=item.failure or "failed",
+        )
+    ]
+
+
+def _tally(items: Sequence[_Item]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for item in items:
+        counts[_outcome(item)] += 1
+    return dict(counts)
