@@ -1,0 +1,199 @@
+"""The raw ceiling of the local mail and SMS sinks, for bench/nurture.py's ratios, and the
+duplicate count at the sinks.
+
+    .venv/bin/python bench/nurture_sinks.py          # sinks as `leadflow up` runs them
+    .venv/bin/python bench/nurture_sinks.py --in-process --messages 3000 --concurrency 16
+
+From another benchmark: `await sinks_ceiling(mail_sink, fake_twilio)` on the sinks it runs,
+and `duplicate_sends(mail_sink, fake_twilio)` after it.
+
+- email: a pre-built message sent with plain aiosmtplib over `concurrency` kept-open
+  connections (no rendering, no tracking, no DKIM): messages/s the SMTP sink takes.
+- SMS: plain httpx form posts to the fake Twilio's Messages.json over one pooled client,
+  `concurrency` in flight: messages/s it takes. Without a StatusCallback unless one is given
+  (a real send also makes the sink post three callbacks; pass the same URL for a like ceiling).
+
+Each figure is the best of `runs` (a ceiling is what the sink can do, not what noise let it).
+Loops are bounded by count; everything listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import aiosmtplib
+import httpx
+
+from leadflow.localinfra import LOOPBACK, LocalInfra, free_port
+from leadflow.sinks import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, FakeTwilio, MailSink, running_sinks
+
+
+@dataclass(frozen=True)
+class SinkCeiling:
+    smtp_messages_per_s: float
+    sms_posts_per_s: float
+    messages: int
+    concurrency: int
+
+
+async def raw_smtp_per_s(
+    host: str, port: int, *, messages: int = 2000, concurrency: int = 8, runs: int = 3
+) -> float:
+    message = EmailMessage()
+    message["From"] = "bench@leadflow.example"
+    message["To"] = "ceiling@example.com"
+    message["Subject"] = "ceiling"
+    message.set_content("x" * 1500)  # about the size of a rendered nurture email
+    raw = message.as_bytes()
+    best = 0.0
+    for _ in range(runs):
+        clients = [
+            aiosmtplib.SMTP(hostname=host, port=port, start_tls=False) for _ in range(concurrency)
+        ]
+        await asyncio.gather(*(c.connect() for c in clients))
+        share = [messages // concurrency + (i < messages % concurrency) for i in range(concurrency)]
+
+        async def send(client: aiosmtplib.SMTP, count: int) -> None:
+            for _ in range(count):
+                await client.sendmail("bench@leadflow.example", ["ceiling@example.com"], raw)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(send(c, n) for c, n in zip(clients, share, strict=True)))
+        best = max(best, messages / (time.perf_counter() - started))
+        await asyncio.gather(*(c.quit() for c in clients))
+    return best
+
+
+async def raw_sms_per_s(
+    base_url: str,
+    account_sid: str,
+    auth_token: str,
+    *,
+    messages: int = 2000,
+    concurrency: int = 8,
+    runs: int = 3,
+    status_callback: str | None = None,
+) -> float:
+    url = f"{base_url.rstrip('/')}/2010-04-01/Accounts/{account_sid}/Messages.json"
+    form = {"To": "+821012345678", "From": "+15005550006", "Body": "안녕하세요 " * 6}
+    if status_callback:
+        form["StatusCallback"] = status_callback
+    best = 0.0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(auth=(account_sid, auth_token), limits=limits) as client:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def post() -> None:
+            async with gate:
+                response = await client.post(url, data=form)
+                response.raise_for_status()
+
+        for _ in range(runs):
+            started = time.perf_counter()
+            await asyncio.gather(*(post() for _ in range(messages)))
+            best = max(best, messages / (time.perf_counter() - started))
+    return best
+
+
+async def sinks_ceiling(
+    mail: MailSink, sms: FakeTwilio, *, messages: int = 2000, concurrency: int = 8, runs: int = 3
+) -> SinkCeiling:
+    """Both ceilings on these sinks; what the measurement sent is cleared afterwards, so the
+    sinks hold only what the benchmark proper sends."""
+    smtp = await raw_smtp_per_s(
+        mail.host, mail.port, messages=messages, concurrency=concurrency, runs=runs
+    )
+    posts = await raw_sms_per_s(
+        sms.base_url,
+        sms.account_sid,
+        sms.auth_token,
+        messages=messages,
+        concurrency=concurrency,
+        runs=runs,
+    )
+    mail.clear()
+    sms.clear()
+    return SinkCeiling(smtp, posts, messages, concurrency)
+
+
+def _message_id_of_sms(status_callback: str | None) -> str | None:
+    """Our message id, from the (signed) token in an SMS's StatusCallback URL."""
+    if not status_callback:
+        return None
+    token = parse_qs(urlsplit(status_callback).query).get("m", [""])[0]
+    payload = token.rpartition(".")[0]
+    try:
+        body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except ValueError:
+        return None
+    message_id = body.get("m")
+    return str(message_id) if message_id else None
+
+
+def duplicate_sends(mail: MailSink, sms: FakeTwilio) -> dict[str, int]:
+    """How many messages arrived more than once at the sinks (by our message id: the email's
+    Message-ID, the SMS's status-callback token), and how many arrived at all."""
+    emails = Counter(m.header("Message-ID") for m in mail.messages)
+    texts = Counter(_message_id_of_sms(m.status_callback) for m in sms.messages)
+    return {
+        "emails": sum(emails.values()),
+        "email_duplicates": sum(n - 1 for n in emails.values() if n > 1),
+        "texts": sum(texts.values()),
+        "text_duplicates": sum(n - 1 for key, n in texts.items() if key and n > 1),
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the sinks in this process (threads) instead of as `leadflow up` runs them",
+    )
+    args = parser.parse_args()
+    sizes = {"messages": args.messages, "concurrency": args.concurrency, "runs": args.runs}
+    if args.in_process:
+        with running_sinks() as (mail, sms):
+            ceiling = await sinks_ceiling(mail, sms, **sizes)
+    else:
+        with tempfile.TemporaryDirectory(prefix="leadflow-sinks-bench-") as data_dir:
+            infra = LocalInfra(
+                data_dir=Path(data_dir),
+                kafka_port=0,
+                mongo_port=0,
+                s3_port=0,
+                persistent=False,
+                start_kafka=False,
+                start_mongo=False,
+                start_sinks=True,
+                smtp_sink_port=free_port(),
+                sinks_http_port=free_port(),
+            )
+            infra.start()
+            try:
+                smtp = await raw_smtp_per_s(LOOPBACK, infra.smtp_sink_port, **sizes)
+                posts = await raw_sms_per_s(
+                    infra.sinks_url, DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, **sizes
+                )
+            finally:
+                infra.stop()
+        ceiling = SinkCeiling(smtp, posts, args.messages, args.concurrency)
+    figures = {k: round(v, 1) if isinstance(v, float) else v for k, v in asdict(ceiling).items()}
+    print(json.dumps({**figures, "sinks": "in-process" if args.in_process else "child process"}))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
