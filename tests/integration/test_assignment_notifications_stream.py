@@ -9,8 +9,6 @@ routed by the whole service.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -18,15 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from leadflow import __version__
 from leadflow.chassis.app import ServiceChassis
 from leadflow.chassis.auth import Role
 from leadflow.chassis.clock import system_clock
 from leadflow.chassis.store import connect
-from leadflow.localinfra import LOOPBACK, free_port
 from leadflow.sinks import MailSink
 from services.assignment.notifications import api as notifications_api
 from services.assignment.notifications.runtime import NotificationRuntime
@@ -35,63 +30,13 @@ from shared.events import LeadAssignedV1, SlaBreachedV1, utc_now
 from tests.conftest import Keys
 from tests.support.infra import Infra
 from tests.support.services import settings_for
+from tests.support.sse import over_http, read_events
 
 pytestmark = pytest.mark.integration
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@dataclass(frozen=True)
-class SseEvent:
-    id: str | None
-    event: str
-    data: dict[str, Any]
-
-
-@contextlib.asynccontextmanager
-async def over_http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """The app served by uvicorn on loopback (the in-process ASGI transport buffers a whole
-    response, which a stream never finishes)."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=LOOPBACK, port=port, log_level="warning", lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.05)
-        async with httpx.AsyncClient(base_url=f"http://{LOOPBACK}:{port}", timeout=10) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        await task
-
-
-async def read_events(
-    lines: AsyncIterator[str], *, count: int, comments: list[str] | None = None
-) -> list[SseEvent]:
-    """Parse `count` events off a text/event-stream's lines (comments kept in `comments`)."""
-    events: list[SseEvent] = []
-    fields: dict[str, str] = {}
-    async for line in lines:
-        if line.startswith(":"):
-            if comments is not None:
-                comments.append(line[1:].strip())
-            continue
-        if line:
-            name, _, value = line.partition(":")
-            fields[name] = value.removeprefix(" ")
-            continue
-        if "event" in fields:
-            events.append(SseEvent(fields.get("id"), fields["event"], json.loads(fields["data"])))
-            if len(events) == count:
-                return events
-        fields = {}
-    raise AssertionError(f"the stream ended after {events}")
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ class NotificationRuntime:
         self.feed = LiveFeed(self.store, poll_interval_s=settings.stream_poll_interval_s)
         self._http = httpx.AsyncClient(follow_redirects=False)
         password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
-        deliver = DeliverNotifications(
+        self._deliver = deliver = DeliverNotifications(
             self.store,
             email=EmailSender(
                 SmtpServer(
@@ -122,6 +122,7 @@ class NotificationRuntime:
         await self.feed.stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.runner.stop(), timeout=10.0)
+        await self._deliver.drain(timeout_s=5.0)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

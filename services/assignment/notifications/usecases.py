@@ -161,7 +161,14 @@ class RetryPolicy:
 
 
 class DeliverNotifications:
-    """The `fire` of the `notify` due-work runner."""
+    """The `fire` of the `notify` due-work runner.
+
+    A batch's sends run concurrently. Those done within `patience_s` (nearly all) are
+    recorded together in one transaction; a send still waiting on a slow receiver is
+    recorded on its own when it ends, so one dead webhook (waited on up to its timeout)
+    never holds up the deliveries claimed after it. Its job stays claimed meanwhile: the
+    lease (`notify_lease_s`) must outlast the slowest send.
+    """
 
     def __init__(
         self,
@@ -171,7 +178,8 @@ class DeliverNotifications:
         webhook: WebhookSender,
         clock: Clock,
         retry: RetryPolicy,
-        concurrency: int = 20,
+        concurrency: int = 100,
+        patience_s: float = 1.0,
     ) -> None:
         self._store = store
         self._email = email
@@ -179,18 +187,48 @@ class DeliverNotifications:
         self._clock = clock
         self._retry = retry
         self._slots = asyncio.Semaphore(concurrency)
+        self._patience_s = patience_s
+        self._stragglers: set[asyncio.Task[None]] = set()
 
     async def __call__(self, batch: list[ClaimedWork]) -> None:
         stored = await self._store.deliveries([c.work.key for c in batch])
         people = await self._store.people({d.delivery.notice.person_id for d in stored.values()})
-        results = await asyncio.gather(
-            *(self._attempt(claimed, stored.get(claimed.work.key), people) for claimed in batch)
-        )
+        attempts = [
+            asyncio.ensure_future(self._attempt(claimed, stored.get(claimed.work.key), people))
+            for claimed in batch
+        ]
+        done, slow = await asyncio.wait(attempts, timeout=self._patience_s)
+        try:
+            await self._settle([attempt.result() for attempt in attempts if attempt in done])
+        finally:
+            for attempt in slow:
+                straggler = asyncio.create_task(self._settle_when_done(attempt))
+                self._stragglers.add(straggler)
+                straggler.add_done_callback(self._stragglers.discard)
+
+    async def _settle(self, results: Sequence[tuple[Outcome, FeedEntry | None]]) -> None:
+        if not results:
+            return
         outcomes = [outcome for outcome, _ in results]
         feed = [entry for _, entry in results if entry is not None]
         await self._store.settle(outcomes, feed, self._clock())
         for outcome in outcomes:
             _log_outcome(outcome)
+
+    async def _settle_when_done(
+        self, attempt: asyncio.Future[tuple[Outcome, FeedEntry | None]]
+    ) -> None:
+        try:
+            await self._settle([await attempt])
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - its lease lapses and it is tried again
+            log.warning("a slow delivery could not be recorded", error=repr(error))
+
+    async def drain(self, timeout_s: float) -> None:
+        """On shutdown: let slow sends end and be recorded, for at most `timeout_s`."""
+        if self._stragglers:
+            await asyncio.wait(set(self._stragglers), timeout=timeout_s)
 
     async def _attempt(
         self,
