@@ -273,7 +273,8 @@ def demo(
 
     settings = StackSettings()
     key = api_key or _stored_admin_key(settings.data_dir)
-    ports = {name: 8001 + i for i, name in enumerate(SERVICES)}
+    # Each service's port as `up` gives it (LEADFLOW_<SERVICE>_PORT, else its default).
+    ports = {name: import_module(f"services.{name}.settings").Settings().port for name in SERVICES}
     url = {name: f"http://{host}:{port}" for name, port in ports.items()}
     config = DemoConfig(
         intake_url=url["intake"],

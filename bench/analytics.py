@@ -1,0 +1,323 @@
+"""Analytics: ingest throughput against the same server's raw `insert_many`, and report
+latency at 10k and at 1M events (report cost must not grow with the number of events).
+
+    .venv/bin/python bench/analytics.py                          # ingest 20k, reports 10k/1M
+    .venv/bin/python bench/analytics.py --ingest 20000 --small 10000 --large 1000000
+
+- ingest:  N events of a realistic mix (lead received, assigned, calls, visits, sales,
+           losses, satisfaction) recorded by analytics' own use case (`RecordEvents` on the
+           MongoDB store: event store + inbox, lead facts, hourly counters, open-lead gauge,
+           one transaction per batch of 500), as events/s; the ceiling is raw `insert_many`
+           of the very same event-store documents into an empty collection, 500 a call,
+           best of three, on the same server in the same run. Ratio = ingest / ceiling.
+- reports: every report over the month, 15 times each, p50/p95 per report, at `--small`
+           events and at `--large` events. The large set is not pushed through the consumer
+           (about an hour on this server): its events are tallied by the same pure rules the
+           consumer runs (`rules.tally_batch`, in memory) and the resulting roll-ups
+           (counters and open-lead gauge: all a report reads) are bulk-inserted. The small set
+           is loaded the same way so the two are comparable, and checked against the ingest
+           path: the same events recorded by `RecordEvents` give the same monthly report.
+
+One MongoDB-wire server (SecantusDB, in memory, on 127.0.0.1) for the whole run; bounded
+loops; the machine is shared, so compare ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from services.analytics.reports import ReportQuery
+from services.analytics.rules import LeadFacts, OpenKey, counter_key, hour_key, tally_batch
+from services.analytics.store import MongoAnalyticsStore, gauge_key
+from services.analytics.usecases import REPORTS, BuildReport, RecordEvents
+from shared.events import (
+    ActivityLoggedV1,
+    Attribution,
+    Contact,
+    Event,
+    LeadAssignedV1,
+    LeadConvertedV1,
+    LeadLostV1,
+    LeadReceivedV1,
+    SatisfactionRecordedV1,
+    VisitCheckedInV1,
+    VisitScheduledV1,
+)
+
+MONTH = date(2026, 5, 1)
+NOW = datetime(2026, 6, 2, 9, tzinfo=UTC)
+CHANNELS = ("phone", "web_form", "ad", "walk_in", "referral", "import")
+REPS = tuple(f"rep-{i}" for i in range(12))
+POOLS = ("north", "south", "online")
+CAMPAIGNS = (None, "spring", "flyers", "meta-june")
+BATCH = 500
+
+
+def events_for(count: int, seed: int = 1) -> Iterator[Event]:
+    """About `count` events: leads spread over the month, each with a realistic life."""
+    rng = random.Random(seed)
+    start = datetime.combine(MONTH, datetime.min.time(), UTC)
+    made = 0
+    n = 0
+    while made < count:
+        n += 1
+        lead = f"lead-{n}"
+        at = start + timedelta(seconds=rng.randrange(30 * 86_400))
+        channel = rng.choice(CHANNELS)
+        rep, pool = rng.choice(REPS), rng.choice(POOLS)
+        life: list[Event] = [
+            LeadReceivedV1(
+                lead_id=lead,
+                occurred_at=at,
+                contact=Contact(phone="+821012345678"),
+                attribution=Attribution(
+                    source=f"{channel}-src", channel=channel, campaign_id=rng.choice(CAMPAIGNS)
+                ),
+            ),
+            LeadAssignedV1(
+                lead_id=lead,
+                occurred_at=at + timedelta(seconds=2),
+                rep_id=rep,
+                pool_id=pool,
+                strategy="round_robin",
+                sla_due_at=at + timedelta(hours=1),
+            ),
+        ]
+        if rng.random() < 0.85:
+            contacted = at + timedelta(minutes=rng.choice((1, 3, 20, 90, 600)))
+            life.append(
+                ActivityLoggedV1(
+                    lead_id=lead,
+                    occurred_at=contacted,
+                    rep_id=rep,
+                    activity="call",
+                    outcome="reached",
+                    first_contact=True,
+                    received_at=at,
+                )
+            )
+            if rng.random() < 0.5:
+                visit = contacted + timedelta(days=1)
+                life.append(
+                    VisitScheduledV1(
+                        lead_id=lead,
+                        occurred_at=contacted + timedelta(minutes=5),
+                        rep_id=rep,
+                        visit_id=f"v-{n}",
+                        scheduled_for=visit,
+                    )
+                )
+                life.append(
+                    VisitCheckedInV1(lead_id=lead, occurred_at=visit, rep_id=rep, visit_id=f"v-{n}")
+                )
+                life.append(
+                    SatisfactionRecordedV1(
+                        lead_id=lead,
+                        occurred_at=visit + timedelta(days=1),
+                        rep_id=rep,
+                        score=rng.randrange(5, 11),
+                    )
+                )
+                if rng.random() < 0.5:
+                    life.append(
+                        LeadConvertedV1(
+                            lead_id=lead,
+                            occurred_at=visit + timedelta(hours=1),
+                            rep_id=rep,
+                            revenue=float(rng.choice((399, 699, 990))),
+                        )
+                    )
+            elif rng.random() < 0.5:
+                life.append(
+                    LeadLostV1(
+                        lead_id=lead,
+                        occurred_at=contacted + timedelta(hours=2),
+                        rep_id=rep,
+                        level=rng.choice((1, 2, 3)),
+                        reason="busy",
+                    )
+                )
+        made += len(life)
+        yield from life
+
+
+def event_document(event: Event) -> dict[str, Any]:
+    return {
+        "_id": str(event.event_id),
+        "event_type": event.event_type,
+        "lead_id": event.lead_id,
+        "occurred_at": event.occurred_at,
+        "recorded_at": NOW,
+        "known": True,
+        "payload": event.model_dump(mode="json"),
+    }
+
+
+async def raw_ceiling(database: Any, documents: list[dict[str, Any]]) -> float:
+    """Documents/s of plain insert_many, 500 a call, into an empty collection (best of 3)."""
+    best = 0.0
+    for attempt in range(3):
+        collection = database[f"raw_{attempt}_{uuid.uuid4().hex[:6]}"]
+        started = time.perf_counter()
+        for i in range(0, len(documents), BATCH):
+            await collection.insert_many(documents[i : i + BATCH], ordered=False)
+        best = max(best, len(documents) / (time.perf_counter() - started))
+        await collection.drop()
+    return best
+
+
+async def ingest_rate(client: Any, events: list[Event]) -> tuple[float, MongoAnalyticsStore]:
+    from leadflow.chassis.store import EventLedger  # noqa: PLC0415
+
+    database = client[f"ingest_{uuid.uuid4().hex[:6]}"]
+    ledger = EventLedger(client, database, handled_retention=timedelta(days=8), clock=lambda: NOW)
+    await ledger.ensure_indexes()
+    store = MongoAnalyticsStore(database, ledger)
+    await store.ensure_indexes()
+    record = RecordEvents(store, clock=lambda: NOW)
+    started = time.perf_counter()
+    for i in range(0, len(events), BATCH):
+        await record(events[i : i + BATCH])
+    return len(events) / (time.perf_counter() - started), store
+
+
+async def bulk_loaded(client: Any, count: int) -> tuple[MongoAnalyticsStore, float]:
+    """A store whose roll-ups are those of `count` events, tallied in memory by the
+    consumer's own rules and bulk-inserted (the event store itself is not written)."""
+    from leadflow.chassis.store import EventLedger  # noqa: PLC0415
+
+    database = client[f"reports_{count}_{uuid.uuid4().hex[:6]}"]
+    ledger = EventLedger(client, database, handled_retention=timedelta(days=8), clock=lambda: NOW)
+    store = MongoAnalyticsStore(database, ledger)
+    await store.ensure_indexes()
+    started = time.perf_counter()
+    facts: dict[str, LeadFacts] = {}
+    counters: dict[str, dict[str, Any]] = {}
+    gauge: dict[OpenKey, int] = {}
+    chunk: list[Event] = []
+
+    def tally(events: list[Event]) -> None:
+        known = {e.lead_id: facts[e.lead_id] for e in events if e.lead_id in facts}
+        result = tally_batch(events, known, recorded_at=NOW)
+        facts.update((f.lead_id, f) for f in result.facts)
+        for inc in result.increments:
+            key = counter_key(inc)
+            doc = counters.setdefault(
+                key,
+                {
+                    "_id": key,
+                    "hour": hour_key(inc.hour),
+                    "metric": inc.metric.value,
+                    "dimensions": dict(inc.dimensions),
+                    "count": 0,
+                    "amount": 0.0,
+                },
+            )
+            doc["count"] += inc.count
+            doc["amount"] += inc.amount
+        for move in result.gauge:
+            gauge[move.key] = gauge.get(move.key, 0) + move.count
+
+    for event in events_for(count):
+        chunk.append(event)
+        if len(chunk) == 5000:
+            tally(chunk)
+            chunk = []
+    if chunk:
+        tally(chunk)
+    documents = list(counters.values())
+    for i in range(0, len(documents), 1000):
+        await database["counters"].insert_many(documents[i : i + 1000], ordered=False)
+    open_docs = [
+        {"_id": gauge_key(key), "key": asdict(key), "count": n} for key, n in gauge.items() if n
+    ]
+    for i in range(0, len(open_docs), 1000):
+        await database["open_leads"].insert_many(open_docs[i : i + 1000], ordered=False)
+    print(
+        f"  {count:>9,} events -> {len(documents):,} counters, {len(open_docs):,} gauge "
+        f"documents, {len(facts):,} leads; loaded in {time.perf_counter() - started:.0f} s"
+    )
+    return store, time.perf_counter() - started
+
+
+async def report_latencies(store: MongoAnalyticsStore, runs: int) -> dict[str, tuple[float, float]]:
+    query = ReportQuery(MONTH, date(2026, 5, 31), ZoneInfo("UTC"), {}, now=NOW)
+    build = BuildReport(store)
+    out: dict[str, tuple[float, float]] = {}
+    for name in REPORTS:
+        if name == "ingest":
+            continue
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            await build(name, query)
+            times.append(time.perf_counter() - started)
+        times.sort()
+        p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+        out[name] = (statistics.median(times), p95)
+    return out
+
+
+async def main(args: argparse.Namespace) -> None:
+    from secantus import SecantusDBServer  # noqa: PLC0415
+
+    from leadflow.chassis.store import connect  # noqa: PLC0415
+
+    server = SecantusDBServer(host="127.0.0.1", port=0, storage_path=":memory:")
+    server.start()
+    client = connect(f"{server.uri.rstrip('/')}/?directConnection=true", app_name="bench")
+    try:
+        print(f"ingest: {args.ingest:,} events, batches of {BATCH}")
+        events = list(events_for(args.ingest))
+        documents = [event_document(e) for e in events]
+        ceiling = await raw_ceiling(client["raw"], documents)
+        rate, ingested = await ingest_rate(client, events)
+        print(
+            f"  raw insert_many ceiling {ceiling:,.0f} docs/s; analytics ingest "
+            f"{rate:,.0f} events/s; ratio {rate / ceiling:.2f} (goal >= 0.6)"
+        )
+
+        print("reports: roll-ups of the month, every report 15 times")
+        small, _ = await bulk_loaded(client, args.small)
+        check = ReportQuery(MONTH, date(2026, 5, 31), ZoneInfo("UTC"), {}, now=NOW)
+        _, same_events = await ingest_rate(client, list(events_for(args.small)))
+        via_ingest = (await BuildReport(same_events)("monthly", check)).figures
+        via_bulk = (await BuildReport(small)("monthly", check)).figures
+        assert via_ingest == via_bulk, (via_ingest, via_bulk)
+        print("  the bulk-loaded roll-ups equal those the ingest path records")
+        small_latency = await report_latencies(small, args.runs)
+        large, _ = await bulk_loaded(client, args.large)
+        large_latency = await report_latencies(large, args.runs)
+        print(f"  {'report':<10} {'p95 @small':>11} {'p95 @large':>11} {'ratio':>6}")
+        worst = 0.0
+        for name, (_, p95_small) in small_latency.items():
+            p95_large = large_latency[name][1]
+            worst = max(worst, p95_large / p95_small)
+            print(
+                f"  {name:<10} {p95_small * 1000:>9.1f}ms {p95_large * 1000:>9.1f}ms "
+                f"{p95_large / p95_small:>6.2f}"
+            )
+        print(f"  worst large/small p95 ratio {worst:.2f} (goal <= 2)")
+        del ingested
+    finally:
+        await client.close()
+        server.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ingest", type=int, default=20_000, help="events through ingest")
+    parser.add_argument("--small", type=int, default=10_000, help="events, small report set")
+    parser.add_argument("--large", type=int, default=1_000_000, help="events, large report set")
+    parser.add_argument("--runs", type=int, default=15, help="runs of each report")
+    asyncio.run(main(parser.parse_args()))
