@@ -223,6 +223,9 @@ class _Item:
     """Why this message will never go (render error, permanent provider refusal)."""
     retry_at: datetime | None = None
     opted_out: bool = False
+    replayed: bool = False
+    """Sent (or failed) by an earlier attempt that did not commit: published now, unless
+    that attempt's commit did happen after all (the enrollment moved on)."""
 
     @property
     def key(self) -> str:
@@ -343,6 +346,7 @@ class SendDueSteps:
             )
         item.send = known
         item.channel = known.channel
+        item.replayed = True
         if known.status is SendStatus.SENDING:
             item.failure = "outcome unknown: the replica sending it stopped; not sent again"
         elif known.status is SendStatus.FAILED:
@@ -420,7 +424,11 @@ class SendDueSteps:
         reserved = await self._store.reserve_sends(wanted)
         now = self._clock()
         for item in items:
-            if item.message is not None and item.key not in reserved:
+            if item.message is None or item.send is None:
+                continue
+            if item.key in reserved:
+                item.send = dataclasses.replace(item.send, attempts=reserved[item.key])
+            else:
                 # Another replica holds this step's record: it sends it, or it already did.
                 _defer(item, now + self._settings.unknown_after, "reserved elsewhere")
 
@@ -506,6 +514,13 @@ class SendDueSteps:
             events: list[Event] = []
             for item in items:
                 enrollment = changed.get(item.enrollment_id) or current.get(item.enrollment_id)
+                at_step = (
+                    enrollment is not None
+                    and enrollment.current_step == item.step
+                    and enrollment.status is EnrollmentStatus.ACTIVE
+                )
+                if item.replayed and not at_step:
+                    continue  # its own attempt committed (and published) after all
                 events += _events_of(item, now)
                 outcome = _outcome(item)
                 STEPS_HANDLED.labels(item.channel or "-", outcome).inc()

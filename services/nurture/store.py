@@ -175,10 +175,10 @@ class NurtureStore(Protocol):
         """Each lead's send records reserved at or after `since` (for frequency caps)."""
         ...
 
-    async def reserve_sends(self, records: Sequence[SendRecord]) -> set[str]:
-        """Insert these records (status sending); the keys this call reserved. A key
-        reserved before is not reserved again, except a RETRYABLE one, which is taken back
-        (its `attempts` moves on)."""
+    async def reserve_sends(self, records: Sequence[SendRecord]) -> dict[str, int]:
+        """Insert these records (status sending); the keys this call reserved, each with
+        its attempt number. A key reserved before is not reserved again, except a
+        RETRYABLE one, which is taken back (its `attempts` moves on)."""
         ...
 
     async def record_outcomes(self, records: Sequence[SendRecord]) -> None:
@@ -368,9 +368,9 @@ class MongoNurtureStore:
             found.setdefault(doc["lead_id"], []).append(send_from_document(doc))
         return found
 
-    async def reserve_sends(self, records: Sequence[SendRecord]) -> set[str]:
+    async def reserve_sends(self, records: Sequence[SendRecord]) -> dict[str, int]:
         if not records:
-            return set()
+            return {}
         taken: set[str] = set()
         try:
             await self._sends.insert_many([send_document(r) for r in records], ordered=False)
@@ -382,7 +382,7 @@ class MongoNurtureStore:
             }
             if len(taken) != len(error.details.get("writeErrors", [])):
                 raise
-        reserved = {r.key for r in records} - taken
+        reserved = {r.key: r.attempts for r in records if r.key not in taken}
         for record in records:
             if record.key not in taken:
                 continue
@@ -393,9 +393,10 @@ class MongoNurtureStore:
                     "$set": {"status": SendStatus.SENDING.value, "reserved_at": record.reserved_at},
                     "$inc": {"attempts": 1},
                 },
+                return_document=ReturnDocument.AFTER,
             )
             if again is not None:
-                reserved.add(record.key)
+                reserved[record.key] = int(again["attempts"])
         return reserved
 
     async def record_outcomes(self, records: Sequence[SendRecord]) -> None:

@@ -177,8 +177,8 @@ class InMemoryNurtureStore:
                 found.setdefault(record.lead_id, []).append(record)
         return found
 
-    async def reserve_sends(self, records: Sequence[SendRecord]) -> set[str]:
-        reserved: set[str] = set()
+    async def reserve_sends(self, records: Sequence[SendRecord]) -> dict[str, int]:
+        reserved: dict[str, int] = {}
         for record in records:
             known = self.sends.get(record.key)
             if known is None:
@@ -192,7 +192,7 @@ class InMemoryNurtureStore:
                 )
             else:
                 continue
-            reserved.add(record.key)
+            reserved[record.key] = self.sends[record.key].attempts
         return reserved
 
     async def record_outcomes(self, records: Sequence[SendRecord]) -> None:

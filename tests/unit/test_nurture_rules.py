@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from services.nurture.rules import (
     DEFAULT_SEQUENCES,
     FieldError,
+    FrequencyCap,
+    LeadScore,
     LossEnrollment,
     NurtureSequence,
+    QuietHours,
+    ScoringPolicy,
     SendWindow,
     Step,
     allowed_channels,
+    decayed,
     enrollment_for_loss,
     lead_time_zone,
+    next_allowed_time,
     next_send_time,
+    phone_time_zone,
     plan_step,
+    requalification_reason,
+    scored,
     sequence_errors,
 )
 from shared.events import Consent, Contact, LossLevel
@@ -247,3 +256,144 @@ def test_invalid_sequence_names_the_field(candidate: NurtureSequence, expected: 
 def test_overnight_and_whole_day_windows_are_valid() -> None:
     assert sequence_errors(sequence(email(0), window=SendWindow(22, 2))) == []
     assert sequence_errors(sequence(email(0), window=SendWindow(0, 24))) == []
+
+
+# --- when a due step may go out: quiet hours, caps, DST ---------------------------------------
+
+QUIET = QuietHours(21, 8)
+
+
+def test_quiet_hours_hold_a_message_until_they_end_in_the_lead_zone() -> None:
+    # 22:00 in Seoul is quiet: 08:00 the next morning, Seoul time.
+    at = next_allowed_time(utc(3, 13), SEOUL, send_window=None, weekdays=None, quiet_hours=QUIET)
+    assert at == utc(3, 23)
+
+
+def test_quiet_hours_and_the_window_both_hold() -> None:
+    # Window opens at 07:00, but quiet hours last until 08:00.
+    at = next_allowed_time(
+        utc(3, 21), SEOUL, send_window=SendWindow(7, 12), weekdays=None, quiet_hours=QUIET
+    )
+    assert at == utc(3, 23)
+
+
+def test_a_daily_cap_moves_the_message_to_the_next_allowed_slot() -> None:
+    sent = [utc(3, 1), utc(3, 2)]  # two emails today (Monday, Seoul)
+    at = next_allowed_time(
+        utc(3, 3),
+        SEOUL,
+        send_window=OFFICE,
+        weekdays=None,
+        quiet_hours=QUIET,
+        sent=sent,
+        cap=FrequencyCap(per_day=2, per_week=10),
+    )
+    assert at == utc(4, 0)  # Tuesday 09:00 Seoul
+
+
+def test_a_weekly_cap_moves_the_message_to_next_week() -> None:
+    sent = [utc(3, 1), utc(4, 1), utc(5, 1)]  # Monday to Wednesday
+    at = next_allowed_time(
+        utc(6, 1),
+        SEOUL,
+        send_window=OFFICE,
+        weekdays=None,
+        quiet_hours=None,
+        sent=sent,
+        cap=FrequencyCap(per_day=1, per_week=3),
+    )
+    assert at == utc(10, 0)  # next Monday 09:00 Seoul
+
+
+def test_quiet_hours_follow_daylight_saving_time() -> None:
+    # New York: 30 March 2025 is after the switch (UTC-4). 22:00 local is 02:00 UTC;
+    # quiet until 08:00 local = 12:00 UTC (13:00 UTC before the switch).
+    before = next_allowed_time(
+        datetime(2025, 3, 5, 3, 0, tzinfo=UTC),
+        "America/New_York",
+        send_window=None,
+        weekdays=None,
+        quiet_hours=QUIET,
+    )
+    after = next_allowed_time(
+        datetime(2025, 3, 31, 2, 0, tzinfo=UTC),
+        "America/New_York",
+        send_window=None,
+        weekdays=None,
+        quiet_hours=QUIET,
+    )
+    assert (before, after) == (
+        datetime(2025, 3, 5, 13, 0, tzinfo=UTC),
+        datetime(2025, 3, 31, 12, 0, tzinfo=UTC),
+    )
+
+
+@pytest.mark.parametrize(
+    ("phone", "zone"),
+    [
+        ("+821012345678", "Asia/Seoul"),
+        ("+8613800138000", "Asia/Shanghai"),
+        ("+447911123456", "Europe/London"),
+        ("+12125551234", "America/New_York"),
+        ("+15005550006", None),  # a +1 number whose area spans clocks
+        ("not a number", None),
+    ],
+)
+def test_time_zone_is_inferred_from_the_phone_number_when_it_pins_one(
+    phone: str, zone: str | None
+) -> None:
+    assert phone_time_zone(phone) == zone
+    assert lead_time_zone(None, "UTC", phone) == (zone or "UTC")
+
+
+def test_an_explicit_zone_wins_over_the_phone() -> None:
+    assert lead_time_zone("Europe/Berlin", "UTC", "+821012345678") == "Europe/Berlin"
+
+
+# --- score, decay, requalification ---------------------------------------------------------------
+
+SCORING = ScoringPolicy(
+    weights={"open": 1, "click": 3, "reply": 10, "web_visit": 4},
+    half_life=timedelta(days=14),
+    warm_at=5,
+    hot_at=12,
+    high_intent_paths=("/pricing",),
+)
+
+
+def test_score_halves_every_half_life() -> None:
+    assert decayed(8.0, utc(3, 0), utc(17, 0), timedelta(days=14)) == pytest.approx(4.0)
+    assert decayed(8.0, utc(3, 0), utc(3, 0), timedelta(days=14)) == 8.0
+
+
+def test_incremental_score_equals_the_sum_of_decayed_weights() -> None:
+    times = [utc(3, 0), utc(5, 0), utc(10, 0)]
+    score = None
+    for at in times:
+        score = scored(score, "l", "click", at, SCORING)
+    assert score is not None
+    expected = sum(3 * 0.5 ** ((times[-1] - t) / timedelta(days=14)) for t in times)
+    assert score.score == pytest.approx(expected)
+    assert score.temperature == "warm"
+
+
+def test_crossing_into_hot_requalifies_once() -> None:
+    warm = LeadScore("l", 10.0, utc(3, 0), "warm")
+    hot = scored(warm, "l", "click", utc(3, 0), SCORING)
+    assert hot.temperature == "hot"
+    assert requalification_reason(warm, hot, "click", None, SCORING) is not None
+    hotter = scored(hot, "l", "open", utc(3, 0), SCORING)
+    assert requalification_reason(hot, hotter, "open", None, SCORING) is None
+
+
+def test_a_reply_or_a_high_intent_page_requalifies_at_once() -> None:
+    cold = scored(None, "l", "web_visit", utc(3, 0), SCORING)
+    assert requalification_reason(None, cold, "reply", None, SCORING) == "replied"
+    reason = requalification_reason(
+        None, cold, "web_visit", "https://acme.example/pricing/gold?x=1", SCORING
+    )
+    assert reason is not None and "/pricing" in reason
+    assert (
+        requalification_reason(None, cold, "web_visit", "https://acme.example/pricingx", SCORING)
+        is None
+    )
