@@ -1,14 +1,20 @@
-"""Intake's HTTP routes: parse, authorise, call a use case, shape the reply."""
+"""Intake's HTTP routes for leads: parse, authorise, call a use case, shape the reply.
+
+Forms live in `forms_api`, configuration (campaigns, sources, fit profile, forms) in
+`config_api`; the ad-platform webhooks and CSV import in `webhooks/` and `imports/`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Mapping
+import hashlib
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import uuid4
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,25 +22,39 @@ from leadflow.chassis.auth import Principal, Role, require
 from leadflow.chassis.batching import GroupCommit
 from leadflow.chassis.clock import Clock
 from leadflow.chassis.http import RETRY_AFTER_S, from_state, unprocessable
+from services.intake.models import ConsentIn, ProfileIn, Submission, Text
 from services.intake.rules import (
     Acceptance,
     ContactKind,
     FieldError,
-    LeadChannel,
     LeadRejected,
     NewLead,
+    clean_submission,
     normalise_contact,
     normalise_email,
     normalise_phone,
 )
 from services.intake.settings import Settings
 from services.intake.store import ContactKeyTaken, IntakeStore
-from shared.events import Attribution, Consent, Contact, Profile
+from services.intake.usecases import (
+    MAX_BATCH,
+    AcceptSubmissions,
+    Answer,
+    IdempotencyKeyReused,
+    IdempotentRequests,
+    ItemResult,
+    RequestInProgress,
+    accept_documents,
+    register_at_desk,
+)
+from shared.events import Attribution, Consent, Contact, FitScore, InquiryChannel, Profile
 
 router = APIRouter(prefix="/v1", tags=["leads"])
 
 Ingest = Annotated[Principal, Depends(require(Role.INGEST))]
 Reader = Annotated[Principal, Depends(require(Role.MANAGER, Role.REP, Role.INGEST, Role.MARKETING))]
+Desk = Annotated[Principal, Depends(require(Role.MANAGER, Role.REP, Role.INGEST))]
+Manager = Annotated[Principal, Depends(require(Role.MANAGER))]
 
 LeadAcceptor = GroupCommit[NewLead, Acceptance]
 """Accepts each posted lead together with the others posted meanwhile (see `AcceptLeads`)."""
@@ -43,64 +63,40 @@ StoreDep = Annotated[IntakeStore, Depends(from_state("store"))]
 SettingsDep = Annotated[Settings, Depends(from_state("settings"))]
 ClockDep = Annotated[Clock, Depends(from_state("clock"))]
 AcceptorDep = Annotated[LeadAcceptor, Depends(from_state("lead_acceptor"))]
+SubmissionsDep = Annotated[AcceptSubmissions, Depends(from_state("accept_submissions"))]
+IdempotencyDep = Annotated[IdempotentRequests, Depends(from_state("idempotent_requests"))]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="Send a retried request with the same key: it gets the first answer "
+        "instead of adding a second inquiry (kept 24 h, per API key).",
+    ),
+]
 
-Text = Annotated[str, Field(min_length=1, max_length=200)]
-
-
-class Utm(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    source: Text | None = None
-    medium: Text | None = None
-    campaign: Text | None = None
-    term: Text | None = None
-    content: Text | None = None
-
-
-class LeadCreate(BaseModel):
-    """A lead as a form, an import or a desk posts it. Phone or email is required."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "name": "Dana Kim",
-                    "phone": "+1 415 555 0100",
-                    "email": "dana@example.com",
-                    "source": "website",
-                    "channel": "web_form",
-                    "campaign": "spring-trial",
-                    "utm": {"source": "google", "medium": "cpc"},
-                    "consent": {"email": True, "sms": False},
-                    "profile": {"industry": "fitness", "region": "west"},
-                }
-            ]
-        },
-    )
-
-    name: Text | None = None
-    phone: Annotated[str, Field(max_length=40)] | None = None
-    email: Annotated[str, Field(max_length=320)] | None = None
-    source: Text = "website"
-    channel: LeadChannel = "web_form"
-    campaign: Text | None = None
-    utm: Utm = Utm()
-    consent: Consent = Consent()
-    profile: Profile = Profile()
-    timezone: Annotated[str, Field(max_length=64)] | None = None
-    locale: Annotated[str, Field(max_length=16)] | None = None
-    message: Annotated[str, Field(max_length=4000)] | None = None
+LeadCreate = Submission
+"""A lead as a form, an import or a desk posts it (the one submission model)."""
 
 
 class LeadAccepted(BaseModel):
     lead_id: str
-    status: Literal["received", "merged"]
+    status: Literal["received", "merged", "duplicate"]
     matched_on: Literal["phone", "email"] | None = None
+
+
+class InquiryOut(BaseModel):
+    at: datetime
+    channel: str
+    source: str
+    campaign: str | None = None
+    form_id: str | None = None
+    message: str | None = None
 
 
 class LeadPublic(BaseModel):
     lead_id: str
+    status: Literal["lead", "customer", "erased"] = "lead"
     contact: Contact
     attribution: Attribution
     consent: Consent
@@ -109,10 +105,51 @@ class LeadPublic(BaseModel):
     received_at: datetime
     last_inquiry_at: datetime
     inquiries: int
+    history: list[InquiryOut] = []
+    fit: FitScore | None = None
+    is_test: bool = False
+    customer_id: str | None = None
+    converted_at: datetime | None = None
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> LeadPublic:
         return cls.model_validate({**doc, "lead_id": doc["_id"]})
+
+
+class HistorySummary(BaseModel):
+    inquiries: int
+    first_at: datetime
+    last_at: datetime
+    channels: dict[str, int]
+    """Inquiries per channel (of the history kept)."""
+    sources: dict[str, int]
+
+
+class ContactFound(LeadPublic):
+    """A lead or customer found by phone or email, with a summary of its inquiries."""
+
+    kind: Literal["lead", "customer"]
+    summary: HistorySummary
+
+    @classmethod
+    def from_lead(cls, doc: dict[str, Any]) -> ContactFound:
+        lead = LeadPublic.from_document(doc)
+        channels: dict[str, int] = {}
+        sources: dict[str, int] = {}
+        for inquiry in lead.history:
+            channels[inquiry.channel] = channels.get(inquiry.channel, 0) + 1
+            sources[inquiry.source] = sources.get(inquiry.source, 0) + 1
+        return cls(
+            **lead.model_dump(),
+            kind="customer" if lead.status == "customer" else "lead",
+            summary=HistorySummary(
+                inquiries=lead.inquiries,
+                first_at=lead.received_at,
+                last_at=lead.last_inquiry_at,
+                channels=channels,
+                sources=sources,
+            ),
+        )
 
 
 def contact_of(body: Mapping[str, Any], default_region: str) -> Contact | list[FieldError]:
@@ -122,13 +159,14 @@ def contact_of(body: Mapping[str, Any], default_region: str) -> Contact | list[F
         value = body.get(name)
         return value if isinstance(value, str) else None
 
+    region = text("default_region")
     return normalise_contact(
         name=text("name"),
         phone=text("phone"),
         email=text("email"),
         timezone=text("timezone"),
         locale=text("locale"),
-        default_region=default_region,
+        default_region=region if region and len(region) == 2 else default_region,
     )
 
 
@@ -166,39 +204,39 @@ class EveryBadFieldRoute(APIRoute):
         return handle_naming_every_bad_field
 
 
-async def post_lead(
-    payload: LeadCreate,
-    response: Response,
-    _: Ingest,
-    accept: AcceptorDep,
-    settings: SettingsDep,
-    clock: ClockDep,
-) -> LeadAccepted:
-    """Store the lead durably and publish it. A phone or email that is already known
-    merges the inquiry into that lead (200) instead of creating another (201)."""
-    contact = contact_of(payload.model_dump(), settings.default_region)
-    if isinstance(contact, list):
-        raise unprocessable(*((("body", e.field), e.reason) for e in contact))
-    lead = NewLead(
-        lead_id=uuid4().hex,
-        contact=contact,
-        attribution=Attribution(
-            source=payload.source,
-            channel=payload.channel,
-            campaign=payload.campaign or payload.utm.campaign,
-            utm_source=payload.utm.source,
-            utm_medium=payload.utm.medium,
-            utm_campaign=payload.utm.campaign,
-            utm_term=payload.utm.term,
-            utm_content=payload.utm.content,
-        ),
-        consent=payload.consent,
-        profile=payload.profile,
-        message=payload.message,
-        received_at=clock(),
-    )
+async def idempotently(
+    request: Request,
+    principal: Principal,
+    requests: IdempotentRequests,
+    key: str | None,
+    handle: Callable[[], Awaitable[Answer]],
+) -> JSONResponse:
+    """`handle` once per `Idempotency-Key` (per API key); a repeat gets the first answer."""
+    if key is None:
+        answer = await handle()
+    else:
+        digest = hashlib.sha256(request.method.encode() + request.url.path.encode())
+        digest.update(await request.body())
+        try:
+            answer = await requests.run(f"{principal.key_id}:{key}", digest.hexdigest(), handle)
+        except IdempotencyKeyReused as error:
+            raise unprocessable(
+                (("header", "Idempotency-Key"), "this key was used for a different request")
+            ) from error
+        except RequestInProgress as error:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                detail="a request with this Idempotency-Key is still being handled; "
+                "send it again shortly for its answer",
+                headers={"Retry-After": "1"},
+            ) from error
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
+    return JSONResponse(answer.body, status_code=answer.status_code, headers=headers)
+
+
+async def accept_one(accept: LeadAcceptor, lead: NewLead) -> Acceptance:
     try:
-        accepted = await accept.submit(lead)
+        return await accept.submit(lead)
     except LeadRejected as rejected:
         raise unprocessable((("body", rejected.field), rejected.reason)) from rejected
     except ContactKeyTaken as error:
@@ -208,11 +246,42 @@ async def post_lead(
             detail="too many simultaneous inquiries from these contacts; try again shortly",
             headers={"Retry-After": str(RETRY_AFTER_S)},
         ) from error
-    if accepted.outcome == "merged":
-        response.status_code = status.HTTP_200_OK
-    return LeadAccepted(
-        lead_id=accepted.lead_id, status=accepted.outcome, matched_on=accepted.matched_on
-    )
+
+
+def cleaned(lead: NewLead | list[FieldError]) -> NewLead:
+    if isinstance(lead, list):
+        raise unprocessable(*((("body", e.field), e.reason) for e in lead))
+    return lead
+
+
+async def post_lead(
+    payload: LeadCreate,
+    *,
+    request: Request,
+    principal: Ingest,
+    accept: AcceptorDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+    requests: IdempotencyDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Store the lead durably and publish it. A phone or email that is already known
+    merges the inquiry into that lead (200) instead of creating another (201)."""
+
+    async def handle() -> Answer:
+        lead = cleaned(
+            clean_submission(
+                payload, lead_id=uuid4().hex, now=clock(), default_region=settings.default_region
+            )
+        )
+        accepted = await accept_one(accept, lead)
+        body = LeadAccepted(
+            lead_id=accepted.lead_id, status=accepted.outcome, matched_on=accepted.matched_on
+        )
+        code = status.HTTP_201_CREATED if accepted.outcome == "received" else status.HTTP_200_OK
+        return Answer(code, body.model_dump(mode="json"))
+
+    return await idempotently(request, principal, requests, idempotency_key, handle)
 
 
 router.add_api_route(
@@ -225,12 +294,91 @@ router.add_api_route(
     summary="Accept a lead",
     responses={
         200: {
-            "description": "a repeat inquiry, merged into the lead it matched",
+            "description": "a repeat inquiry, merged into the lead it matched (or a "
+            "submission whose external_id was accepted before: `duplicate`)",
             "model": LeadAccepted,
         },
+        409: {"description": "a request with the same Idempotency-Key is still running"},
         422: {"description": "fields are missing or invalid; the body names each one and why"},
     },
 )
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    leads: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_BATCH)]
+    """Submissions (the body of `POST /v1/leads`); each is checked on its own."""
+    default_region: Annotated[str, Field(pattern=r"^[A-Za-z]{2}$")] | None = None
+
+
+class ItemError(BaseModel):
+    field: str
+    reason: str
+
+
+class BatchItem(BaseModel):
+    index: int
+    outcome: Literal["created", "merged", "duplicate", "rejected"]
+    lead_id: str | None = None
+    matched_on: Literal["phone", "email"] | None = None
+    errors: list[ItemError] = []
+
+    @classmethod
+    def of(cls, result: ItemResult) -> BatchItem:
+        return cls(
+            index=result.index,
+            outcome=result.outcome,
+            lead_id=result.lead_id,
+            matched_on=result.matched_on,
+            errors=[ItemError(field=e.field, reason=e.reason) for e in result.errors],
+        )
+
+
+class BatchOut(BaseModel):
+    created: int
+    merged: int
+    duplicate: int
+    rejected: int
+    results: list[BatchItem]
+
+
+@router.post(
+    "/leads/batch",
+    response_model=BatchOut,
+    summary="Accept up to 1,000 leads in one request (one transaction)",
+    responses={
+        409: {"description": "a request with the same Idempotency-Key is still running"},
+        422: {"description": "the envelope is wrong (a bad lead is a `rejected` item instead)"},
+    },
+)
+async def post_lead_batch(
+    payload: BatchIn,
+    *,
+    request: Request,
+    principal: Ingest,
+    accept: SubmissionsDep,
+    requests: IdempotencyDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Each lead is created, merged into a known lead, a duplicate of an `external_id`
+    accepted before, or rejected naming every bad field; the others are accepted anyway."""
+
+    async def handle() -> Answer:
+        results = await accept_documents(
+            accept, payload.leads, default_region=payload.default_region
+        )
+        counts = {o: sum(r.outcome == o for r in results) for o in ("created", "merged")}
+        out = BatchOut(
+            created=counts["created"],
+            merged=counts["merged"],
+            duplicate=sum(r.outcome == "duplicate" for r in results),
+            rejected=sum(r.outcome == "rejected" for r in results),
+            results=[BatchItem.of(r) for r in results],
+        )
+        return Answer(status.HTTP_200_OK, out.model_dump(mode="json"))
+
+    return await idempotently(request, principal, requests, idempotency_key, handle)
 
 
 @router.get(
@@ -246,10 +394,23 @@ async def get_lead(lead_id: str, _: Reader, store: StoreDep) -> LeadPublic:
     return LeadPublic.from_document(doc)
 
 
+@router.delete(
+    "/leads/{lead_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Erase a lead's personal data (right to erasure); publishes lead-erased",
+    responses={404: {"description": "no such lead, or erased already"}},
+)
+async def erase_lead(lead_id: str, principal: Manager, store: StoreDep, clock: ClockDep) -> None:
+    """Contact details, profile, messages and consent are removed, its phone and email are
+    freed (a new inquiry from them is a new lead); counts and dates stay."""
+    if not await store.erase(lead_id, f"{principal.role}:{principal.key_id}", clock()):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"lead '{lead_id}' not found")
+
+
 @router.get(
     "/contacts/lookup",
-    response_model=LeadPublic,
-    summary="Who is this caller? Find the lead by phone or email",
+    response_model=ContactFound,
+    summary="Who is this caller? The lead or customer with this phone or email",
     responses={404: {"description": "nobody with that phone or email"}, 422: {}},
 )
 async def lookup_contact(
@@ -258,7 +419,7 @@ async def lookup_contact(
     settings: SettingsDep,
     phone: Annotated[str | None, Query(max_length=40)] = None,
     email: Annotated[str | None, Query(max_length=320)] = None,
-) -> LeadPublic:
+) -> ContactFound:
     if (phone is None) == (email is None):
         raise unprocessable((("query", "phone"), "give exactly one of phone or email"))
     kind: ContactKind = "phone" if phone is not None else "email"
@@ -273,4 +434,89 @@ async def lookup_contact(
     doc = await store.find_by_contact(kind, value)
     if doc is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no lead with {kind} {value}")
-    return LeadPublic.from_document(doc)
+    return ContactFound.from_lead(doc)
+
+
+class DeskRegistration(BaseModel):
+    """A caller or walk-in registered at the front desk (seed 000: phone first)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    phone: Annotated[str, Field(min_length=1, max_length=40)]
+    channel: Literal["phone", "walk_in", "referral"] = "phone"
+    note: Annotated[str, Field(max_length=4000)] | None = None
+    """The consultation note."""
+    source: Text = "desk"
+    """How they heard of us (유입경로): a built-in or custom source."""
+    name: Text | None = None
+    email: Annotated[str, Field(max_length=320)] | None = None
+    campaign: Text | None = None
+    consent: ConsentIn = ConsentIn()
+    profile: ProfileIn = ProfileIn()
+
+    def submission(self) -> Submission:
+        channel: InquiryChannel = self.channel
+        return Submission(
+            name=self.name,
+            phone=self.phone,
+            email=self.email,
+            source=self.source,
+            channel=channel,
+            campaign=self.campaign,
+            consent=self.consent,
+            profile=self.profile,
+            message=self.note,
+        )
+
+
+class DeskRegistered(BaseModel):
+    lead_id: str
+    status: Literal["received", "merged", "duplicate"]
+    known_before: ContactFound | None
+    """The lead or customer this phone (or email) already belonged to, as it was."""
+
+
+async def register_caller(
+    payload: DeskRegistration,
+    *,
+    response: Response,
+    _: Desk,
+    store: StoreDep,
+    accept: AcceptorDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+) -> DeskRegistered:
+    """Looks the phone up first: a known lead or customer gets this inquiry and note added
+    (and is shown as it was); otherwise a new lead is created."""
+    lead = cleaned(
+        clean_submission(
+            payload.submission(),
+            lead_id=uuid4().hex,
+            now=clock(),
+            default_region=settings.default_region,
+        )
+    )
+    known, accepted = await register_at_desk(store, lambda new: accept_one(accept, new), lead)
+    if accepted.outcome != "received":
+        response.status_code = status.HTTP_200_OK
+    return DeskRegistered(
+        lead_id=accepted.lead_id,
+        status=accepted.outcome,
+        known_before=None if known is None else ContactFound.from_lead(known),
+    )
+
+
+router.add_api_route(
+    "/desk/registrations",
+    register_caller,
+    methods=["POST"],
+    route_class_override=EveryBadFieldRoute,
+    response_model=DeskRegistered,
+    status_code=status.HTTP_201_CREATED,
+    summary="Register a caller or walk-in by phone, with a consultation note",
+    tags=["desk"],
+    responses={
+        200: {"description": "a known lead or customer: the inquiry was added to it"},
+        422: {"description": "bad fields, each named"},
+    },
+)

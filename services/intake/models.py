@@ -8,6 +8,7 @@ build it from their payloads. Values are raw here (a phone as typed, an email wi
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -142,3 +143,68 @@ class Submission(BaseModel):
     """A channel's own id of this submission ("meta:<leadgen_id>", "google:<lead_id>",
     "csv:<file>:<line>"): a second submission with the same id is a `duplicate`, not a
     second inquiry, however long after the first it comes."""
+
+
+# --- configuration managed through the API ---------------------------------------------------
+
+Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class CampaignDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    campaign_id: Identifier
+    name: Text
+    channel: Text
+    """Where it runs: "meta", "google", "flyer", "banner", "blog", ..."""
+    cost: float = Field(default=0, ge=0)
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USD"
+    starts_on: date | None = None
+    ends_on: date | None = None
+
+
+class SourceDefinition(BaseModel):
+    """A custom source ("friend referral", "promotion"): a name reports group leads by."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source_id: Identifier
+    name: Text
+    channel: InquiryChannel | None = None
+    """The channel its leads usually arrive on, if it has one."""
+    default_region: Region | None = None
+
+
+FORM_TARGETS = (
+    "name, phone, email, message, timezone, locale, referrer, landing_page, "
+    "profile.<industry|region|country|postal_code|company|company_size|product_line|language>, "
+    "utm.<source|medium|campaign|term|content>, consent.<email|sms|phone>, custom.<label>, ignore"
+)
+
+
+class FormDefinition(BaseModel):
+    """An HTML form posting to `POST /v1/forms/{form_key}/submissions`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    form_key: Identifier
+    """Public (it is in the page's HTML); it identifies the form, it is not a secret."""
+    name: Text
+    allowed_origins: Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=50)]
+    """Origins whose pages may post (CORS is answered for these only), e.g.
+    "https://www.example.com"."""
+    redirect_url: LongText | None = None
+    """Where the browser goes after posting (303); without one the answer is 202 JSON."""
+    honeypot_field: Annotated[str, Field(max_length=100)] | None = None
+    """A field hidden from people: a post that fills it is spam."""
+    default_region: Region | None = None
+    fields: Annotated[
+        dict[Annotated[str, Field(max_length=100)], Annotated[str, Field(max_length=120)]],
+        Field(max_length=100),
+    ] = {}
+    """Posted field name -> where it goes (see FORM_TARGETS); a field not listed goes to
+    the submission field of the same name, or else to a custom answer under its name."""
+    source: Text = "website"
+    campaign: Text | None = None
+    consent_wording: LongText | None = None
+    """The consent text shown on the form, stored with each consent it collects."""

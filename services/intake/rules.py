@@ -7,13 +7,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.intake.models import Submission
+from services.intake.models import FormDefinition, Submission
 from shared.events import (
     Attribution,
     Consent,
@@ -616,3 +616,82 @@ def lead_merged(
         profile=merged.profile,
         is_test=lead.is_test,
     )
+
+
+# --- HTML form posts -------------------------------------------------------------------------
+
+DIRECT_FORM_FIELDS = frozenset(
+    {"name", "phone", "email", "message", "timezone", "locale", "referrer", "landing_page"}
+)
+PROFILE_FIELDS = frozenset(
+    {"industry", "region", "country", "postal_code", "company", "company_size", "product_line"}
+    | {"language"}
+)
+UTM_FIELDS = frozenset({"source", "medium", "campaign", "term", "content"})
+CONSENT_FIELDS = frozenset({"email", "sms", "phone"})
+CHECKED = frozenset({"on", "true", "yes", "1", "y", "checked"})
+
+
+def is_spam(form: FormDefinition, fields: Mapping[str, str]) -> bool:
+    """A person never fills the hidden honeypot field; a bot filling every field does."""
+    return bool(form.honeypot_field and fields.get(form.honeypot_field, "").strip())
+
+
+def form_submission(
+    form: FormDefinition, fields: Mapping[str, str], *, referrer: str | None
+) -> dict[str, Any]:
+    """The submission document a form post maps to (validated as `Submission` after).
+
+    Each posted field goes where the form's mapping says; unmapped fields go to the
+    submission field of the same name ("utm_source" to utm.source, "company" to the
+    profile), anything else to a custom answer under its name. Empty values are dropped.
+    """
+    document: dict[str, Any] = {
+        "source": form.source,
+        "channel": "web_form",
+        "form_id": form.form_key,
+        "campaign": form.campaign,
+        "referrer": referrer,
+        "default_region": form.default_region,
+    }
+    profile: dict[str, Any] = {}
+    custom: dict[str, str] = {}
+    utm: dict[str, str] = {}
+    consent: dict[str, Any] = {}
+    for name, raw in fields.items():
+        value = raw.strip()
+        if not value or name == form.honeypot_field or name.startswith("_"):
+            continue
+        target = form.fields.get(name) or default_target(name)
+        section, _, key = target.partition(".")
+        if target == "ignore":
+            continue
+        if target in DIRECT_FORM_FIELDS:
+            document[target] = value
+        elif section == "profile" and key:
+            profile[key] = value
+        elif section == "utm" and key:
+            utm[key] = value
+        elif section == "consent" and key:
+            consent[key] = value.lower() in CHECKED
+        else:
+            custom[key if section == "custom" and key else name] = value
+    if custom:
+        profile["custom"] = custom
+    if consent:
+        consent["wording"] = form.consent_wording
+    document.update(profile=profile, utm=utm, consent=consent)
+    return {k: v for k, v in document.items() if v is not None}
+
+
+def default_target(name: str) -> str:
+    if name in DIRECT_FORM_FIELDS:
+        return name
+    if name in PROFILE_FIELDS:
+        return f"profile.{name}"
+    prefix, _, rest = name.partition("_")
+    if prefix == "utm" and rest in UTM_FIELDS:
+        return f"utm.{rest}"
+    if prefix == "consent" and rest in CONSENT_FIELDS:
+        return f"consent.{rest}"
+    return f"custom.{name}"

@@ -38,6 +38,19 @@ class Settings(ServiceSettings):
     with the defaults, about a day and a half, as long as Meta itself retries."""
 
     # --- CSV import (services/intake/imports) ---------------------------------------------
-    import_chunk_rows: int = Field(default=1000, ge=1, le=1000)
-    """Rows accepted per transaction; progress is recorded after each chunk."""
+    import_chunk_rows: int = Field(default=500, ge=1, le=1000)
+    """Rows accepted per transaction; progress is recorded after each chunk. Smaller chunks
+    keep each transaction short on a slow database (and redo less after an interruption)."""
     import_max_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+
+    # --- intake core ---------------------------------------------------------------------
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    """Largest request body (a batch of 1,000 leads fits); larger ones get 413. The CSV
+    upload has its own limit (`import_max_bytes`)."""
+    form_rate_limit: str = "10/minute"
+    """Posts per form key and client address (`limits` notation: "10/minute", "100/hour"),
+    counted in MongoDB so every replica shares the counters."""
+    trust_forwarded_for: bool = False
+    """Take the client address of form posts from X-Forwarded-For (behind a proxy)."""
+    configuration_max_age_s: float = Field(default=1.0, ge=0)
+    """How soon a form, campaign, source or ICP change made on another replica is seen."""

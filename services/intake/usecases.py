@@ -7,16 +7,26 @@ transaction). See `AcceptSubmissions.__call__` for the entry point other channel
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Literal
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Literal
 from uuid import uuid4
 
 import structlog
 from prometheus_client import Histogram
+from pydantic import ValidationError
 
-from services.intake.models import Submission
+from leadflow.chassis.config_cache import VersionedCache
+from leadflow.chassis.store import Document
+from services.intake.models import (
+    CampaignDefinition,
+    FormDefinition,
+    SourceDefinition,
+    Submission,
+)
 from services.intake.rules import (
     Acceptance,
     AcceptancePlan,
@@ -29,8 +39,14 @@ from services.intake.rules import (
     contact_keys,
     plan_acceptance,
 )
-from services.intake.store import AcceptingBatch, ContactKeyTaken, IntakeStore
-from shared.events import Event
+from services.intake.store import (
+    AcceptingBatch,
+    ConfigKind,
+    ContactKeyTaken,
+    IntakeStore,
+    StoredResponse,
+)
+from shared.events import CampaignSavedV1, Event, LeadConvertedV1
 
 log = structlog.get_logger(__name__)
 
@@ -198,3 +214,229 @@ def item_result(index: int, outcome: Acceptance | LeadRejected) -> ItemResult:
         return ItemResult(index, "rejected", errors=(FieldError(outcome.field, outcome.reason),))
     kind: ItemOutcome = "created" if outcome.outcome == "received" else outcome.outcome
     return ItemResult(index, kind, outcome.lead_id, outcome.matched_on)
+
+
+# --- batches of raw documents (JSON batch, imports) -----------------------------------------
+
+
+async def accept_documents(
+    accept: AcceptSubmissions, documents: Sequence[object], *, default_region: str | None = None
+) -> list[ItemResult]:
+    """Validate each document as a `Submission` and accept the valid ones as one batch;
+    a document that is not a valid submission is `rejected` naming each bad field."""
+    parsed: list[Submission | tuple[FieldError, ...]] = []
+    for document in documents:
+        try:
+            parsed.append(Submission.model_validate(document))
+        except ValidationError as error:
+            parsed.append(field_errors(error))
+    valid = [p for p in parsed if isinstance(p, Submission)]
+    accepted = iter(await accept(valid, default_region=default_region))
+    results: list[ItemResult] = []
+    for index, item in enumerate(parsed):
+        if isinstance(item, Submission):
+            results.append(replace(next(accepted), index=index))
+        else:
+            results.append(ItemResult(index, "rejected", errors=item))
+    return results
+
+
+def field_errors(error: ValidationError) -> tuple[FieldError, ...]:
+    return tuple(
+        FieldError(".".join(str(part) for part in e["loc"]) or "body", e["msg"])
+        for e in error.errors()
+    )
+
+
+# --- configuration: forms, campaigns, sources, the ideal-customer profile -------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeConfig:
+    forms: dict[str, FormDefinition]
+    campaigns: dict[str, CampaignDefinition]
+    sources: dict[str, SourceDefinition]
+    icp: IdealCustomerProfile
+
+
+class Configuration:
+    """Forms, campaigns, sources and the ICP, cached until their version moves (a change on
+    another replica is seen within `max_age_s`, one made here at once)."""
+
+    def __init__(self, store: IntakeStore, *, max_age_s: float) -> None:
+        self._store = store
+        self._cache: VersionedCache[IntakeConfig] = VersionedCache(
+            store.config_version, self._load, max_age_s=max_age_s
+        )
+
+    async def get(self) -> IntakeConfig:
+        return await self._cache.get()
+
+    async def form(self, form_key: str) -> FormDefinition | None:
+        """The form, also when it was registered on another replica a moment ago (a miss
+        checks the version again: one small read, a reload only if something changed)."""
+        form = (await self._cache.get()).forms.get(form_key)
+        if form is None:
+            self._cache.invalidate()
+            form = (await self._cache.get()).forms.get(form_key)
+        return form
+
+    async def icp(self) -> IdealCustomerProfile:
+        return (await self._cache.get()).icp
+
+    async def _load(self) -> IntakeConfig:
+        store = self._store
+        icp = await store.get_config("icp", "default")
+        return IntakeConfig(
+            forms={
+                f.form_key: f
+                for f in map(FormDefinition.model_validate, await store.list_config("form"))
+            },
+            campaigns={
+                c.campaign_id: c
+                for c in map(CampaignDefinition.model_validate, await store.list_config("campaign"))
+            },
+            sources={
+                s.source_id: s
+                for s in map(SourceDefinition.model_validate, await store.list_config("source"))
+            },
+            icp=IdealCustomerProfile() if icp is None else IdealCustomerProfile.model_validate(icp),
+        )
+
+    async def save_form(self, form: FormDefinition) -> None:
+        await self._store.put_config("form", form.form_key, form.model_dump(mode="json"))
+        self._cache.invalidate()
+
+    async def save_source(self, source: SourceDefinition) -> None:
+        await self._store.put_config("source", source.source_id, source.model_dump(mode="json"))
+        self._cache.invalidate()
+
+    async def save_icp(self, icp: IdealCustomerProfile) -> None:
+        await self._store.put_config("icp", "default", icp.model_dump(mode="json"))
+        self._cache.invalidate()
+
+    async def save_campaign(self, campaign: CampaignDefinition, now: datetime) -> None:
+        """Store the campaign and publish CampaignSavedV1 with it (one transaction)."""
+        event = CampaignSavedV1(
+            lead_id=f"campaign:{campaign.campaign_id}",
+            occurred_at=now,
+            campaign_id=campaign.campaign_id,
+            name=campaign.name,
+            channel=campaign.channel,
+            cost=campaign.cost,
+            currency=campaign.currency,
+            starts_on=campaign.starts_on,
+            ends_on=campaign.ends_on,
+        )
+        await self._store.put_config(
+            "campaign", campaign.campaign_id, campaign.model_dump(mode="json"), [event]
+        )
+        self._cache.invalidate()
+
+    async def delete(self, kind: ConfigKind, config_id: str) -> bool:
+        deleted = await self._store.delete_config(kind, config_id)
+        self._cache.invalidate()
+        return deleted
+
+
+# --- idempotent requests ---------------------------------------------------------------------
+
+IDEMPOTENCY_STALE_AFTER = timedelta(seconds=60)
+"""A claim older than this belongs to a request whose replica died: a retry takes it over."""
+IDEMPOTENCY_WAIT_S = 10.0
+
+
+class IdempotencyKeyReused(Exception):  # noqa: N818 - names the client's mistake
+    """The key was used before for a different request."""
+
+
+class RequestInProgress(Exception):  # noqa: N818
+    """A request with the same key is still being handled."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status_code: int
+    body: Any
+    replayed: bool = False
+
+
+class IdempotentRequests:
+    """Answers a request sent again with the same `Idempotency-Key` (per API key) with the
+    first answer, without handling it again. Concurrent requests with one key: one is
+    handled, the others wait for its answer."""
+
+    def __init__(
+        self,
+        store: IntakeStore,
+        *,
+        clock: Callable[[], datetime],
+        wait_s: float = IDEMPOTENCY_WAIT_S,
+        poll_s: float = 0.05,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._wait_s = wait_s
+        self._poll_s = poll_s
+
+    async def run(
+        self, key: str, fingerprint: str, handle: Callable[[], Awaitable[Answer]]
+    ) -> Answer:
+        deadline = time.monotonic() + self._wait_s
+        while True:
+            claim = await self._store.claim_request(
+                key, fingerprint, self._clock(), stale_after=IDEMPOTENCY_STALE_AFTER
+            )
+            if isinstance(claim, StoredResponse):
+                if claim.fingerprint != fingerprint:
+                    raise IdempotencyKeyReused(key)
+                return Answer(claim.status_code, claim.body, replayed=True)
+            if claim == "claimed":
+                break
+            if time.monotonic() > deadline:
+                raise RequestInProgress(key)
+            await asyncio.sleep(self._poll_s)
+        try:
+            answer = await handle()
+        except BaseException:
+            # Nothing to replay: a retry must be handled afresh.
+            await self._store.release_request(key)
+            raise
+        if answer.status_code >= 500:
+            await self._store.release_request(key)
+        else:
+            await self._store.complete_request(
+                key, StoredResponse(fingerprint, answer.status_code, answer.body)
+            )
+        return answer
+
+
+# --- the front desk --------------------------------------------------------------------------
+
+
+async def register_at_desk(
+    store: IntakeStore,
+    accept: Callable[[NewLead], Awaitable[Acceptance]],
+    lead: NewLead,
+) -> tuple[Document | None, Acceptance]:
+    """Who this caller is (the lead or customer their phone, else email, belongs to), then
+    the inquiry accepted: merged into them, or a new lead."""
+    known = None
+    for kind, value in contact_keys(lead.contact):
+        known = await store.find_by_contact(kind, value)
+        if known is not None:
+            break
+    return known, await accept(lead)
+
+
+# --- conversions learnt from assignment ------------------------------------------------------
+
+
+class RecordConversions:
+    def __init__(self, store: IntakeStore) -> None:
+        self._store = store
+
+    async def __call__(self, events: Sequence[Event]) -> None:
+        converted = [e for e in events if isinstance(e, LeadConvertedV1)]
+        if converted:
+            await self._store.record_conversions(converted)
