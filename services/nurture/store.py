@@ -123,6 +123,11 @@ BatchWork = Callable[[NurtureTransaction, list[Event]], Awaitable[tuple[T, Seque
 
 
 class NurtureStore(Protocol):
+    @property
+    def due(self) -> DueWorkStore:
+        """The timers of the steps (kind `send`), written in the same transactions."""
+        ...
+
     async def ensure_indexes(self) -> None: ...
 
     async def commit(self, work: Work[T]) -> T:

@@ -13,11 +13,15 @@ import pytest
 from leadflow.chassis.config_cache import VersionedCache
 from services.nurture.rules import (
     DEFAULT_SEQUENCES,
+    SEND_KIND,
     AlreadyEnrolledError,
     Enrollment,
     EnrollmentStatus,
     LeadContact,
+    LeadScore,
     NurtureChanges,
+    SendRecord,
+    SendStatus,
     SendWindow,
     SequenceCatalog,
     SequenceExistsError,
@@ -28,8 +32,10 @@ from services.nurture.rules import (
     Step,
     StepAnchor,
     StopReason,
+    send_key,
 )
 from services.nurture.store import (
+    ContactFilter,
     EnrollmentFilter,
     MongoNurtureStore,
     NurtureStore,
@@ -443,3 +449,132 @@ async def test_the_same_loss_consumed_twice_at_once_enrolls_once(subject: Subjec
     assert sorted(len(r) for r in results) == [0, 1]
     assert len(await active_of(subject.store, "both")) == 1
     assert [e.lead_id for e in await subject.enrolled()] == ["both"]
+
+
+# --- timers, send records, rates, scores, bulk selection ---------------------------------------
+
+
+async def due_keys(store: NurtureStore) -> dict[str, datetime]:
+    """Every pending timer of kind send, by key (claimed far in the future, then let go)."""
+    due = store.due
+    claimed = await due.claim(
+        kinds={SEND_KIND},
+        now=NOW + timedelta(days=3650),
+        limit=1000,
+        lease=timedelta(seconds=1),
+        token="peek",
+    )
+    await due.release(claimed, retry_at=NOW, failed=False)
+    return {c.work.key: c.work.due_at for c in claimed}
+
+
+async def test_saving_an_enrollment_schedules_its_step_and_stopping_cancels_it(
+    store: NurtureStore,
+) -> None:
+    active = enrollment("timed", "e-timed")
+    await save(store, NurtureChanges(started=(active,)))
+    assert await due_keys(store) == {send_key("e-timed", 0): active.next_send_at}
+
+    moved = dataclasses.replace(active, next_send_at=LATER)
+    await save(store, NurtureChanges(changed=(moved,)))
+    assert await due_keys(store) == {send_key("e-timed", 0): LATER}
+
+    ended = dataclasses.replace(
+        moved, status=EnrollmentStatus.STOPPED, stop_reason=StopReason.REPLIED, next_send_at=None
+    )
+    await save(store, NurtureChanges(changed=(ended,)))
+    assert await due_keys(store) == {}
+
+
+def a_send(key: str, lead_id: str = "l", at: datetime = NOW) -> SendRecord:
+    return SendRecord(
+        key=key,
+        lead_id=lead_id,
+        enrollment_id="e",
+        sequence_id="s",
+        step=0,
+        channel="email",
+        status=SendStatus.SENDING,
+        reserved_at=at,
+    )
+
+
+async def test_a_send_key_is_reserved_once_however_many_ask_at_once(store: NurtureStore) -> None:
+    record = a_send("send:e:0")
+    results = await asyncio.gather(*(store.reserve_sends([record]) for _ in range(5)))
+    assert sorted(len(r) for r in results) == [0, 0, 0, 0, 1]
+    # A temporary refusal lets the next attempt take it back, once.
+    await store.record_outcomes(
+        [dataclasses.replace(record, status=SendStatus.RETRYABLE, error="421")]
+    )
+    again = await asyncio.gather(*(store.reserve_sends([record]) for _ in range(3)))
+    assert sorted(again, key=len) == [{}, {}, {"send:e:0": 2}]
+    sent = dataclasses.replace(record, status=SendStatus.SENT, sent_at=LATER, provider_id="p1")
+    await store.record_outcomes([sent])
+    assert await store.reserve_sends([record]) == {}
+    stored_send = (await store.send_records(["send:e:0", "nope"]))["send:e:0"]
+    assert (stored_send.status, stored_send.provider_id, stored_send.attempts) == (
+        SendStatus.SENT,
+        "p1",
+        2,
+    )
+
+
+async def test_recent_sends_are_found_by_lead_for_the_caps(store: NurtureStore) -> None:
+    await store.reserve_sends(
+        [a_send("k1", "capped", NOW - timedelta(days=9)), a_send("k2", "capped", NOW)]
+    )
+    found = await store.sends_since(["capped", "other"], NOW - timedelta(days=8))
+    assert {lead: [r.key for r in rs] for lead, rs in found.items()} == {"capped": ["k2"]}
+
+
+async def test_the_rate_window_grants_at_most_its_limit_across_callers(
+    store: NurtureStore,
+) -> None:
+    granted = await asyncio.gather(*(store.take_rate("sms", NOW, 3, 10) for _ in range(5)))
+    assert sum(granted) == 10
+    assert await store.take_rate("sms", NOW + timedelta(seconds=1), 3, 10) == 3
+
+
+async def test_scores_are_kept_per_lead(store: NurtureStore) -> None:
+    score = LeadScore("warm-lead", 6.5, NOW, "warm")
+
+    async def write(transaction: NurtureTransaction) -> tuple[None, list[Event]]:
+        await transaction.save_scores([score])
+        return None, []
+
+    async def read(
+        transaction: NurtureTransaction,
+    ) -> tuple[dict[str, LeadScore], list[Event]]:
+        return await transaction.scores(["warm-lead", "nobody"]), []
+
+    await store.commit(write)
+    assert await store.commit(read) == {"warm-lead": score}
+
+
+async def test_bulk_selection_filters_by_stage_and_reachable_channel(store: NurtureStore) -> None:
+    def lead(lead_id: str, stage: str, *, sms: bool = True, erased: bool = False) -> LeadContact:
+        if erased:
+            return LeadContact(lead_id, erased_at=NOW)
+        return LeadContact(
+            lead_id,
+            contact=Contact(phone="+821012345678", email=f"{lead_id}@example.com"),
+            contact_as_of=NOW,
+            consent=Consent(email=True, sms=sms),
+            consent_as_of=NOW,
+            stage=stage,
+            stage_as_of=NOW,
+        )
+
+    leads = (
+        lead("b-paid", "converted"),
+        lead("b-unpaid", "lost-3"),
+        lead("b-new", "new"),
+        lead("b-no-sms", "assigned", sms=False),
+        lead("b-gone", "lost-3", erased=True),
+    )
+    await save(store, NurtureChanges(contacts=leads))
+    unpaid = ContactFilter(exclude_stages=("converted",), reachable_on="sms")
+    assert await store.contacts_matching(unpaid) == ["b-new", "b-unpaid"]
+    lost = ContactFilter(stages=("lost-3",))
+    assert await store.contacts_matching(lost) == ["b-unpaid"]
