@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter
+from pydantic import ValidationError
 
 from leadflow.chassis.clock import Clock
 from services.analytics import reports
@@ -93,8 +94,18 @@ class RebuildRollups:
 
 
 def event_from_document(document: dict[str, Any]) -> Event:
-    """A stored event parsed again as what the consumer read (raw when unknown)."""
-    return PARSER.validate_python(document["payload"])
+    """A stored event parsed again as what the consumer read (raw when unknown). An erased
+    lead's events lost their personal fields: a required `contact` comes back empty."""
+    payload = dict(document["payload"])
+    if payload.get("event_type") in ("lead-received", "lead-merged"):
+        payload.setdefault("contact", {})
+    try:
+        return PARSER.validate_python(payload)
+    except ValidationError:
+        # Stored by an analytics that knew the event differently: kept as it is, counted
+        # as unknown, never a rebuild that stops half way.
+        log.warning("stored event no longer valid; rebuilt as raw", event_id=document["_id"])
+        return RawEvent.model_validate(payload)
 
 
 class BuildReport:

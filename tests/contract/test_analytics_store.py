@@ -225,3 +225,11 @@ async def test_counters_are_kept_per_hour_and_filtered_by_dimension(
         await store.counters({Metric.LEADS_RECEIVED}, next_day, next_day + timedelta(hours=23), {})
         == []
     )
+
+
+async def test_rebuild_keeps_an_erased_lead_counted(store: AnalyticsStore) -> None:
+    await record(store)([received("gone", "phone"), assigned("gone", "r1")])
+    await record(store)([LeadErasedV1(lead_id="gone")])
+    before = await counts(store, Metric.LEADS_RECEIVED, channel="phone")
+    assert await RebuildRollups(store, clock=lambda: NOW)() == 3
+    assert await counts(store, Metric.LEADS_RECEIVED, channel="phone") == before == 1
