@@ -514,7 +514,14 @@ class FakeTwilio:
             )
         )
         headers = {"X-Twilio-Signature": self.sign(self.inbound_url, params)}
-        response = await self._client.post(self.inbound_url, data=params, headers=headers)
+        try:
+            response = await self._client.post(self.inbound_url, data=params, headers=headers)
+        except httpx.HTTPError as error:
+            log.warning("inbound webhook unreachable", url=self.inbound_url, error=repr(error))
+            return JSONResponse(
+                {"detail": f"the inbound webhook {self.inbound_url} did not answer: {error!r}"},
+                status_code=502,
+            )
         replies = re.findall(r"<Message>(.*?)</Message>", response.text, flags=re.DOTALL)
         for reply in replies:
             text = html.unescape(reply)

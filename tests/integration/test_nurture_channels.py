@@ -16,10 +16,9 @@ import uvicorn
 from fastapi import FastAPI
 from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
 
-from leadflow import __version__
-from leadflow.chassis.app import ServiceChassis
 from leadflow.localinfra import free_port
 from leadflow.sinks import FakeTwilio, MailSink
+from services.nurture.app import create_app
 from services.nurture.channels.email import (
     EmailIdentity,
     OutboundEmail,
@@ -27,11 +26,7 @@ from services.nurture.channels.email import (
     SmtpEmailSender,
 )
 from services.nurture.channels.rules import SmsRecipient
-from services.nurture.channels.runtime import (
-    ChannelWebhooks,
-    build_channel_webhooks,
-    link_builder,
-)
+from services.nurture.channels.runtime import ChannelWebhooks, link_builder
 from services.nurture.channels.sms import OutboundSms, TwilioConfig, TwilioSmsSender
 from services.nurture.channels.tokens import LinkClaims, TokenKind
 from services.nurture.settings import Settings
@@ -124,28 +119,20 @@ async def nurture_http(
         twilio_account_sid=twilio.account_sid,
         twilio_auth_token=twilio.auth_token,
         twilio_from_number=FROM_NUMBER,
+        scheduler_enabled=False,
     )
     twilio.inbound_url = f"{url}/v1/sms/inbound"
-    # Nurture's chassis (MongoDB, outbox relay to Kafka) with the channel webhooks, and the
-    # senders built from the same settings as create_app builds them.
-    chassis = ServiceChassis("nurture", settings)
-    webhooks = build_channel_webhooks(
-        settings, chassis.database, chassis.ledger, clock=chassis.clock
-    )
-    app = chassis.build_app(
-        title="nurture channels",
-        description="channel webhooks under test",
-        version=__version__,
-        routers=[webhooks.router],
-        startup=webhooks.start,
-        store=webhooks.store,
-    )
+    # The service as it runs (its send loop off: these tests send through the senders
+    # themselves), and senders built from the same settings as create_app builds them.
+    app = create_app(settings)
+    webhooks: ChannelWebhooks = app.state.channel_webhooks
+    clock = app.state.clock
     links = link_builder(settings)
     email = SmtpEmailSender(
         SmtpConfig(host=mail.host, port=settings.smtp_port, start_tls=False),
         EmailIdentity(settings.email_from, settings.email_message_id_domain),
         links,
-        clock=chassis.clock,
+        clock=clock,
     )
     sms = TwilioSmsSender(
         TwilioConfig(

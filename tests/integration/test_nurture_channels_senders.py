@@ -291,3 +291,35 @@ async def test_the_fake_reports_queued_sent_delivered_signed_to_the_status_callb
         server.should_exit = True
         await serving
     assert received == [("queued", True), ("sent", True), ("delivered", True)]
+
+
+async def test_the_fake_can_be_told_over_http_to_refuse_a_number(twilio: FakeTwilio) -> None:
+    async with httpx.AsyncClient(base_url=twilio.base_url) as client:
+        told = await client.post("/sink/sms/failures", json={"opted_out": ["+821077778888"]})
+        assert told.status_code == 200 and "+821077778888" in told.json()["opted_out"]
+        bad = await client.post("/sink/sms/failures", content=b"not json")
+        assert bad.status_code == 422
+    sender = sms_sender(twilio)
+    try:
+        with pytest.raises(RecipientOptedOutError):
+            await sender.send(an_sms("+821077778888"))
+    finally:
+        await sender.close()
+
+
+async def test_a_text_back_to_an_unreachable_webhook_is_a_502_not_a_crash(
+    twilio: FakeTwilio,
+) -> None:
+    from leadflow.localinfra import free_port  # noqa: PLC0415
+
+    twilio.inbound_url = f"http://127.0.0.1:{free_port()}/v1/sms/inbound"
+    try:
+        async with httpx.AsyncClient(base_url=twilio.base_url) as client:
+            answer = await client.post(
+                "/sink/sms/inbound", data={"From": "+821012345678", "Body": "hi"}
+            )
+            missing = await client.post("/sink/sms/inbound", data={"Body": "hi"})
+    finally:
+        twilio.inbound_url = None
+    assert answer.status_code == 502 and "did not answer" in answer.json()["detail"]
+    assert missing.status_code == 422
