@@ -1830,12 +1830,12 @@ def join_lead(lead: Lead, helper: str, now: datetime) -> Lead:
 
 def ensure_claimable(lead: Lead, pool: Pool | None, rep_id: str, claimed_open: int) -> Pool:
     """A rep may claim a waiting lead from a claimable pool they are in, within its limit."""
+    if pool is None or rep_id not in pool.rep_ids:
+        raise NotOwnerError(lead.lead_id)  # not a pool of theirs: none of their business
     if lead.status is not LeadStatus.NEW or lead.queued_at is None:
         raise TransitionRefusedError(lead.status, "claimed")
-    if pool is None or not pool.claimable:
+    if not pool.claimable:
         raise RefusedError("the lead's pool does not let reps claim its leads")
-    if rep_id not in pool.rep_ids:
-        raise NotOwnerError(lead.lead_id)
     if pool.claim_limit is not None and claimed_open >= pool.claim_limit:
         raise RefusedError(f"claim limit reached: {pool.claim_limit} open claimed leads")
     return pool

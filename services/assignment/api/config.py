@@ -704,7 +704,7 @@ class RuleBody(BaseModel):
         return self
 
     def to_rule(self, rule_id: str) -> TerritoryRule:
-        values = self.model_dump()
+        values = self.model_dump(exclude={"rule_id"})
         for key, value in values.items():
             if isinstance(value, list):
                 values[key] = tuple(value)
