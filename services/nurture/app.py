@@ -182,6 +182,7 @@ def create_app(
             tasks.append(asyncio.create_task(runner.run(), name="nurture-scheduler"))
 
     async def shutdown() -> None:
+        await webhooks.stop()  # status reports still queued are stored first
         await runner.stop()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):

@@ -258,3 +258,36 @@ async def test_the_same_text_delivered_twice_at_once_counts_once(subject: Subjec
     assert sorted(o.changed for o in outcomes) == [False, False, False, True]
     assert len(await subject.store.engagements(["lead-d"])) == 1
     assert len(await subject.outbox()) == 1
+
+
+async def test_reports_stored_together_keep_their_order_and_their_own_errors(
+    subject: Subject,
+) -> None:
+    one = claims(TokenKind.SMS_STATUS, "lead-b1", message_id="m-b1")
+    two = claims(TokenKind.SMS_STATUS, "lead-b2", message_id="m-b2")
+    results = await feedback(subject.store).record_sms_statuses(
+        [
+            (one, SmsStatusReport("SM1", "queued", PHONE)),
+            (two, SmsStatusReport("SM2", "sent")),
+            (one, SmsStatusReport("SM1", "teleported")),
+            (one, SmsStatusReport("SM1", "delivered", PHONE)),
+            (one, SmsStatusReport("SM1", "sent", PHONE)),  # late: old news
+        ]
+    )
+    assert [getattr(r, "status", None) for r in results] == [
+        "queued",
+        "sent",
+        None,
+        "delivered",
+        None,
+    ]
+    assert isinstance(results[2], UnknownStatusError)
+    assert results[4] is None
+    stored = await subject.store.message_statuses(["m-b1", "m-b2"])
+    assert {m: r.status for m, r in stored.items()} == {"m-b1": "delivered", "m-b2": "sent"}
+    published = [
+        (e.message_id, e.status)
+        for e in await subject.outbox()
+        if isinstance(e, MessageStatusUpdatedV1)
+    ]
+    assert published == [("m-b1", "queued"), ("m-b2", "sent"), ("m-b1", "delivered")]

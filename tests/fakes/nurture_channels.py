@@ -97,8 +97,8 @@ class _InMemoryTransaction(ChannelTransaction):
     async def statuses(self, message_ids: Collection[str]) -> dict[str, MessageStatusRecord]:
         return {m: self._tables.statuses[m] for m in message_ids if m in self._tables.statuses}
 
-    async def save_status(self, record: MessageStatusRecord) -> None:
-        self._tables.statuses[record.message_id] = record
+    async def save_statuses(self, records: Sequence[MessageStatusRecord]) -> None:
+        self._tables.statuses.update({r.message_id: r for r in records})
 
     async def known_engagements(self, keys: Collection[str]) -> set[str]:
         return {k for k in keys if k in self._tables.engagements}

@@ -13,7 +13,12 @@ from leadflow.chassis.store import Database, EventLedger
 from services.nurture.channels.store import MongoChannelStore
 from services.nurture.channels.tokens import LinkBuilder, TokenSigner
 from services.nurture.channels.usecases import ChannelFeedback
-from services.nurture.channels.webhooks import SmsReplies, channel_webhooks
+from services.nurture.channels.webhooks import (
+    SmsReplies,
+    StatusReports,
+    channel_webhooks,
+    status_reports,
+)
 from services.nurture.settings import Settings
 
 
@@ -25,9 +30,14 @@ class ChannelWebhooks:
     feedback: ChannelFeedback
     """opt_out (e.g. on RecipientOptedOutError), remember_sms_recipients."""
     router: APIRouter
+    reports: StatusReports
 
     async def start(self) -> None:
         await self.store.ensure_indexes()
+
+    async def stop(self) -> None:
+        """Store the status reports still queued, then refuse new ones (503)."""
+        await self.reports.stop()
 
 
 def token_signer(settings: Settings) -> TokenSigner:
@@ -46,6 +56,7 @@ def build_channel_webhooks(
 ) -> ChannelWebhooks:
     store = MongoChannelStore(database, ledger)
     feedback = ChannelFeedback(store, clock=clock)
+    reports = status_reports(feedback)
     router = channel_webhooks(
         feedback,
         token_signer(settings),
@@ -56,5 +67,6 @@ def build_channel_webhooks(
             opt_in=settings.sms_opt_in_reply,
             opt_out=settings.sms_opt_out_reply,
         ),
+        reports=reports,
     )
-    return ChannelWebhooks(store, feedback, router)
+    return ChannelWebhooks(store, feedback, router, reports)

@@ -58,7 +58,7 @@ class ChannelTransaction(Protocol):
 
     async def statuses(self, message_ids: Collection[str]) -> dict[str, MessageStatusRecord]: ...
 
-    async def save_status(self, record: MessageStatusRecord) -> None: ...
+    async def save_statuses(self, records: Sequence[MessageStatusRecord]) -> None: ...
 
     async def known_engagements(self, keys: Collection[str]) -> set[str]:
         """Which of these engagement keys are stored already."""
@@ -179,10 +179,16 @@ class _MongoChannelTransaction:
         docs = await find_in(self._store._statuses, "_id", message_ids, session=self._session)
         return {doc["_id"]: status_from_document(doc) for doc in docs}
 
-    async def save_status(self, record: MessageStatusRecord) -> None:
-        await self._store._statuses.replace_one(
-            {"_id": record.message_id}, status_document(record), upsert=True, session=self._session
-        )
+    async def save_statuses(self, records: Sequence[MessageStatusRecord]) -> None:
+        if records:
+            await self._store._statuses.bulk_write(
+                [
+                    ReplaceOne({"_id": r.message_id}, status_document(r), upsert=True)
+                    for r in records
+                ],
+                ordered=False,
+                session=self._session,
+            )
 
     async def known_engagements(self, keys: Collection[str]) -> set[str]:
         docs = await find_in(

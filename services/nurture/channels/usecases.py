@@ -125,59 +125,62 @@ class ChannelFeedback:
     ) -> MessageStatusRecord | None:
         """Store a delivery report unless an equal or later one came first; the stored
         record, or None when it was old news. Raises UnknownStatusError."""
-        mapped = sms_status(report.status)
-        if mapped is None:
-            raise UnknownStatusError(report.status)
-        status, rank = mapped
-        message_id = claims.message_id or report.provider_id
+        [result] = await self.record_sms_statuses([(claims, report)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def record_sms_statuses(
+        self, reports: Sequence[tuple[LinkClaims, SmsStatusReport]]
+    ) -> list[MessageStatusRecord | Exception | None]:
+        """Delivery reports, in the order they arrived, in one transaction: for each, the
+        record it stored, None when it was old news, or UnknownStatusError."""
         now = self._clock()
 
-        async def work(tx: ChannelTransaction) -> tuple[MessageStatusRecord | None, list[Event]]:
-            current = (await tx.statuses([message_id])).get(message_id)
-            if not moves_forward(None if current is None else current.rank, rank):
-                return None, []
-            record = MessageStatusRecord(
-                message_id=message_id,
-                lead_id=claims.lead_id,
-                channel="sms",
-                status=status,
-                rank=rank,
-                updated_at=now,
-                provider_id=report.provider_id,
-                error_code=report.error_code,
-                sequence_id=claims.sequence_id,
-                step=claims.step,
-            )
-            await tx.save_status(record)
-            events: list[Event] = [
-                MessageStatusUpdatedV1(
-                    lead_id=claims.lead_id,
-                    occurred_at=now,
-                    sequence_id=claims.sequence_id,
-                    step=claims.step,
-                    channel="sms",
-                    message_id=message_id,
-                    status=status,
-                    error_code=report.error_code,
-                )
-            ]
-            if report.to:
-                await _remember(tx, [SmsRecipient(report.to, claims.lead_id, now, message_id)])
-            if report.error_code in CARRIER_OPT_OUT_CODES:
-                reason = "carrier_opt_out"
-                if await _set_opt_out(tx, claims.lead_id, "sms", reason, now, phone=report.to):
-                    events.append(
-                        LeadOptedOutV1(
-                            lead_id=claims.lead_id,
-                            occurred_at=now,
-                            channel="sms",
-                            reason=reason,
-                            sequence_id=claims.sequence_id,
-                        )
+        async def work(
+            tx: ChannelTransaction,
+        ) -> tuple[list[MessageStatusRecord | Exception | None], list[Event]]:
+            ids = {claims.message_id or report.provider_id for claims, report in reports}
+            current: dict[str, MessageStatusRecord] = await tx.statuses(ids)
+            results: list[MessageStatusRecord | Exception | None] = []
+            changed: dict[str, MessageStatusRecord] = {}
+            events: list[Event] = []
+            recipients: list[SmsRecipient] = []
+            for claims, report in reports:
+                record = _advanced(current, claims, report, now)
+                results.append(record)
+                if not isinstance(record, MessageStatusRecord):
+                    continue
+                current[record.message_id] = changed[record.message_id] = record
+                events.append(_status_event(record, now))
+                if report.to:
+                    recipients.append(
+                        SmsRecipient(report.to, claims.lead_id, now, record.message_id)
                     )
-            return record, events
+                if report.error_code in CARRIER_OPT_OUT_CODES:
+                    events += await self._carrier_opt_out(tx, claims, report.to, now)
+            await tx.save_statuses(list(changed.values()))
+            await _remember(tx, recipients)
+            return results, events
 
         return await self._store.commit(work)
+
+    @staticmethod
+    async def _carrier_opt_out(
+        tx: ChannelTransaction, claims: LinkClaims, phone: str | None, now: datetime
+    ) -> list[Event]:
+        reason = "carrier_opt_out"
+        if not await _set_opt_out(tx, claims.lead_id, "sms", reason, now, phone=phone):
+            return []
+        return [
+            LeadOptedOutV1(
+                lead_id=claims.lead_id,
+                occurred_at=now,
+                channel="sms",
+                reason=reason,
+                sequence_id=claims.sequence_id,
+            )
+        ]
 
     async def inbound_sms(self, inbound: InboundSms) -> InboundOutcome:
         intent = inbound_intent(inbound.body)
@@ -323,3 +326,45 @@ def _engagement_events(engagements: Sequence[Engagement]) -> list[Event]:
         )
         for e in engagements
     ]
+
+
+def _advanced(
+    current: dict[str, MessageStatusRecord],
+    claims: LinkClaims,
+    report: SmsStatusReport,
+    now: datetime,
+) -> MessageStatusRecord | Exception | None:
+    """The record a report moves its message to; None if it is old news."""
+    mapped = sms_status(report.status)
+    if mapped is None:
+        return UnknownStatusError(report.status)
+    status, rank = mapped
+    message_id = claims.message_id or report.provider_id
+    before = current.get(message_id)
+    if not moves_forward(None if before is None else before.rank, rank):
+        return None
+    return MessageStatusRecord(
+        message_id=message_id,
+        lead_id=claims.lead_id,
+        channel="sms",
+        status=status,
+        rank=rank,
+        updated_at=now,
+        provider_id=report.provider_id,
+        error_code=report.error_code,
+        sequence_id=claims.sequence_id,
+        step=claims.step,
+    )
+
+
+def _status_event(record: MessageStatusRecord, now: datetime) -> MessageStatusUpdatedV1:
+    return MessageStatusUpdatedV1(
+        lead_id=record.lead_id,
+        occurred_at=now,
+        sequence_id=record.sequence_id,
+        step=record.step,
+        channel=record.channel,
+        message_id=record.message_id,
+        status=record.status,
+        error_code=record.error_code,
+    )

@@ -21,8 +21,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from starlette.datastructures import FormData
 from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
 
+from leadflow.chassis.batching import GroupCommit
 from leadflow.chassis.http import unprocessable
-from services.nurture.channels.rules import InboundIntent
+from services.nurture.channels.rules import InboundIntent, MessageStatusRecord
 from services.nurture.channels.tokens import BadTokenError, LinkClaims, TokenKind, TokenSigner
 from services.nurture.channels.usecases import (
     ChannelFeedback,
@@ -37,6 +38,14 @@ ONE_CLICK_FIELD = "List-Unsubscribe"
 ONE_CLICK_VALUE = "One-Click"
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 NO_STORE = {"Cache-Control": "no-store, private", "Pragma": "no-cache"}
+
+
+StatusReports = GroupCommit[tuple[LinkClaims, SmsStatusReport], MessageStatusRecord | None]
+"""Status callbacks arriving together are stored in one transaction (three per text)."""
+
+
+def status_reports(feedback: ChannelFeedback, *, max_batch: int = 500) -> StatusReports:
+    return GroupCommit(feedback.record_sms_statuses, max_batch=max_batch, name="sms-status")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +64,21 @@ def channel_webhooks(
     twilio_auth_token: str,
     public_url: str,
     replies: SmsReplies,
+    reports: StatusReports,
 ) -> APIRouter:
     """The router nurture's app includes: link endpoints and Twilio webhooks."""
     router = APIRouter(tags=["channel webhooks"])
     router.include_router(_link_routes(feedback, signer))
+    base = public_url.rstrip("/")
     router.include_router(
-        _twilio_routes(feedback, signer, twilio_auth_token, public_url.rstrip("/"), replies)
+        _twilio_routes(
+            feedback,
+            signer,
+            auth_token=twilio_auth_token,
+            base=base,
+            replies=replies,
+            reports=reports,
+        )
     )
     return router
 
@@ -155,9 +173,11 @@ def _link_routes(feedback: ChannelFeedback, signer: TokenSigner) -> APIRouter:
 def _twilio_routes(
     feedback: ChannelFeedback,
     signer: TokenSigner,
+    *,
     auth_token: str,
     base: str,
     replies: SmsReplies,
+    reports: StatusReports,
 ) -> APIRouter:
     router = APIRouter()
     validator = RequestValidator(auth_token)
@@ -199,7 +219,7 @@ def _twilio_routes(
             error_code=_optional(form, "ErrorCode"),
         )
         try:
-            record = await feedback.record_sms_status(claims, report)
+            record = await reports.submit((claims, report))
         except UnknownStatusError as error:
             raise unprocessable(
                 (("body", "MessageStatus"), f"unknown status {str(error)!r}")
