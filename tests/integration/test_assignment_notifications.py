@@ -337,3 +337,25 @@ async def test_help_requested_in_a_workflow_step_reaches_the_manager_only_if_the
     [mail] = sink.messages
     assert mail.rcpt_tos == ("mona@example.com",)
     assert mail.header("Subject") == f"[leadflow] Rita asks for help with lead {kept}."
+
+
+async def test_email_chosen_without_a_notification_address_goes_to_the_reps_own_email(
+    infra: Infra, run_id: str, sink: MailSink
+) -> None:
+    settings = notification_settings(infra, run_id, sink)
+    await add_people(
+        settings,
+        {
+            "_id": "rita",
+            "name": "Rita",
+            "email": "rita@own.example",
+            "notify": {"channels": ["email"]},
+        },
+    )
+    event = assigned("rita")
+
+    async with replica(settings) as runtime:
+        await runtime.plan([event])
+        await eventually(lambda: statuses(runtime), lambda s: s == Counter(sent=1))
+
+    assert [m.rcpt_tos for m in sink.messages] == [("rita@own.example",)]

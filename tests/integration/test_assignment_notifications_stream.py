@@ -170,6 +170,24 @@ async def test_a_manager_follows_a_named_reps_queue(stack: Stack, keys: Keys) ->
     assert event.data["lead_id"] == lead.lead_id
 
 
+async def test_a_rep_who_manages_a_team_follows_a_team_members_queue(
+    stack: Stack, keys: Keys
+) -> None:
+    mona = await keys.headers(Role.REP, rep_id="mona")  # rita and sam name mona as manager
+    lead = assigned("sam")
+
+    async with stack.client.stream(
+        "GET", "/v1/me/stream", params={"rep_id": "sam"}, headers=mona
+    ) as response:
+        assert response.status_code == 200
+        reading = asyncio.ensure_future(read_events(response.aiter_lines(), count=1))
+        await asyncio.sleep(0.5)
+        await stack.runtime.plan([lead])
+        [event] = await asyncio.wait_for(reading, timeout=10)
+
+    assert event.data["lead_id"] == lead.lead_id
+
+
 async def test_who_may_follow_which_stream(stack: Stack, keys: Keys) -> None:
     rita = await keys.headers(Role.REP, rep_id="rita")
     manager = await keys.headers(Role.MANAGER)
@@ -179,6 +197,7 @@ async def test_who_may_follow_which_stream(stack: Stack, keys: Keys) -> None:
     assert (await get("/v1/me/stream")).status_code == 401
     assert (await get("/v1/me/stream", headers=analyst)).status_code == 403
     assert (await get("/v1/me/stream", params={"rep_id": "sam"}, headers=rita)).status_code == 403
+    assert (await get("/v1/me/stream", params={"rep_id": "mona"}, headers=rita)).status_code == 403
     no_rep = await get("/v1/me/stream", headers=manager)
     assert no_rep.status_code == 422
     assert no_rep.json()["detail"][0]["loc"] == ["query", "rep_id"]

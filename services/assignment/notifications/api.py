@@ -31,16 +31,23 @@ RECONNECT_MS = 2000
 _RepId = Annotated[str | None, Query(min_length=1, max_length=64)]
 
 
-def _person(principal: Principal, rep_id: str | None) -> str:
-    """Whose stream or deliveries: a rep's own; a manager names the rep."""
+async def _person(
+    principal: Principal, rep_id: str | None, notifications: NotificationRuntime
+) -> str:
+    """Whose stream or deliveries: a rep's own, or a rep of their team (reps who name
+    them as manager); a manager names the rep."""
     if principal.role is Role.REP:
         if principal.rep_id is None:
             raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this rep key names no rep")
-        if rep_id is not None and rep_id != principal.rep_id:
+        if rep_id is None or rep_id == principal.rep_id:
+            return principal.rep_id
+        person = (await notifications.store.people([rep_id])).get(rep_id)
+        if person is None or person.manager_id != principal.rep_id:
             raise HTTPException(
-                status.HTTP_403_FORBIDDEN, detail="a rep may follow only their own queue"
+                status.HTTP_403_FORBIDDEN,
+                detail=f"'{rep_id}' is not you or a rep of your team",
             )
-        return principal.rep_id
+        return rep_id
     if rep_id is None:
         raise unprocessable((("query", "rep_id"), "a manager names the rep whose queue to follow"))
     return rep_id
@@ -54,7 +61,8 @@ def _person(principal: Principal, rep_id: str | None) -> str:
     "(SLA warning, help requested, ...). Each event's `id` is its place in the feed: "
     "reconnect with `Last-Event-ID` to get what was missed. Idle streams carry a comment "
     "line every few seconds. Works on any replica, whichever replica the change happened on. "
-    "A rep key follows its own queue; a manager passes `rep_id`.",
+    "A rep key follows its own queue (or, with `rep_id`, a rep of their team); a manager "
+    "passes `rep_id`.",
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
@@ -65,7 +73,7 @@ async def my_stream(
     rep_id: _RepId = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
 ) -> StreamingResponse:
-    person_id = _person(principal, rep_id)
+    person_id = await _person(principal, rep_id, notifications)
     after: int | None = None
     if last_event_id:
         if not last_event_id.isdigit():
@@ -150,7 +158,7 @@ async def list_notifications(  # noqa: PLR0917 - FastAPI parameters
 ) -> list[NotificationPublic]:
     person_ids: list[str] | None = None
     if principal.role is Role.REP or rep_id is not None:
-        person_ids = [_person(principal, rep_id)]
+        person_ids = [await _person(principal, rep_id, notifications)]
     documents = await notifications.store.list_notifications(
         NotificationQuery(status=status_, person_ids=person_ids, lead_id=lead_id, limit=limit)
     )

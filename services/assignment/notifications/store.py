@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -229,7 +230,7 @@ class _MongoPlanning:
             "_id",
             person_ids,
             session=self._session,
-            projection={"name": 1, "manager_id": 1, "notify": 1},
+            projection={"name": 1, "manager_id": 1, "notify": 1, "email": 1},
         )
         return {doc["_id"]: person_from_document(doc) for doc in documents}
 
@@ -345,11 +346,15 @@ def pool_managers_of(
 
 
 def person_from_document(doc: Mapping[str, Any]) -> Person:
+    notify = Preferences.from_document(doc.get("notify"))
+    if notify.email is None and doc.get("email"):
+        # "email" chosen without a notification address: the rep's own address.
+        notify = dataclasses.replace(notify, email=doc["email"])
     return Person(
         person_id=doc["_id"],
         name=doc.get("name") or "",
         manager_id=doc.get("manager_id"),
-        notify=Preferences.from_document(doc.get("notify")),
+        notify=notify,
     )
 
 
