@@ -245,6 +245,8 @@ class FakeTwilio:
         """Numbers that answer 21610, as Twilio does after the recipient texted STOP."""
         self.undeliverable: set[str] = set()
         """Numbers whose messages end `undelivered` (error 30003) instead of `delivered`."""
+        self.failing: dict[str, int] = {}
+        """Numbers the API refuses with this Twilio error code (HTTP 400), e.g. 21614."""
         self.send_callbacks = True
         self._fail_next: list[Failure] = []
         self._validator = RequestValidator(auth_token)
@@ -388,6 +390,8 @@ class FakeTwilio:
             return _twilio_error(400, 21617, "The concatenated message body exceeds 1600.")
         if to in self.opted_out:
             return _twilio_error(400, OPTED_OUT, "Attempt to send to unsubscribed recipient")
+        if to in self.failing:
+            return _twilio_error(400, self.failing[to], f"refused as told for {to}")
         count = count_segments(body)
         created = _now()
         sms = FakeSms(
@@ -554,17 +558,23 @@ class FakeTwilio:
         return "+15005550006"
 
     async def _set_failures(self, request: Request) -> Response:
-        """`{"opted_out": [...], "undeliverable": [...], "fail_next": n}` (each optional)."""
+        """`{"opted_out": [...], "undeliverable": [...], "failing": {number: code},
+        "fail_next": n}` (each optional)."""
         try:
             body = await request.json()
             self.opted_out.update(str(n) for n in body.get("opted_out", []))
             self.undeliverable.update(str(n) for n in body.get("undeliverable", []))
+            self.failing.update({str(n): int(c) for n, c in body.get("failing", {}).items()})
             if body.get("fail_next"):
                 self.fail_next(int(body["fail_next"]))
         except (ValueError, TypeError, AttributeError) as error:
             return JSONResponse({"detail": f"bad request: {error}"}, status_code=422)
         return JSONResponse(
-            {"opted_out": sorted(self.opted_out), "undeliverable": sorted(self.undeliverable)}
+            {
+                "opted_out": sorted(self.opted_out),
+                "undeliverable": sorted(self.undeliverable),
+                "failing": self.failing,
+            }
         )
 
     def _keep(self, sms: FakeSms) -> None:

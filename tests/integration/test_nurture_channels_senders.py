@@ -295,7 +295,10 @@ async def test_the_fake_reports_queued_sent_delivered_signed_to_the_status_callb
 
 async def test_the_fake_can_be_told_over_http_to_refuse_a_number(twilio: FakeTwilio) -> None:
     async with httpx.AsyncClient(base_url=twilio.base_url) as client:
-        told = await client.post("/sink/sms/failures", json={"opted_out": ["+821077778888"]})
+        told = await client.post(
+            "/sink/sms/failures",
+            json={"opted_out": ["+821077778888"], "failing": {"+821066667777": 21614}},
+        )
         assert told.status_code == 200 and "+821077778888" in told.json()["opted_out"]
         bad = await client.post("/sink/sms/failures", content=b"not json")
         assert bad.status_code == 422
@@ -303,6 +306,10 @@ async def test_the_fake_can_be_told_over_http_to_refuse_a_number(twilio: FakeTwi
     try:
         with pytest.raises(RecipientOptedOutError):
             await sender.send(an_sms("+821077778888"))
+        with pytest.raises(PermanentSendError) as refused:
+            await sender.send(an_sms("+821066667777"))
+        assert refused.value.code == "21614"
+        assert not isinstance(refused.value, RecipientOptedOutError)
     finally:
         await sender.close()
 
