@@ -156,6 +156,9 @@ class DueWorkStore(Protocol):
 
 Fire = Callable[[list[ClaimedWork]], Awaitable[None]]
 
+_PROBES_S = (0.05, 0.25)
+"""The look-ahead windows tried before the idle poll's when looking for the next due time."""
+
 
 class DueWorkRunner:
     """Claims due items of `kinds` and hands them to `fire` in batches, until `stop()`.
@@ -301,13 +304,16 @@ class DueWorkRunner:
 
     async def _sleep_until_due(self) -> None:
         now = self._clock()
-        next_due = await self._store.next_due(
-            kinds=self._kinds, before=now + timedelta(seconds=self._idle_poll_s)
-        )
-        if next_due is None:
-            await self._pause(self._idle_poll_s)
-        else:
-            await self._pause(min(self._idle_poll_s, (next_due - now).total_seconds()))
+        # Narrow windows first: a store may read every item in the window to find the
+        # earliest, and with timers due every few milliseconds the first one answers.
+        for horizon_s in (*(h for h in _PROBES_S if h < self._idle_poll_s), self._idle_poll_s):
+            next_due = await self._store.next_due(
+                kinds=self._kinds, before=now + timedelta(seconds=horizon_s)
+            )
+            if next_due is not None:
+                await self._pause((next_due - now).total_seconds())
+                return
+        await self._pause(self._idle_poll_s)
 
     async def _pause(self, seconds: float) -> None:
         if seconds <= 0 or self._stopping:

@@ -26,6 +26,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
+    BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
     ExecutionTimeout,
@@ -553,6 +554,9 @@ class MongoDueWork:
     def __init__(self, database: Database, name: str = "due_work") -> None:
         self._client = database.client
         self._items: Collection = database[name]
+        self._candidates: dict[str, tuple[datetime | None, list[tuple[datetime, str]]]] = {}
+        """Per kind: when they were seen claimable, and the (ready_at, key) of the next
+        items to claim, earliest first. Only hints: a claim re-checks each one."""
 
     async def ensure_indexes(self) -> None:
         await self._items.create_index(
@@ -561,13 +565,30 @@ class MongoDueWork:
         )
 
     async def schedule(self, items: Sequence[DueWork], *, session: Session | None = None) -> None:
-        if not items:
+        latest = {item.key: _due_document(item) for item in items}  # the last of a key wins
+        if not latest:
             return
-        await self._items.bulk_write(
-            [ReplaceOne({"_id": item.key}, _due_document(item), upsert=True) for item in items],
-            ordered=False,
-            session=session,
-        )
+        # New keys are inserted (an upsert costs SecantusDB several times an insert), the
+        # keys already stored are replaced.
+        stored = {
+            doc["_id"]
+            for doc in await find_in(
+                self._items, "_id", latest, session=session, projection={"_id": 1}
+            )
+        }
+        fresh = [{"_id": key, **doc} for key, doc in latest.items() if key not in stored]
+        replaced = [ReplaceOne({"_id": key}, latest[key], upsert=True) for key in stored]
+        try:
+            if fresh:
+                await self._items.insert_many(fresh, ordered=False, session=session)
+        except BulkWriteError:
+            if session is not None:
+                # A concurrent scheduler inserted one of these keys since the look-up. The
+                # transaction is void now: the caller's retry finds the key and replaces it.
+                raise
+            replaced.extend(ReplaceOne({"_id": doc["_id"]}, doc, upsert=True) for doc in fresh)
+        if replaced:
+            await self._items.bulk_write(replaced, ordered=False, session=session)
 
     async def cancel(self, keys: Collection_[str], *, session: Session | None = None) -> None:
         wanted = list(dict.fromkeys(keys))
@@ -586,37 +607,71 @@ class MongoDueWork:
         token: str,
     ) -> list[ClaimedWork]:
         now = _to_millis(now)
-        candidates: list[Document] = []
-        for kind in sorted(kinds):
-            candidates.extend(
+        until = _to_millis(now + lease)
+        # Bounded: each round takes the next `limit` candidates; it only repeats when a
+        # concurrent claim took every one of them.
+        for _ in range(_PREFETCH + 2):
+            await self._prefetch(kinds, now, limit)
+            chosen = self._choose(kinds, now, limit)
+            if not chosen:
+                return []
+            claimed = await self._claim_chosen(chosen, now, until, token)
+            if claimed:
+                claimed.sort(key=lambda c: (c.work.due_at, c.work.key))
+                return claimed
+        return []
+
+    async def _prefetch(self, kinds: Collection_[str], now: datetime, limit: int) -> None:
+        """Look up claimable items of the `kinds` whose candidates ran out: `_PREFETCH`
+        batches' worth at once, as SecantusDB reads every document in the range to return
+        the first few, however few are asked for (with a backlog, each look-up costs as much
+        as the backlog is long)."""
+        for kind in kinds:
+            seen_at, candidates = self._candidates.get(kind, (None, []))
+            if candidates and seen_at is not None and seen_at <= now:
+                continue
+            found = (
                 await self._items.find(
                     {"status": DUE_PENDING, "kind": kind, "ready_at": {"$lte": now}},
-                    {"kind": 1, "ready_at": 1},
+                    {"ready_at": 1},
                 )
                 .sort("ready_at", ASCENDING)
-                .limit(limit)
+                .limit(limit * _PREFETCH)
                 .to_list()
             )
-        if not candidates:
-            return []
-        candidates.sort(key=lambda doc: (doc["ready_at"], doc["_id"]))
+            self._candidates[kind] = (now, [(doc["ready_at"], doc["_id"]) for doc in found])
+
+    def _choose(
+        self, kinds: Collection_[str], now: datetime, limit: int
+    ) -> list[tuple[datetime, str, str]]:
+        """The earliest `limit` candidates due by `now`, taken off the candidate lists."""
+        merged = sorted(
+            (ready_at, key, kind)
+            for kind in kinds
+            for ready_at, key in self._candidates.get(kind, (None, []))[1]
+            if ready_at <= now
+        )[:limit]
+        taken = {key for _, key, _ in merged}
+        for kind in kinds:
+            seen_at, candidates = self._candidates.get(kind, (None, []))
+            self._candidates[kind] = (seen_at, [c for c in candidates if c[1] not in taken])
+        return merged
+
+    async def _claim_chosen(
+        self, chosen: list[tuple[datetime, str, str]], now: datetime, until: datetime, token: str
+    ) -> list[ClaimedWork]:
         boundary: dict[str, datetime] = {}
-        for doc in candidates[:limit]:
-            boundary[doc["kind"]] = doc["ready_at"]  # ascending: the last one is the latest
-        at_boundary: dict[str, list[str]] = {}
-        for doc in candidates[:limit]:
-            if doc["ready_at"] == boundary[doc["kind"]]:
-                at_boundary.setdefault(doc["kind"], []).append(doc["_id"])
-        until = _to_millis(now + lease)
+        for ready_at, _, kind in chosen:
+            boundary[kind] = ready_at  # ascending: the last one is the latest
         claim_it = {"$set": {"ready_at": until, "token": token, "claimed_at": now}}
         claimed: list[ClaimedWork] = []
         for kind, up_to in boundary.items():
-            # Everything claimable before the boundary in one request; at the boundary only
-            # the chosen ones, as thousands of sends may share one instant.
+            # Everything still claimable before the boundary in one request; at the boundary
+            # only the chosen ones, as thousands of sends may share one instant.
             await self._items.update_many(
                 {"status": DUE_PENDING, "kind": kind, "ready_at": {"$lt": up_to}}, claim_it
             )
-            tied = at_boundary[kind]
+            tied = [key for ready_at, key, k in chosen if k == kind and ready_at == up_to]
             for start in range(0, len(tied), IN_CHUNK):
                 await self._items.update_many(
                     {
@@ -637,7 +692,6 @@ class MongoDueWork:
                     if doc.get("token") == token
                 ]
             )
-        claimed.sort(key=lambda c: (c.work.due_at, c.work.key))
         return claimed
 
     async def finish(
@@ -728,6 +782,12 @@ class MongoDueWork:
                 await self._items.update_many(
                     {"_id": {"$in": keys[start : start + IN_CHUNK]}, "token": token}, change
                 )
+
+
+_PREFETCH = 20
+"""Batches' worth of candidates one look-up fetches. They are claimed before anything is
+looked up again: an item scheduled meanwhile with an earlier due time than theirs (only
+possible while a backlog is worked off) waits for them."""
 
 
 def _to_millis(moment: datetime) -> datetime:

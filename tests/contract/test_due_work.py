@@ -222,6 +222,20 @@ async def test_concurrent_claims_never_hand_out_an_item_twice(subject: Subject) 
     assert sorted(claimed) == sorted(f"k{i:03}" for i in range(120))
 
 
+async def test_concurrent_schedules_of_the_same_keys_keep_one_item_per_key(
+    subject: Subject,
+) -> None:
+    store = subject.store
+    await store.schedule([due("k00", 0)])
+    await asyncio.gather(
+        *(store.schedule([due(f"k{i:02}", n) for i in range(30)]) for n in range(1, 6))
+    )
+    claimed = await claim(store, at=10)
+    assert sorted(keys(claimed)) == [f"k{i:02}" for i in range(30)]
+    # Whichever schedule came last, each item is one of them, whole.
+    assert {c.work.due_at for c in claimed} <= {NOW + timedelta(seconds=n) for n in range(1, 6)}
+
+
 async def test_naive_due_times_are_refused(subject: Subject) -> None:
     with pytest.raises(ValueError, match="aware"):
         await subject.store.schedule([DueWork("a", "sla", NOW.replace(tzinfo=None))])
