@@ -917,7 +917,7 @@ def deal(
         pool,
         None,
         why=why(strategy, "nobody eligible: waits in the pool's queue"),
-        wake_at=earliest_return(pool, config, now, passing_over=passing_over),
+        wake_at=earliest_return(pool, config, now, passing_over=passing_over, skipped=skipped),
     )
 
 
@@ -930,16 +930,24 @@ def earliest_return(
     now: datetime,
     *,
     passing_over: Mapping[str, str] | None = None,
+    skipped: Mapping[str, str] | None = None,
 ) -> datetime | None:
-    """When the first member who is only off duty (not inactive, marked away, full or
-    passed over) starts working again."""
+    """When the first member who is only off duty (not inactive, marked away, at capacity
+    or passed over) starts working again; a rep whose daily quota is used up, on their
+    next working day."""
     starts: list[datetime] = []
     members = [*pool.rep_ids, *([pool.default_assignee] if pool.default_assignee else [])]
     for rep_id in members:
         rep = config.reps.get(rep_id)
         if rep is None or not rep.available or (passing_over and rep_id in passing_over):
             continue
-        start = next_shift_start(rep.working_time, now, config.settings.company_days_off)
+        after = now
+        if skipped and skipped.get(rep_id) == "daily quota reached":
+            local = now.astimezone(zone(rep.timezone or "UTC"))
+            after = datetime.combine(
+                local.date() + timedelta(days=1), datetime.min.time(), local.tzinfo
+            )
+        start = next_shift_start(rep.working_time, after, config.settings.company_days_off)
         if start is not None and start > now:
             starts.append(start)
     return min(starts, default=None)
@@ -1352,11 +1360,16 @@ def take_in_batch(
     received_twice: list[str] = []
     turn = first_turn
 
-    def note_routing(routing: Routing) -> None:
+    def record(dealt_now: Dealt) -> Lead:
         nonlocal turn
+        routing = dealt_now.routing
         if routing.taken is not None:
             loads[routing.taken.rep_id] = taken[routing.taken.rep_id] = routing.taken
             turn += 1
+        dealt.append(dealt_now)
+        timers.extend(timers_after_routing(dealt_now.lead, routing))
+        timers.extend(follow_up_timers(dealt_now.lead, config.settings, now))
+        return dealt_now.lead
 
     for event in events:
         current = leads.get(event.lead_id)
@@ -1370,37 +1383,27 @@ def take_in_batch(
                 routing = route_lead(
                     event.profile, event.attribution, grade, config, loads, turn=turn, now=now
                 )
-                note_routing(routing)
-                lead = receive_lead(
-                    event,
-                    current if isinstance(current, AwaitedLead) else None,
-                    routing,
-                    config,
-                    now,
-                )
-                dealt.append(Dealt(lead, routing, "routed"))
-                timers.extend(timers_after_routing(lead, routing))
+                awaited = current if isinstance(current, AwaitedLead) else None
+                lead = receive_lead(event, awaited, routing, config, now)
+                record(Dealt(lead, routing, "routed"))
             case LeadMergedV1():
                 lead = add_repeat_inquiry(event, current, now)
                 if isinstance(lead, Lead) and reopens(lead):
-                    lead, routing = _reopen(
-                        lead, lead.rep_id, "repeat", config, loads, turn=turn, now=now
+                    owner = lead.rep_id
+                    again, routing = _reopen(
+                        lead, owner, "repeat", config, loads, turn=turn, now=now
                     )
-                    note_routing(routing)
-                    dealt.append(Dealt(lead, routing, "repeat", lead.rep_id))
-                    timers.extend(timers_after_routing(lead, routing))
+                    lead = record(Dealt(again, routing, "repeat", owner))
             case LeadRequalifiedV1():
                 if not isinstance(current, Lead) or current.is_open:
                     continue  # unknown here, or already with sales: nothing to bring back
                 if current.status in (LeadStatus.CONVERTED, LeadStatus.LOST):
                     continue
                 preferred = event.previous_rep_id or current.rep_id
-                lead, routing = _reopen(
+                again, routing = _reopen(
                     current, preferred, "requalified", config, loads, turn=turn, now=now
                 )
-                note_routing(routing)
-                dealt.append(Dealt(lead, routing, "requalified", current.rep_id))
-                timers.extend(timers_after_routing(lead, routing))
+                lead = record(Dealt(again, routing, "requalified", current.rep_id))
             case LeadErasedV1():
                 lead = erase_personal_data(event.lead_id, current, now)
             case _:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, time, timedelta
 
 import pytest
 from pydantic import TypeAdapter
@@ -16,10 +17,16 @@ from services.assignment.rules import (
     LastAssignment,
     Lead,
     LeadStatus,
+    Notify,
     Pool,
     PoolMatch,
     Rep,
+    RoutingSettings,
+    Strategy,
+    TerritoryRule,
+    Timer,
 )
+from services.assignment.shifts import AwayPeriod, Shift
 from services.assignment.store import (
     AssignmentStore,
     ConfigurationInTransaction,
@@ -37,6 +44,7 @@ from shared.events import (
     LeadLostV1,
     LeadReceivedV1,
     Profile,
+    RoutingReason,
 )
 from tests.contract.conftest import NOW, STORE_KINDS, mongo_parts
 from tests.fakes.assignment import InMemoryAssignmentStore
@@ -354,3 +362,132 @@ async def test_a_failing_unit_of_work_leaves_nothing_behind(subject: Subject) ->
 
     # Not remembered as handled, and the turns were not used up: a retry starts afresh.
     assert await store.handle_batch([erased], handle) == 1
+
+
+# --- the configuration and workflow added with territory rules and timers -----------------
+
+
+FULL_REP = Rep(
+    "jin",
+    "Jin Kim",
+    email="jin@example.com",
+    timezone="Asia/Seoul",
+    manager_id="mia",
+    team="Gangnam",
+    product_lines=("pt",),
+    regions=("seoul",),
+    languages=("ko", "en"),
+    skills=("fitness",),
+    max_open=30,
+    daily_quota=12,
+    working_hours=(Shift(0, time(9), time(18)), Shift(5, time(10), time(14, 30))),
+    holiday_country="KR",
+    days_off=(date(2026, 12, 24),),
+    away_periods=(AwayPeriod(NOW, NOW + timedelta(days=2), "training"),),
+    notify=Notify(
+        email="jin@example.com",
+        webhook_url="https://hooks.example.com/jin",
+        webhook_secret="s" * 20,
+        slack=True,
+        channels=("email", "webhook", "sse"),
+    ),
+)
+
+
+async def test_every_rep_pool_rule_and_setting_field_reads_back(store: AssignmentStore) -> None:
+    pool = Pool(
+        "seoul",
+        "Seoul",
+        ("jin", "mia"),
+        strategy=Strategy.WEIGHTED,
+        weights={"jin": 3},
+        default_assignee="mia",
+        claimable=True,
+        claim_limit=4,
+        sla_minutes=30,
+        sla_reassign=True,
+    )
+    rules = (
+        TerritoryRule("low", priority=1, regions=("west",), pool_id="seoul"),
+        TerritoryRule(
+            "kr",
+            "Korea",
+            priority=9,
+            countries=("KR",),
+            postal_prefixes=("06",),
+            postal_from="06000",
+            postal_to="06999",
+            min_company_size=5,
+            fit_grades=("A", "B"),
+            rep_id="jin",
+        ),
+    )
+    settings = RoutingSettings(
+        nurture_below="C",
+        fallback_pool_id="seoul",
+        company_days_off=(date(2026, 12, 31),),
+        grades={"H": 12},
+        forgotten_after_days=5,
+        escalate_after_hours=6,
+        satisfaction_alert_below=7,
+    )
+
+    async def add(team: ConfigurationInTransaction) -> None:
+        await team.add_rep(Rep("mia", "Mia"), NOW)
+        await team.add_rep(FULL_REP, NOW)
+        await team.add_pool(pool, NOW)
+        for rule in rules:
+            await team.add_rule(rule, NOW)
+        await team.save_settings(settings, NOW)
+
+    await store.change_configuration(add)
+    config = await store.load_configuration()
+    assert config.reps["jin"] == FULL_REP
+    assert config.pools == (pool,)
+    assert config.rules == (rules[1], rules[0])  # highest priority first
+    assert config.settings == settings
+
+    async def change(team: ConfigurationInTransaction) -> bool:
+        await team.save_rule(dataclasses.replace(rules[0], priority=20), NOW)
+        return await team.delete_rule("kr") and not await team.delete_rule("kr")
+
+    assert await store.change_configuration(change)
+    assert [(r.rule_id, r.priority) for r in await store.list_rules()] == [("low", 20)]
+
+
+async def test_waiting_held_and_claimed_leads_are_found_in_a_transaction(
+    store: AssignmentStore,
+) -> None:
+    why = RoutingReason(pool_id="west", strategy="claimed")
+    await save(
+        store,
+        a_lead("late", status=LeadStatus.NEW, rep_id=None, queued_at=NOW + timedelta(minutes=2)),
+        a_lead("early", status=LeadStatus.NEW, rep_id=None, queued_at=NOW),
+        a_lead("elsewhere", status=LeadStatus.NEW, rep_id=None, pool_id="east", queued_at=NOW),
+        a_lead("held", why=why),
+        a_lead("met", status=LeadStatus.VISITED),
+        a_lead("won", status=LeadStatus.CONVERTED, why=why),
+    )
+
+    async def look(
+        leads: LeadsInTransaction,
+    ) -> tuple[tuple[list[str], list[str], int], list[Event]]:
+        waiting = [lead.lead_id for lead in await leads.queued("west", 10)]
+        held = sorted(lead.lead_id for lead in await leads.open_leads_of("ana"))
+        return (waiting, held, await leads.claimed_open("ana", "west")), []
+
+    assert await store.change_leads(look) == (["early", "late"], ["held", "met"], 1)
+    queued = await store.list_leads(LeadQuery(pool_id="west", queued=True))
+    assert sorted(lead.lead_id for lead in queued) == ["early", "late"]
+
+
+async def test_timers_are_written_and_cancelled_with_the_change(store: AssignmentStore) -> None:
+    later = NOW + timedelta(minutes=30)
+
+    async def schedule(leads: LeadsInTransaction) -> tuple[None, list[Event]]:
+        await leads.schedule([Timer("sla:l1:1", "sla", later), Timer("deal:west", "deal", NOW)])
+        await leads.cancel(["deal:west"])
+        return None, []
+
+    await store.change_leads(schedule)
+    assert await store.due_work.next_due(kinds=["sla", "deal"]) == later  # type: ignore[attr-defined]
