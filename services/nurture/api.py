@@ -672,6 +672,10 @@ class BulkEnrollmentPublic(BaseModel):
     enrolled: int
     already_enrolled: int
     refused: int = Field(description="erased or unknown leads")
+    refused_lead_ids: list[str] = Field(
+        description="which leads were refused (an unknown lead may not have reached nurture "
+        "yet: ask again for these)"
+    )
 
 
 EnrollInBulkDep = Annotated[EnrollInBulk, Depends(from_state("enroll_in_bulk"))]

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -260,6 +259,7 @@ class BulkOutcome:
     already_enrolled: int
     refused: int
     """Erased or unknown leads (only possible with an explicit list)."""
+    refused_lead_ids: tuple[str, ...] = ()
 
 
 BULK_CHUNK = 200
@@ -305,8 +305,15 @@ class EnrollInBulk:
                 total.enrolled + outcome.enrolled,
                 total.already_enrolled + outcome.already_enrolled,
                 total.refused + outcome.refused,
+                total.refused_lead_ids + outcome.refused_lead_ids,
             )
-        log.info("bulk enrollment", sequence_id=sequence_id, **dataclasses.asdict(total))
+        log.info(
+            "bulk enrollment",
+            sequence_id=sequence_id,
+            enrolled=total.enrolled,
+            already_enrolled=total.already_enrolled,
+            refused=total.refused,
+        )
         return total
 
     async def _chunk(
@@ -317,7 +324,8 @@ class EnrollInBulk:
             active = await transaction.active_enrollments(lead_ids)
             now = self._clock()
             started: list[Enrollment] = []
-            already = refused = 0
+            already = 0
+            refused: list[str] = []
             for lead_id in lead_ids:
                 lead = LeadNurture(
                     contacts.get(lead_id) or LeadContact(lead_id), active.get(lead_id, ())
@@ -337,9 +345,9 @@ class EnrollInBulk:
                 except AlreadyEnrolledError:
                     already += 1
                 except LeadNotFoundError:
-                    refused += 1
+                    refused.append(lead_id)
             await transaction.save(NurtureChanges(started=tuple(started)))
-            outcome = BulkOutcome(len(started), already, refused)
+            outcome = BulkOutcome(len(started), already, len(refused), tuple(refused))
             return outcome, [enrolled_event(e) for e in started]
 
         return await self._store.commit(enroll)
