@@ -319,3 +319,102 @@ def _stored_admin_key(data_dir: Path) -> str:
             f"no {key_file}: start the stack with `leadflow up`, or pass --api-key"
         )
     return key_file.read_text().strip()
+
+
+@app.command("import")
+def import_csv(  # noqa: PLR0917 - typer passes every option by name
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="The CSV file.")
+    ],
+    encoding: Annotated[
+        str, typer.Option(help="auto, utf-8, utf-8-bom, cp949 (euc-kr) or gb18030 (gbk).")
+    ] = "auto",
+    mapping: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help='A JSON file of header -> field ("phone", "custom:<label>", "ignore").',
+        ),
+    ] = None,
+    source: Annotated[str, typer.Option(help="The source the leads are counted under.")] = (
+        "import"
+    ),
+    campaign: Annotated[str | None, typer.Option(help="The campaign of every row.")] = None,
+    region: Annotated[
+        str | None, typer.Option(help="Region for phones without +<code> (KR, CN, US...).")
+    ] = None,
+    import_id: Annotated[
+        str | None, typer.Option(help="Default: derived from the file, so a rerun resumes.")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="intake's URL (default: where `up` runs it).")
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="LEADFLOW_API_KEY", help="An API key (default: the one `up` made)."),
+    ] = None,
+) -> None:
+    """Import leads from a CSV file into the running intake, with a progress bar. Run it
+    again after an interruption: rows already imported are skipped."""
+    import dataclasses  # noqa: PLC0415
+
+    from rich.progress import (  # noqa: PLC0415
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from services.intake.imports.upload import (  # noqa: PLC0415
+        UploadFailedError,
+        UploadOptions,
+        download_errors,
+        file_import_id,
+        upload_file,
+    )
+    from services.intake.settings import Settings as IntakeSettings  # noqa: PLC0415
+
+    intake = IntakeSettings()
+    try:
+        columns = json.loads(mapping.read_text(encoding="utf-8")) if mapping else None
+    except ValueError as error:
+        raise typer.BadParameter(f"{mapping} is not JSON: {error}") from error
+    options = UploadOptions(
+        url=url or f"http://{intake.host}:{intake.port}",
+        api_key=api_key or _stored_admin_key(StackSettings().data_dir),
+        encoding=encoding,
+        mapping=columns,
+        source=source,
+        campaign=campaign,
+        default_region=region,
+    )
+    chosen_id = import_id or file_import_id(file, options)
+    options = dataclasses.replace(options, import_id=chosen_id)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(f"importing {file.name}", total=file.stat().st_size)
+        try:
+            summary = upload_file(file, options, on_bytes=lambda n: progress.advance(task, n))
+        except UploadFailedError as error:
+            progress.stop()
+            hint = " Run the same command again to resume." if error.resumable else ""
+            console.print(f"[bold red]import {chosen_id} not finished[/]: {error}{hint}")
+            raise typer.Exit(1) from error
+    table = Table(title=f"import {chosen_id}")
+    table.add_column("rows")
+    table.add_column("count", justify="right")
+    for label in ("created", "merged", "rejected", "rows_skipped"):
+        table.add_row(label.replace("_", " "), str(summary.get(label, 0)))
+    console.print(table)
+    if summary.get("rejected"):
+        report = file.with_name(f"{file.stem}.errors.csv")
+        listed = download_errors(options, chosen_id, report)
+        console.print(f"[yellow]{listed} problems[/] (line, field, reason) written to {report}")

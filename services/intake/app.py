@@ -13,6 +13,7 @@ from leadflow.chassis.clock import Clock, system_clock
 from services.intake import api, config_api, forms_api
 from services.intake.handlers import register_handlers
 from services.intake.http import FORM_TYPES, JSON_TYPES, BodyGuard, BodyRule
+from services.intake.imports import api as imports_api
 from services.intake.ratelimit import LimitsFormRateLimit
 from services.intake.settings import Settings
 from services.intake.store import MongoIntakeStore
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             forms_api.router,
             config_api.router,
             webhooks_api.router,
+            imports_api.router,
         ],
         startup=store.ensure_indexes,
         shutdown=shutdown,
@@ -96,6 +98,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
             # The webhooks check their own bodies (signatures over the raw bytes); the
             # CSV upload takes files far larger than a JSON request.
             BodyRule("/v1/webhooks/", settings.max_body_bytes, None),
+            BodyRule("/v1/imports", settings.import_max_bytes, None, streamed=True),
         ],
     )
     return app

@@ -26,6 +26,9 @@ class BodyRule:
     content_types: tuple[str, ...] | None
     """Accepted media types; None: the route checks them itself."""
     path_suffix: str = ""
+    streamed: bool = False
+    """The route reads the body as it arrives and enforces `max_bytes` itself (the CSV
+    upload): a body without Content-Length is passed through, never buffered here."""
 
 
 class BodyGuard:
@@ -60,7 +63,7 @@ class BodyGuard:
                 + " or ".join(rule.content_types),
             )
             return
-        if length is not None:
+        if length is not None or rule.streamed:
             await self._app(scope, receive, send)
             return
         # No Content-Length (chunked): read it here, refusing it once it is over the limit.

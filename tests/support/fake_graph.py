@@ -8,17 +8,16 @@ times first. It counts the requests per id so tests can see retries and duplicat
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import socket
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+from tests.support.loopback import serve_on_loopback
 
 
 @dataclass
@@ -77,22 +76,6 @@ def _error(status: int, message: str, code: int) -> JSONResponse:
 @contextlib.asynccontextmanager
 async def serve_fake_graph(version: str, access_token: str) -> AsyncIterator[FakeGraph]:
     graph = FakeGraph(version=version, access_token=access_token)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    graph.base_url = f"http://127.0.0.1:{port}"
-    server = uvicorn.Server(
-        uvicorn.Config(graph.app(), log_config=None, access_log=False, lifespan="off")
-    )
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    for _ in range(500):  # uvicorn sets `started` and offers no event to wait on
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    try:
+    async with serve_on_loopback(graph.app(), lifespan="off") as url:
+        graph.base_url = url
         yield graph
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()

@@ -17,7 +17,6 @@ from leadflow.chassis.config_cache import VersionedCache
 from leadflow.chassis.duework import DueWorkRunner
 from leadflow.chassis.store import Document, MongoDueWork
 from services.intake.settings import Settings
-from services.intake.usecases import AcceptLeads
 from services.intake.webhooks.graph import GraphClient
 from services.intake.webhooks.rules import key_digest
 from services.intake.webhooks.store import AD_LEAD_WORK, AdDelivery, AdLeadStore, MongoAdLeadStore
@@ -73,7 +72,7 @@ async def ad_webhooks_lifespan(app: FastAPI) -> AsyncIterator[None]:
     settle = SettleAdLeads(
         store,
         graph,
-        SubmitLeads(AcceptLeads(app.state.store), default_region=settings.default_region),
+        SubmitLeads(app.state.accept_submissions),
         clock,
         RetryPolicy(
             base_s=settings.ad_lead_retry_base_s,

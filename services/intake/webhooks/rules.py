@@ -144,6 +144,27 @@ _META_PROFILE = {
 }
 
 
+def _fits(target: str, value: str) -> bool:
+    """Whether an answer can be the profile field: `country` is an ISO code ("KR"); a
+    country written out ("대한민국") is kept as a custom answer instead."""
+    return target != "country" or (len(value) == 2 and value.isascii() and value.isalpha())
+
+
+def submit_time(text: object) -> datetime | None:
+    """A platform's submit time ("2026-12-01T10:00:00+0000", "2026-12-01T12:30:00Z"), if it
+    is one with a time zone."""
+    if not isinstance(text, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            parsed = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z")
+        except ValueError:
+            return None
+    return parsed if parsed.tzinfo is not None else None
+
+
 def _first(values: Mapping[str, str], names: Iterable[str]) -> str | None:
     return next((values[n] for n in names if values.get(n)), None)
 
@@ -184,7 +205,7 @@ def map_meta_lead(
         if name in standard:
             continue
         target = _META_PROFILE.get(name)
-        if target is not None and target not in profile_fields:
+        if target is not None and target not in profile_fields and _fits(target, answer):
             profile_fields[target] = answer
         else:
             custom[name] = answer
@@ -210,12 +231,13 @@ def map_meta_lead(
         ad_ids["created_time"] = lead["created_time"]
     campaign_name = lead.get("campaign_name")
     return MappedLead(
-        idempotency_key=f"meta:{notice.leadgen_id}",
+        external_id=f"meta:{notice.leadgen_id}",
         name=_first(answers, _META_NAME)
         or _joined_name(_first(answers, _META_FIRST), _first(answers, _META_LAST)),
         phone=_first(answers, _META_PHONE),
         email=_first(answers, _META_EMAIL),
         profile=Profile(**profile_fields, custom=custom),
+        received_at=submit_time(lead.get("created_time")) or received_at,
         attribution=Attribution(
             source=META_SOURCE,
             channel="ad",
@@ -225,7 +247,6 @@ def map_meta_lead(
             ad_platform="meta",
             ad_ids=ad_ids,
         ),
-        received_at=received_at,
     )
 
 
@@ -331,7 +352,7 @@ def google_answers(lead: GoogleLead) -> tuple[dict[str, str], dict[str, str], di
         key = (column_id or "").upper()
         if key in _GOOGLE_CONTACT:
             contact.setdefault(_GOOGLE_CONTACT[key], value)
-        elif key in _GOOGLE_PROFILE:
+        elif key in _GOOGLE_PROFILE and _fits(_GOOGLE_PROFILE[key], value):
             profile.setdefault(_GOOGLE_PROFILE[key], value)
         else:
             # Custom questions: the label the person saw, else Google's column id.
@@ -358,7 +379,7 @@ def map_google_lead(lead: GoogleLead, *, received_at: datetime) -> MappedLead:
         if value is not None
     }
     return MappedLead(
-        idempotency_key=f"google:{lead.lead_id}",
+        external_id=f"google:{lead.lead_id}",
         name=contact.get("name")
         or _joined_name(contact.get("first_name"), contact.get("last_name")),
         phone=contact.get("phone") or contact.get("work_phone"),
@@ -372,7 +393,7 @@ def map_google_lead(lead: GoogleLead, *, received_at: datetime) -> MappedLead:
             ad_platform="google",
             ad_ids=ad_ids,
         ),
-        received_at=received_at,
+        received_at=submit_time(lead.lead_submit_time) or received_at,
         is_test=lead.is_test,
     )
 

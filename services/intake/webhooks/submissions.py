@@ -1,109 +1,114 @@
-"""What an ad platform or a CSV row becomes before intake's batch use case takes it.
+"""What an ad platform or a CSV row becomes before intake's batch entry point takes it.
 
 Ad webhooks and imports map what they receive into `MappedLead` (raw contact details,
-attribution, profile, consent) and hand a batch to `SubmitLeads`, which cleans the contact
-details and calls the intake core's batch accept. Nothing here writes a lead itself.
+attribution, profile, consent flags), and `SubmitLeads` hands a batch of them to the intake
+core's `AcceptSubmissions` as `Submission` documents: one transaction per batch, each
+lead's `external_id` recorded in it, so a platform's retry or a resumed import is a
+`duplicate` rather than a second inquiry. Nothing here writes a lead itself.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from services.intake.rules import Acceptance, LeadRejected, NewLead, normalise_contact
-from services.intake.usecases import AcceptLeads
-from shared.events import Attribution, Consent, Profile
-
-SUBMISSION_NAMESPACE = uuid.UUID("6f1d8f3e-3c55-4a53-9a11-2d0b8a6f7c21")
-"""Lead ids of mapped leads derive from their idempotency key: the same platform lead
-always proposes the same lead id."""
+from services.intake.usecases import AcceptSubmissions, ItemResult, accept_documents
+from shared.events import Attribution, Profile
 
 
 @dataclass(frozen=True, slots=True)
 class MappedLead:
     """A lead as a channel delivered it, mapped to intake's fields but not yet cleaned."""
 
-    idempotency_key: str
+    external_id: str
     """Unique per delivered lead across channels: "meta:<leadgen_id>", "google:<lead_id>",
-    "import:<import_id>:<line>". A second delivery with the same key is the same lead."""
+    "csv:<import_id>:<line>". A second delivery with the same id is the same lead."""
     attribution: Attribution
-    received_at: datetime
+    received_at: datetime | None = None
+    """When the person submitted, if the channel says; intake's clock otherwise."""
     name: str | None = None
     phone: str | None = None
     email: str | None = None
     profile: Profile = field(default_factory=Profile)
-    consent: Consent = field(default_factory=Consent)
+    consent: Mapping[str, bool] = field(default_factory=dict)
+    """Consent flags the channel gave, per channel ("email", "sms", "phone")."""
     message: str | None = None
     is_test: bool = False
     default_region: str | None = None
+
+
+SubmissionOutcome = Literal["created", "merged", "duplicate", "rejected"]
 
 
 @dataclass(frozen=True, slots=True)
 class SubmissionResult:
     """What became of one mapped lead."""
 
-    outcome: Literal["created", "merged", "rejected"]
+    outcome: SubmissionOutcome
     lead_id: str | None = None
     reasons: tuple[tuple[str, str], ...] = ()
     """For a rejection: (field, why) for every bad field."""
 
 
-def proposed_lead_id(idempotency_key: str) -> str:
-    return uuid.uuid5(SUBMISSION_NAMESPACE, idempotency_key).hex
+def submission_document(lead: MappedLead) -> dict[str, Any]:
+    """`lead` in the shape of the intake core's `Submission` (validated there: a value it
+    refuses rejects this lead only, naming the field)."""
+    attribution = lead.attribution
+    utm = {
+        name: value
+        for name, value in {
+            "source": attribution.utm_source,
+            "medium": attribution.utm_medium,
+            "campaign": attribution.utm_campaign,
+            "term": attribution.utm_term,
+            "content": attribution.utm_content,
+        }.items()
+        if value is not None
+    }
+    document: dict[str, Any] = {
+        "external_id": lead.external_id,
+        "name": lead.name,
+        "phone": lead.phone,
+        "email": lead.email,
+        "source": attribution.source,
+        "channel": attribution.channel,
+        "campaign": attribution.campaign,
+        "campaign_id": attribution.campaign_id,
+        "utm": utm,
+        "referrer": attribution.referrer,
+        "landing_page": attribution.landing_page,
+        "form_id": attribution.form_id,
+        "ad_platform": attribution.ad_platform,
+        "ad_ids": dict(attribution.ad_ids),
+        "consent": dict(lead.consent),
+        "profile": lead.profile.model_dump(exclude_none=True),
+        "message": lead.message,
+        "is_test": lead.is_test,
+        "received_at": lead.received_at,
+        "default_region": lead.default_region,
+    }
+    return {name: value for name, value in document.items() if value is not None}
 
 
 class SubmitLeads:
-    """Clean a batch of mapped leads and accept them through the intake core, one
-    transaction for the batch. Leads whose details are unusable are rejected with every
-    bad field named; the rest are accepted."""
+    """Accept a batch of mapped leads through the intake core (one transaction per batch
+    of up to 1,000); one result per lead, in order."""
 
-    def __init__(self, accept: AcceptLeads, *, default_region: str) -> None:
+    def __init__(self, accept: AcceptSubmissions) -> None:
         self._accept = accept
-        self._default_region = default_region
 
     async def __call__(self, leads: Sequence[MappedLead]) -> list[SubmissionResult]:
-        results: list[SubmissionResult | None] = [None] * len(leads)
-        cleaned: list[NewLead] = []
-        positions: list[int] = []
-        for index, lead in enumerate(leads):
-            contact = normalise_contact(
-                name=lead.name,
-                phone=lead.phone,
-                email=lead.email,
-                timezone=None,
-                locale=None,
-                default_region=lead.default_region or self._default_region,
-            )
-            if isinstance(contact, list):
-                results[index] = SubmissionResult(
-                    "rejected", reasons=tuple((e.field, e.reason) for e in contact)
-                )
-                continue
-            cleaned.append(
-                NewLead(
-                    lead_id=proposed_lead_id(lead.idempotency_key),
-                    contact=contact,
-                    attribution=lead.attribution,
-                    consent=lead.consent,
-                    profile=lead.profile,
-                    message=lead.message,
-                    received_at=lead.received_at,
-                )
-            )
-            positions.append(index)
-        if cleaned:
-            outcomes = await self._accept(cleaned)
-            for index, outcome in zip(positions, outcomes, strict=True):
-                results[index] = _result_of(outcome)
-        return [r if r is not None else SubmissionResult("rejected") for r in results]
+        if not leads:
+            return []
+        results = await accept_documents(self._accept, [submission_document(x) for x in leads])
+        return [_result_of(item) for item in results]
 
 
-def _result_of(outcome: Acceptance | LeadRejected) -> SubmissionResult:
-    if isinstance(outcome, LeadRejected):
-        return SubmissionResult("rejected", reasons=((outcome.field, outcome.reason),))
+def _result_of(item: ItemResult) -> SubmissionResult:
     return SubmissionResult(
-        "created" if outcome.outcome == "received" else "merged", lead_id=outcome.lead_id
+        outcome=item.outcome,
+        lead_id=item.lead_id,
+        reasons=tuple((error.field, error.reason) for error in item.errors),
     )

@@ -229,6 +229,7 @@ class SettleAdLeads:
 def _settlement(key: str, result: SubmissionResult) -> AdLeadSettlement:
     return AdLeadSettlement(
         key=key,
+        # A duplicate: intake took this platform lead before (a retry after a crash).
         status="rejected" if result.outcome == "rejected" else "accepted",
         outcome=result.outcome,
         lead_id=result.lead_id,

@@ -1,0 +1,1 @@
+"""CSV import of leads: `POST /v1/imports`, `leadflow import FILE`."""
