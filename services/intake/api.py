@@ -240,12 +240,16 @@ async def accept_one(accept: LeadAcceptor, lead: NewLead) -> Acceptance:
     except LeadRejected as rejected:
         raise unprocessable((("body", rejected.field), rejected.reason)) from rejected
     except ContactKeyTaken as error:
-        # Concurrent accepts kept taking this batch's contacts; nothing was stored.
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail="too many simultaneous inquiries from these contacts; try again shortly",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        ) from error
+        raise contact_race(error) from error
+
+
+def contact_race(error: ContactKeyTaken) -> HTTPException:
+    """Concurrent accepts kept taking this batch's contacts; nothing was stored."""
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        detail="too many simultaneous inquiries from these contacts; try again shortly",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 def cleaned(lead: NewLead | list[FieldError]) -> NewLead:
@@ -365,9 +369,12 @@ async def post_lead_batch(
     accepted before, or rejected naming every bad field; the others are accepted anyway."""
 
     async def handle() -> Answer:
-        results = await accept_documents(
-            accept, payload.leads, default_region=payload.default_region
-        )
+        try:
+            results = await accept_documents(
+                accept, payload.leads, default_region=payload.default_region
+            )
+        except ContactKeyTaken as error:
+            raise contact_race(error) from error
         counts = {o: sum(r.outcome == o for r in results) for o in ("created", "merged")}
         out = BatchOut(
             created=counts["created"],

@@ -510,8 +510,9 @@ def plan_acceptance(
                 merge_profile(before.profile, lead.profile),
                 merge_consent(before.consent, lead.consent),
             )
+            # The details the merge added identify the lead too (its own keys are stored).
             for key in contact_keys(after.contact):
-                if key not in owner_of:
+                if key not in owner_of and key not in contact_keys(before.contact):
                     owner_of[key] = new_keys[key] = target
             known[target] = after
             if target in new:

@@ -1,0 +1,179 @@
+"""Intake's accept paths against ceilings measured in the same run, on the same servers.
+
+    .venv/bin/python bench/intake.py                          # every scenario
+    .venv/bin/python bench/intake.py --scenario single --leads 3000
+    .venv/bin/python bench/intake.py --scenario batch --batches 20
+
+Each run starts its own Kafka-wire broker and MongoDB-wire server (log in memory) and one
+intake process configured as `leadflow up` configures it, then:
+
+- single: N leads posted one per request to `POST /v1/leads`, `--concurrency` at a time
+          (intake groups concurrent requests into one transaction); leads/s as a ratio to
+          raw `insert_one`/s of the same server with as many concurrent writers; p50/p99 of
+          each request.
+- batch:  `--batches` requests of 1,000 leads to `POST /v1/leads/batch`, two at a time;
+          leads/s as a ratio to raw `insert_many` documents/s (500 a call); p50/p99 of each
+          request.
+
+Every lead has a fresh phone or email (no merges: the costliest case, one lead document and
+its contact keys written per lead). Ceilings are the best of three runs. Every loop is
+bounded in count and time; every server listens on 127.0.0.1. Machines are noisy: compare
+the ratios, not the absolute figures. (Scenarios of other intake channels add themselves to
+`SCENARIOS`.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import httpx
+from pipeline import Stack, percentile, raw_insert_many_docs_per_s, stack
+from pymongo import AsyncMongoClient
+
+BATCH = 1000
+TIMEOUT_S = 120.0
+
+
+async def raw_insert_one_per_s(
+    mongo_url: str, docs: int = 2000, concurrency: int = 32, runs: int = 3
+) -> float:
+    """The best of `runs`: `docs` documents, one `insert_one` each, `concurrency` writers."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url)
+    try:
+        best = 0.0
+        for _ in range(runs):
+            collection = client["bench_ceiling"][f"one_{uuid.uuid4().hex[:6]}"]
+            numbers = iter(range(docs))
+            started = time.perf_counter()
+            await asyncio.gather(*(_insert_each(collection, numbers) for _ in range(concurrency)))
+            best = max(best, docs / (time.perf_counter() - started))
+        return best
+    finally:
+        await client.close()
+
+
+PHONES = itertools.count()
+"""Every lead of a run gets its own phone, whichever scenario posts it."""
+
+
+async def _insert_each(collection: Any, numbers: Iterator[int]) -> None:
+    for n in numbers:
+        await collection.insert_one({"n": n, "pad": "x" * 600})
+
+
+def lead(tag: str, n: int) -> dict[str, Any]:
+    p = next(PHONES)
+    return {
+        "name": f"Lead {n}",
+        "phone": f"+1415{(p // 10_000) % 800 + 200:03d}{p % 10_000:04d}",
+        "email": f"{tag}-{n}-{uuid.uuid4().hex[:8]}@example.com",
+        "source": "bench",
+        "utm": {"source": "google", "medium": "cpc"},
+        "profile": {"industry": "fitness", "company_size": 40, "country": "US"},
+        "consent": {"email": True, "wording": "Send me offers"},
+    }
+
+
+async def single(bench: Stack, leads: int, concurrency: int) -> dict[str, Any]:
+    ceiling = await raw_insert_one_per_s(bench.infra.mongo_url, concurrency=concurrency)
+    tag = uuid.uuid4().hex[:6]
+    numbers = iter(range(leads))
+    latencies: list[float] = []
+    async with httpx.AsyncClient(
+        base_url=bench.url("intake"), headers=bench.headers, timeout=TIMEOUT_S
+    ) as client:
+
+        async def lane() -> None:
+            for n in numbers:
+                started = time.perf_counter()
+                response = await client.post("/v1/leads", json=lead(tag, n))
+                latencies.append(time.perf_counter() - started)
+                response.raise_for_status()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    rate = leads / elapsed
+    return {
+        "leads": leads,
+        "concurrency": concurrency,
+        "leads_per_s": round(rate, 1),
+        "raw_insert_one_per_s": round(ceiling, 1),
+        "ratio": round(rate / ceiling, 2),
+        "goal": 0.5,
+        "p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+    }
+
+
+async def batch(bench: Stack, batches: int, concurrency: int = 2) -> dict[str, Any]:
+    ceiling = await raw_insert_many_docs_per_s(bench.infra.mongo_url)
+    tag = uuid.uuid4().hex[:6]
+    numbers = iter(range(batches))
+    latencies: list[float] = []
+    async with httpx.AsyncClient(
+        base_url=bench.url("intake"), headers=bench.headers, timeout=TIMEOUT_S
+    ) as client:
+
+        async def lane() -> None:
+            for b in numbers:
+                body = {"leads": [lead(tag, b * BATCH + i) for i in range(BATCH)]}
+                started = time.perf_counter()
+                response = await client.post("/v1/leads/batch", json=body)
+                latencies.append(time.perf_counter() - started)
+                response.raise_for_status()
+                if response.json()["created"] != BATCH:
+                    raise SystemExit(f"batch {b}: {response.json()['results'][:3]}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    rate = batches * BATCH / elapsed
+    return {
+        "leads": batches * BATCH,
+        "requests": batches,
+        "concurrency": concurrency,
+        "leads_per_s": round(rate, 1),
+        "raw_insert_many_docs_per_s": round(ceiling, 1),
+        "ratio": round(rate / ceiling, 3),
+        "goal": 0.5,
+        "p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+    }
+
+
+SCENARIOS: dict[str, Callable[[Stack, argparse.Namespace], Awaitable[dict[str, Any]]]] = {
+    "single": lambda bench, args: single(bench, args.leads, args.concurrency),
+    "batch": lambda bench, args: batch(bench, args.batches),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenario", choices=["all", *SCENARIOS], default="all")
+    parser.add_argument("--leads", type=int, default=3000, help="single: leads posted")
+    parser.add_argument("--concurrency", type=int, default=32, help="single: requests at once")
+    parser.add_argument("--batches", type=int, default=20, help="batch: requests of 1,000")
+    args = parser.parse_args()
+    args.leads = max(1, min(args.leads, 50_000))
+    args.concurrency = max(1, min(args.concurrency, 256))
+    args.batches = max(1, min(args.batches, 100))
+    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    # One stack for every scenario: the same servers for the paths and their ceilings.
+    with stack("memory", services=("intake",)) as bench:
+        for name in names:
+            started = time.perf_counter()
+            result = asyncio.run(SCENARIOS[name](bench, args))
+            result["scenario_s"] = round(time.perf_counter() - started, 1)
+            print(json.dumps({name: result}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
