@@ -30,7 +30,7 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import httpx
@@ -149,7 +149,7 @@ async def batch(bench: Stack, batches: int, concurrency: int = 2) -> dict[str, A
     }
 
 
-SCENARIOS: dict[str, Callable[[Stack, argparse.Namespace], Awaitable[dict[str, Any]]]] = {
+SCENARIOS: dict[str, Callable[[Stack, argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]]] = {
     "single": lambda bench, args: single(bench, args.leads, args.concurrency),
     "batch": lambda bench, args: batch(bench, args.batches),
 }
