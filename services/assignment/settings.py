@@ -41,6 +41,9 @@ class Settings(ServiceSettings):
     """How often a replica looks for deliveries another replica planned (its own wake it)."""
     notify_lease_s: float = Field(default=60.0, gt=0)
     """How long a replica holds the deliveries it claimed; longer than the slowest send."""
+    notify_max_event_age_s: float = Field(default=3600.0, gt=0)
+    """Events older than this tell nobody anything: a new consumer group reads assignment's
+    topics from their start, and reps must not get a week of old news."""
     sla_warning_before_s: float = Field(default=300.0, ge=0)
     """The rep is warned this long before a first response is due (half way for shorter SLAs)."""
     stream_poll_interval_s: float = Field(default=0.25, gt=0)

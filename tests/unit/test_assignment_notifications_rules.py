@@ -322,3 +322,24 @@ def test_slack_receivers_get_slacks_text_shape() -> None:
     assert list(body) == ["text"]
     assert body["text"].startswith("New lead lead-1 is yours")
     assert SIGNATURE_HEADER not in request.headers  # no secret, nothing to sign with
+
+
+def test_events_older_than_the_max_age_tell_nobody_but_still_cancel_warnings() -> None:
+    old = assigned(lead_id="lead-old").model_copy(update={"occurred_at": NOW - timedelta(hours=2)})
+    contact = ActivityLoggedV1(
+        lead_id="lead-1",
+        occurred_at=NOW - timedelta(hours=2),
+        rep_id="rita",
+        activity="call",
+        first_contact=True,
+    )
+
+    decided = plan_notifications(
+        [old, contact], PEOPLE, {}, now=NOW, sla_warning_before=BEFORE, max_age=timedelta(hours=1)
+    )
+
+    assert (decided.feed, decided.deliveries, decided.stale) == ([], [], 2)
+    # A (re)assignment replaces the lead's warning: an old one leaves none scheduled.
+    assert sorted(decided.cancelled) == sorted(
+        sla_warning_delivery_ids("lead-old") + sla_warning_delivery_ids("lead-1")
+    )

@@ -173,8 +173,10 @@ class FeedEntry:
     data: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NotificationPlan:
+    """What a batch implies; filled in as the batch is read."""
+
     feed: list[FeedEntry] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
@@ -182,6 +184,8 @@ class NotificationPlan:
     gone from the rep)."""
     unaddressed: list[Notice] = field(default_factory=list)
     """Notices nobody known could be told (no such person, no manager named)."""
+    stale: int = 0
+    """Events too old to tell anyone about."""
 
 
 # --- who is concerned ----------------------------------------------------------------------
@@ -225,21 +229,27 @@ def plan_notifications(
     *,
     now: datetime,
     sla_warning_before: timedelta,
+    max_age: timedelta | None = None,
 ) -> NotificationPlan:
     """The stream entries, deliveries and cancelled warnings a batch of events implies.
 
     Events are taken in order: within a batch, a first contact after an assignment
-    cancels the warning that assignment scheduled.
+    cancels the warning that assignment scheduled. Events older than `max_age` (a new
+    consumer group reading a topic from its start) tell nobody anything; they still
+    cancel warnings.
     """
     plan = NotificationPlan()
     notices: list[Notice] = []
     # lead_id -> its SLA warning (None: none is wanted any more)
     warnings: dict[str, Notice | None] = {}
     for event in events:
-        plan.feed.extend(_queue_changes(event))
-        notices.extend(_notices_for(event, people, pool_managers))
         if _stops_sla_warning(event):
             warnings[event.lead_id] = None
+        if max_age is not None and event.occurred_at < now - max_age:
+            plan.stale += 1
+            continue
+        plan.feed.extend(_queue_changes(event))
+        notices.extend(_notices_for(event, people, pool_managers))
         if isinstance(event, LeadAssignedV1) and event.sla_due_at is not None:
             warnings[event.lead_id] = _sla_warning(event, people, before=sla_warning_before)
     for lead_id, warning in warnings.items():

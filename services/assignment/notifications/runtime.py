@@ -94,6 +94,7 @@ class NotificationRuntime:
             self.store,
             clock=clock,
             sla_warning_before=timedelta(seconds=settings.sla_warning_before_s),
+            max_event_age=timedelta(seconds=settings.notify_max_event_age_s),
             on_recorded=self._recorded,
         )
         self.record_notices = RecordNotices(self.store, on_recorded=self._recorded)

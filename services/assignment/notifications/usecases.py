@@ -70,11 +70,13 @@ class PlanNotifications:
         *,
         clock: Clock,
         sla_warning_before: timedelta,
+        max_event_age: timedelta | None = None,
         on_recorded: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._sla_warning_before = sla_warning_before
+        self._max_event_age = max_event_age
         self._on_recorded = on_recorded
 
     async def __call__(self, events: Sequence[Event]) -> NotificationPlan | None:
@@ -92,6 +94,7 @@ class PlanNotifications:
                 pool_managers,
                 now=now,
                 sla_warning_before=self._sla_warning_before,
+                max_age=self._max_event_age,
             )
             await tx.record(decided, now)
             return decided
@@ -140,6 +143,8 @@ def _log_plan(plan: NotificationPlan, *, events: int) -> None:
             lead_id=notice.lead_id,
             person_id=notice.person_id or None,
         )
+    if plan.stale:
+        log.info("events too old to notify about", events=plan.stale)
     if plan.feed or plan.deliveries or plan.cancelled:
         log.info(
             "notifications planned",
