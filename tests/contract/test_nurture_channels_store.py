@@ -291,3 +291,16 @@ async def test_reports_stored_together_keep_their_order_and_their_own_errors(
         if isinstance(e, MessageStatusUpdatedV1)
     ]
     assert published == [("m-b1", "queued"), ("m-b2", "sent"), ("m-b1", "delivered")]
+
+
+async def test_opens_and_clicks_stored_together_count_once_each(subject: Subject) -> None:
+    opened = claims(TokenKind.OPEN, "lead-g", message_id="m-g")
+    clicked = claims(TokenKind.CLICK, "lead-g", message_id="m-g", url="https://a.example/x")
+    results = await feedback(subject.store).record_engagements(
+        [(opened, "open"), (opened, "open"), (clicked, "click"), (clicked, "click")]
+    )
+    assert results == [True, False, True, False]
+    again = await feedback(subject.store).record_engagements([(opened, "open")])
+    assert again == [False]
+    assert sorted(e.kind for e in await subject.store.engagements(["lead-g"])) == ["click", "open"]
+    assert [type(e) for e in await subject.outbox()] == [EngagementRecordedV1] * 2

@@ -14,9 +14,11 @@ from services.nurture.channels.store import MongoChannelStore
 from services.nurture.channels.tokens import LinkBuilder, TokenSigner
 from services.nurture.channels.usecases import ChannelFeedback
 from services.nurture.channels.webhooks import (
+    LinkEngagements,
     SmsReplies,
     StatusReports,
     channel_webhooks,
+    link_engagements,
     status_reports,
 )
 from services.nurture.settings import Settings
@@ -31,13 +33,15 @@ class ChannelWebhooks:
     """opt_out (e.g. on RecipientOptedOutError), remember_sms_recipients."""
     router: APIRouter
     reports: StatusReports
+    engagements: LinkEngagements
 
     async def start(self) -> None:
         await self.store.ensure_indexes()
 
     async def stop(self) -> None:
-        """Store the status reports still queued, then refuse new ones (503)."""
+        """Store the reports, opens and clicks still queued, then refuse new ones (503)."""
         await self.reports.stop()
+        await self.engagements.stop()
 
 
 def token_signer(settings: Settings) -> TokenSigner:
@@ -57,6 +61,7 @@ def build_channel_webhooks(
     store = MongoChannelStore(database, ledger)
     feedback = ChannelFeedback(store, clock=clock)
     reports = status_reports(feedback)
+    engagements = link_engagements(feedback)
     router = channel_webhooks(
         feedback,
         token_signer(settings),
@@ -68,5 +73,6 @@ def build_channel_webhooks(
             opt_out=settings.sms_opt_out_reply,
         ),
         reports=reports,
+        engagements=engagements,
     )
-    return ChannelWebhooks(store, feedback, router, reports)
+    return ChannelWebhooks(store, feedback, router, reports, engagements)

@@ -226,27 +226,23 @@ class ChannelFeedback:
 
     async def record_engagement(self, claims: LinkClaims, kind: EngagementKind) -> bool:
         """An open or click from a signed link; the first open of a message and the first
-        click of each of its links count, later ones are repeats (image proxies, re-reads)."""
-        now = self._clock()
-        if kind == "open":
-            key = open_key(claims.message_id, claims.lead_id)
-        else:
-            key = click_key(claims.message_id, claims.lead_id, claims.url or "")
-        engagement = Engagement(
-            key=key,
-            lead_id=claims.lead_id,
-            kind=kind,
-            at=now,
-            message_id=claims.message_id,
-            channel=claims.channel,
-            sequence_id=claims.sequence_id,
-            step=claims.step,
-            url=claims.url,
-        )
+        click of each of its links count, later ones are repeats (image proxies, re-reads).
+        True if it counted."""
+        [counted] = await self.record_engagements([(claims, kind)])
+        return counted
 
-        async def work(tx: ChannelTransaction) -> tuple[bool, list[Event]]:
-            added = await _add_engagements(tx, [engagement])
-            return bool(added), _engagement_events(added)
+    async def record_engagements(
+        self, clicks_and_opens: Sequence[tuple[LinkClaims, EngagementKind]]
+    ) -> list[bool]:
+        """Several opens and clicks in one transaction; for each, whether it counted."""
+        now = self._clock()
+        engagements = [_link_engagement(claims, kind, now) for claims, kind in clicks_and_opens]
+
+        async def work(tx: ChannelTransaction) -> tuple[list[bool], list[Event]]:
+            added = await _add_engagements(tx, engagements)
+            # Of several equal keys in the batch, the first is the one added (and counted).
+            counted = {id(e) for e in added}
+            return [id(e) in counted for e in engagements], _engagement_events(added)
 
         return await self._store.commit(work)
 
@@ -367,4 +363,22 @@ def _status_event(record: MessageStatusRecord, now: datetime) -> MessageStatusUp
         message_id=record.message_id,
         status=record.status,
         error_code=record.error_code,
+    )
+
+
+def _link_engagement(claims: LinkClaims, kind: EngagementKind, now: datetime) -> Engagement:
+    if kind == "open":
+        key = open_key(claims.message_id, claims.lead_id)
+    else:
+        key = click_key(claims.message_id, claims.lead_id, claims.url or "")
+    return Engagement(
+        key=key,
+        lead_id=claims.lead_id,
+        kind=kind,
+        at=now,
+        message_id=claims.message_id,
+        channel=claims.channel,
+        sequence_id=claims.sequence_id,
+        step=claims.step,
+        url=claims.url,
     )

@@ -23,7 +23,7 @@ from twilio.request_validator import RequestValidator  # type: ignore[import-unt
 
 from leadflow.chassis.batching import GroupCommit
 from leadflow.chassis.http import unprocessable
-from services.nurture.channels.rules import InboundIntent, MessageStatusRecord
+from services.nurture.channels.rules import EngagementKind, InboundIntent, MessageStatusRecord
 from services.nurture.channels.tokens import BadTokenError, LinkClaims, TokenKind, TokenSigner
 from services.nurture.channels.usecases import (
     ChannelFeedback,
@@ -48,6 +48,15 @@ def status_reports(feedback: ChannelFeedback, *, max_batch: int = 500) -> Status
     return GroupCommit(feedback.record_sms_statuses, max_batch=max_batch, name="sms-status")
 
 
+LinkEngagements = GroupCommit[tuple[LinkClaims, EngagementKind], bool]
+"""Opens and clicks arriving together are stored in one transaction (a campaign's opens
+come in bursts)."""
+
+
+def link_engagements(feedback: ChannelFeedback, *, max_batch: int = 500) -> LinkEngagements:
+    return GroupCommit(feedback.record_engagements, max_batch=max_batch, name="link-engagements")
+
+
 @dataclass(frozen=True, slots=True)
 class SmsReplies:
     """What we text back (TwiML) to HELP, START and STOP; empty: nothing."""
@@ -65,10 +74,11 @@ def channel_webhooks(
     public_url: str,
     replies: SmsReplies,
     reports: StatusReports,
+    engagements: LinkEngagements,
 ) -> APIRouter:
     """The router nurture's app includes: link endpoints and Twilio webhooks."""
     router = APIRouter(tags=["channel webhooks"])
-    router.include_router(_link_routes(feedback, signer))
+    router.include_router(_link_routes(feedback, signer, engagements))
     base = public_url.rstrip("/")
     router.include_router(
         _twilio_routes(
@@ -94,7 +104,9 @@ def _verifier(signer: TokenSigner) -> Callable[[str, TokenKind], LinkClaims | No
     return verified
 
 
-def _link_routes(feedback: ChannelFeedback, signer: TokenSigner) -> APIRouter:
+def _link_routes(
+    feedback: ChannelFeedback, signer: TokenSigner, engagements: LinkEngagements
+) -> APIRouter:
     router = APIRouter()
     verified = _verifier(signer)
 
@@ -150,7 +162,7 @@ def _link_routes(feedback: ChannelFeedback, signer: TokenSigner) -> APIRouter:
         claims = verified(token, TokenKind.OPEN)
         if claims is None:
             return Response(status_code=404, headers=NO_STORE)
-        await feedback.record_engagement(claims, "open")
+        await engagements.submit((claims, "open"))
         return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
 
     @router.get(
@@ -164,7 +176,7 @@ def _link_routes(feedback: ChannelFeedback, signer: TokenSigner) -> APIRouter:
         claims = verified(token, TokenKind.CLICK)
         if claims is None or claims.url is None:
             return _page("Link not valid", "This link is not valid.", 404)
-        await feedback.record_engagement(claims, "click")
+        await engagements.submit((claims, "click"))
         return RedirectResponse(claims.url, status_code=302, headers=NO_STORE)
 
     return router
