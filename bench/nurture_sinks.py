@@ -4,8 +4,9 @@ duplicate count at the sinks.
     .venv/bin/python bench/nurture_sinks.py          # sinks as `leadflow up` runs them
     .venv/bin/python bench/nurture_sinks.py --in-process --messages 3000 --concurrency 16
 
-From another benchmark: `await sinks_ceiling(mail_sink, fake_twilio)` on the sinks it runs,
-and `duplicate_sends(mail_sink, fake_twilio)` after it.
+From another benchmark: `await sinks_ceiling(mail_sink, fake_twilio)` on the sinks it runs
+(or `raw_smtp_per_s` / `raw_sms_per_s` on any address), and `duplicate_sends(mail_sink,
+fake_twilio)` (or `await duplicate_sends_at(url)` for sinks in another process) after it.
 
 - email: a pre-built message sent with plain aiosmtplib over `concurrency` kept-open
   connections (no rendering, no tracking, no DKIM): messages/s the SMTP sink takes.
@@ -150,6 +151,24 @@ def duplicate_sends(mail: MailSink, sms: FakeTwilio) -> dict[str, int]:
         "email_duplicates": sum(n - 1 for n in emails.values() if n > 1),
         "texts": sum(texts.values()),
         "text_duplicates": sum(n - 1 for key, n in texts.items() if key and n > 1),
+    }
+
+
+async def duplicate_sends_at(sinks_url: str) -> dict[str, int]:
+    """`duplicate_sends` for sinks in another process (`leadflow up`'s), from their JSON
+    listings."""
+    async with httpx.AsyncClient(base_url=sinks_url, timeout=60) as client:
+        mail = (await client.get("/sink/mail")).json()
+        texts = [
+            m for m in (await client.get("/sink/sms")).json() if m["direction"] == "outbound-api"
+        ]
+    emails = Counter(m["message_id"] for m in mail)
+    sms_ids = Counter(_message_id_of_sms(m["status_callback"]) for m in texts)
+    return {
+        "emails": sum(emails.values()),
+        "email_duplicates": sum(n - 1 for n in emails.values() if n > 1),
+        "texts": sum(sms_ids.values()),
+        "text_duplicates": sum(n - 1 for key, n in sms_ids.items() if key and n > 1),
     }
 
 
