@@ -18,9 +18,12 @@ import pytest
 from leadflow.chassis.auth import Role
 from services.intake.app import create_app
 from services.intake.settings import Settings
+from shared.events import LeadReceivedV1
+from shared.topics import topic_for
 from tests.conftest import Keys
 from tests.support.fake_graph import FakeGraph, serve_fake_graph
 from tests.support.infra import Infra
+from tests.support.kafka import read_all
 from tests.support.services import eventually, serve, settings_for
 
 pytestmark = pytest.mark.integration
@@ -40,8 +43,8 @@ async def graph() -> AsyncIterator[FakeGraph]:
 
 
 @pytest.fixture(scope="module")
-async def ads(infra: Infra, run_id: str, graph: FakeGraph) -> AsyncIterator[httpx.AsyncClient]:
-    settings = settings_for(
+def ads_settings(infra: Infra, run_id: str, graph: FakeGraph) -> Settings:
+    return settings_for(
         Settings,
         infra,
         run_id,
@@ -55,7 +58,11 @@ async def ads(infra: Infra, run_id: str, graph: FakeGraph) -> AsyncIterator[http
         ad_lead_retry_base_s=0.1,
         ad_lead_retry_max_s=0.5,
     )
-    async with serve(create_app(settings)) as client:
+
+
+@pytest.fixture(scope="module")
+async def ads(ads_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(create_app(ads_settings)) as client:
         yield client
 
 
@@ -361,6 +368,30 @@ async def test_a_signed_but_malformed_meta_delivery_is_a_422_naming_the_field(
     assert response.json()["detail"][0]["loc"][-1] == "leadgen_id"
 
 
+async def test_two_replicas_given_the_same_deliveries_fetch_and_accept_each_lead_once(
+    ads: httpx.AsyncClient, ads_settings: Settings, graph: FakeGraph, keys: Keys
+) -> None:
+    ids = [new_leadgen_id() for _ in range(20)]
+    for leadgen_id in ids:
+        graph.add_lead(
+            str(leadgen_id), {"email": [unique_email("replica")], "phone_number": [unique_phone()]}
+        )
+    bodies = [meta_body([leadgen_change(i)]) for i in ids]
+
+    async with serve(create_app(ads_settings)) as second:
+        responses = await asyncio.gather(
+            *(post_meta(replica, body) for body in bodies for replica in (ads, second))
+        )
+        assert all(r.status_code == 200 for r in responses)
+        assert sum(r.json()["new"] for r in responses) == len(ids)
+        outcomes = [await settled(ads, keys, "meta", str(i)) for i in ids]
+
+    assert all(o["status"] == "accepted" for o in outcomes)
+    assert [graph.requests[str(i)] for i in ids] == [1] * len(ids)
+    for outcome in outcomes:
+        assert (await lead(ads, keys, outcome["lead_id"]))["inquiries"] == 1
+
+
 # --- Google ---------------------------------------------------------------------------------
 
 
@@ -488,8 +519,8 @@ async def test_google_redelivery_of_a_lead_makes_one_lead(
     assert (await lead(ads, keys, outcome["lead_id"]))["inquiries"] == 1
 
 
-async def test_google_test_lead_is_stored_and_marked_test(
-    ads: httpx.AsyncClient, keys: Keys
+async def test_google_test_lead_is_stored_and_published_marked_test(
+    ads: httpx.AsyncClient, keys: Keys, infra: Infra
 ) -> None:
     lead_id = google_lead_id()
     body = google_body(lead_id, SETTINGS_FORM_ID, SETTINGS_FORM_KEY, is_test=True)
@@ -499,6 +530,26 @@ async def test_google_test_lead_is_stored_and_marked_test(
     outcome = await settled(ads, keys, "google", lead_id)
     assert outcome["is_test"] is True
     assert outcome["status"] == "accepted"
+    assert (await lead(ads, keys, outcome["lead_id"]))["is_test"] is True
+    ours = outcome["lead_id"].encode()
+    published = await eventually(
+        lambda: read_all(infra.kafka_bootstrap, topic_for(LeadReceivedV1)),
+        lambda found: any(ours in value for value, _ in found),
+        timeout_s=30,
+        interval_s=0.5,
+    )
+    event = LeadReceivedV1.model_validate_json(next(v for v, _ in published if ours in v))
+    assert event.is_test is True
+    assert event.attribution.ad_ids["lead_id"] == lead_id
+
+
+async def test_a_real_google_lead_is_not_marked_test(ads: httpx.AsyncClient, keys: Keys) -> None:
+    lead_id = google_lead_id()
+    body = google_body(lead_id, SETTINGS_FORM_ID, SETTINGS_FORM_KEY)
+    assert (await ads.post("/v1/webhooks/google", json=body)).status_code == 200
+    outcome = await settled(ads, keys, "google", lead_id)
+    assert outcome["is_test"] is False
+    assert (await lead(ads, keys, outcome["lead_id"]))["is_test"] is False
 
 
 async def test_google_form_registered_through_the_api_is_accepted_and_its_key_never_shown(
