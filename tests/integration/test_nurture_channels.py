@@ -464,3 +464,35 @@ async def test_the_sink_page_lists_what_was_sent(nurture_http: Nurture) -> None:
     assert page.status_code == 200 and phone in page.text and "봄 프로모션" in page.text
     assert any(m["to"] == phone for m in sms)
     assert any(m["rcpt_tos"] == [f"{lead_id}@example.com"] for m in mail)
+
+
+async def test_a_person_unsubscribes_in_a_browser_by_pressing_the_button(
+    nurture_http: Nurture,
+) -> None:
+    """Debian's chromium, driven by Playwright: the link shows a page, the button does it."""
+    from playwright.async_api import async_playwright  # noqa: PLC0415
+
+    lead_id = new_lead()
+    url, _ = await emailed(nurture_http, lead_id)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            headless=True,
+        )
+        try:
+            context = await browser.new_context()
+            page = await context.new_page()
+            await page.goto(url)
+            assert await page.locator("h1").inner_text() == "Unsubscribe"
+            assert await nurture_http.channels.store.opted_out_channels([lead_id]) == {}
+            async with page.expect_navigation():
+                await page.get_by_role("button", name="Unsubscribe").click()
+            assert await page.locator("h1").inner_text() == "Unsubscribed"
+            assert page.url == url  # answered in place: no redirect
+            assert await context.cookies() == []
+        finally:
+            await browser.close()
+    assert await nurture_http.channels.store.opted_out_channels([lead_id]) == {
+        lead_id: frozenset({"email"})
+    }

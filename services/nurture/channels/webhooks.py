@@ -125,7 +125,8 @@ def _link_routes(
             "Press the button to stop receiving these emails. Text messages are not affected.",
             200,
             form=(
-                f'<form method="post" action="/u/{html.escape(token)}">'
+                # No action: the form posts to this very URL, whatever prefix a proxy adds.
+                '<form method="post">'
                 f'<input type="hidden" name="{ONE_CLICK_FIELD}" value="{ONE_CLICK_VALUE}">'
                 "<button>Unsubscribe</button></form>"
             ),
