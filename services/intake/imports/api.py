@@ -24,6 +24,7 @@ from services.intake.imports.store import ImportBusy, ImportStore, MongoImportSt
 from services.intake.imports.usecases import (
     ImportRefused,
     ImportRequest,
+    ImportRun,
     RunImport,
     summary_of,
 )
@@ -64,6 +65,13 @@ ImportId = Annotated[str, Query(pattern=IMPORT_ID_PATTERN)]
 ImportIdPath = Annotated[str, Path(pattern=IMPORT_ID_PATTERN)]
 
 
+class ChunkTimes(BaseModel):
+    chunks: int
+    rows_per_chunk: int
+    p50: float
+    p99: float
+
+
 class ImportSummary(BaseModel):
     import_id: str
     status: str | None
@@ -82,16 +90,33 @@ class ImportSummary(BaseModel):
     """Rows not imported; `errors_url` lists each with its line number and why."""
     rows_skipped: int = 0
     """Rows an earlier run of this import had committed: not sent again."""
+    chunk_ms: ChunkTimes | None = None
+    """This run's time per chunk (accept + progress), when it committed any."""
     started_at: datetime | None = None
     finished_at: datetime | None = None
     errors_url: str
 
 
-def _summary(doc: dict[str, Any], rows_skipped: int = 0) -> ImportSummary:
+def _chunk_times(run: ImportRun) -> ChunkTimes | None:
+    if not run.chunks:
+        return None
+    seconds = sorted(c.seconds for c in run.chunks)
+    return ChunkTimes(
+        chunks=len(seconds),
+        rows_per_chunk=max(c.rows for c in run.chunks),
+        p50=round(seconds[len(seconds) // 2] * 1000, 1),
+        p99=round(seconds[min(len(seconds) - 1, int(len(seconds) * 0.99))] * 1000, 1),
+    )
+
+
+def _summary(
+    doc: dict[str, Any], rows_skipped: int = 0, chunk_ms: ChunkTimes | None = None
+) -> ImportSummary:
     summary = summary_of(doc)
     return ImportSummary(
         **summary,
         rows_skipped=rows_skipped,
+        chunk_ms=chunk_ms,
         errors_url=f"/v1/imports/{summary['import_id']}/errors",
     )
 
@@ -216,7 +241,7 @@ async def import_csv(  # noqa: PLR0917 - FastAPI passes each query parameter by 
             status.HTTP_413_CONTENT_TOO_LARGE,
             "file larger than the limit; the rows before it were imported",
         ) from error
-    return _summary(result.document, result.rows_skipped)
+    return _summary(result.document, result.rows_skipped, _chunk_times(result))
 
 
 @router.get(
