@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
 
 from pymongo import ASCENDING, InsertOne, ReplaceOne
+from pymongo.errors import BulkWriteError
 
 from leadflow.chassis.store import Collection as MongoCollection
 from leadflow.chassis.store import (
@@ -45,6 +46,7 @@ T = TypeVar("T")
 
 CHANNELS: tuple[Channel, ...] = ("email", "sms")
 _COMMIT_ATTEMPTS = 3
+_DUPLICATE_KEY = 11000
 
 
 class ChannelTransaction(Protocol):
@@ -125,10 +127,10 @@ class MongoChannelStore:
         for attempt in range(1, _COMMIT_ATTEMPTS + 1):
             try:
                 return await self._ledger.commit(in_transaction)
-            except DuplicateKeyError:
+            except (DuplicateKeyError, BulkWriteError) as error:
                 # Another request inserted the same new document first (two callbacks for
                 # one message, a webhook delivered twice at once): run again, now seeing it.
-                if attempt == _COMMIT_ATTEMPTS:
+                if attempt == _COMMIT_ATTEMPTS or not _only_duplicates(error):
                     raise
         raise AssertionError("unreachable")
 
@@ -156,6 +158,13 @@ class MongoChannelStore:
     ) -> dict[str, MessageStatusRecord]:
         docs = await find_in(self._statuses, "_id", message_ids)
         return {doc["_id"]: status_from_document(doc) for doc in docs}
+
+
+def _only_duplicates(error: DuplicateKeyError | BulkWriteError) -> bool:
+    if isinstance(error, DuplicateKeyError):
+        return True
+    failures = error.details.get("writeErrors", [])
+    return bool(failures) and all(f.get("code") == _DUPLICATE_KEY for f in failures)
 
 
 class _MongoChannelTransaction:
