@@ -37,8 +37,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from services.analytics.reports import ReportQuery
-from services.analytics.rules import LeadFacts, OpenKey, counter_key, hour_key, tally_batch
-from services.analytics.store import MongoAnalyticsStore, gauge_key
+from services.analytics.rules import Increment, LeadFacts, OpenKey, tally_batch
+from services.analytics.store import MongoAnalyticsStore, counter_documents, gauge_key
 from services.analytics.usecases import REPORTS, BuildReport, RecordEvents
 from shared.events import (
     ActivityLoggedV1,
@@ -176,7 +176,9 @@ async def raw_ceiling(database: Any, documents: list[dict[str, Any]]) -> float:
     return best
 
 
-async def ingest_rate(client: Any, events: list[Event]) -> tuple[float, MongoAnalyticsStore]:
+async def ingest_rate(client: Any, events: list[Event]) -> tuple[float, float, MongoAnalyticsStore]:
+    """Events/s recorded by the consumer's use case, then events/s of folding the
+    recorded batches' deltas into the roll-ups (what the background compaction does)."""
     from leadflow.chassis.store import EventLedger  # noqa: PLC0415
 
     database = client[f"ingest_{uuid.uuid4().hex[:6]}"]
@@ -188,7 +190,12 @@ async def ingest_rate(client: Any, events: list[Event]) -> tuple[float, MongoAna
     started = time.perf_counter()
     for i in range(0, len(events), BATCH):
         await record(events[i : i + BATCH])
-    return len(events) / (time.perf_counter() - started), store
+    recorded = time.perf_counter() - started
+    started = time.perf_counter()
+    while await store.compact(max_batches=5):
+        pass
+    folded = time.perf_counter() - started
+    return len(events) / recorded, len(events) / folded, store
 
 
 async def bulk_loaded(client: Any, count: int) -> tuple[MongoAnalyticsStore, float]:
@@ -202,7 +209,7 @@ async def bulk_loaded(client: Any, count: int) -> tuple[MongoAnalyticsStore, flo
     await store.ensure_indexes()
     started = time.perf_counter()
     facts: dict[str, LeadFacts] = {}
-    counters: dict[str, dict[str, Any]] = {}
+    totals: dict[tuple[Any, ...], list[float]] = {}
     gauge: dict[OpenKey, int] = {}
     chunk: list[Event] = []
 
@@ -211,20 +218,9 @@ async def bulk_loaded(client: Any, count: int) -> tuple[MongoAnalyticsStore, flo
         result = tally_batch(events, known, recorded_at=NOW)
         facts.update((f.lead_id, f) for f in result.facts)
         for inc in result.increments:
-            key = counter_key(inc)
-            doc = counters.setdefault(
-                key,
-                {
-                    "_id": key,
-                    "hour": hour_key(inc.hour),
-                    "metric": inc.metric.value,
-                    "dimensions": dict(inc.dimensions),
-                    "count": 0,
-                    "amount": 0.0,
-                },
-            )
-            doc["count"] += inc.count
-            doc["amount"] += inc.amount
+            total = totals.setdefault((inc.hour, inc.metric, inc.dimensions), [0, 0.0])
+            total[0] += inc.count
+            total[1] += inc.amount
         for move in result.gauge:
             gauge[move.key] = gauge.get(move.key, 0) + move.count
 
@@ -235,7 +231,11 @@ async def bulk_loaded(client: Any, count: int) -> tuple[MongoAnalyticsStore, flo
             chunk = []
     if chunk:
         tally(chunk)
-    documents = list(counters.values())
+    documents = counter_documents(
+        Increment(hour, metric, dims, int(n), amount)
+        for (hour, metric, dims), (n, amount) in totals.items()
+        if n or amount
+    )
     for i in range(0, len(documents), 1000):
         await database["counters"].insert_many(documents[i : i + 1000], ordered=False)
     open_docs = [
@@ -244,7 +244,7 @@ async def bulk_loaded(client: Any, count: int) -> tuple[MongoAnalyticsStore, flo
     for i in range(0, len(open_docs), 1000):
         await database["open_leads"].insert_many(open_docs[i : i + 1000], ordered=False)
     print(
-        f"  {count:>9,} events -> {len(documents):,} counters, {len(open_docs):,} gauge "
+        f"  {count:>9,} events -> {len(documents):,} counter documents, {len(open_docs):,} gauge "
         f"documents, {len(facts):,} leads; loaded in {time.perf_counter() - started:.0f} s"
     )
     return store, time.perf_counter() - started
@@ -281,16 +281,19 @@ async def main(args: argparse.Namespace) -> None:
         events = list(events_for(args.ingest))
         documents = [event_document(e) for e in events]
         ceiling = await raw_ceiling(client["raw"], documents)
-        rate, ingested = await ingest_rate(client, events)
+        rate, folding, _ = await ingest_rate(client, events)
+        sustained = 1 / (1 / rate + 1 / folding)
         print(
-            f"  raw insert_many ceiling {ceiling:,.0f} docs/s; analytics ingest "
-            f"{rate:,.0f} events/s; ratio {rate / ceiling:.2f} (goal >= 0.6)"
+            f"  raw insert_many ceiling {ceiling:,.0f} docs/s\n  analytics ingest (consumer; "
+            f"reports include it at once) {rate:,.0f} events/s, ratio {rate / ceiling:.2f} "
+            f"(goal >= 0.6)\n  compaction of those batches {folding:,.0f} events/s; ingest and "
+            f"compaction back to back {sustained:,.0f} events/s, ratio {sustained / ceiling:.2f}"
         )
 
         print("reports: roll-ups of the month, every report 15 times")
         small, _ = await bulk_loaded(client, args.small)
         check = ReportQuery(MONTH, date(2026, 5, 31), ZoneInfo("UTC"), {}, now=NOW)
-        _, same_events = await ingest_rate(client, list(events_for(args.small)))
+        _, _, same_events = await ingest_rate(client, list(events_for(args.small)))
         via_ingest = (await BuildReport(same_events)("monthly", check)).figures
         via_bulk = (await BuildReport(small)("monthly", check)).figures
         assert via_ingest == via_bulk, (via_ingest, via_bulk)
@@ -308,7 +311,6 @@ async def main(args: argparse.Namespace) -> None:
                 f"{p95_large / p95_small:>6.2f}"
             )
         print(f"  worst large/small p95 ratio {worst:.2f} (goal <= 2)")
-        del ingested
     finally:
         await client.close()
         server.stop()

@@ -18,3 +18,6 @@ class Settings(ServiceSettings):
     """The longest period one report may cover (three years by default)."""
     forgotten_after_days: int = Field(default=3, ge=1)
     """An open lead nobody touched for this many days counts as forgotten."""
+    compaction_interval_s: float = Field(default=1.0, gt=0)
+    """How often recorded batches' counter deltas are folded into the roll-ups (at once
+    while batches wait); reports add the ones not folded yet, so this is not a delay."""

@@ -4,16 +4,31 @@ and `reports`, the steps of each flow in `usecases`.
 - `events`: every consumed event once, `_id` = event_id (the event store, and the inbox);
   events of an unknown type or version too, with `known: false`.
 - `lead_facts`: per lead, what the next event needs (attribution, stages reached, ...).
-- `counters`: one document per UTC hour, metric and dimensions, incremented in the same
-  transaction as the events are stored, so a report sums counters instead of scanning the
-  event store; `open_leads`: the gauge of open leads by where they stand; `campaigns`:
-  the last saved version of each campaign.
+- `counter_deltas`: what each recorded batch adds to the counters and the open-lead gauge,
+  as ONE document inserted in the batch's transaction (an insert is cheap on any server;
+  an upsert per counter is not), folded into `counters` and `open_leads` by `compact`
+  (one replica at a time, in the background) and then deleted.
+- `counters`: one document per UTC hour and lead dimensions (channel, source, campaign,
+  pool, rep) holding every metric counted for them, so a report reads a few documents per
+  hour and never the event store; reports add the deltas not yet folded in, read in the
+  same transaction. `open_leads`: the gauge of open leads by where they stand.
+- `campaigns`: the last saved version of each campaign.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+import hashlib
+import json
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -22,6 +37,7 @@ from pymongo import ASCENDING, ReplaceOne, UpdateOne
 from leadflow.chassis.store import Collection as MongoCollection
 from leadflow.chassis.store import Database, Document, EventLedger, Session, find_in
 from services.analytics.rules import (
+    LEAD_DIMENSIONS,
     PERSONAL_FIELDS,
     BatchTally,
     Campaign,
@@ -30,7 +46,6 @@ from services.analytics.rules import (
     LeadFacts,
     Metric,
     OpenKey,
-    counter_key,
     hour_from_key,
     hour_key,
 )
@@ -80,6 +95,11 @@ class AnalyticsStore(Protocol):
 
     async def open_leads(self, filters: Mapping[str, str]) -> list[tuple[OpenKey, int]]: ...
     async def campaigns(self) -> list[Campaign]: ...
+    async def compact(self, max_batches: int) -> int:
+        """Fold up to `max_batches` recorded batches' deltas into the roll-ups; returns how
+        many were folded (0: nothing waiting)."""
+        ...
+
     async def timeline(self, lead_id: str, *, limit: int) -> list[Document]: ...
     async def events_stored(self) -> int: ...
 
@@ -102,6 +122,7 @@ class MongoAnalyticsStore:
         self._events: MongoCollection = database["events"]
         self._facts: MongoCollection = database["lead_facts"]
         self._counters: MongoCollection = database["counters"]
+        self._deltas: MongoCollection = database["counter_deltas"]
         self._open: MongoCollection = database["open_leads"]
         self._campaigns: MongoCollection = database["campaigns"]
         self._ledger = ledger
@@ -111,7 +132,7 @@ class MongoAnalyticsStore:
             [("lead_id", ASCENDING), ("occurred_at", ASCENDING), ("recorded_at", ASCENDING)]
         )
         await self._events.create_index([("occurred_at", ASCENDING), ("recorded_at", ASCENDING)])
-        await self._counters.create_index([("metric", ASCENDING), ("hour", ASCENDING)])
+        await self._counters.create_index([("hour", ASCENDING)])
 
     async def record_batch(self, consumed: Sequence[Event], work: BatchWork[T]) -> T | None:
         async def in_transaction(session: Session, fresh: list[Event]) -> tuple[T, list[Event]]:
@@ -127,27 +148,108 @@ class MongoAnalyticsStore:
         last_hour: datetime,
         filters: Mapping[str, str],
     ) -> list[Bucket]:
-        query: dict[str, Any] = {
-            "metric": {"$in": sorted(metric.value for metric in metrics)},
-            "hour": {"$gte": hour_key(first_hour), "$lte": hour_key(last_hour)},
-        }
+        first, last = hour_key(first_hour), hour_key(last_hour)
+        wanted = {metric.value for metric in metrics}
+        query: dict[str, Any] = {"hour": {"$gte": first, "$lte": last}}
         query.update({f"dimensions.{name}": value for name, value in filters.items()})
+
+        async def read(session: Session) -> tuple[list[Document], list[Document]]:
+            # One transaction: a compaction committing between the two reads would
+            # otherwise count a batch twice, or not at all.
+            compacted = [doc async for doc in self._counters.find(query, session=session)]
+            deltas = [
+                doc
+                async for doc in self._deltas.find(
+                    {"lo": {"$lte": last}, "hi": {"$gte": first}},
+                    {"inc": 1},
+                    session=session,
+                )
+            ]
+            return compacted, deltas
+
+        compacted, deltas = await self._read(read)
+        totals: dict[tuple[str, str, tuple[tuple[str, str], ...]], list[float]] = {}
+
+        def add(
+            hour: str, metric: str, dims: tuple[tuple[str, str], ...], n: int, amount: float
+        ) -> None:
+            slot = totals.setdefault((hour, metric, dims), [0, 0.0])
+            slot[0] += n
+            slot[1] += amount
+
+        for doc in compacted:
+            base = doc["dimensions"]
+            for entry in doc["m"].values():
+                if entry["metric"] in wanted:
+                    dims = tuple(sorted({**base, **entry["extra"]}.items()))
+                    add(doc["hour"], entry["metric"], dims, entry["count"], entry["amount"])
+        for doc in deltas:
+            for hour, metric, pairs, n, amount in doc["inc"]:
+                if metric not in wanted or not first <= hour <= last:
+                    continue
+                dims = tuple((k, v) for k, v in pairs)
+                values = dict(dims)
+                if all(values.get(k) == v for k, v in filters.items()):
+                    add(hour, metric, dims, n, amount)
         return [
-            Bucket(
-                hour=hour_from_key(doc["hour"]),
-                metric=Metric(doc["metric"]),
-                dimensions=doc["dimensions"],
-                count=doc["count"],
-                amount=doc["amount"],
-            )
-            async for doc in self._counters.find(query, {"_id": 0})
-            if doc["count"] or doc["amount"]
+            Bucket(hour_from_key(hour), Metric(metric), dict(dims), int(n), amount)
+            for (hour, metric, dims), (n, amount) in totals.items()
+            if n or abs(amount) > 1e-9
         ]
 
     async def open_leads(self, filters: Mapping[str, str]) -> list[tuple[OpenKey, int]]:
-        query: dict[str, Any] = {"count": {"$gt": 0}}
+        query: dict[str, Any] = {"count": {"$ne": 0}}
         query.update({f"key.{name}": value for name, value in filters.items()})
-        return [(OpenKey(**doc["key"]), doc["count"]) async for doc in self._open.find(query)]
+
+        async def read(session: Session) -> tuple[list[Document], list[Document]]:
+            compacted = [doc async for doc in self._open.find(query, session=session)]
+            deltas = [
+                doc
+                async for doc in self._deltas.find(
+                    {"gauge.0": {"$exists": True}}, {"gauge": 1}, session=session
+                )
+            ]
+            return compacted, deltas
+
+        compacted, deltas = await self._read(read)
+        counts: dict[OpenKey, int] = {}
+        for doc in compacted:
+            key = OpenKey(**doc["key"])
+            counts[key] = counts.get(key, 0) + doc["count"]
+        for doc in deltas:
+            for key_doc, n in doc["gauge"]:
+                key = OpenKey(**key_doc)
+                if all(getattr(key, k) == v for k, v in filters.items()):
+                    counts[key] = counts.get(key, 0) + n
+        return [(key, n) for key, n in counts.items() if n > 0]
+
+    async def compact(self, max_batches: int) -> int:
+        async def fold(session: Session) -> tuple[int, list[Event]]:
+            batch = [
+                doc
+                async for doc in self._deltas.find({}, session=session)
+                .sort("_id", ASCENDING)
+                .limit(max_batches)
+            ]
+            if not batch:
+                return 0, []
+            counters, gauge = fold_deltas(batch)
+            if counters:
+                await self._counters.bulk_write(counters, ordered=False, session=session)
+            if gauge:
+                await self._open.bulk_write(gauge, ordered=False, session=session)
+            await self._deltas.delete_many(
+                {"_id": {"$in": [doc["_id"] for doc in batch]}}, session=session
+            )
+            return len(batch), []
+
+        return await self._ledger.commit(fold)
+
+    async def _read(self, read: Callable[[Session], Awaitable[T]]) -> T:
+        async def transaction(session: Session) -> tuple[T, list[Event]]:
+            return await read(session), []
+
+        return await self._ledger.commit(transaction)
 
     async def campaigns(self) -> list[Campaign]:
         return [campaign_from_document(doc) async for doc in self._campaigns.find({})]
@@ -165,7 +267,7 @@ class MongoAnalyticsStore:
         return await self._events.estimated_document_count()
 
     async def clear_rollups(self) -> None:
-        for collection in (self._facts, self._counters, self._open, self._campaigns):
+        for collection in (self._facts, self._counters, self._deltas, self._open, self._campaigns):
             await collection.delete_many({})
 
     async def stored_events(self, chunk: int) -> AsyncIterator[list[Document]]:
@@ -249,15 +351,20 @@ class _MongoRecordingBatch:
                 ordered=False,
                 session=session,
             )
-        if tally.increments:
-            await store._counters.bulk_write(
-                [counter_update(increment) for increment in tally.increments],
-                ordered=False,
+        if tally.increments or tally.gauge:
+            # One document for the whole batch; `compact` folds it into the roll-ups.
+            hours = [hour_key(increment.hour) for increment in tally.increments]
+            await store._deltas.insert_one(
+                {
+                    "lo": min(hours, default=""),
+                    "hi": max(hours, default=""),
+                    "inc": [
+                        [hour, i.metric.value, [list(p) for p in i.dimensions], i.count, i.amount]
+                        for hour, i in zip(hours, tally.increments, strict=True)
+                    ],
+                    "gauge": [[dataclasses.asdict(m.key), m.count] for m in tally.gauge],
+                },
                 session=session,
-            )
-        if tally.gauge:
-            await store._open.bulk_write(
-                [gauge_update(move) for move in tally.gauge], ordered=False, session=session
             )
         if tally.campaigns:
             # The newest version of a campaign wins, whatever order versions arrive in.
@@ -288,21 +395,69 @@ class _MongoRecordingBatch:
                 )
 
 
-def counter_update(increment: Increment) -> UpdateOne:
-    # The key spells out hour, metric and dimensions, so concurrent first increments of
-    # one counter upsert one document rather than two.
-    return UpdateOne(
-        {"_id": counter_key(increment)},
-        {
-            "$setOnInsert": {
-                "hour": hour_key(increment.hour),
-                "metric": increment.metric.value,
-                "dimensions": dict(increment.dimensions),
+def slot_of(metric: str, extra: Mapping[str, str]) -> str:
+    """A field name (no dots, no $) for one metric and its own dimensions."""
+    text = json.dumps([metric, sorted(extra.items())], separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:24]
+
+
+def fold_deltas(deltas: Sequence[Document]) -> tuple[list[UpdateOne], list[UpdateOne]]:
+    """The upserts that add `deltas` to the counters and the gauge: one per counter
+    document (hour and lead dimensions), every metric of it in the one update."""
+    documents: dict[str, dict[str, Any]] = {}
+    for delta in deltas:
+        for hour, metric, pairs, count, amount in delta["inc"]:
+            lead = {k: v for k, v in pairs if k in LEAD_DIMENSIONS}
+            extra = {k: v for k, v in pairs if k not in LEAD_DIMENSIONS}
+            doc_id = json.dumps([hour, sorted(lead.items())], separators=(",", ":"))
+            doc = documents.setdefault(
+                doc_id, {"hour": hour, "dimensions": lead, "inc": {}, "set": {}}
+            )
+            slot = slot_of(metric, extra)
+            doc["inc"][f"m.{slot}.count"] = doc["inc"].get(f"m.{slot}.count", 0) + count
+            doc["inc"][f"m.{slot}.amount"] = doc["inc"].get(f"m.{slot}.amount", 0.0) + amount
+            doc["set"][f"m.{slot}.metric"] = metric
+            doc["set"][f"m.{slot}.extra"] = extra
+    counters = [
+        UpdateOne(
+            {"_id": doc_id},
+            {
+                "$setOnInsert": {"hour": doc["hour"], "dimensions": doc["dimensions"]},
+                "$set": doc["set"],
+                "$inc": doc["inc"],
             },
-            "$inc": {"count": increment.count, "amount": increment.amount},
-        },
-        upsert=True,
-    )
+            upsert=True,
+        )
+        for doc_id, doc in documents.items()
+    ]
+    moves: dict[OpenKey, int] = {}
+    for delta in deltas:
+        for key_doc, count in delta.get("gauge", ()):
+            key = OpenKey(**key_doc)
+            moves[key] = moves.get(key, 0) + count
+    gauge = [gauge_update(GaugeMove(key, n)) for key, n in moves.items() if n]
+    return counters, gauge
+
+
+def counter_documents(increments: Iterable[Increment]) -> list[Document]:
+    """Compacted counter documents holding `increments`, for loading roll-ups in bulk
+    (bench/analytics.py); the same shape `compact` upserts."""
+    documents: dict[str, Document] = {}
+    for i in increments:
+        hour = hour_key(i.hour)
+        lead = {k: v for k, v in i.dimensions if k in LEAD_DIMENSIONS}
+        extra = {k: v for k, v in i.dimensions if k not in LEAD_DIMENSIONS}
+        doc_id = json.dumps([hour, sorted(lead.items())], separators=(",", ":"))
+        doc = documents.setdefault(
+            doc_id, {"_id": doc_id, "hour": hour, "dimensions": lead, "m": {}}
+        )
+        entry = doc["m"].setdefault(
+            slot_of(i.metric.value, extra),
+            {"metric": i.metric.value, "extra": extra, "count": 0, "amount": 0.0},
+        )
+        entry["count"] += i.count
+        entry["amount"] += i.amount
+    return list(documents.values())
 
 
 def gauge_key(key: OpenKey) -> str:

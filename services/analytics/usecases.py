@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -11,6 +12,8 @@ from prometheus_client import Counter
 from pydantic import ValidationError
 
 from leadflow.chassis.clock import Clock
+from leadflow.chassis.consumer import OUTAGE
+from leadflow.chassis.lease import Lease
 from services.analytics import reports
 from services.analytics.events import PARSER, RawEvent
 from services.analytics.reports import Report, ReportQuery
@@ -86,11 +89,49 @@ class RebuildRollups:
                 return await _tally_and_save(batch, events, self._clock(), store_events=False)
 
             await self._store.rebuild_batch(work)
+            await self._store.compact(max_batches=5)
             done += len(events)
             if progress is not None:
                 progress(len(events))
+        while await self._store.compact(max_batches=5):
+            pass
         log.info("analytics roll-ups rebuilt", events=done)
         return done
+
+
+class CompactRollups:
+    """Fold recorded batches' deltas into the roll-ups, on one replica at a time (a lease),
+    until stopped: at once while batches wait, else every `interval_s`."""
+
+    def __init__(
+        self,
+        store: AnalyticsStore,
+        lease: Lease,
+        *,
+        interval_s: float,
+        max_batches: int = 5,
+    ) -> None:
+        self._store = store
+        self._lease = lease
+        self._interval_s = interval_s
+        self._max_batches = max_batches
+        self.folded = 0
+
+    async def run(self) -> None:
+        while True:
+            folded = 0
+            try:
+                if await self._lease.hold():
+                    folded = await self._store.compact(self._max_batches)
+                    self.folded += folded
+            except OUTAGE as error:
+                # The database is away: reports still add the deltas up; try again later.
+                log.warning("compaction postponed", error=repr(error))
+            if folded < self._max_batches:
+                await asyncio.sleep(self._interval_s)
+
+    async def stop(self) -> None:
+        await self._lease.release()
 
 
 def event_from_document(document: dict[str, Any]) -> Event:

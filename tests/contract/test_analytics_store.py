@@ -233,3 +233,28 @@ async def test_rebuild_keeps_an_erased_lead_counted(store: AnalyticsStore) -> No
     before = await counts(store, Metric.LEADS_RECEIVED, channel="phone")
     assert await RebuildRollups(store, clock=lambda: NOW)() == 3
     assert await counts(store, Metric.LEADS_RECEIVED, channel="phone") == before == 1
+
+
+async def test_compaction_changes_no_figure_and_leaves_nothing_waiting(
+    store: AnalyticsStore,
+) -> None:
+    await record(store)([received("k1", "phone"), assigned("k1", "r1"), sold("k1", 30.0)])
+    await record(store)([received("k2", "ad"), assigned("k2", "r2")])
+    metrics = set(Metric)
+    before = await store.counters(metrics, FIRST_HOUR, LAST_HOUR, {})
+    open_before = await store.open_leads({})
+    while await store.compact(max_batches=1):
+        pass
+    assert await store.compact(max_batches=10) == 0
+
+    def key(b: Bucket) -> tuple[object, ...]:
+        return (b.hour, b.metric, sorted(b.dimensions.items()), b.count, round(b.amount, 2))
+
+    after = await store.counters(metrics, FIRST_HOUR, LAST_HOUR, {})
+    assert sorted(map(key, after)) == sorted(map(key, before))
+    assert sorted(map(repr, await store.open_leads({}))) == sorted(map(repr, open_before))
+    # Folded and new deltas add up in one report.
+    await record(store)([received("k3", "phone")])
+    assert await counts(store, Metric.LEADS_RECEIVED, channel="phone") == 2
+    sales = await store.counters({Metric.CONVERSIONS}, FIRST_HOUR, LAST_HOUR, {"rep": "r1"})
+    assert [(b.count, b.amount) for b in sales] == [(1, 30.0)]

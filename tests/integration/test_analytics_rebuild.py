@@ -60,8 +60,10 @@ async def test_the_rebuild_command_restores_every_rollup(infra: Infra, database:
     live = await reports(store)
     assert live["monthly"]["figures"]["inquiries"] > 0
 
-    # Damaged roll-ups: counters gone, a lead's facts gone.
+    # Damaged roll-ups: counters gone (folded and waiting), a lead's facts gone.
+    await store.compact(max_batches=2)
     await database["counters"].delete_many({})
+    await database["counter_deltas"].delete_many({})
     await database["lead_facts"].delete_one({})
     assert (await reports(store))["monthly"]["figures"]["inquiries"] == 0
 
