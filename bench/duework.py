@@ -18,7 +18,10 @@ with `--sync-on-commit` as `leadflow up` runs it, unless `--storage memory`):
 
 The ceiling: one item claimed and deleted the cheapest way a store can, an `update_one`
 by `_id` then a `delete_one` (two round trips), in a loop on the same server: items/s.
-The ratio says how far batching takes the runner past one-at-a-time.
+The ratio says how far batching takes the runner past one-at-a-time. A second ceiling does
+the same in batches (one `update_many` and one `delete_many` per batch, by index range, no
+transaction, no effect): the server's cost of writing each item twice, which the runner
+cannot beat; its ratio says what claims, transactions and effects cost on top.
 Every loop is bounded in count and time.
 """
 
@@ -78,6 +81,42 @@ async def ceiling(url: str, seconds: float = 5.0, max_items: int = 2000) -> floa
         await items.delete_one({"_id": f"c{done}"})
         done += 1
     rate = done / (time.perf_counter() - started)
+    await client.drop_database(items.database.name)
+    await client.close()
+    return rate
+
+
+async def batched_ceiling(url: str, batch: int, rounds: int = 10) -> float:
+    """Raw claim+delete in batches: one `update_many` and one `delete_many` per `batch`
+    items, each picked by an index range, no transaction, no effect: items/s."""
+    client = connect(url, app_name="duework-bench-ceiling")
+    items = client[f"ceiling_{uuid.uuid4().hex[:8]}"]["due_work"]
+    await items.create_index([("status", 1), ("kind", 1), ("ready_at", 1)])
+    start = utc_now()
+    await items.insert_many(
+        [
+            {
+                "_id": f"c{i}",
+                "status": "pending",
+                "kind": KIND,
+                "ready_at": start + timedelta(milliseconds=i),
+            }
+            for i in range(batch * rounds)
+        ]
+    )
+    began = time.perf_counter()
+    for n in range(rounds):
+        window = {
+            "$gte": start + timedelta(milliseconds=n * batch),
+            "$lt": start + timedelta(milliseconds=(n + 1) * batch),
+        }
+        claimed = await items.update_many(
+            {"status": "pending", "kind": KIND, "ready_at": window}, {"$set": {"token": f"t{n}"}}
+        )
+        deleted = await items.delete_many({"status": "pending", "kind": KIND, "ready_at": window})
+        if claimed.modified_count != batch or deleted.deleted_count != batch:
+            raise RuntimeError("the ceiling's batches missed items")
+    rate = batch * rounds / (time.perf_counter() - began)
     await client.drop_database(items.database.name)
     await client.close()
     return rate
@@ -208,7 +247,9 @@ def _quantile(ordered: list[float], q: float) -> float:
 
 async def bench(url: str, args: argparse.Namespace) -> None:
     raw = await ceiling(url)
+    batched = await batched_ceiling(url, args.batch)
     print(f"ceiling: raw claim+delete, one item at a time: {raw:.0f} items/s")
+    print(f"ceiling: raw claim+delete, {args.batch} at a time: {batched:.0f} items/s")
     scenarios = ["spread", "backlog"] if args.scenario == "all" else [args.scenario]
     for name in scenarios:
         result = await scenario(
@@ -220,7 +261,8 @@ async def bench(url: str, args: argparse.Namespace) -> None:
             batch_size=args.batch,
         )
         rate = result.get("fires_per_s") or result.get("fires_per_s_while_busy") or 0.0
-        result["ratio_to_raw"] = round(rate / raw, 2)
+        result["ratio_to_raw_one_at_a_time"] = round(rate / raw, 2)
+        result["ratio_to_raw_batched"] = round(rate / batched, 2)
         print(result)
 
 
