@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from leadflow.chassis.auth import Principal, Role, require
 from leadflow.chassis.batching import GroupCommit
 from leadflow.chassis.clock import Clock
-from leadflow.chassis.http import RETRY_AFTER_S, from_state, unprocessable
+from leadflow.chassis.http import RETRY_AFTER_S, unprocessable
 from services.intake.models import ConsentIn, ProfileIn, Submission, Text
 from services.intake.rules import (
     Acceptance,
@@ -33,6 +33,7 @@ from services.intake.rules import (
     normalise_contact,
     normalise_email,
     normalise_phone,
+    region_for,
 )
 from services.intake.settings import Settings
 from services.intake.store import ContactKeyTaken, IntakeStore
@@ -40,6 +41,7 @@ from services.intake.usecases import (
     MAX_BATCH,
     AcceptSubmissions,
     Answer,
+    Configuration,
     IdempotencyKeyReused,
     IdempotentRequests,
     ItemResult,
@@ -51,6 +53,18 @@ from shared.events import Attribution, Consent, Contact, FitScore, InquiryChanne
 
 router = APIRouter(prefix="/v1", tags=["leads"])
 
+
+def from_app(attribute: str) -> Callable[[Request], Awaitable[Any]]:
+    """`app.state.<attribute>` as a dependency. Async on purpose: FastAPI runs a plain
+    function dependency on a worker thread, a hop per dependency per request."""
+
+    async def dependency(request: Request) -> Any:
+        return getattr(request.app.state, attribute)
+
+    dependency.__name__ = f"app_state_{attribute}"
+    return dependency
+
+
 Ingest = Annotated[Principal, Depends(require(Role.INGEST))]
 Reader = Annotated[Principal, Depends(require(Role.MANAGER, Role.REP, Role.INGEST, Role.MARKETING))]
 Desk = Annotated[Principal, Depends(require(Role.MANAGER, Role.REP, Role.INGEST))]
@@ -59,12 +73,13 @@ Manager = Annotated[Principal, Depends(require(Role.MANAGER))]
 LeadAcceptor = GroupCommit[NewLead, Acceptance]
 """Accepts each posted lead together with the others posted meanwhile (see `AcceptLeads`)."""
 
-StoreDep = Annotated[IntakeStore, Depends(from_state("store"))]
-SettingsDep = Annotated[Settings, Depends(from_state("settings"))]
-ClockDep = Annotated[Clock, Depends(from_state("clock"))]
-AcceptorDep = Annotated[LeadAcceptor, Depends(from_state("lead_acceptor"))]
-SubmissionsDep = Annotated[AcceptSubmissions, Depends(from_state("accept_submissions"))]
-IdempotencyDep = Annotated[IdempotentRequests, Depends(from_state("idempotent_requests"))]
+StoreDep = Annotated[IntakeStore, Depends(from_app("store"))]
+SettingsDep = Annotated[Settings, Depends(from_app("settings"))]
+ClockDep = Annotated[Clock, Depends(from_app("clock"))]
+AcceptorDep = Annotated[LeadAcceptor, Depends(from_app("lead_acceptor"))]
+SubmissionsDep = Annotated[AcceptSubmissions, Depends(from_app("accept_submissions"))]
+ConfigurationDep = Annotated[Configuration, Depends(from_app("configuration"))]
+IdempotencyDep = Annotated[IdempotentRequests, Depends(from_app("idempotent_requests"))]
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -267,16 +282,17 @@ async def post_lead(
     settings: SettingsDep,
     clock: ClockDep,
     requests: IdempotencyDep,
+    configuration: ConfigurationDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Store the lead durably and publish it. A phone or email that is already known
     merges the inquiry into that lead (200) instead of creating another (201)."""
 
     async def handle() -> Answer:
+        sources = await configuration.sources()
+        region = region_for(payload, sources, settings.default_region)
         lead = cleaned(
-            clean_submission(
-                payload, lead_id=uuid4().hex, now=clock(), default_region=settings.default_region
-            )
+            clean_submission(payload, lead_id=uuid4().hex, now=clock(), default_region=region)
         )
         accepted = await accept_one(accept, lead)
         body = LeadAccepted(
@@ -492,16 +508,14 @@ async def register_caller(
     accept: AcceptorDep,
     settings: SettingsDep,
     clock: ClockDep,
+    configuration: ConfigurationDep,
 ) -> DeskRegistered:
     """Looks the phone up first: a known lead or customer gets this inquiry and note added
     (and is shown as it was); otherwise a new lead is created."""
+    submission = payload.submission()
+    region = region_for(submission, await configuration.sources(), settings.default_region)
     lead = cleaned(
-        clean_submission(
-            payload.submission(),
-            lead_id=uuid4().hex,
-            now=clock(),
-            default_region=settings.default_region,
-        )
+        clean_submission(submission, lead_id=uuid4().hex, now=clock(), default_region=region)
     )
     known, accepted = await register_at_desk(store, lambda new: accept_one(accept, new), lead)
     if accepted.outcome != "received":

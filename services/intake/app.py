@@ -57,7 +57,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
     )
     # The batch entry point of every channel (see AcceptSubmissions).
     accept_submissions = AcceptSubmissions(
-        accept_leads, default_region=settings.default_region, clock=clock
+        accept_leads,
+        default_region=settings.default_region,
+        clock=clock,
+        sources=configuration.sources,
     )
     form_rate_limit = LimitsFormRateLimit.on_mongodb(
         settings.mongo_url, chassis.database.name, settings.form_rate_limit

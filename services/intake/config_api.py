@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from leadflow.chassis.auth import Principal, Role, require
 from leadflow.chassis.clock import Clock
-from leadflow.chassis.http import from_state
+from services.intake.api import from_app
 from services.intake.models import (
     CampaignDefinition,
     FormDefinition,
@@ -29,8 +29,8 @@ Writer = Annotated[Principal, Depends(require(Role.MANAGER, Role.MARKETING))]
 Reader = Annotated[
     Principal, Depends(require(Role.MANAGER, Role.MARKETING, Role.ANALYST, Role.INGEST))
 ]
-ConfigurationDep = Annotated[Configuration, Depends(from_state("configuration"))]
-ClockDep = Annotated[Clock, Depends(from_state("clock"))]
+ConfigurationDep = Annotated[Configuration, Depends(from_app("configuration"))]
+ClockDep = Annotated[Clock, Depends(from_app("clock"))]
 
 
 def not_found(what: str) -> HTTPException:

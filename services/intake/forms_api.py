@@ -21,11 +21,11 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from leadflow.chassis.clock import Clock
-from leadflow.chassis.http import from_state, unprocessable
-from services.intake.api import AcceptorDep, accept_one, cleaned
+from leadflow.chassis.http import unprocessable
+from services.intake.api import AcceptorDep, accept_one, cleaned, from_app
 from services.intake.models import FormDefinition, Submission
 from services.intake.ratelimit import FormRateLimit
-from services.intake.rules import clean_submission, form_submission, is_spam
+from services.intake.rules import clean_submission, form_submission, is_spam, region_for
 from services.intake.settings import Settings
 from services.intake.usecases import Configuration, field_errors
 
@@ -42,10 +42,10 @@ FORM_RATE_LIMITED = Counter(
     ["form_key"],
 )
 
-ConfigurationDep = Annotated[Configuration, Depends(from_state("configuration"))]
-RateLimitDep = Annotated[FormRateLimit, Depends(from_state("form_rate_limit"))]
-SettingsDep = Annotated[Settings, Depends(from_state("settings"))]
-ClockDep = Annotated[Clock, Depends(from_state("clock"))]
+ConfigurationDep = Annotated[Configuration, Depends(from_app("configuration"))]
+RateLimitDep = Annotated[FormRateLimit, Depends(from_app("form_rate_limit"))]
+SettingsDep = Annotated[Settings, Depends(from_app("settings"))]
+ClockDep = Annotated[Clock, Depends(from_app("clock"))]
 
 PREFLIGHT_MAX_AGE_S = 600
 
@@ -146,10 +146,9 @@ async def post_form(
         raise unprocessable(
             *((("body", e.field), e.reason) for e in field_errors(error))
         ) from error
+    region = region_for(submission, await configuration.sources(), settings.default_region)
     lead = cleaned(
-        clean_submission(
-            submission, lead_id=uuid4().hex, now=clock(), default_region=settings.default_region
-        )
+        clean_submission(submission, lead_id=uuid4().hex, now=clock(), default_region=region)
     )
     await accept_one(accept, lead)
     return thank_you(form, origin)

@@ -13,7 +13,7 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.intake.models import FormDefinition, Submission
+from services.intake.models import FormDefinition, SourceDefinition, Submission
 from shared.events import (
     Attribution,
     Consent,
@@ -195,6 +195,23 @@ def clean_submission(
         is_test=submission.is_test,
         external_id=submission.external_id,
     )
+
+
+def region_for(
+    submission: Submission, sources: Mapping[str, SourceDefinition], fallback: str
+) -> str:
+    """Where a phone written without +<code> is read: the submission's own region (a
+    form's goes there), else its source's (matched by id or name), else `fallback`."""
+    if submission.default_region:
+        return submission.default_region
+    wanted = submission.source.strip().casefold()
+    for source in sources.values():
+        if source.default_region and wanted in {
+            source.source_id.casefold(),
+            source.name.casefold(),
+        }:
+            return source.default_region
+    return fallback
 
 
 def attribution_of(submission: Submission) -> Attribution:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -38,6 +38,7 @@ from services.intake.rules import (
     clean_submission,
     contact_keys,
     plan_acceptance,
+    region_for,
 )
 from services.intake.store import (
     AcceptingBatch,
@@ -70,6 +71,13 @@ async def no_icp() -> IdealCustomerProfile:
     return IdealCustomerProfile()
 
 
+SourcesSource = Callable[[], Awaitable[Mapping[str, SourceDefinition]]]
+
+
+async def no_sources() -> Mapping[str, SourceDefinition]:
+    return {}
+
+
 class AcceptLeads:
     """Store new leads and merge repeat inquiries, a whole batch in one transaction."""
 
@@ -83,6 +91,9 @@ class AcceptLeads:
         self._store = store
         self._icp = icp
         self._max_attempts = max_attempts
+        # Accepts on one replica go one at a time: concurrent transactions would conflict
+        # on the outbox sequence and one would start over (costly for a batch of 1,000).
+        self._one_at_a_time = asyncio.Lock()
 
     async def __call__(self, leads: Sequence[NewLead]) -> list[Acceptance | LeadRejected]:
         """What became of each lead, in order: received, merged, duplicate, or rejected
@@ -107,7 +118,8 @@ class AcceptLeads:
         attempt = 1
         while True:
             try:
-                plan = await self._store.accept_batch(accept)
+                async with self._one_at_a_time:
+                    plan = await self._store.accept_batch(accept)
             except ContactKeyTaken as taken:
                 if attempt >= self._max_attempts:
                     raise
@@ -158,7 +170,8 @@ class AcceptSubmissions:
       "csv:<import_id>:<line>"): a submission whose `external_id` was accepted before is a
       `duplicate` and changes nothing, so retries and resumed imports are safe.
     - `default_region`: region for phones without +<code> when the submission names none
-      (a form's or source's); the service's `default_region` setting when None.
+      (a form's); when None, the region of the submission's source if one is configured
+      (`PUT /v1/sources/{id}`), else the service's `default_region` setting.
     - returns one `ItemResult` per submission, in order: `created` / `merged` (with
       `matched_on`) / `duplicate` / `rejected` (with `errors`: every bad field and why).
       A rejected item never stops the others.
@@ -175,10 +188,12 @@ class AcceptSubmissions:
         *,
         default_region: str,
         clock: Callable[[], datetime],
+        sources: SourcesSource = no_sources,
     ) -> None:
         self._accept_leads = accept_leads
         self._default_region = default_region
         self._clock = clock
+        self._sources = sources
 
     async def __call__(
         self, submissions: Sequence[Submission], *, default_region: str | None = None
@@ -193,9 +208,15 @@ class AcceptSubmissions:
         self, submissions: Sequence[Submission], offset: int, default_region: str | None
     ) -> list[ItemResult]:
         now = self._clock()
-        region = default_region or self._default_region
+        sources = await self._sources()
+        fallback = default_region or self._default_region
         cleaned: list[NewLead | list[FieldError]] = [
-            clean_submission(s, lead_id=uuid4().hex, now=now, default_region=region)
+            clean_submission(
+                s,
+                lead_id=uuid4().hex,
+                now=now,
+                default_region=region_for(s, sources, fallback),
+            )
             for s in submissions
         ]
         valid = [lead for lead in cleaned if isinstance(lead, NewLead)]
@@ -283,6 +304,9 @@ class Configuration:
 
     async def icp(self) -> IdealCustomerProfile:
         return (await self._cache.get()).icp
+
+    async def sources(self) -> Mapping[str, SourceDefinition]:
+        return (await self._cache.get()).sources
 
     async def _load(self) -> IntakeConfig:
         store = self._store

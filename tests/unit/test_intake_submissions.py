@@ -14,6 +14,7 @@ from services.intake.models import (
     ConsentIn,
     FormDefinition,
     ProfileIn,
+    SourceDefinition,
     Submission,
     Utm,
 )
@@ -390,3 +391,24 @@ async def test_a_saved_campaign_is_published_keyed_by_the_campaign() -> None:
     assert isinstance(event, CampaignSavedV1)
     assert (event.lead_id, event.cost, event.occurred_at) == ("campaign:spring", 99.5, NOW)
     assert (await configuration.get()).campaigns == {"spring": campaign}
+
+
+async def test_a_phone_is_read_in_its_sources_region_unless_the_submission_names_one() -> None:
+    store = InMemoryIntakeStore()
+    configuration = Configuration(store, max_age_s=0)
+    await configuration.save_source(
+        SourceDefinition(source_id="seoul-flyer", name="Seoul flyer", default_region="KR")
+    )
+    accept = AcceptSubmissions(
+        AcceptLeads(store), default_region="US", clock=lambda: NOW, sources=configuration.sources
+    )
+    results = await accept(
+        [
+            Submission(phone="010-1234-5678", source="seoul flyer"),
+            Submission(phone="(415) 555-0100", source="website"),
+            Submission(phone="020 7946 0958", source="Seoul flyer", default_region="GB"),
+        ]
+    )
+    assert [r.outcome for r in results] == ["created"] * 3
+    phones = sorted(store.tables.keys)
+    assert phones == ["phone:+14155550100", "phone:+442079460958", "phone:+821012345678"]
