@@ -774,11 +774,11 @@ def pick(
     # min() keeps the first of equal keys, which is the rep_ids order.
     match pool.strategy:
         case Strategy.WEIGHTED:
-            floor = min(load(r).passes.get(pool.pool_id, 0.0) for r in candidates)
+            # Stride scheduling: the lowest pass after this lead goes next.
             return min(
                 candidates,
                 key=lambda r: (
-                    max(load(r).passes.get(pool.pool_id, 0.0), floor) + 1 / _weight(pool, r.rep_id),
+                    load(r).passes.get(pool.pool_id, 0.0) + 1 / _weight(pool, r.rep_id),
                     load(r).turn,
                 ),
             )
@@ -824,20 +824,24 @@ def released_by(load: LastAssignment) -> LastAssignment:
 def _weighted_floor(
     pool: Pool, candidates: Sequence[Rep], loads: Mapping[str, LastAssignment]
 ) -> Mapping[str, LastAssignment]:
-    """Lift every candidate's pass to the lowest among them, so a rep newly added or back
-    from away takes their share from now on rather than a burst for the time missed."""
+    """Lift a candidate whose pass is more than one stride behind the furthest one to that
+    mark, so a rep newly added or back from away takes their share from now on rather than
+    a burst for the time they missed. In steady state every pass is within one stride of
+    the others, so nobody else is moved."""
     if pool.strategy is not Strategy.WEIGHTED or not candidates:
         return loads
-    floor = min(
-        (loads.get(r.rep_id) or empty_load(r.rep_id)).passes.get(pool.pool_id, 0.0)
-        for r in candidates
-    )
+
+    def load(rep: Rep) -> LastAssignment:
+        return loads.get(rep.rep_id) or empty_load(rep.rep_id)
+
+    top = max(load(r).passes.get(pool.pool_id, 0.0) for r in candidates)
+    floor = top - max(1 / _weight(pool, r.rep_id) for r in candidates)
     lifted = dict(loads)
     for rep in candidates:
-        load = loads.get(rep.rep_id) or empty_load(rep.rep_id)
-        if load.passes.get(pool.pool_id, 0.0) < floor:
+        current = load(rep)
+        if current.passes.get(pool.pool_id, 0.0) < floor:
             lifted[rep.rep_id] = dataclasses.replace(
-                load, passes={**load.passes, pool.pool_id: floor}
+                current, passes={**current.passes, pool.pool_id: floor}
             )
     return lifted
 

@@ -37,6 +37,7 @@ from shared.events import (
     FitScore,
     LeadAssignedV1,
     LeadConvertedV1,
+    LeadMergedV1,
     LeadQueuedV1,
     LeadReceivedV1,
     LeadRequalifiedV1,
@@ -552,3 +553,53 @@ def test_days_off_are_respected() -> None:
     assert add_working_time(working, MONDAY, timedelta(hours=1)) == datetime(
         2026, 3, 3, 1, 0, tzinfo=UTC
     )
+
+
+async def test_a_queue_waiting_on_a_used_up_quota_is_dealt_the_next_day(app: App) -> None:
+    await setup(app, Rep("ana", "Ana", daily_quota=1, timezone="UTC"), pools=(west("ana"),))
+    first, second = received(), received()
+    await app.route([first, second])
+    waiting = await app.store.get_lead(second.lead_id)
+    assert waiting is not None and waiting.why is not None
+    assert waiting.why.skipped == {"ana": "daily quota reached"}
+    app.clock.now = MONDAY.replace(hour=23, minute=59)
+    assert await app.fire_due() == 0
+    app.clock.now = MONDAY + timedelta(hours=16, seconds=1)  # Tuesday 00:00:01 UTC
+    assert await app.fire_due() == 1
+    dealt = await app.store.get_lead(second.lead_id)
+    assert dealt is not None and dealt.rep_id == "ana"
+
+
+async def test_a_repeat_inquiry_reopens_a_nurtured_lead_for_its_owner(app: App) -> None:
+    await setup(app, Rep("ana", "Ana"), Rep("ben", "Ben"), pools=(west("ana", "ben"),))
+    event = received()
+    await app.route([event])
+    await app.leads.mark_lost(event.lead_id, 2, "bought elsewhere", "ana", app.clock.now)
+    repeat = LeadMergedV1(
+        lead_id=event.lead_id,
+        contact=Contact(name="Dana Kim", phone="+14155550100"),
+        attribution=Attribution(source="desk", channel="phone"),
+        matched_on="phone",
+    )
+    await app.route([repeat])
+    lead = await app.store.get_lead(event.lead_id)
+    assert lead is not None
+    assert (lead.status, lead.rep_id, lead.inquiries, lead.lost_level) == (
+        LeadStatus.ASSIGNED,
+        "ana",
+        2,
+        None,
+    )
+    reopened = [e for e in app.published(LeadAssignedV1) if isinstance(e, LeadAssignedV1)]
+    assert [(e.how, e.previous_rep_id) for e in reopened] == [("routed", None), ("repeat", "ana")]
+
+
+async def test_a_rep_added_to_a_weighted_pool_gets_no_burst(app: App) -> None:
+    pool = west("ana", "ben", strategy=Strategy.WEIGHTED)
+    await setup(app, Rep("ana", "Ana"), Rep("ben", "Ben"), Rep("cho", "Cho"), pools=(pool,))
+    await app.route([received() for _ in range(20)])
+    await app.team.change_pool("west", {"rep_ids": ("ana", "ben", "cho")}, app.clock.now)
+    later = [received() for _ in range(6)]
+    await app.route(later)
+    reps = [lead.rep_id for e in later if (lead := await app.store.get_lead(e.lead_id))]
+    assert Counter(reps) == {"ana": 2, "ben": 2, "cho": 2}
