@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import html
+import time
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -256,13 +257,24 @@ class SendDueSteps:
         self._slots = asyncio.Semaphore(max(1, settings.concurrency))
 
     async def __call__(self, batch: list[ClaimedWork]) -> None:
+        started = time.perf_counter()
         items = await self._decide(batch)
         await self._drop_opted_out(items)
         await self._limit_rate(items)
         await self._reserve(items)
+        decided = time.perf_counter()
         await self._send(items)
+        sent = time.perf_counter()
         await self._tell_channels(items)
         await self._commit(batch, items)
+        log.debug(
+            "due steps handled",
+            count=len(items),
+            by=_tally(items),
+            decide_s=round(decided - started, 3),
+            send_s=round(sent - decided, 3),
+            commit_s=round(time.perf_counter() - sent, 3),
+        )
 
     # --- 1. decide ----------------------------------------------------------------------------
 
@@ -504,12 +516,9 @@ class SendDueSteps:
     # --- 3. commit ----------------------------------------------------------------------------
 
     async def _commit(self, batch: list[ClaimedWork], items: Sequence[_Item]) -> None:
-        settings = self._settings
-
         async def commit(transaction: NurtureTransaction) -> tuple[None, list[Event]]:
             now = self._clock()
             current = await transaction.enrollments({i.enrollment_id for i in items})
-            contacts = await transaction.contacts({e.lead_id for e in current.values()})
             changed: dict[str, Enrollment] = {}
             events: list[Event] = []
             for item in items:
@@ -532,7 +541,13 @@ class SendDueSteps:
                 ):
                     continue  # moved on meanwhile (stopped, replanned): its new state stands
                 moved = self._moved(
-                    item, outcome, enrollment, contacts.get(enrollment.lead_id), now
+                    # The lead as read when deciding (its zone plans the next step): a
+                    # contact change since then replans the enrollment when it is consumed.
+                    item,
+                    outcome,
+                    enrollment,
+                    item.lead,
+                    now,
                 )
                 if moved is not None and moved != enrollment:
                     changed[item.enrollment_id] = moved
@@ -542,12 +557,6 @@ class SendDueSteps:
             return None, events
 
         await self._store.commit(commit)
-        log.debug(
-            "due steps handled",
-            count=len(items),
-            by=_tally(items),
-            settings=settings.rate_per_second,
-        )
 
     def _moved(
         self,
