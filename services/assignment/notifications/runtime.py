@@ -25,7 +25,7 @@ from services.assignment.notifications.channels import (
     WebhookSender,
 )
 from services.assignment.notifications.rules import NOTIFIED_EVENTS
-from services.assignment.notifications.store import NOTIFY, MongoNotificationStore
+from services.assignment.notifications.store import NOTIFY, NOTIFY_PLAN, MongoNotificationStore
 from services.assignment.notifications.usecases import (
     DeliverNotifications,
     LiveFeed,
@@ -97,6 +97,20 @@ class NotificationRuntime:
             max_event_age=timedelta(seconds=settings.notify_max_event_age_s),
             on_recorded=self._recorded,
         )
+        self.planner = DueWorkRunner(
+            due_work,
+            kinds={NOTIFY_PLAN},
+            fire=self.plan.fire,
+            clock=clock,
+            # A few consumed batches (up to 500 events each) per planning transaction.
+            batch_size=4,
+            lease_s=settings.notify_lease_s,
+            idle_poll_s=settings.notify_poll_s,
+            retry_backoff_s=settings.notify_retry_base_s,
+            max_backoff_s=settings.notify_retry_max_s,
+            max_attempts=settings.notify_max_attempts,
+        )
+        self._clock = clock
         self.record_notices = RecordNotices(self.store, on_recorded=self._recorded)
         """For workflow steps whose notice no event carries (help requested, follow-up
         overdue): `await record_notices(session, [notice], now)` inside their transaction."""
@@ -107,20 +121,25 @@ class NotificationRuntime:
         self.feed.wake()
 
     async def handle(self, events: Sequence[Event]) -> None:
-        """The Kafka handler's share: assignment's own events, planned into notifications."""
+        """The Kafka handler's share: assignment's own events, queued for planning (one
+        write: the consumer that routes leads is not kept waiting)."""
         ours = [event for event in events if isinstance(event, NOTIFIED_EVENTS)]
         if ours:
-            await self.plan(ours)
+            await self.store.enqueue(ours, self._clock())
+            self.planner.wake()
 
     async def start(self) -> None:
         await self.store.ensure_indexes()
         self._tasks = [
+            asyncio.create_task(self.planner.run(), name="assignment-notify-planner"),
             asyncio.create_task(self.runner.run(), name="assignment-notify-runner"),
             asyncio.create_task(self.feed.run(), name="assignment-live-feed"),
         ]
 
     async def stop(self) -> None:
         await self.feed.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.planner.stop(), timeout=10.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.runner.stop(), timeout=10.0)
         await self._deliver.drain(timeout_s=5.0)

@@ -8,6 +8,10 @@
   a stream on any replica reads them in the order they were committed). Kept a few days.
 - The delivery jobs themselves are due-work items of kind `notify` (chassis), scheduled in
   the same transaction as the documents above.
+- A batch of consumed events waits for planning as one due-work item of kind `notify-plan`
+  (the events in its payload): the Kafka handler writes that one item and nothing else, so
+  planning never slows routing down. `notification_inbox` remembers the events planned
+  (a redelivered batch is planned once).
 - People and their preferences are read from `reps` (a manager is a rep others name as
   their `manager_id`), pools' managers from `pools`: the workflow's own collections.
 """
@@ -18,9 +22,10 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, Protocol, TypeVar
+from typing import Annotated, Any, Final, Protocol, TypeVar
 
-from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
+from pydantic import Field, TypeAdapter
+from pymongo import ASCENDING, DESCENDING, ReplaceOne, ReturnDocument, UpdateOne
 
 from leadflow.chassis.duework import ClaimedWork, DueWork, DueWorkStore
 from leadflow.chassis.store import Collection as MongoCollection
@@ -32,6 +37,7 @@ from services.assignment.notifications.rules import (
     Notice,
     NoticeKind,
     NotificationPlan,
+    NotifiedEvent,
     Person,
     Preferences,
 )
@@ -41,6 +47,13 @@ T = TypeVar("T")
 
 NOTIFY: Final = "notify"
 """The due-work kind of delivery jobs."""
+NOTIFY_PLAN: Final = "notify-plan"
+"""The due-work kind of a batch of events waiting to be planned."""
+PLANNED_RETENTION: Final = timedelta(days=8)
+"""How long a planned event id is remembered: longer than the topics keep events."""
+_EVENTS: TypeAdapter[list[NotifiedEvent]] = TypeAdapter(
+    list[Annotated[NotifiedEvent, Field(discriminator="event_type")]]
+)
 FEED_RETENTION: Final = timedelta(days=3)
 """How long a stream entry is kept: a client reconnecting with `Last-Event-ID` within this
 long misses nothing."""
@@ -92,9 +105,20 @@ BatchWork = Callable[[NotificationsInTransaction, list[Event]], Awaitable[T]]
 
 class NotificationStore(Protocol):
     async def ensure_indexes(self) -> None: ...
-    async def handle_batch(self, consumed: Sequence[Event], work: BatchWork[T]) -> T | None:
-        """Run `work` on the events not handled before, in one transaction that remembers
-        them. None when every one was handled before."""
+    async def enqueue(self, events: Sequence[Event], now: datetime) -> None:
+        """Keep a consumed batch for planning: one due-work item, no transaction."""
+        ...
+
+    def queued_events(self, claimed: Sequence[ClaimedWork]) -> list[Event]:
+        """The events of claimed `notify-plan` items, in the order they were consumed."""
+        ...
+
+    async def plan_batch(
+        self, events: Sequence[Event], work: BatchWork[T], *, finish: Sequence[ClaimedWork] = ()
+    ) -> T | None:
+        """Run `work` on the events not planned before, in one transaction that remembers
+        them and finishes the `notify-plan` items they came in. None when every one was
+        planned before."""
         ...
 
     def in_transaction(self, session: Session) -> NotificationsInTransaction:
@@ -134,6 +158,7 @@ class MongoNotificationStore:
         self._counters: MongoCollection = database["notification_counters"]
         self._reps: MongoCollection = database["reps"]
         self._pools: MongoCollection = database["pools"]
+        self._planned: MongoCollection = database["notification_inbox"]
 
     async def ensure_indexes(self) -> None:
         await self._notifications.create_index(
@@ -148,13 +173,61 @@ class MongoNotificationStore:
             name="feed_ttl",
             expireAfterSeconds=int(FEED_RETENTION.total_seconds()),
         )
+        await self._planned.create_index(
+            "planned_at",
+            name="planned_ttl",
+            expireAfterSeconds=int(PLANNED_RETENTION.total_seconds()),
+        )
         await self._due_work.ensure_indexes()
 
-    async def handle_batch(self, consumed: Sequence[Event], work: BatchWork[T]) -> T | None:
-        async def in_transaction(session: Session, fresh: list[Event]) -> tuple[T, list[Event]]:
-            return await work(self.in_transaction(session), fresh), []
+    async def enqueue(self, events: Sequence[Event], now: datetime) -> None:
+        if not events:
+            return
+        # Keyed by the batch's first event: a redelivered batch replaces its own item if it
+        # is still waiting (and the planner's inbox drops it if it was planned).
+        key = f"plan:{events[0].event_id}:{len(events)}"
+        payload = {"events": [event.model_dump(mode="json") for event in events]}
+        await self._due_work.schedule([DueWork(key, NOTIFY_PLAN, now, payload)])
 
-        return await self._ledger.commit_batch(consumed, in_transaction)
+    def queued_events(self, claimed: Sequence[ClaimedWork]) -> list[Event]:
+        ordered = sorted(claimed, key=lambda c: (c.work.due_at, c.work.key))
+        return [
+            event
+            for item in ordered
+            for event in _EVENTS.validate_python(item.work.payload["events"])
+        ]
+
+    async def plan_batch(
+        self, events: Sequence[Event], work: BatchWork[T], *, finish: Sequence[ClaimedWork] = ()
+    ) -> T | None:
+        async def transaction(session: Session) -> tuple[T | None, list[Event]]:
+            fresh = await self._unplanned(events, session)
+            result = await work(self.in_transaction(session), fresh) if fresh else None
+            if fresh:
+                await self._planned.insert_many(
+                    [{"_id": str(e.event_id), "planned_at": _now_of(fresh)} for e in fresh],
+                    session=session,
+                )
+            if finish:
+                await self._due_work.finish(finish, session=session)
+            return result, []
+
+        return await self._ledger.commit(transaction)
+
+    async def _unplanned(self, events: Sequence[Event], session: Session) -> list[Event]:
+        ids = [str(event.event_id) for event in events]
+        seen = {
+            doc["_id"]
+            for doc in await find_in(
+                self._planned, "_id", ids, session=session, projection={"_id": 1}
+            )
+        }
+        fresh: list[Event] = []
+        for event in events:
+            if (event_id := str(event.event_id)) not in seen:
+                seen.add(event_id)
+                fresh.append(event)
+        return fresh
 
     def in_transaction(self, session: Session) -> NotificationsInTransaction:
         return _MongoPlanning(self, session)
@@ -268,22 +341,24 @@ class _MongoPlanning:
                 session=session,
             )
         if plan.deliveries:
-            await store._notifications.bulk_write(
-                [
-                    # A redelivered event finds its documents there: they stay as they are,
-                    # except a scheduled warning, which a new assignment replaces.
-                    UpdateOne(
-                        {"_id": d.delivery_id},
-                        {"$set": delivery_document(d, now)}
-                        if d.delivery_id in _replaceable(plan)
-                        else {"$setOnInsert": delivery_document(d, now)},
-                        upsert=True,
-                    )
-                    for d in plan.deliveries
-                ],
-                ordered=False,
-                session=session,
-            )
+            # Deliveries come from events the inbox has not seen (or from a notice whose
+            # source id is new), so they are inserted: an upsert costs SecantusDB several
+            # times an insert. Only an SLA warning is replaced, by the lead's next assignment.
+            replaced = [d for d in plan.deliveries if d.delivery_id.startswith("sla-warning:")]
+            inserted = [d for d in plan.deliveries if d not in replaced]
+            if inserted:
+                await store._notifications.insert_many(
+                    [{"_id": d.delivery_id, **delivery_document(d, now)} for d in inserted],
+                    session=session,
+                )
+            if replaced:
+                await store._notifications.bulk_write(
+                    [
+                        ReplaceOne({"_id": d.delivery_id}, delivery_document(d, now), upsert=True)
+                        for d in replaced
+                    ],
+                    session=session,
+                )
             await store._due_work.schedule(
                 [DueWork(d.delivery_id, NOTIFY, d.due_at) for d in plan.deliveries],
                 session=session,
@@ -313,8 +388,10 @@ async def _append_feed(
     )
 
 
-def _replaceable(plan: NotificationPlan) -> set[str]:
-    return {d.delivery_id for d in plan.deliveries if d.delivery_id.startswith("sla-warning:")}
+def _now_of(events: Sequence[Event]) -> datetime:
+    # The TTL counts from the newest event: an id is kept as long as its topic may
+    # redeliver it, whatever the planner's clock.
+    return max(event.occurred_at for event in events)
 
 
 def _settled_update(outcome: Outcome, now: datetime) -> UpdateOne:

@@ -1,8 +1,10 @@
 """The steps of notifications: plan from events, deliver due jobs, follow the live feed.
 
-- `PlanNotifications` takes a batch of assignment's own events (read back from Kafka)
-  in one transaction: the people concerned with one query per collection, the plan in
-  memory (`rules.plan_notifications`), stream entries and delivery jobs written in bulk.
+- `PlanNotifications` plans batches of assignment's own events (read back from Kafka and
+  queued by the handler as one due-work item each, so the consumer that routes leads
+  spends one write on them) in one transaction per claimed batch: the events not planned
+  before, the people concerned with one query per collection, the plan in memory
+  (`rules.plan_notifications`), stream entries and delivery jobs written in bulk.
   Routing itself writes nothing for notifications.
 - `RecordNotices` does the same for notices no event carries (help requested, follow-up
   overdue), inside the transaction of the workflow step that raises them.
@@ -79,8 +81,18 @@ class PlanNotifications:
         self._max_event_age = max_event_age
         self._on_recorded = on_recorded
 
+    async def fire(self, batch: list[ClaimedWork]) -> None:
+        """The `notify-plan` runner's `fire`: plan the queued batches, and finish them in
+        the same transaction."""
+        await self._plan(self._store.queued_events(batch), finish=batch)
+
     async def __call__(self, events: Sequence[Event]) -> NotificationPlan | None:
-        """Plan and record a batch; None when every event was handled before."""
+        """Plan and record a batch now; None when every event was planned before."""
+        return await self._plan(events, finish=())
+
+    async def _plan(
+        self, events: Sequence[Event], *, finish: Sequence[ClaimedWork]
+    ) -> NotificationPlan | None:
         now = self._clock()
 
         async def plan(tx: NotificationsInTransaction, fresh: list[Event]) -> NotificationPlan:
@@ -99,8 +111,9 @@ class PlanNotifications:
             await tx.record(decided, now)
             return decided
 
-        decided = await self._store.handle_batch(events, plan)
+        decided = await self._store.plan_batch(events, plan, finish=finish)
         if decided is None:
+            log.info("events already planned", events=len(events))
             return None
         _log_plan(decided, events=len(events))
         self._on_recorded()
@@ -168,11 +181,13 @@ class RetryPolicy:
 class DeliverNotifications:
     """The `fire` of the `notify` due-work runner.
 
-    A batch's sends run concurrently. Those done within `patience_s` (nearly all) are
-    recorded together in one transaction; a send still waiting on a slow receiver is
-    recorded on its own when it ends, so one dead webhook (waited on up to its timeout)
-    never holds up the deliveries claimed after it. Its job stays claimed meanwhile: the
-    lease (`notify_lease_s`) must outlast the slowest send.
+    A batch's sends run concurrently (at most `email_concurrency` SMTP sessions and
+    `webhook_concurrency` requests at once per replica). Those done within `patience_s`
+    (nearly all) are recorded together in one transaction. A send still waiting on a slow
+    receiver is recorded when it ends, with the other late ones (one transaction at a
+    time), so one dead webhook (waited on up to its timeout) holds up neither the runner
+    nor the deliveries claimed after it. Its job stays claimed meanwhile: the lease
+    (`notify_lease_s`) must outlast the slowest send.
     """
 
     def __init__(
@@ -183,7 +198,8 @@ class DeliverNotifications:
         webhook: WebhookSender,
         clock: Clock,
         retry: RetryPolicy,
-        concurrency: int = 100,
+        email_concurrency: int = 20,
+        webhook_concurrency: int = 50,
         patience_s: float = 1.0,
     ) -> None:
         self._store = store
@@ -191,9 +207,14 @@ class DeliverNotifications:
         self._webhook = webhook
         self._clock = clock
         self._retry = retry
-        self._slots = asyncio.Semaphore(concurrency)
+        self._slots = {
+            "email": asyncio.Semaphore(email_concurrency),
+            "webhook": asyncio.Semaphore(webhook_concurrency),
+        }
         self._patience_s = patience_s
-        self._stragglers: set[asyncio.Task[None]] = set()
+        self._late: list[tuple[Outcome, FeedEntry | None]] = []
+        self._still_sending: set[asyncio.Future[tuple[Outcome, FeedEntry | None]]] = set()
+        self._late_settler: asyncio.Task[None] | None = None
 
     async def __call__(self, batch: list[ClaimedWork]) -> None:
         stored = await self._store.deliveries([c.work.key for c in batch])
@@ -203,13 +224,28 @@ class DeliverNotifications:
             for claimed in batch
         ]
         done, slow = await asyncio.wait(attempts, timeout=self._patience_s)
-        try:
-            await self._settle([attempt.result() for attempt in attempts if attempt in done])
-        finally:
-            for attempt in slow:
-                straggler = asyncio.create_task(self._settle_when_done(attempt))
-                self._stragglers.add(straggler)
-                straggler.add_done_callback(self._stragglers.discard)
+        for attempt in slow:
+            self._still_sending.add(attempt)
+            attempt.add_done_callback(self._landed)
+        await self._settle([attempt.result() for attempt in attempts if attempt in done])
+
+    def _landed(self, attempt: asyncio.Future[tuple[Outcome, FeedEntry | None]]) -> None:
+        self._still_sending.discard(attempt)
+        if attempt.cancelled():
+            return  # shutting down: the lease lapses and it is claimed again
+        self._late.append(attempt.result())
+        if self._late_settler is None or self._late_settler.done():
+            self._late_settler = asyncio.create_task(self._settle_late())
+
+    async def _settle_late(self) -> None:
+        while self._late:
+            results, self._late = self._late, []
+            try:
+                await self._settle(results)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - their leases lapse; tried again
+                log.warning("late deliveries could not be recorded", error=repr(error))
 
     async def _settle(self, results: Sequence[tuple[Outcome, FeedEntry | None]]) -> None:
         if not results:
@@ -220,20 +256,12 @@ class DeliverNotifications:
         for outcome in outcomes:
             _log_outcome(outcome)
 
-    async def _settle_when_done(
-        self, attempt: asyncio.Future[tuple[Outcome, FeedEntry | None]]
-    ) -> None:
-        try:
-            await self._settle([await attempt])
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:  # noqa: BLE001 - its lease lapses and it is tried again
-            log.warning("a slow delivery could not be recorded", error=repr(error))
-
     async def drain(self, timeout_s: float) -> None:
         """On shutdown: let slow sends end and be recorded, for at most `timeout_s`."""
-        if self._stragglers:
-            await asyncio.wait(set(self._stragglers), timeout=timeout_s)
+        if self._still_sending:
+            await asyncio.wait(set(self._still_sending), timeout=timeout_s)
+        if self._late_settler is not None:
+            await asyncio.wait({self._late_settler}, timeout=timeout_s)
 
     async def _attempt(
         self,
@@ -249,14 +277,21 @@ class DeliverNotifications:
             return Outcome(claimed), feed_entry_for(delivery.notice)
         person = people.get(delivery.notice.person_id)
         try:
-            async with self._slots:
+            async with self._slots[delivery.channel]:
                 await self._send(delivery, person)
         except DeliveryError as error:
-            attempts = claimed.attempts + 1
-            last = error.permanent or attempts >= self._retry.max_attempts
-            again = None if last else self._retry_at(attempts)
-            return Outcome(claimed, error.reason, error.permanent, again), None
+            return self._failed(claimed, error.reason, permanent=error.permanent), None
+        except Exception as error:
+            # A fault of ours (not the receiver's) must not fail the whole batch, whose
+            # other sends have gone out: this one is retried like a temporary failure.
+            log.exception("sending a notification failed", delivery_id=delivery.delivery_id)
+            return self._failed(claimed, repr(error), permanent=False), None
         return Outcome(claimed), None
+
+    def _failed(self, claimed: ClaimedWork, reason: str, *, permanent: bool) -> Outcome:
+        attempts = claimed.attempts + 1
+        last = permanent or attempts >= self._retry.max_attempts
+        return Outcome(claimed, reason, permanent, None if last else self._retry_at(attempts))
 
     def _retry_at(self, attempts: int) -> datetime:
         return retry_at(attempts, self._clock(), base_s=self._retry.base_s, max_s=self._retry.max_s)
