@@ -1,6 +1,6 @@
 """Due work with several replicas on the real MongoDB-wire server: every item's effect is
 committed exactly once, whether the replicas race for the same items or one of them dies
-holding a claim.
+holding a claim; timers outlive a database crash and fire once the service is back.
 
 Each runner has its own MongoClient, as a separate replica would. `fire` writes an effect
 document per item and finishes the items in the same transaction (through the chassis'
@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -29,6 +31,7 @@ from leadflow.chassis.store import (
     Session,
     connect,
 )
+from leadflow.localinfra import LocalInfra, free_port
 from shared.events import Event, utc_now
 from tests.support.infra import Infra
 from tests.support.services import eventually
@@ -62,8 +65,11 @@ class Replica:
 
 
 @contextlib.asynccontextmanager
-async def replicas(infra: Infra, count: int) -> AsyncIterator[list[Replica]]:
-    database_name = f"duework_{uuid.uuid4().hex[:10]}"
+async def replicas(
+    infra: Infra, count: int, database_name: str | None = None, *, keep: bool = False
+) -> AsyncIterator[list[Replica]]:
+    """`count` replicas on one database (a new one unless named), dropped after unless kept."""
+    database_name = database_name or f"duework_{uuid.uuid4().hex[:10]}"
     made: list[Replica] = []
     try:
         for n in range(count):
@@ -77,7 +83,7 @@ async def replicas(infra: Infra, count: int) -> AsyncIterator[list[Replica]]:
             made.append(Replica(f"r{n}", client, store, ledger, database["effects"]))
         yield made
     finally:
-        if made:
+        if made and not keep:
             await made[0].client.drop_database(database_name)
         for replica in made:
             await replica.client.close()
@@ -225,3 +231,61 @@ async def test_a_replica_slower_than_its_lease_cannot_commit_a_second_firing(
     assert refused >= 1  # the race this test is about did happen
     assert sorted(fired) == keys
     assert {key: n for key, n in fired.items() if n != 1} == {}
+
+
+@pytest.fixture(scope="module")
+def durable_mongo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalInfra]:
+    """A database of our own, kept on disk as `leadflow up` keeps it, that this test crashes."""
+    infra = LocalInfra(
+        data_dir=tmp_path_factory.mktemp("duework-crash"),
+        kafka_port=free_port(),
+        mongo_port=free_port(),
+        s3_port=free_port(),
+        persistent=True,
+        start_kafka=False,
+    )
+    infra.start()
+    try:
+        yield infra
+    finally:
+        infra.stop()
+
+
+async def test_timers_outlive_a_database_crash_and_fire_when_the_service_is_back(
+    durable_mongo: LocalInfra,
+) -> None:
+    infra = Infra("local", "", durable_mongo.mongo_url)
+    database_name = f"duework_{uuid.uuid4().hex[:10]}"
+    async with replicas(infra, 1, database_name, keep=True) as [before]:
+        now = utc_now()
+        overdue = [f"sla:L{i:02}:1" for i in range(50)]
+        later = [f"follow-up:L{i:02}:1" for i in range(50)]
+        await before.store.schedule(
+            [DueWork(key, "sla", now + timedelta(seconds=1)) for key in overdue]
+            + [DueWork(key, "sla", now + timedelta(hours=1)) for key in later]
+        )
+        mongo = durable_mongo.mongo
+        assert mongo is not None and mongo.process is not None
+        os.kill(mongo.process.pid, signal.SIGKILL)
+        mongo.process.wait(timeout=10)
+        await asyncio.sleep(1.5)  # the first 50 fall due while everything is down
+        mongo.start()
+        mongo.wait_until_listening(30)
+    async with replicas(infra, 1, database_name) as [after]:
+        # The restarted service: a new client, its runner started after the due time.
+        runner = DueWorkRunner(
+            after.store, kinds={"sla"}, fire=after.fire, clock=utc_now, idle_poll_s=0.2
+        )
+        task = asyncio.create_task(runner.run())
+        try:
+            fired = await eventually(
+                lambda: effects_per_key(after.effects), lambda f: len(f) >= 50, timeout_s=60
+            )
+            await asyncio.sleep(0.5)  # nothing else is due: nothing else fires
+            fired = await effects_per_key(after.effects)
+        finally:
+            await runner.stop()
+            await task
+        assert await remaining(after.store) == 50
+    assert sorted(fired) == overdue
+    assert set(fired.values()) == {1}
