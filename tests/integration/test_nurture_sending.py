@@ -25,6 +25,7 @@ from shared.events import (
     LeadReceivedV1,
     LeadRequalifiedV1,
     MessageSentV1,
+    Profile,
 )
 from shared.topics import topic_for
 from tests.conftest import Keys
@@ -326,3 +327,69 @@ async def test_after_downtime_late_steps_within_the_limit_go_and_older_ones_are_
         )
         assert skipped["last_sent_at"] is None
         assert mails_to(mail_sink, f"{skipped_lead}@example.com") == []
+
+
+async def test_a_warmed_lead_is_handed_back_and_assignment_routes_it_to_sales(
+    nurture: Nurture, assignment: httpx.AsyncClient, infra: Infra
+) -> None:
+    manager = await nurture.keys.headers(Role.MANAGER)
+    rep_id, pool_id, region = (f"{p}-{uuid.uuid4().hex[:8]}" for p in ("rep", "pool", "region"))
+    made = await assignment.post(
+        "/v1/reps", json={"rep_id": rep_id, "name": "Rep"}, headers=manager
+    )
+    assert made.status_code == 201, made.text
+    pool = {
+        "pool_id": pool_id,
+        "name": "Requalified",
+        "rep_ids": [rep_id],
+        "match": {"region": region},
+        "priority": 10,
+    }
+    made = await assignment.post("/v1/pools", json=pool, headers=manager)
+    assert made.status_code == 201, made.text
+    lead_id = f"lead-{uuid.uuid4().hex}"
+    await publish_event(
+        infra.kafka_bootstrap,
+        LeadReceivedV1(
+            lead_id=lead_id,
+            contact=Contact(name="Dana Kim", email=f"{lead_id}@example.com", timezone="UTC"),
+            attribution=Attribution(source="website", channel="web_form"),
+            consent=Consent(email=True),
+            profile=Profile(region=region),
+        ),
+    )
+
+    async def lead() -> dict[str, Any]:
+        response = await assignment.get(f"/v1/leads/{lead_id}", headers=manager)
+        body: dict[str, Any] = response.json() if response.status_code == 200 else {}
+        return body
+
+    await eventually(lead, lambda found: found.get("status") == "assigned", timeout_s=30)
+    lost = await assignment.post(
+        f"/v1/leads/{lead_id}/lost", json={"level": 3, "reason": "busy"}, headers=manager
+    )
+    assert lost.status_code == 200, lost.text
+    enrolled = await eventually(
+        lambda: nurture.enrollment(lead_id),
+        lambda e: e.get("status") == "active" and e.get("sequence_id") == "loss-level-3",
+        timeout_s=30,
+    )
+    assert enrolled["reason"] == "lost-level-3"
+
+    # The lead comes back to the website's pricing page.
+    visit = {"lead_id": lead_id, "url": "https://acme.example/pricing"}
+    recorded = await nurture.client.post(
+        "/v1/web-visits", json=visit, headers=await nurture.keys.headers(Role.INGEST)
+    )
+    assert recorded.status_code == 202, recorded.text
+
+    back = await eventually(
+        lead,
+        lambda found: (
+            found.get("status") in {"assigned", "requalified"} and found.get("rep_id") == rep_id
+        ),
+        timeout_s=40,
+    )
+    assert back["pool_id"] == pool_id
+    stopped = await nurture.enrollment(lead_id)
+    assert (stopped["status"], stopped["stop_reason"]) == ("stopped", "requalified")
