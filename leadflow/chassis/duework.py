@@ -198,8 +198,10 @@ class DueWorkRunner:
         self._running: asyncio.Event | None = None
 
     async def run(self) -> None:
-        """Loop until `stop()`: claim a due batch, fire it, and sleep only when none is due."""
-        self._stopping = False
+        """Loop until `stop()`: claim a due batch, fire it, and sleep only when none is due.
+
+        A runner runs once: after `stop()` (even one that came before `run()` began), `run()`
+        returns at once."""
         done = self._running = asyncio.Event()
         outage_pause_s = self._idle_poll_s
         try:

@@ -246,6 +246,16 @@ async def test_stop_is_prompt_while_the_runner_sleeps() -> None:
     await task
 
 
+async def test_a_stop_before_the_run_began_is_not_lost() -> None:
+    clock = MovableClock()
+    store, firing, runner = make(clock, idle_poll_s=60.0)
+    await store.schedule([DueWork("k", "sla", NOW)])
+    task = asyncio.create_task(runner.run())
+    await runner.stop()  # the task has not started yet
+    await asyncio.wait_for(task, timeout=1)
+    assert firing.fired == []
+
+
 async def test_stop_lets_the_batch_in_hand_commit() -> None:
     clock = MovableClock()
     store, firing, runner = make(clock)
