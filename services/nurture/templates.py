@@ -6,7 +6,7 @@ have fails loudly instead of sending "Hi ," to thousands of people. Syntax error
 that are not template variables are found when the sequence is saved (a 422 naming the step,
 the field and the line); a value only a real lead can lack (`custom.x`) fails the preview.
 
-Pure: no I/O and no clock reads. SMS bodies get their GSM-7 / UCS-2 segment count here.
+Pure: no I/O and no clock reads. (SMS segment counts: `services.nurture.channels.segments`.)
 """
 
 from __future__ import annotations
@@ -88,39 +88,6 @@ def template_problems(part: Part, source: str) -> list[TemplateProblem]:
         )
         for name in unknown
     ]
-
-
-@dataclass(frozen=True, slots=True)
-class SmsSegments:
-    """How a carrier splits an SMS: GSM-7 fits 160 characters in one segment (153 each
-    when split), anything outside GSM-7 (Korean, Chinese, most emoji) is UCS-2 with 70
-    (67 when split). GSM-7's extension characters (`{}[]~|^€\\`) take two septets."""
-
-    encoding: Literal["GSM-7", "UCS-2"]
-    units: int
-    """Septets (GSM-7) or UTF-16 code units (UCS-2)."""
-    segments: int
-
-
-_GSM7_BASIC: Final = frozenset(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-_GSM7_EXTENSION: Final = frozenset("\f^{}\\[~]|€")
-
-
-def sms_segments(text: str) -> SmsSegments:
-    """The encoding and segment count of an SMS body (3GPP TS 23.038 / 23.040)."""
-    if all(c in _GSM7_BASIC or c in _GSM7_EXTENSION for c in text):
-        units = sum(2 if c in _GSM7_EXTENSION else 1 for c in text)
-        single, part = 160, 153
-        encoding: Literal["GSM-7", "UCS-2"] = "GSM-7"
-    else:
-        units = len(text.encode("utf-16-le")) // 2
-        single, part = 70, 67
-        encoding = "UCS-2"
-    segments = 1 if units <= single else -(-units // part)
-    return SmsSegments(encoding=encoding, units=units, segments=segments)
 
 
 # --- rendering ------------------------------------------------------------------------------

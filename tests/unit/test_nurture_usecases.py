@@ -16,18 +16,20 @@ from services.nurture.rules import (
     EnrollmentStatus,
     LeadNotFoundError,
     NurtureSequence,
+    ScoringPolicy,
     SequenceCatalog,
     SequenceNotFoundError,
     Step,
     StopReason,
 )
 from services.nurture.rules import AlreadyEnrolledError as AlreadyEnrolled
-from services.nurture.store import EnrollmentFilter
-from services.nurture.usecases import ApplyLeadEvents, EnrollByHand, Sequences
+from services.nurture.store import ContactFilter, EnrollmentFilter
+from services.nurture.usecases import ApplyLeadEvents, EnrollByHand, EnrollInBulk, Sequences
 from shared.events import (
     Attribution,
     Consent,
     Contact,
+    EngagementRecordedV1,
     Event,
     LeadAssignedV1,
     LeadConvertedV1,
@@ -35,7 +37,12 @@ from shared.events import (
     LeadErasedV1,
     LeadLostV1,
     LeadMergedV1,
+    LeadOptedOutV1,
     LeadReceivedV1,
+    LeadRequalifiedV1,
+    LeadReturnedToPoolV1,
+    LeadRoutedToNurtureV1,
+    MessageStatusUpdatedV1,
 )
 from tests.fakes.nurture import InMemoryNurtureStore
 
@@ -365,3 +372,150 @@ async def test_seeding_again_keeps_marketing_edits(nurture: Nurture) -> None:
     await nurture.sequences.seed(DEFAULT_SEQUENCES)
     record = await nurture.sequences.get(level_2.sequence_id)
     assert (record.sequence.name, record.version) == ("Our own", 2)
+
+
+# --- more triggers and exits ---------------------------------------------------------------------
+
+
+async def test_a_lead_returned_to_the_pool_or_routed_to_nurture_is_enrolled(
+    nurture: Nurture,
+) -> None:
+    await nurture.apply(
+        [
+            received("pool"),
+            LeadReturnedToPoolV1(lead_id="pool", occurred_at=at(5), rep_id="r1"),
+            LeadRoutedToNurtureV1(
+                lead_id="low-fit",
+                occurred_at=at(5),
+                reason="fit grade D",
+                contact=Contact(email="low@example.com"),
+                consent=Consent(email=True),
+            ),
+        ]
+    )
+    [pool] = await nurture.enrollments("pool")
+    [low_fit] = await nurture.enrollments("low-fit")
+    assert (pool.sequence_id, pool.reason) == ("returned-to-pool", "returned-to-pool")
+    assert (low_fit.sequence_id, low_fit.channels) == ("routed-to-nurture", ("email",))
+
+
+def engagement(lead_id: str, kind: str, minutes: int, **more: object) -> EngagementRecordedV1:
+    return EngagementRecordedV1.model_validate(
+        {"lead_id": lead_id, "kind": kind, "occurred_at": at(minutes), **more}
+    )
+
+
+async def test_a_reply_stops_every_sequence_and_hands_the_lead_back() -> None:
+    nurture = Nurture()
+    await nurture.sequences.seed(DEFAULT_SEQUENCES)
+    nurture.apply = ApplyLeadEvents(
+        nurture.store,
+        nurture.sequences,
+        default_timezone="UTC",
+        clock=nurture.clock,
+        scoring=SCORING,
+    )
+    await nurture.apply([received("talks"), lost("talks", 3), lost("talks", 2, minutes=11)])
+    await nurture.apply([engagement("talks", "reply", 30)])
+    stops = {e.sequence_id: e.stop_reason for e in await nurture.enrollments("talks")}
+    assert stops == {"loss-level-2": StopReason.REPLIED, "loss-level-3": StopReason.REPLIED}
+    [handed_back] = [e for e in nurture.store.ledger.outbox if isinstance(e, LeadRequalifiedV1)]
+    assert handed_back.reason == "replied"
+
+
+async def test_opting_out_of_the_only_channel_stops_and_of_another_keeps_going(
+    nurture: Nurture,
+) -> None:
+    both = Consent(email=True, sms=True)
+    await nurture.apply(
+        [
+            LeadReceivedV1(
+                lead_id="opts",
+                occurred_at=at(0),
+                contact=Contact(email="o@example.com", phone="+821012345678"),
+                attribution=Attribution(source="website", channel="web_form"),
+                consent=both,
+            ),
+            lost("opts", 3),
+        ]
+    )
+    await nurture.apply([LeadOptedOutV1(lead_id="opts", occurred_at=at(20), channel="sms")])
+    [still] = await nurture.enrollments("opts")
+    assert (still.status, still.channels) == (EnrollmentStatus.ACTIVE, ("email",))
+    await nurture.apply([LeadOptedOutV1(lead_id="opts", occurred_at=at(21), channel="email")])
+    [ended] = await nurture.enrollments("opts")
+    assert ended.stop_reason is StopReason.OPTED_OUT
+
+
+async def test_a_hard_bounce_blocks_email_for_good(nurture: Nurture) -> None:
+    await nurture.apply([received("bounce"), lost("bounce", 2)])
+    bounced = MessageStatusUpdatedV1(
+        lead_id="bounce", occurred_at=at(30), channel="email", message_id="m", status="bounced"
+    )
+    await nurture.apply([bounced])
+    [ended] = await nurture.enrollments("bounce")
+    assert ended.stop_reason is StopReason.BOUNCED
+    await nurture.apply([lost("bounce", 3, minutes=40)])
+    newest = (await nurture.enrollments("bounce"))[0]
+    assert newest.channels == ()  # the address stays blocked
+
+
+SCORING = ScoringPolicy(
+    weights={"open": 1, "click": 3, "reply": 10, "web_visit": 4},
+    half_life=timedelta(days=14),
+    warm_at=5,
+    hot_at=12,
+    high_intent_paths=("/pricing",),
+)
+
+
+async def test_clicks_warm_a_nurtured_lead_until_it_is_hot_and_handed_back_once() -> None:
+    nurture = Nurture()
+    await nurture.sequences.seed(DEFAULT_SEQUENCES)
+    nurture.apply = ApplyLeadEvents(
+        nurture.store,
+        nurture.sequences,
+        default_timezone="UTC",
+        clock=nurture.clock,
+        scoring=SCORING,
+    )
+    await nurture.apply([received("warm"), lost("warm", 3)])
+    await nurture.apply([engagement("warm", "click", 20 + n) for n in range(3)])
+    assert [e for e in nurture.store.ledger.outbox if isinstance(e, LeadRequalifiedV1)] == []
+    await nurture.apply([engagement("warm", "click", 30), engagement("warm", "click", 31)])
+    [back] = [e for e in nurture.store.ledger.outbox if isinstance(e, LeadRequalifiedV1)]
+    assert "hot" in back.reason and back.sequence_id == "loss-level-3"
+    [ended] = await nurture.enrollments("warm")
+    assert ended.stop_reason is StopReason.REQUALIFIED
+
+
+async def test_bulk_enrollment_by_filter_takes_the_unpaid_reachable_leads_once(
+    nurture: Nurture,
+) -> None:
+    sms = Consent(email=False, sms=True)
+    phone = "+821012345678"
+
+    def lead(lead_id: str) -> LeadReceivedV1:
+        return LeadReceivedV1(
+            lead_id=lead_id,
+            occurred_at=at(0),
+            contact=Contact(name="Kim", phone=phone),
+            attribution=Attribution(source="walk-in", channel="front_desk"),
+            consent=sms,
+        )
+
+    await nurture.apply([lead("unpaid-1"), lead("unpaid-2"), lead("paid")])
+    await nurture.apply(
+        [LeadConvertedV1(lead_id="paid", occurred_at=at(5), rep_id="r1", revenue=100)]
+    )
+    bulk = EnrollInBulk(
+        nurture.store, nurture.sequences, default_timezone="UTC", clock=nurture.clock
+    )
+    where = ContactFilter(exclude_stages=("converted",), reachable_on="sms")
+    first = await bulk("loss-level-3", lead_ids=None, where=where)
+    again = await bulk("loss-level-3", lead_ids=None, where=where)
+    assert (first.enrolled, first.already_enrolled) == (2, 0)
+    assert (again.enrolled, again.already_enrolled) == (0, 2)
+    assert await nurture.enrollments("paid") == []
+    unknown = await bulk("loss-level-3", lead_ids=["nobody"], where=where)
+    assert unknown.refused_lead_ids == ("nobody",)
