@@ -192,7 +192,7 @@ async def ingest_rate(client: Any, events: list[Event]) -> tuple[float, float, M
         await record(events[i : i + BATCH])
     recorded = time.perf_counter() - started
     started = time.perf_counter()
-    while await store.compact(max_batches=5):
+    while await store.compact(max_batches=1):
         pass
     folded = time.perf_counter() - started
     return len(events) / recorded, len(events) / folded, store

@@ -89,11 +89,11 @@ class RebuildRollups:
                 return await _tally_and_save(batch, events, self._clock(), store_events=False)
 
             await self._store.rebuild_batch(work)
-            await self._store.compact(max_batches=5)
+            await self._store.compact(max_batches=1)
             done += len(events)
             if progress is not None:
                 progress(len(events))
-        while await self._store.compact(max_batches=5):
+        while await self._store.compact(max_batches=1):
             pass
         log.info("analytics roll-ups rebuilt", events=done)
         return done
@@ -109,7 +109,7 @@ class CompactRollups:
         lease: Lease,
         *,
         interval_s: float,
-        max_batches: int = 5,
+        max_batches: int = 1,
     ) -> None:
         self._store = store
         self._lease = lease
