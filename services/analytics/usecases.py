@@ -127,6 +127,10 @@ class CompactRollups:
             except OUTAGE as error:
                 # The database is away: reports still add the deltas up; try again later.
                 log.warning("compaction postponed", error=repr(error))
+            except Exception:
+                # Anything else is a bug: said loudly, and the loop lives on (a dead loop
+                # would let deltas pile up unseen).
+                log.exception("compaction failed; trying again")
             if folded < self._max_batches:
                 await asyncio.sleep(self._interval_s)
 
