@@ -573,7 +573,9 @@ def _second_active_enrollment_of(error: BulkWriteError) -> tuple[str, str | None
 
 def step_timers(enrollments: Sequence[Enrollment]) -> tuple[list[DueWork], list[str]]:
     """The timers these enrollments need now: their current step at `next_send_at` when
-    active (scheduling the same key again only moves it), and the keys to cancel."""
+    active (scheduling the same key again only moves it), and the keys to cancel: a stopped
+    enrollment's step. (A completed one went past its last step, which has no timer: its
+    send finished it.)"""
     due: list[DueWork] = []
     done: list[str] = []
     for e in enrollments:
@@ -581,7 +583,7 @@ def step_timers(enrollments: Sequence[Enrollment]) -> tuple[list[DueWork], list[
         if e.status is EnrollmentStatus.ACTIVE and e.next_send_at is not None:
             payload = {"enrollment_id": e.enrollment_id, "step": e.current_step}
             due.append(DueWork(key, SEND_KIND, e.next_send_at, payload))
-        else:
+        elif e.status is not EnrollmentStatus.COMPLETED:
             done.append(key)
     return due, done
 
