@@ -102,8 +102,8 @@ class NotificationRuntime:
             kinds={NOTIFY_PLAN},
             fire=self.plan.fire,
             clock=clock,
-            # A few consumed batches (up to 500 events each) per planning transaction.
-            batch_size=4,
+            # Two queued chunks (up to 100 events each) per planning transaction.
+            batch_size=2,
             lease_s=settings.notify_lease_s,
             idle_poll_s=settings.notify_poll_s,
             retry_backoff_s=settings.notify_retry_base_s,

@@ -49,6 +49,9 @@ NOTIFY: Final = "notify"
 """The due-work kind of delivery jobs."""
 NOTIFY_PLAN: Final = "notify-plan"
 """The due-work kind of a batch of events waiting to be planned."""
+PLAN_CHUNK: Final = 100
+"""Most events per `notify-plan` item (a planning transaction writes about 6 documents per
+event)."""
 PLANNED_RETENTION: Final = timedelta(days=8)
 """How long a planned event id is remembered: longer than the topics keep events."""
 _EVENTS: TypeAdapter[list[NotifiedEvent]] = TypeAdapter(
@@ -183,11 +186,21 @@ class MongoNotificationStore:
     async def enqueue(self, events: Sequence[Event], now: datetime) -> None:
         if not events:
             return
-        # Keyed by the batch's first event: a redelivered batch replaces its own item if it
-        # is still waiting (and the planner's inbox drops it if it was planned).
-        key = f"plan:{events[0].event_id}:{len(events)}"
-        payload = {"events": [event.model_dump(mode="json") for event in events]}
-        await self._due_work.schedule([DueWork(key, NOTIFY_PLAN, now, payload)])
+        # In chunks, so a planning transaction stays small whatever the consumer's batch;
+        # each keyed by its first event: a redelivered batch replaces its own items if they
+        # still wait (and the planner's inbox drops what was planned).
+        chunks = [events[i : i + PLAN_CHUNK] for i in range(0, len(events), PLAN_CHUNK)]
+        await self._due_work.schedule(
+            [
+                DueWork(
+                    f"plan:{chunk[0].event_id}:{len(chunk)}",
+                    NOTIFY_PLAN,
+                    now,
+                    {"events": [event.model_dump(mode="json") for event in chunk]},
+                )
+                for chunk in chunks
+            ]
+        )
 
     def queued_events(self, claimed: Sequence[ClaimedWork]) -> list[Event]:
         ordered = sorted(claimed, key=lambda c: (c.work.due_at, c.work.key))

@@ -23,6 +23,7 @@ import contextlib
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import structlog
 from prometheus_client import Counter
@@ -352,11 +353,20 @@ class _Listener:
     queue: asyncio.Queue[tuple[int, FeedEntry] | None]
 
 
+class FeedSource(Protocol):
+    """What the live feed reads (a `NotificationStore` is one)."""
+
+    async def feed_after(
+        self, position: int, *, person_id: str | None = None, limit: int = 500
+    ) -> list[tuple[int, FeedEntry]]: ...
+    async def feed_position(self) -> int: ...
+
+
 class LiveFeed:
     """Stream entries for the listeners on this replica, whichever replica committed them."""
 
     def __init__(
-        self, store: NotificationStore, *, poll_interval_s: float, listener_backlog: int = 1000
+        self, store: FeedSource, *, poll_interval_s: float, listener_backlog: int = 1000
     ) -> None:
         self._store = store
         self._poll_interval_s = poll_interval_s
