@@ -33,8 +33,10 @@ from prometheus_client import Counter
 
 from leadflow.chassis.clock import Clock
 from leadflow.chassis.duework import ClaimedWork
+from services.nurture.channels.bounces import HardBounce
 from services.nurture.channels.email import OutboundEmail
 from services.nurture.channels.errors import (
+    HardBounceError,
     PermanentSendError,
     RecipientOptedOutError,
     RetryableSendError,
@@ -108,6 +110,10 @@ class OptOuts(Protocol):
 
     async def opted_out_phones(self, phones: Collection[str]) -> set[str]: ...
 
+    async def suppressed_emails(self, addresses: Collection[str]) -> set[str]:
+        """Addresses that hard-bounced (for whichever lead): never emailed again."""
+        ...
+
 
 class SendFeedback(Protocol):
     """What the send loop tells the channels: the carrier's opt-outs (Twilio 21610) and who
@@ -125,6 +131,10 @@ class SendFeedback(Protocol):
     ) -> bool: ...
 
     async def remember_sms_recipients(self, recipients: Sequence[SmsRecipient]) -> None: ...
+
+    async def hard_bounces(self, bounces: Sequence[HardBounce]) -> int:
+        """Suppress these addresses and mark their messages bounced (one transaction)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +234,8 @@ class _Item:
     """Why this message will never go (render error, permanent provider refusal)."""
     retry_at: datetime | None = None
     opted_out: bool = False
+    bounced: HardBounce | None = None
+    """The server refused the address for good (SMTP 5xx at RCPT TO): told to the channels."""
     replayed: bool = False
     """Sent (or failed) by an earlier attempt that did not commit: published now, unless
     that attempt's commit did happen after all (the enrollment moved on)."""
@@ -407,11 +419,17 @@ class SendDueSteps:
         phones = await self._opt_outs.opted_out_phones(
             {i.message.to for i in sending if isinstance(i.message, OutboundSms)}
         )
+        bounced = await self._opt_outs.suppressed_emails(
+            {i.message.to for i in sending if isinstance(i.message, OutboundEmail)}
+        )
         for item in sending:
             message = item.message
             if message is None or item.channel is None:
                 continue
-            if item.channel in by_lead.get(message.lead_id, frozenset()) or (
+            if isinstance(message, OutboundEmail) and message.to in bounced:
+                item.decision = StepDecision(StepOutcome.SKIP, "the address hard-bounced")
+                item.message = item.send = None
+            elif item.channel in by_lead.get(message.lead_id, frozenset()) or (
                 isinstance(message, OutboundSms) and message.to in phones
             ):
                 item.decision = StepDecision(StepOutcome.SKIP, f"opted out of {item.channel}")
@@ -478,6 +496,17 @@ class SendDueSteps:
             item.failure = f"gave up after {attempts} attempts: {error}"
         except RecipientOptedOutError as error:
             item.failure, item.opted_out = str(error), True
+        except HardBounceError as error:
+            item.failure = str(error)
+            item.bounced = HardBounce(
+                error.address or message.to,
+                lead_id=message.lead_id,
+                message_id=message.message_id,
+                sequence_id=message.sequence_id,
+                step=message.step,
+                status=error.code,
+                diagnostic=error.reason,
+            )
         except PermanentSendError as error:
             item.failure = str(error)
         else:
@@ -503,6 +532,7 @@ class SendDueSteps:
             and i.send.sent_at is not None
         ]
         await self._feedback.remember_sms_recipients(texted)
+        await self._feedback.hard_bounces([i.bounced for i in items if i.bounced is not None])
         for item in items:
             if item.opted_out and item.message is not None and item.channel is not None:
                 await self._feedback.opt_out(

@@ -4,12 +4,14 @@ on MongoDB and in memory, driven through the channel use cases."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
 
+from services.nurture.channels.bounces import HardBounce
 from services.nurture.channels.rules import InboundIntent, SmsRecipient
 from services.nurture.channels.store import ChannelStore, MongoChannelStore
 from services.nurture.channels.tokens import LinkClaims, TokenKind
@@ -304,3 +306,53 @@ async def test_opens_and_clicks_stored_together_count_once_each(subject: Subject
     assert again == [False]
     assert sorted(e.kind for e in await subject.store.engagements(["lead-g"])) == ["click", "open"]
     assert [type(e) for e in await subject.outbox()] == [EngagementRecordedV1] * 2
+
+
+async def test_a_hard_bounce_suppresses_the_address_and_marks_the_message_bounced_once(
+    subject: Subject,
+) -> None:
+    channels = feedback(subject.store)
+    bounce = HardBounce(
+        "Dana@Example.com", lead_id="lead-b", message_id="enr-b.0", sequence_id="seq", step=0
+    )
+    assert await channels.hard_bounces([dataclasses.replace(bounce, status="5.1.1")]) == 1
+    assert await channels.hard_bounces([bounce, bounce]) == 0  # reported again: no change
+    assert await subject.store.suppressed_emails(
+        ["dana@example.com", "DANA@example.COM", "dan@example.com"]
+    ) == {"dana@example.com", "DANA@example.COM"}
+    record = (await subject.store.message_statuses(["enr-b.0"]))["enr-b.0"]
+    assert (record.status, record.lead_id, record.channel, record.error_code) == (
+        "bounced",
+        "lead-b",
+        "email",
+        "5.1.1",
+    )
+    [event] = await subject.outbox()  # no LeadOptedOutV1: nobody chose to leave
+    assert isinstance(event, MessageStatusUpdatedV1)
+    assert (event.lead_id, event.status, event.message_id, event.step) == (
+        "lead-b",
+        "bounced",
+        "enr-b.0",
+        0,
+    )
+    # The address is suppressed, not the lead: the lead's other channel (and a new address
+    # it may give later) stays usable.
+    assert await subject.store.opted_out_channels(["lead-b"]) == {}
+
+
+async def test_a_bounce_naming_no_known_message_still_suppresses_the_address(
+    subject: Subject,
+) -> None:
+    assert await feedback(subject.store).hard_bounces([HardBounce("gone@example.com")]) == 0
+    assert await subject.store.suppressed_emails(["gone@example.com"]) == {"gone@example.com"}
+    assert await subject.outbox() == []
+
+
+async def test_an_email_bounce_and_an_sms_stop_are_kept_apart(
+    subject: Subject,
+) -> None:
+    channels = feedback(subject.store)
+    await channels.inbound_sms(InboundSms("SMz", PHONE, "STOP"))
+    await channels.hard_bounces([HardBounce("z@example.com", "lead-z", "enr-z.1", step=1)])
+    assert await subject.store.opted_out_phones([PHONE]) == {PHONE}
+    assert await subject.store.suppressed_emails(["z@example.com", PHONE]) == {"z@example.com"}

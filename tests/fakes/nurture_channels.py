@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from leadflow.chassis.store import DuplicateKeyError
+from services.nurture.channels.bounces import email_key
 from services.nurture.channels.rules import (
     Engagement,
     MessageStatusRecord,
@@ -63,6 +64,13 @@ class InMemoryChannelStore:
             phone
             for phone in phones
             if (state := self.tables.opt_outs.get(phone_key(phone))) and state.opted_out
+        }
+
+    async def suppressed_emails(self, addresses: Collection[str]) -> set[str]:
+        return {
+            address
+            for address in addresses
+            if (state := self.tables.opt_outs.get(email_key(address))) and state.opted_out
         }
 
     async def engagements(

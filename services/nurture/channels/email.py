@@ -19,7 +19,12 @@ import aiosmtplib
 import dkim  # type: ignore[import-untyped]  # dkimpy ships no type information
 import structlog
 
-from services.nurture.channels.errors import PermanentSendError, RetryableSendError
+from services.nurture.channels.bounces import enhanced_status, smtp_refusal_is_hard_bounce
+from services.nurture.channels.errors import (
+    HardBounceError,
+    PermanentSendError,
+    RetryableSendError,
+)
 from services.nurture.channels.tokens import LinkBuilder, LinkClaims, TokenKind
 
 log = structlog.get_logger(__name__)
@@ -163,8 +168,9 @@ class SmtpConfig:
 class SmtpEmailSender:
     """Sends over a few kept-open SMTP connections; returns the Message-ID header.
 
-    Raises RetryableSendError for 4xx replies, timeouts and connection failures, and
-    PermanentSendError for 5xx replies (the address or message is refused)."""
+    Raises RetryableSendError for 4xx replies, timeouts and connection failures,
+    HardBounceError for a 5xx refusing the address itself (channels.bounces), and
+    PermanentSendError for other 5xx replies (the message is refused)."""
 
     def __init__(
         self,
@@ -197,10 +203,12 @@ class SmtpEmailSender:
             except aiosmtplib.SMTPRecipientsRefused as refused:
                 self._idle.put_nowait(client)
                 first = refused.recipients[0]
-                raise _by_code(first.code, first.message) from refused
+                raise _by_code(
+                    first.code, first.message, to=outbound.to, at_recipient=True
+                ) from refused
             except aiosmtplib.SMTPResponseException as error:
                 self._idle.put_nowait(client)
-                raise _by_code(error.code, error.message) from error
+                raise _by_code(error.code, error.message, to=outbound.to) from error
             except (aiosmtplib.SMTPException, OSError) as error:
                 client.close()  # the connection is in an unknown state: a fresh one next time
                 raise RetryableSendError("email", f"SMTP connection failed: {error!r}") from error
@@ -237,7 +245,18 @@ class SmtpEmailSender:
                 await client.quit()
 
 
-def _by_code(code: int, reply: str) -> RetryableSendError | PermanentSendError:
+def _by_code(
+    code: int, reply: str, *, to: str, at_recipient: bool = False
+) -> RetryableSendError | PermanentSendError:
+    """`at_recipient`: the reply refused RCPT TO (the address) rather than MAIL FROM or
+    DATA (the message, the sender, or, rarely and with a 5.1.x code, the address)."""
     if 400 <= code < 500:
         return RetryableSendError("email", f"SMTP {code} {reply}", code=str(code))
+    if smtp_refusal_is_hard_bounce(code, reply, at_recipient=at_recipient):
+        return HardBounceError(
+            "email",
+            f"SMTP {code} {reply}",
+            address=to,
+            code=enhanced_status(reply) or str(code),
+        )
     return PermanentSendError("email", f"SMTP {code} {reply}", code=str(code))

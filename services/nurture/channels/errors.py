@@ -2,7 +2,8 @@
 
 The send loop retries a `RetryableSendError` with back-off, gives up at once on a
 `PermanentSendError`, and on `RecipientOptedOutError` (a kind of permanent error) also
-records the channel opt-out.
+records the channel opt-out; on `HardBounceError` (also permanent) it tells the channels,
+which suppress the address and mark the message bounced.
 """
 
 from __future__ import annotations
@@ -29,3 +30,12 @@ class PermanentSendError(SendError):
 class RecipientOptedOutError(PermanentSendError):
     """The recipient opted out at the carrier or provider (Twilio 21610): mark the channel
     opted out for this lead."""
+
+
+class HardBounceError(PermanentSendError):
+    """The receiving server refused the recipient's address for good (SMTP 5xx at RCPT TO,
+    e.g. 550 5.1.1 user unknown): suppress the address, never email it again."""
+
+    def __init__(self, channel: Channel, reason: str, *, address: str, code: str) -> None:
+        super().__init__(channel, reason, code=code)
+        self.address = address

@@ -8,6 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
+from services.nurture.channels.bounces import email_key
 from shared.events import Channel
 
 # CTIA / Twilio's standard keywords, matched as the whole message (one word, any case).
@@ -39,7 +40,7 @@ def inbound_intent(body: str) -> InboundIntent:
     return InboundIntent.REPLY
 
 
-MessageStatus = Literal["queued", "sent", "delivered", "undelivered", "failed"]
+MessageStatus = Literal["queued", "sent", "delivered", "undelivered", "failed", "bounced"]
 
 # Twilio's statuses of an outbound message, as the one we publish and its rank: a report
 # never moves a message to a lower rank, and the first final status (rank 2) stays.
@@ -86,7 +87,8 @@ class OptOut:
 
     SMS opt-outs are kept for the number as well as for the lead: STOP is a property of the
     handset (carriers and Twilio apply it to the number), and a text from a number no lead
-    is known by must still stop messages to it."""
+    is known by must still stop messages to it. A hard-bounced email address is likewise
+    kept for itself (`email`), so no lead with that address is emailed again."""
 
     channel: Channel
     opted_out: bool
@@ -94,14 +96,16 @@ class OptOut:
     changed_at: datetime
     lead_id: str | None = None
     phone: str | None = None
+    email: str | None = None
+    """An email address suppressed for itself (a hard bounce), whichever lead has it."""
 
     @property
     def key(self) -> str:
-        return (
-            lead_opt_out_key(self.lead_id, self.channel)
-            if self.lead_id
-            else phone_key(self.phone or "")
-        )
+        if self.lead_id:
+            return lead_opt_out_key(self.lead_id, self.channel)
+        if self.email:
+            return email_key(self.email)
+        return phone_key(self.phone or "")
 
 
 def lead_opt_out_key(lead_id: str, channel: Channel) -> str:

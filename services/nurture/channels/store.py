@@ -1,7 +1,8 @@
 """What the channel webhooks change, in nurture's database (the Mongo driver only here).
 
-- `channel_opt_outs`: one document per lead and channel (`_id` "lead:<lead>:<channel>") and
-  per phone number for SMS (`_id` "phone:<E.164>"), with the reason and time of the change.
+- `channel_opt_outs`: one document per lead and channel (`_id` "lead:<lead>:<channel>"),
+  per phone number for SMS (`_id` "phone:<E.164>") and per hard-bounced email address
+  (`_id` "email:<address, lower case>"), with the reason and time of the change.
 - `channel_message_statuses`: the latest delivery status of each message we sent (`_id`
   our message id), never moved backwards.
 - `channel_engagements`: opens, clicks and replies, `_id` the engagement's de-duplication
@@ -32,6 +33,7 @@ from leadflow.chassis.store import (
     Session,
     find_in,
 )
+from services.nurture.channels.bounces import email_key, normalize_address
 from services.nurture.channels.rules import (
     Engagement,
     MessageStatusRecord,
@@ -96,6 +98,10 @@ class ChannelStore(Protocol):
         """Which of these numbers opted out of SMS (STOP, or the carrier said so)."""
         ...
 
+    async def suppressed_emails(self, addresses: Collection[str]) -> set[str]:
+        """Which of these addresses (as given) hard-bounced, compared case-insensitively."""
+        ...
+
     async def engagements(
         self, lead_ids: Collection[str], since: datetime | None = None
     ) -> list[Engagement]:
@@ -145,6 +151,15 @@ class MongoChannelStore:
         keys = [phone_key(phone) for phone in phones]
         docs = await find_in(self._opt_outs, "_id", keys, also={"opted_out": True})
         return {doc["phone"] for doc in docs}
+
+    async def suppressed_emails(self, addresses: Collection[str]) -> set[str]:
+        by_key: dict[str, list[str]] = {}
+        for address in addresses:
+            by_key.setdefault(email_key(address), []).append(address)
+        docs = await find_in(
+            self._opt_outs, "_id", list(by_key), also={"opted_out": True}, projection={"_id": 1}
+        )
+        return {address for doc in docs for address in by_key[doc["_id"]]}
 
     async def engagements(
         self, lead_ids: Collection[str], since: datetime | None = None
@@ -241,6 +256,7 @@ def opt_out_document(state: OptOut) -> Document:
         "changed_at": state.changed_at,
         "lead_id": state.lead_id,
         "phone": state.phone,
+        "email": None if state.email is None else normalize_address(state.email),
     }
 
 
@@ -252,6 +268,7 @@ def opt_out_from_document(doc: Document) -> OptOut:
         changed_at=doc["changed_at"],
         lead_id=doc.get("lead_id"),
         phone=doc.get("phone"),
+        email=doc.get("email"),
     )
 
 

@@ -3,13 +3,21 @@ events they imply, in one transaction each."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 import structlog
 
 from leadflow.chassis.clock import Clock
+from services.nurture.channels.bounces import (
+    BOUNCED_RANK,
+    HARD_BOUNCE_REASON,
+    HardBounce,
+    normalize_address,
+)
+from services.nurture.channels.inbound_email import InboundMail, MailKind, send_key_of
 from services.nurture.channels.rules import (
     CARRIER_OPT_OUT_CODES,
     Engagement,
@@ -30,6 +38,7 @@ from services.nurture.channels.rules import (
 )
 from services.nurture.channels.store import ChannelStore, ChannelTransaction
 from services.nurture.channels.tokens import LinkClaims
+from services.nurture.rules import SendRecord
 from shared.events import (
     Channel,
     EngagementRecordedV1,
@@ -246,6 +255,19 @@ class ChannelFeedback:
 
         return await self._store.commit(work)
 
+    async def hard_bounces(self, bounces: Sequence[HardBounce]) -> int:
+        """Addresses that will never take our mail (an SMTP 5xx at send time, or a DSN),
+        in one transaction: see `record_hard_bounces`. How many messages became bounced."""
+        if not bounces:
+            return 0
+        now = self._clock()
+
+        async def work(tx: ChannelTransaction) -> tuple[int, list[Event]]:
+            events, _ = await record_hard_bounces(tx, bounces, now)
+            return len(events), events
+
+        return await self._store.commit(work)
+
     async def remember_sms_recipients(self, recipients: Sequence[SmsRecipient]) -> None:
         """Who was texted at which number (the send loop, once per batch of sends), so a
         text back is attributed even before any delivery report arrives."""
@@ -256,6 +278,160 @@ class ChannelFeedback:
 
         if recipients:
             await self._store.commit(work)
+
+
+class SentEmails(Protocol):
+    """Nurture's send records (`NurtureStore.send_records`): which lead, sequence and step
+    each of our message ids was."""
+
+    async def send_records(self, keys: Collection[str]) -> Mapping[str, SendRecord]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class InboundEmailOutcome:
+    kind: MailKind
+    lead_id: str | None
+    message_id: str | None
+    """Ours, that the email was about (None: it named none we sent)."""
+    changed: bool
+    """Whether anything was stored (False for a repeat, an auto-reply, a report that is no
+    hard bounce, or a reply to no message of ours)."""
+
+
+class InboundEmails:
+    """Emails that came back: replies become `reply` engagements (nurture's consumer ends
+    the lead's enrollments and may hand it back to sales), hard bounces suppress the
+    address and mark the message bounced; auto-replies and other reports change nothing."""
+
+    def __init__(self, store: ChannelStore, sent: SentEmails, *, clock: Clock) -> None:
+        self._store = store
+        self._sent = sent
+        self._clock = clock
+
+    async def record(self, mails: Sequence[InboundMail]) -> list[InboundEmailOutcome]:
+        """Several inbound emails in one transaction (one read of the send records they
+        name); an outcome for each, in order."""
+        keys = {key for m in mails for i in m.our_message_ids if (key := send_key_of(i))}
+        records = await self._sent.send_records(keys) if keys else {}
+        about = [_message_of(mail, records) for mail in mails]
+        now = self._clock()
+
+        async def work(tx: ChannelTransaction) -> tuple[list[InboundEmailOutcome], list[Event]]:
+            replies: dict[int, Engagement] = {}
+            bounces: list[HardBounce] = []
+            for index, (mail, (message_id, record)) in enumerate(zip(mails, about, strict=True)):
+                if mail.kind is MailKind.REPLY and message_id and record:
+                    replies[index] = _email_reply(mail, message_id, record, now)
+                elif mail.kind is MailKind.HARD_BOUNCE:
+                    bounces += _hard_bounces(mail, message_id, record)
+            added = await _add_engagements(tx, list(replies.values()))
+            bounce_events, suppressed = await record_hard_bounces(tx, bounces, now)
+            counted = {id(e) for e in added}
+            bounced = {e.message_id for e in bounce_events if isinstance(e, MessageStatusUpdatedV1)}
+            outcomes: list[InboundEmailOutcome] = []
+            for index, (mail, (message_id, record)) in enumerate(zip(mails, about, strict=True)):
+                if index in replies:
+                    changed = id(replies[index]) in counted
+                elif mail.kind is MailKind.HARD_BOUNCE:
+                    changed = message_id in bounced or any(
+                        r.address in suppressed for r in mail.hard_bounced
+                    )
+                else:
+                    changed = False
+                lead_id = None if record is None else record.lead_id
+                outcomes.append(InboundEmailOutcome(mail.kind, lead_id, message_id, changed))
+            return outcomes, [*_engagement_events(added), *bounce_events]
+
+        return await self._store.commit(work)
+
+
+def _message_of(
+    mail: InboundMail, records: Mapping[str, SendRecord]
+) -> tuple[str | None, SendRecord | None]:
+    """The first of our emails the inbound one names that we really sent."""
+    for message_id in mail.our_message_ids:
+        key = send_key_of(message_id)
+        record = None if key is None else records.get(key)
+        if record is not None and record.channel == "email":
+            return message_id, record
+    return None, None
+
+
+def _email_reply(
+    mail: InboundMail, message_id: str, record: SendRecord, now: datetime
+) -> Engagement:
+    return Engagement(
+        # By the reply's own Message-ID: a relay posting it twice counts it once.
+        key=reply_key(f"email:{mail.inbound_id}"),
+        lead_id=record.lead_id,
+        kind="reply",
+        at=now,
+        message_id=message_id,
+        channel="email",
+        sequence_id=record.sequence_id,
+        step=record.step,
+    )
+
+
+def _hard_bounces(
+    mail: InboundMail, message_id: str | None, record: SendRecord | None
+) -> list[HardBounce]:
+    return [
+        HardBounce(
+            recipient.address,
+            lead_id=None if record is None else record.lead_id,
+            message_id=message_id if record is not None else None,
+            sequence_id=None if record is None else record.sequence_id,
+            step=None if record is None else record.step,
+            status=recipient.status,
+            diagnostic=recipient.diagnostic,
+        )
+        for recipient in mail.hard_bounced
+    ]
+
+
+async def record_hard_bounces(
+    tx: ChannelTransaction, bounces: Sequence[HardBounce], now: datetime
+) -> tuple[list[Event], set[str]]:
+    """Suppress each address (an email opt-out of the address itself, reason
+    `hard_bounce`, so no lead with it is emailed again) and mark each known message
+    `bounced`; the MessageStatusUpdatedV1 events to publish, one per message newly bounced
+    (nurture's consumer then blocks the lead's email and ends enrollments left with no
+    channel). No LeadOptedOutV1: the person chose nothing, the address is just dead. A
+    second report of the same bounce changes nothing and publishes nothing. Also returns
+    the addresses newly suppressed (normalized)."""
+    wanted: dict[str, OptOut] = {}
+    for bounce in bounces:
+        if bounce.address:
+            state = OptOut("email", True, HARD_BOUNCE_REASON, now, email=bounce.address)
+            wanted.setdefault(state.key, state)
+    current = await tx.opt_outs(list(wanted))
+    suppressed = [
+        c for w in wanted.values() if (c := opt_out_change(current.get(w.key), w)) is not None
+    ]
+    await tx.save_opt_outs(suppressed)
+    known = [b for b in bounces if b.message_id and b.lead_id]
+    statuses = await tx.statuses({b.message_id for b in known if b.message_id})
+    changed: dict[str, MessageStatusRecord] = {}
+    for bounce in known:
+        assert bounce.message_id is not None and bounce.lead_id is not None
+        before = changed.get(bounce.message_id) or statuses.get(bounce.message_id)
+        if not moves_forward(None if before is None else before.rank, BOUNCED_RANK):
+            continue
+        changed[bounce.message_id] = MessageStatusRecord(
+            message_id=bounce.message_id,
+            lead_id=bounce.lead_id,
+            channel="email",
+            status="bounced",
+            rank=BOUNCED_RANK,
+            updated_at=now,
+            error_code=bounce.status,
+            sequence_id=bounce.sequence_id,
+            step=bounce.step,
+        )
+    await tx.save_statuses(list(changed.values()))
+    events: list[Event] = [_status_event(record, now) for record in changed.values()]
+    return events, {normalize_address(s.email or "") for s in suppressed}
 
 
 async def _set_opt_out(
