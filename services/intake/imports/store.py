@@ -138,7 +138,7 @@ class MongoImportStore:
                 await self._errors.bulk_write(
                     [
                         ReplaceOne(
-                            {"_id": f"{import_id}:{p.line:010d}:{n:03d}"},
+                            {"_id": error_id},
                             {
                                 "import_id": import_id,
                                 "line": p.line,
@@ -147,7 +147,7 @@ class MongoImportStore:
                             },
                             upsert=True,
                         )
-                        for n, p in _numbered(chunk.problems)
+                        for error_id, p in numbered_problems(import_id, chunk.problems)
                     ],
                     ordered=False,
                     session=session,
@@ -179,12 +179,16 @@ class MongoImportStore:
             yield doc
 
 
-def _numbered(problems: Sequence[RowProblem]) -> list[tuple[int, RowProblem]]:
-    """Each problem with its number within its line (a row may have several)."""
+def numbered_problems(
+    import_id: str, problems: Sequence[RowProblem]
+) -> list[tuple[str, RowProblem]]:
+    """Each problem with its id: by line, then its number within the line (a row may have
+    several), so the report lists them in file order and a chunk written again replaces
+    its own problems."""
     counts: dict[int, int] = {}
     numbered = []
     for problem in problems:
         n = counts.get(problem.line, 0)
         counts[problem.line] = n + 1
-        numbered.append((n, problem))
+        numbered.append((f"{import_id}:{problem.line:010d}:{n:03d}", problem))
     return numbered

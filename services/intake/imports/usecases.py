@@ -292,9 +292,11 @@ class _TextReader:
         if not self._started:
             self._started = True
             sample = bytearray()
+            # Detection looks at the first bytes; a given encoding needs none gathered.
+            wanted = DETECTION_SAMPLE_BYTES if self._given is None else 1
             async for piece in self._body:
                 sample += piece
-                if len(sample) >= DETECTION_SAMPLE_BYTES:
+                if len(sample) >= wanted:
                     break
             else:
                 self._exhausted = True
