@@ -151,7 +151,9 @@ def create_app(
         store, sequences, default_timezone=zone, clock=clock, scoring=scoring_policy(settings)
     )
     register_handlers(chassis, apply_lead_events)
-    webhooks = build_channel_webhooks(settings, chassis.database, chassis.ledger, clock=clock)
+    webhooks = build_channel_webhooks(
+        settings, chassis.database, chassis.ledger, clock=clock, sent=store
+    )
     links = link_builder(settings)
     senders = senders or provider_senders(settings, links, clock)
     send_due_steps = SendDueSteps(

@@ -60,6 +60,14 @@ class Settings(ServiceSettings):
     sms_opt_in_reply: str = "You will receive our texts again. Reply STOP to stop."
     sms_opt_out_reply: str = ""
     """Empty: no answer to STOP (Twilio's Advanced Opt-Out sends its own confirmation)."""
+    email_inbound_secret: SecretStr = SecretStr("leadflow-dev-inbound-email-change-me")
+    """Shared with the relay that posts inbound mail (replies, bounces) to /v1/email/inbound:
+    its `X-Leadflow-Signature` is HMAC-SHA256 of the request body under this secret. Set a
+    long random value in production."""
+    email_inbound_previous_secrets: tuple[SecretStr, ...] = ()
+    """Earlier inbound secrets still accepted (JSON list), while the relay is switched over."""
+    email_inbound_max_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    """Largest inbound email taken (413 above it): a DSN returns the whole original."""
 
     # --- scheduler: when due steps really go out --------------------------------------------
     scheduler_enabled: bool = True
