@@ -116,7 +116,7 @@ class LeadPublic(BaseModel):
     attribution: Attribution
     consent: Consent
     profile: Profile
-    message: str | None
+    message: str | None = None
     received_at: datetime
     last_inquiry_at: datetime
     inquiries: int

@@ -35,6 +35,7 @@ from services.intake.rules import (
     AcceptancePlan,
     ContactKey,
     ContactKind,
+    Inquiry,
     KnownLead,
     LeadMerge,
     LeadRecord,
@@ -376,19 +377,30 @@ def known_lead(doc: Document) -> KnownLead:
     )
 
 
+def compact(value: Any) -> Any:
+    """`value` without None and empty values inside it: a lead's document has half the
+    fields, and the local MongoDB-wire server writes it in half the time. Readers validate
+    documents with the models, whose defaults fill what is missing."""
+    if isinstance(value, dict):
+        return {k: compact(v) for k, v in value.items() if v is not None and v not in ({}, [], ())}
+    if isinstance(value, list | tuple):
+        return [compact(v) for v in value]
+    return value
+
+
 def lead_document(lead: LeadRecord) -> Document:
     return {
         "_id": lead.lead_id,
         "status": "lead",
-        "contact": lead.contact.model_dump(),
-        "attribution": lead.attribution.model_dump(),
-        "consent": lead.consent.model_dump(mode="python"),
-        "profile": lead.profile.model_dump(),
+        "contact": compact(lead.contact.model_dump()),
+        "attribution": compact(lead.attribution.model_dump()),
+        "consent": compact(lead.consent.model_dump(mode="python")),
+        "profile": compact(lead.profile.model_dump()),
         "message": lead.message,
         "received_at": lead.received_at,
         "last_inquiry_at": lead.last_inquiry_at,
         "inquiries": lead.inquiries,
-        "history": [asdict(inquiry) for inquiry in lead.history],
+        "history": history_documents(lead.history),
         "fit": None if lead.fit is None else lead.fit.model_dump(),
         "is_test": lead.is_test,
     }
@@ -396,16 +408,16 @@ def lead_document(lead: LeadRecord) -> Document:
 
 def merge_fields(merge: LeadMerge) -> Document:
     """What a merge sets on the lead (the rest is counted and appended)."""
-    fields: Document = {"contact": merge.contact.model_dump()}
+    fields: Document = {"contact": compact(merge.contact.model_dump())}
     if merge.profile is not None:
-        fields["profile"] = merge.profile.model_dump()
+        fields["profile"] = compact(merge.profile.model_dump())
     if merge.consent is not None:
-        fields["consent"] = merge.consent.model_dump(mode="python")
+        fields["consent"] = compact(merge.consent.model_dump(mode="python"))
     return fields
 
 
-def history_documents(merge: LeadMerge) -> list[Document]:
-    return [asdict(inquiry) for inquiry in merge.history]
+def history_documents(history: Sequence[Inquiry]) -> list[Document]:
+    return [compact(asdict(inquiry)) for inquiry in history]
 
 
 def merge_update(merge: LeadMerge) -> UpdateOne:
@@ -416,7 +428,9 @@ def merge_update(merge: LeadMerge) -> UpdateOne:
         "$inc": {"inquiries": merge.inquiries},
     }
     if merge.history:
-        update["$push"] = {"history": {"$each": history_documents(merge), "$slice": -HISTORY_KEPT}}
+        update["$push"] = {
+            "history": {"$each": history_documents(merge.history), "$slice": -HISTORY_KEPT}
+        }
     return UpdateOne({"_id": merge.lead_id}, update)
 
 

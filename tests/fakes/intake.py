@@ -189,5 +189,5 @@ class InMemoryAcceptingBatch:
             stored.update(merge_fields(merge))
             stored["last_inquiry_at"] = max(stored["last_inquiry_at"], merge.last_inquiry_at)
             stored["inquiries"] += merge.inquiries
-            history = [*stored.get("history", []), *history_documents(merge)]
+            history = [*stored.get("history", []), *history_documents(merge.history)]
             stored["history"] = history[-HISTORY_KEPT:]

@@ -86,7 +86,9 @@ async def test_a_repeat_inquiry_merges_into_the_known_lead(store: InMemoryIntake
     assert stored is not None
     assert stored["inquiries"] == 2
     assert stored["last_inquiry_at"] == later
-    assert stored["contact"] == {**first.contact.model_dump(), "name": "Dana", "email": DANA_EMAIL}
+    assert Contact.model_validate(stored["contact"]) == first.contact.model_copy(
+        update={"name": "Dana", "email": DANA_EMAIL}
+    )
     assert await store.get(again.lead_id) is None
     # The email it brought now finds the lead too.
     assert (await store.find_by_contact("email", DANA_EMAIL) or {})["_id"] == first.lead_id
