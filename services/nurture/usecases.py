@@ -196,8 +196,8 @@ class ApplyLeadEvents:
         return batch.requalified
 
 
-class EnrollByHand:
-    """Marketing enrolls a lead nurture knows in a sequence of its choice."""
+class _Enrolling:
+    """What enrolling by hand, one lead or many, works with."""
 
     def __init__(
         self,
@@ -213,6 +213,10 @@ class EnrollByHand:
         self._default_timezone = default_timezone
         self._clock = clock
         self._new_id = new_id
+
+
+class EnrollByHand(_Enrolling):
+    """Marketing enrolls a lead nurture knows in a sequence of its choice."""
 
     async def __call__(self, lead_id: str, sequence_id: str) -> Enrollment:
         """Enroll and publish `LeadEnrolledV1`, in one transaction. Raises
@@ -266,24 +270,9 @@ BULK_CHUNK = 200
 """Leads per transaction: one query per collection and one bulk write each."""
 
 
-class EnrollInBulk:
+class EnrollInBulk(_Enrolling):
     """A manager or marketing enrolls many leads at once: chosen by id or by a filter
     (seed 000: a bulk SMS to the leads who have not paid)."""
-
-    def __init__(
-        self,
-        store: NurtureStore,
-        sequences: Sequences,
-        *,
-        default_timezone: str,
-        clock: Clock,
-        new_id: Callable[[], str] = lambda: uuid4().hex,
-    ) -> None:
-        self._store = store
-        self._sequences = sequences
-        self._default_timezone = default_timezone
-        self._clock = clock
-        self._new_id = new_id
 
     async def __call__(
         self, sequence_id: str, *, lead_ids: Sequence[str] | None, where: ContactFilter
