@@ -37,7 +37,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,11 @@ class Fired:
     first_at: float | None = None
     last_at: float = 0.0
     batches: list[int] = field(default_factory=list)
+    transaction_s: list[float] = field(default_factory=list)
+    late_due_at: list[float] = field(default_factory=list)
+    """Due times (seconds after the first) of the items fired over a second late."""
     expected: int = 0
+    first_due: datetime = field(default_factory=utc_now)
     all_fired: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -137,6 +141,8 @@ def replica(url: str, database_name: str, name: str, fired: Fired, batch_size: i
     effects = database["effects"]
 
     async def fire(batch: list[ClaimedWork]) -> None:
+        began = time.perf_counter()
+
         async def work(session: Session) -> tuple[None, Sequence[Event]]:
             await effects.insert_many(
                 [{"key": c.work.key, "replica": name} for c in batch], session=session
@@ -150,7 +156,13 @@ def replica(url: str, database_name: str, name: str, fired: Fired, batch_size: i
         fired.first_at = now if fired.first_at is None else fired.first_at
         fired.last_at = now
         fired.batches.append(len(batch))
+        fired.transaction_s.append(now - began)
         fired.lateness_s.extend((committed - c.work.due_at).total_seconds() for c in batch)
+        fired.late_due_at.extend(
+            (c.work.due_at - fired.first_due).total_seconds()
+            for c in batch
+            if committed - c.work.due_at > timedelta(seconds=1)
+        )
         if len(fired.lateness_s) >= fired.expected:
             fired.all_fired.set()
 
@@ -189,6 +201,7 @@ async def scenario(
         due = [first_due + timedelta(seconds=i * step) for i in range(timers)]
     else:
         due = [now - timedelta(seconds=window_s * (1 - i / timers)) for i in range(timers)]
+    fired.first_due = min(due)
     items = [
         DueWork(f"{KIND}:L{i:06}:1", KIND, at, {"lead_id": f"L{i}"}) for i, at in enumerate(due)
     ]
@@ -228,6 +241,7 @@ async def scenario(
         "batches": len(fired.batches),
         "mean_batch": round(statistics.fmean(fired.batches), 1) if fired.batches else 0,
     }
+    result |= _where_time_went(fired)
     if late:
         result |= {
             "lateness_p50_s": round(_quantile(late, 0.50), 3),
@@ -241,6 +255,22 @@ async def scenario(
         result["offered_per_s"] = round(timers / window_s, 1)
         result["fires_per_s_while_busy"] = round(len(late) / span, 1)
     return result
+
+
+def _where_time_went(fired: Fired) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if fired.transaction_s:
+        spans = sorted(fired.transaction_s)
+        found["transaction_p50_s"] = round(_quantile(spans, 0.5), 3)
+        found["transaction_p99_s"] = round(_quantile(spans, 0.99), 3)
+    if fired.late_due_at:
+        # When (seconds after the first due time) the items more than 1 s late were due.
+        found["over_1s_late"] = len(fired.late_due_at)
+        found["over_1s_late_due_between_s"] = (
+            round(min(fired.late_due_at), 1),
+            round(max(fired.late_due_at), 1),
+        )
+    return found
 
 
 def _quantile(ordered: list[float], q: float) -> float:
