@@ -156,6 +156,14 @@ class RefusedError(AssignmentError):
     """A request that conflicts with the lead's or pool's state (409), with the reason."""
 
 
+class InvalidValueError(AssignmentError):
+    """A request field whose value the configuration does not know (422, naming it)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
 # --- the facts decisions are made on --------------------------------------------------
 
 
@@ -1680,7 +1688,9 @@ def log_activity(
 
 def set_grade(lead: Lead, grade: str, settings: RoutingSettings, now: datetime) -> Lead:
     if grade not in settings.grades:
-        raise RefusedError(f"unknown grade '{grade}'; known: {', '.join(settings.grades)}")
+        raise InvalidValueError(
+            "grade", f"unknown grade '{grade}'; known: {', '.join(settings.grades)}"
+        )
     ensure_workable(lead, "graded")
     graded = dataclasses.replace(lead, grade=grade, updated_at=now)
     since = lead.last_activity_at or lead.assigned_at or now

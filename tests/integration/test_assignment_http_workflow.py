@@ -182,6 +182,11 @@ async def test_a_rep_works_a_lead_from_first_call_to_conversion(
         "contacted",
         True,
     )
+    unknown_grade = await team.client.post(f"{url}/grade", json={"grade": "Z"}, headers=as_ana)
+    assert unknown_grade.status_code == 422
+    assert unknown_grade.json()["detail"][0]["loc"] == ["body", "grade"]
+    graded = await team.client.post(f"{url}/grade", json={"grade": "H"}, headers=as_ana)
+    assert graded.json()["next_follow_up_at"] is not None
     booked = await team.client.post(
         f"{url}/visits",
         json={"scheduled_for": (utc_now() + timedelta(days=1)).isoformat()},

@@ -14,6 +14,7 @@ from leadflow.chassis.http import from_state, unprocessable
 from services.assignment.rules import (
     Actor,
     AssignmentError,
+    InvalidValueError,
     NotFoundError,
     NotOwnerError,
     UnknownPoolError,
@@ -59,7 +60,7 @@ def refusal(error: AssignmentError) -> HTTPException:
             return HTTPException(status.HTTP_403_FORBIDDEN, detail=str(error))
         case UnknownRepsError():
             return unprocessable((("body", error.field), str(error)))
-        case UnknownPoolError():
+        case UnknownPoolError() | InvalidValueError():
             return unprocessable((("body", error.field), str(error)))
         case _:  # AlreadyExistsError, TransitionRefusedError, RefusedError: state conflicts
             return HTTPException(status.HTTP_409_CONFLICT, detail=str(error))
