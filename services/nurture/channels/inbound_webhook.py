@@ -112,7 +112,7 @@ def inbound_email_routes(
 
 async def _bounded_body(request: Request, max_bytes: int) -> bytes:
     too_large = HTTPException(
-        status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        status.HTTP_413_CONTENT_TOO_LARGE,
         detail=f"an inbound email may be at most {max_bytes} bytes; nothing was changed",
     )
     declared = request.headers.get("content-length", "")

@@ -1,0 +1,346 @@
+"""Email that comes back, on the running nurture service: real broker and database, the
+send loop mailing the real SMTP sink (aiosmtpd), and the signed inbound-mail webhook fed
+the replies and delivery status notifications a relay would post."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from leadflow.chassis.auth import Role
+from leadflow.sinks import FakeTwilio, MailSink, ReceivedMail
+from services.nurture.app import create_app
+from services.nurture.channels.inbound_email import SIGNATURE_HEADER, sign_body
+from services.nurture.channels.runtime import ChannelWebhooks
+from services.nurture.settings import Settings
+from shared.events import (
+    Attribution,
+    Consent,
+    Contact,
+    EngagementRecordedV1,
+    Event,
+    LeadReceivedV1,
+    MessageFailedV1,
+    MessageStatusUpdatedV1,
+)
+from shared.topics import EVENT_ON, topic_for
+from tests.conftest import Keys
+from tests.support.infra import Infra
+from tests.support.kafka import publish_event, read_all
+from tests.support.services import eventually, serve, settings_for
+
+pytestmark = pytest.mark.integration
+
+SECRET = "inbound-integration-secret"
+DOMAIN = "nurture-inbound.example"
+EMAIL_STEP = {
+    "channel": "email",
+    "delay_hours": 0,
+    "subject": "Spring offer for {{ first_name }}",
+    "body": "Hello {{ name }}, our spring classes start soon.",
+}
+
+
+@dataclass
+class ShiftedClock:
+    offset: timedelta = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+@dataclass
+class Nurture:
+    client: httpx.AsyncClient
+    channels: ChannelWebhooks
+    clock: ShiftedClock
+    keys: Keys
+    infra: Infra
+    sink: MailSink
+
+    async def lead(self, address: str | None = None) -> tuple[str, str]:
+        lead_id = f"lead-{uuid.uuid4().hex}"
+        address = address or f"{lead_id}@example.com"
+        await publish_event(
+            self.infra.kafka_bootstrap,
+            LeadReceivedV1(
+                lead_id=lead_id,
+                occurred_at=self.clock() - timedelta(minutes=1),
+                contact=Contact(name="Dana Kim", email=address, timezone="Asia/Seoul"),
+                attribution=Attribution(source="website", channel="web_form"),
+                consent=Consent(email=True, sms=False),
+            ),
+        )
+        return lead_id, address
+
+    async def enrolled(self, lead_id: str, *steps: dict[str, Any]) -> None:
+        headers = await self.keys.headers(Role.MARKETING)
+        sequence_id = f"seq-{uuid.uuid4().hex[:10]}"
+        body = {"sequence_id": sequence_id, "name": "Spring", "steps": list(steps)}
+        created = await self.client.post("/v1/sequences", json=body, headers=headers)
+        assert created.status_code == 201, created.text
+
+        async def attempt() -> list[str]:
+            enroll = {"sequence_id": sequence_id, "lead_ids": [lead_id]}
+            response = await self.client.post("/v1/enrollments/bulk", json=enroll, headers=headers)
+            assert response.status_code == 200, response.text
+            refused: list[str] = response.json()["refused_lead_ids"]
+            return refused  # not consumed yet: asked again
+
+        await eventually(attempt, lambda refused: not refused, timeout_s=30)
+
+    async def enrollment(self, lead_id: str) -> dict[str, Any]:
+        headers = await self.keys.headers(Role.MARKETING)
+        response = await self.client.get(f"/v1/enrollments/{lead_id}", headers=headers)
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def mails_to(self, address: str, count: int = 1) -> list[ReceivedMail]:
+        async def arrived() -> list[ReceivedMail]:
+            return [m for m in self.sink.messages if address in m.rcpt_tos]
+
+        return await eventually(arrived, lambda found: len(found) >= count, timeout_s=30)
+
+    async def post_mail(
+        self, raw: bytes, *, signature: str | None = None, form: bool = False
+    ) -> httpx.Response:
+        if form:
+            request = self.client.build_request(
+                "POST", "/v1/email/inbound", files={"message": ("m.eml", raw, "message/rfc822")}
+            )
+            body = request.read()
+        else:
+            body = raw
+            request = self.client.build_request(
+                "POST",
+                "/v1/email/inbound",
+                content=body,
+                headers={"Content-Type": "message/rfc822"},
+            )
+        request.headers[SIGNATURE_HEADER] = signature or sign_body(SECRET, body)
+        return await self.client.send(request)
+
+    async def events(self, lead_id: str, model: type[Event]) -> list[Event]:
+        records = await read_all(self.infra.kafka_bootstrap, topic_for(model))
+        parsed = [EVENT_ON[topic_for(model)].model_validate_json(value) for value, _ in records]
+        return [e for e in parsed if e.lead_id == lead_id]
+
+
+@pytest.fixture(scope="module")
+def sink() -> Iterator[MailSink]:
+    with MailSink() as mail:
+        yield mail
+
+
+@pytest.fixture(scope="module")
+async def nurture(infra: Infra, run_id: str, keys: Keys, sink: MailSink) -> AsyncIterator[Nurture]:
+    with FakeTwilio() as twilio:
+        clock = ShiftedClock()
+        settings = settings_for(
+            Settings,
+            infra,
+            run_id,
+            database=f"leadflow_nurture_inbound_{run_id}",
+            consumer_group=f"leadflow_nurture-inbound-{run_id}",
+            smtp_host=sink.host,
+            smtp_port=sink.port,
+            smtp_starttls=False,
+            twilio_base_url=twilio.base_url,
+            public_url="http://nurture.test",
+            email_message_id_domain=DOMAIN,
+            email_inbound_secret=SECRET,
+            quiet_hours_start=None,
+            email_cap_per_day=100,
+            email_cap_per_week=100,
+            scheduler_idle_poll_s=0.2,
+        )
+        app = create_app(settings, clock=clock)
+        async with serve(app) as client:
+            yield Nurture(client, app.state.channel_webhooks, clock, keys, infra, sink)
+
+
+def reply_to(mail: ReceivedMail, *more_headers: str, body: str = "Saturday works.") -> bytes:
+    message_id = mail.header("Message-ID")
+    assert message_id is not None and message_id.endswith(f"@{DOMAIN}>")
+    headers = [
+        f"From: Dana Kim <{mail.rcpt_tos[0]}>",
+        f"To: {mail.mail_from}",
+        f"Subject: Re: {mail.header('Subject')}",
+        f"Message-ID: <{uuid.uuid4().hex}@mail.example.com>",
+        f"In-Reply-To: {message_id}",
+        f"References: {message_id}",
+        *more_headers,
+    ]
+    return ("\r\n".join(headers) + "\r\n\r\n" + body + "\r\n").encode()
+
+
+def dsn_for(mail: ReceivedMail, *, status: str = "5.1.1") -> bytes:
+    """What the recipient's server sends back to our bounce address (RFC 3464)."""
+    address = mail.rcpt_tos[0]
+    original = mail.data.split(b"\r\n\r\n", 1)[0].decode()
+    return (
+        "From: Mail Delivery System <MAILER-DAEMON@mx.example.net>\r\n"
+        f"To: {mail.mail_from}\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\n"
+        f"Message-ID: <{uuid.uuid4().hex}@mx.example.net>\r\n"
+        "Auto-Submitted: auto-replied\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="XB"\r\n'
+        "\r\n--XB\r\nContent-Type: text/plain\r\n\r\nThe mailbox does not exist.\r\n"
+        "--XB\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.example.net\r\n\r\n"
+        f"Final-Recipient: rfc822; {address}\r\nAction: failed\r\nStatus: {status}\r\n"
+        f"Diagnostic-Code: smtp; 550 {status} <{address}>: user unknown\r\n"
+        f"\r\n--XB\r\nContent-Type: text/rfc822-headers\r\n\r\n{original}\r\n--XB--\r\n"
+    ).encode()
+
+
+async def test_a_reply_to_a_sent_email_is_a_reply_and_ends_the_enrollment(
+    nurture: Nurture,
+) -> None:
+    lead_id, address = await nurture.lead()
+    await nurture.enrolled(lead_id, EMAIL_STEP, {**EMAIL_STEP, "delay_hours": 48})
+    [mail] = await nurture.mails_to(address)
+    reply = reply_to(mail)
+
+    answered = await nurture.post_mail(reply)
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["kind"] == "reply"
+    assert answered.json()["lead_id"] == lead_id
+    assert answered.json()["changed"] is True
+    again = await nurture.post_mail(reply)  # the relay posts it twice
+    assert (again.status_code, again.json()["changed"]) == (200, False)
+
+    [event] = await eventually(
+        lambda: nurture.events(lead_id, EngagementRecordedV1), bool, timeout_s=30
+    )
+    assert isinstance(event, EngagementRecordedV1)
+    assert (event.kind, event.channel, event.step) == ("reply", "email", 0)
+    ended = await eventually(
+        lambda: nurture.enrollment(lead_id), lambda e: e["status"] == "stopped", timeout_s=30
+    )
+    assert ended["stop_reason"] == "replied"
+
+
+async def test_an_out_of_office_answer_is_not_a_reply(nurture: Nurture) -> None:
+    lead_id, address = await nurture.lead()
+    await nurture.enrolled(lead_id, EMAIL_STEP, {**EMAIL_STEP, "delay_hours": 48})
+    [mail] = await nurture.mails_to(address)
+    answered = await nurture.post_mail(
+        reply_to(mail, "Auto-Submitted: auto-replied", body="I am away until Monday."),
+        form=True,
+    )
+    assert answered.status_code == 200, answered.text
+    assert (answered.json()["kind"], answered.json()["changed"]) == ("automated", False)
+    assert await nurture.channels.store.engagements([lead_id]) == []
+    assert (await nurture.enrollment(lead_id))["status"] == "active"
+
+
+async def test_a_dsn_bounces_the_message_and_no_lead_is_emailed_at_that_address_again(
+    nurture: Nurture,
+) -> None:
+    lead_id, address = await nurture.lead()
+    await nurture.enrolled(lead_id, EMAIL_STEP, {**EMAIL_STEP, "delay_hours": 1})
+    [mail] = await nurture.mails_to(address)
+
+    bounced = await nurture.post_mail(dsn_for(mail), form=True)
+    assert bounced.status_code == 200, bounced.text
+    ours = (mail.header("Message-ID") or "").strip("<>").split("@")[0]
+    assert bounced.json() == {
+        "kind": "hard_bounce",
+        "lead_id": lead_id,
+        "message_id": ours,
+        "changed": True,
+    }
+    [status] = await eventually(
+        lambda: nurture.events(lead_id, MessageStatusUpdatedV1), bool, timeout_s=30
+    )
+    assert isinstance(status, MessageStatusUpdatedV1)
+    assert (status.status, status.channel, status.error_code) == ("bounced", "email", "5.1.1")
+    assert await nurture.channels.store.suppressed_emails([address]) == {address}
+    ended = await eventually(
+        lambda: nurture.enrollment(lead_id), lambda e: e["status"] == "stopped", timeout_s=30
+    )
+    assert ended["stop_reason"] == "bounced"
+
+    # Another lead with the same address: its email is skipped, never handed to the server.
+    other_id, _ = await nurture.lead(address)
+    await nurture.enrolled(other_id, EMAIL_STEP)
+    done = await eventually(
+        lambda: nurture.enrollment(other_id), lambda e: e["status"] == "completed", timeout_s=30
+    )
+    assert done["last_sent_at"] is None
+    nurture.clock.offset += timedelta(hours=1, minutes=1)  # the first lead's next step falls due
+    await asyncio.sleep(2)
+    assert len([m for m in nurture.sink.messages if address in m.rcpt_tos]) == 1
+
+
+async def test_a_forged_or_missing_signature_is_refused_and_changes_nothing(
+    nurture: Nurture,
+) -> None:
+    lead_id, address = await nurture.lead()
+    await nurture.enrolled(lead_id, EMAIL_STEP, {**EMAIL_STEP, "delay_hours": 48})
+    [mail] = await nurture.mails_to(address)
+    for raw, signature in [
+        (reply_to(mail), sign_body("not-the-secret", reply_to(mail))),
+        (dsn_for(mail), "sha256=" + "0" * 64),
+        (dsn_for(mail), ""),
+    ]:
+        refused = await nurture.post_mail(raw, signature=signature or " ")
+        assert refused.status_code == 403, refused.text
+    tampered = await nurture.client.post(
+        "/v1/email/inbound",
+        content=dsn_for(mail) + b" ",
+        headers={"Content-Type": "message/rfc822", SIGNATURE_HEADER: sign_body(SECRET, b"x")},
+    )
+    assert tampered.status_code == 403
+    await asyncio.sleep(1)  # anything stored would be published by now
+    assert await nurture.channels.store.engagements([lead_id]) == []
+    assert await nurture.channels.store.suppressed_emails([address]) == set()
+    assert await nurture.events(lead_id, MessageStatusUpdatedV1) == []
+    assert (await nurture.enrollment(lead_id))["status"] == "active"
+
+
+async def test_an_unreadable_post_names_what_is_wrong(nurture: Nurture) -> None:
+    text = b"hello"
+    wrong_type = await nurture.client.post(
+        "/v1/email/inbound",
+        content=text,
+        headers={"Content-Type": "text/plain", SIGNATURE_HEADER: sign_body(SECRET, text)},
+    )
+    assert wrong_type.status_code == 415
+    no_field = nurture.client.build_request(
+        "POST", "/v1/email/inbound", files={"attachment": ("a.txt", b"x", "text/plain")}
+    )
+    no_field.headers[SIGNATURE_HEADER] = sign_body(SECRET, no_field.read())
+    missing = await nurture.client.send(no_field)
+    assert missing.status_code == 422
+    assert missing.json()["detail"][0]["loc"] == ["body", "message"]
+    empty = await nurture.post_mail(b"\r\n")
+    assert empty.status_code == 422
+
+
+async def test_an_smtp_550_at_send_time_bounces_the_message(nurture: Nurture) -> None:
+    lead_id, address = await nurture.lead()
+    nurture.sink.refused[address.lower()] = 550  # RCPT TO answers "550 5.1.1 no such user"
+    await nurture.enrolled(lead_id, EMAIL_STEP, {**EMAIL_STEP, "delay_hours": 1})
+    [status] = await eventually(
+        lambda: nurture.events(lead_id, MessageStatusUpdatedV1), bool, timeout_s=30
+    )
+    assert isinstance(status, MessageStatusUpdatedV1)
+    assert (status.status, status.error_code, status.step) == ("bounced", "5.1.1", 0)
+    [failed] = await eventually(lambda: nurture.events(lead_id, MessageFailedV1), bool)
+    assert isinstance(failed, MessageFailedV1) and "550" in failed.error
+    assert await nurture.channels.store.suppressed_emails([address]) == {address}
+    ended = await eventually(
+        lambda: nurture.enrollment(lead_id), lambda e: e["status"] == "stopped", timeout_s=30
+    )
+    assert ended["stop_reason"] == "bounced"
+    assert [m for m in nurture.sink.messages if address in m.rcpt_tos] == []
