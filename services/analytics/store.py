@@ -32,16 +32,22 @@ from collections.abc import (
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from pymongo import ASCENDING, ReplaceOne, UpdateOne
+from pymongo import ASCENDING, ReplaceOne
 
+from leadflow.chassis.store import (
+    IN_CHUNK,
+    Database,
+    Document,
+    EventLedger,
+    Session,
+    find_in,
+)
 from leadflow.chassis.store import Collection as MongoCollection
-from leadflow.chassis.store import Database, Document, EventLedger, Session, find_in
 from services.analytics.rules import (
     LEAD_DIMENSIONS,
     PERSONAL_FIELDS,
     BatchTally,
     Campaign,
-    GaugeMove,
     Increment,
     LeadFacts,
     Metric,
@@ -234,10 +240,10 @@ class MongoAnalyticsStore:
             if not batch:
                 return 0, []
             counters, gauge = fold_deltas(batch)
-            if counters:
-                await self._counters.bulk_write(counters, ordered=False, session=session)
-            if gauge:
-                await self._open.bulk_write(gauge, ordered=False, session=session)
+            # Read, add up in memory, delete and insert: two bulk writes, where an upsert
+            # per document costs a round of the server's update path each.
+            await _replace_all(self._counters, counters, _add_counter, session)
+            await _replace_all(self._open, gauge, _add_gauge, session)
             await self._deltas.delete_many(
                 {"_id": {"$in": [doc["_id"] for doc in batch]}}, session=session
             )
@@ -401,42 +407,57 @@ def slot_of(metric: str, extra: Mapping[str, str]) -> str:
     return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:24]
 
 
-def fold_deltas(deltas: Sequence[Document]) -> tuple[list[UpdateOne], list[UpdateOne]]:
-    """The upserts that add `deltas` to the counters and the gauge: one per counter
-    document (hour and lead dimensions), every metric of it in the one update."""
-    documents: dict[str, dict[str, Any]] = {}
-    for delta in deltas:
-        for hour, metric, pairs, count, amount in delta["inc"]:
-            lead = {k: v for k, v in pairs if k in LEAD_DIMENSIONS}
-            extra = {k: v for k, v in pairs if k not in LEAD_DIMENSIONS}
-            doc_id = json.dumps([hour, sorted(lead.items())], separators=(",", ":"))
-            doc = documents.setdefault(
-                doc_id, {"hour": hour, "dimensions": lead, "inc": {}, "set": {}}
-            )
-            slot = slot_of(metric, extra)
-            doc["inc"][f"m.{slot}.count"] = doc["inc"].get(f"m.{slot}.count", 0) + count
-            doc["inc"][f"m.{slot}.amount"] = doc["inc"].get(f"m.{slot}.amount", 0.0) + amount
-            doc["set"][f"m.{slot}.metric"] = metric
-            doc["set"][f"m.{slot}.extra"] = extra
-    counters = [
-        UpdateOne(
-            {"_id": doc_id},
-            {
-                "$setOnInsert": {"hour": doc["hour"], "dimensions": doc["dimensions"]},
-                "$set": doc["set"],
-                "$inc": doc["inc"],
-            },
-            upsert=True,
-        )
-        for doc_id, doc in documents.items()
-    ]
+def fold_deltas(deltas: Sequence[Document]) -> tuple[list[Document], list[Document]]:
+    """The counter and gauge documents that `deltas` add up to (one per hour and lead
+    dimensions, every metric in it; one per open-lead place)."""
+    increments = (
+        Increment(hour_from_key(hour), Metric(metric), tuple((k, v) for k, v in pairs), n, amount)
+        for delta in deltas
+        for hour, metric, pairs, n, amount in delta["inc"]
+    )
     moves: dict[OpenKey, int] = {}
     for delta in deltas:
         for key_doc, count in delta.get("gauge", ()):
             key = OpenKey(**key_doc)
             moves[key] = moves.get(key, 0) + count
-    gauge = [gauge_update(GaugeMove(key, n)) for key, n in moves.items() if n]
-    return counters, gauge
+    gauge = [
+        {"_id": gauge_key(key), "key": dataclasses.asdict(key), "count": n}
+        for key, n in moves.items()
+        if n
+    ]
+    return counter_documents(increments), gauge
+
+
+def _add_counter(into: Document, stored: Document) -> None:
+    for slot, entry in stored["m"].items():
+        mine = into["m"].setdefault(slot, {**entry, "count": 0, "amount": 0.0})
+        mine["count"] += entry["count"]
+        mine["amount"] += entry["amount"]
+
+
+def _add_gauge(into: Document, stored: Document) -> None:
+    into["count"] += stored["count"]
+
+
+async def _replace_all(
+    collection: MongoCollection,
+    documents: list[Document],
+    add_stored: Callable[[Document, Document], None],
+    session: Session,
+) -> None:
+    """Write `documents` added to what `collection` holds under their ids."""
+    if not documents:
+        return
+    by_id = {doc["_id"]: doc for doc in documents}
+    stored = await find_in(collection, "_id", by_id, session=session)
+    for doc in stored:
+        add_stored(by_id[doc["_id"]], doc)
+    known = [doc["_id"] for doc in stored]
+    for start in range(0, len(known), IN_CHUNK):
+        await collection.delete_many(
+            {"_id": {"$in": known[start : start + IN_CHUNK]}}, session=session
+        )
+    await collection.insert_many(list(by_id.values()), ordered=False, session=session)
 
 
 def counter_documents(increments: Iterable[Increment]) -> list[Document]:
@@ -462,14 +483,6 @@ def counter_documents(increments: Iterable[Increment]) -> list[Document]:
 
 def gauge_key(key: OpenKey) -> str:
     return "|".join(value for _, value in key.as_dimensions())
-
-
-def gauge_update(move: GaugeMove) -> UpdateOne:
-    return UpdateOne(
-        {"_id": gauge_key(move.key)},
-        {"$setOnInsert": {"key": dataclasses.asdict(move.key)}, "$inc": {"count": move.count}},
-        upsert=True,
-    )
 
 
 _FACT_TIMES = (
