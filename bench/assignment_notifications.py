@@ -2,7 +2,7 @@
 against ceilings measured on the same servers in the same run.
 
     .venv/bin/python bench/assignment_notifications.py
-    .venv/bin/python bench/assignment_notifications.py --events 5000 --emails 1000
+    .venv/bin/python bench/assignment_notifications.py --events 5000 --emails 1000 --storage memory
 
 On a SecantusDB started here (127.0.0.1, on disk with `--sync-on-commit` as `leadflow up`
 runs it, unless `--storage memory`) and the local mail sink (`leadflow.sinks.MailSink`):
@@ -176,7 +176,7 @@ async def bench_plan(mongo_url: str, sink: MailSink, events: int) -> dict[str, A
         while await deliveries.count_documents({}) < 2 * events:
             if time.perf_counter() - started > DEADLINE_S:
                 raise SystemExit("planning did not finish in time")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.25)
         planned_s = time.perf_counter() - started
     finally:
         await runtime.planner.stop()
@@ -262,8 +262,8 @@ async def bench(mongo_url: str, args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--events", type=int, default=5000)
-    parser.add_argument("--emails", type=int, default=1000)
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--emails", type=int, default=500)
     parser.add_argument("--storage", choices=["disk", "memory"], default="disk")
     args = parser.parse_args()
     if not (0 < args.events <= 50_000 and 0 < args.emails <= 10_000):
