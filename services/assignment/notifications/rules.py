@@ -539,8 +539,10 @@ def notice_for_request(
     text: str,
     details: Mapping[str, Any] | None = None,
 ) -> Notice:
-    """A notice a workflow step raises itself (help requested, follow-up overdue): no event
-    carries these, so the step records them in its own transaction."""
+    """A notice a workflow step raises itself, for what no event carries: the step records
+    it in its own transaction (`NotificationRuntime.record_notices`). `source_id` names
+    the occurrence (an activity's or a timer's id): the same source, kind and person is
+    one notice, and recording it twice fails the step's transaction."""
     return Notice(
         f"{source_id}:{kind}:{person_id}", kind, person_id, lead_id, at, text, details or {}
     )
