@@ -25,7 +25,7 @@ from tests.conftest import Keys
 from tests.support.infra import Infra
 from tests.support.kafka import publish_event
 from tests.support.services import eventually, settings_for
-from tests.support.sse import events_until, over_http
+from tests.support.sse import events_until, over_http, read_events
 from tests.support.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.integration
@@ -45,6 +45,7 @@ class Service:
     sink: MailSink
     receiver: WebhookReceiver
     bootstrap: str
+    settings: Settings
 
     async def rep(self, *, webhook: bool) -> str:
         rep_id = unique("rep")
@@ -135,9 +136,8 @@ async def service(
     )
     async with over_http(create_app(settings)) as client:
         await eventually(lambda: _ready(client), lambda ready: ready, timeout_s=60)
-        yield Service(
-            client, await keys.headers(Role.MANAGER), sink, receiver, infra.kafka_bootstrap
-        )
+        manager = await keys.headers(Role.MANAGER)
+        yield Service(client, manager, sink, receiver, infra.kafka_bootstrap, settings)
 
 
 async def _ready(client: httpx.AsyncClient) -> bool:
@@ -216,3 +216,41 @@ async def test_a_dead_webhook_does_not_hold_up_routing_and_gets_each_notice_once
 
 async def _value(read: Callable[[], int]) -> int:
     return read()
+
+
+async def test_a_second_replica_streams_what_either_routed_and_each_email_goes_once(
+    service: Service, keys: Keys
+) -> None:
+    ana = await service.rep(webhook=False)
+    region = await service.pool([ana])
+    headers = await keys.headers(Role.REP, rep_id=ana)
+
+    # Same database and consumer group: the two split the partitions, so either may route
+    # and plan a lead; the stream is followed on the second one.
+    async with over_http(create_app(service.settings)) as other:
+        await eventually(lambda: _ready(other), lambda ready: ready, timeout_s=60)
+        async with other.stream("GET", "/v1/me/stream", headers=headers) as stream:
+            assert stream.status_code == 200
+            lines = stream.aiter_lines()
+            await asyncio.sleep(0.5)
+            lead_ids = {await service.send_lead(region) for _ in range(6)}
+            streamed: set[str] = set()
+
+            async def until_all_streamed() -> None:
+                while streamed != lead_ids:
+                    [event] = await read_events(lines, count=1)
+                    if event.event == "lead-assigned":
+                        streamed.add(event.data["lead_id"])
+
+            await asyncio.wait_for(until_all_streamed(), timeout=60)
+        await eventually(
+            lambda: _value(lambda: len(service.mails_to(f"{ana}@example.com"))),
+            lambda n: n >= len(lead_ids),
+        )
+        await asyncio.sleep(1.5)  # both replicas' runners keep running: time to send twice
+
+    mails = service.mails_to(f"{ana}@example.com")
+    assert len(mails) == len(lead_ids)
+    assert {m.header("Subject") for m in mails} == {
+        f"[leadflow] New lead {lead_id} is yours." for lead_id in lead_ids
+    }
