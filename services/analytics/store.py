@@ -358,20 +358,9 @@ class _MongoRecordingBatch:
                 session=session,
             )
         if tally.increments or tally.gauge:
-            # One document for the whole batch; `compact` folds it into the roll-ups.
-            hours = [hour_key(increment.hour) for increment in tally.increments]
-            await store._deltas.insert_one(
-                {
-                    "lo": min(hours, default=""),
-                    "hi": max(hours, default=""),
-                    "inc": [
-                        [hour, i.metric.value, [list(p) for p in i.dimensions], i.count, i.amount]
-                        for hour, i in zip(hours, tally.increments, strict=True)
-                    ],
-                    "gauge": [[dataclasses.asdict(m.key), m.count] for m in tally.gauge],
-                },
-                session=session,
-            )
+            # A few documents for the whole batch (one insert); `compact` folds them into
+            # the roll-ups one at a time, each a short transaction even on a slow server.
+            await store._deltas.insert_many(delta_documents(tally), session=session)
         if tally.campaigns:
             # The newest version of a campaign wins, whatever order versions arrive in.
             stored = {
@@ -405,6 +394,31 @@ def slot_of(metric: str, extra: Mapping[str, str]) -> str:
     """A field name (no dots, no $) for one metric and its own dimensions."""
     text = json.dumps([metric, sorted(extra.items())], separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:24]
+
+
+DELTA_SIZE = 200
+"""Most counter increments (and gauge moves) in one delta document."""
+
+
+def delta_documents(tally: BatchTally) -> list[Document]:
+    entries = [
+        [hour_key(i.hour), i.metric.value, [list(p) for p in i.dimensions], i.count, i.amount]
+        for i in tally.increments
+    ]
+    moves = [[dataclasses.asdict(m.key), m.count] for m in tally.gauge]
+    documents: list[Document] = []
+    for start in range(0, max(len(entries), len(moves)), DELTA_SIZE):
+        part = entries[start : start + DELTA_SIZE]
+        hours = [entry[0] for entry in part]
+        documents.append(
+            {
+                "lo": min(hours, default=""),
+                "hi": max(hours, default=""),
+                "inc": part,
+                "gauge": moves[start : start + DELTA_SIZE],
+            }
+        )
+    return documents
 
 
 def fold_deltas(deltas: Sequence[Document]) -> tuple[list[Document], list[Document]]:
