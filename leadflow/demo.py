@@ -46,6 +46,7 @@ CAMPAIGNS = (
     ("flyers-june", "June flyers", "flyer", 450000.0, "KRW"),
 )
 LOSS_REASONS = {1: "wrong number", 2: "joined another gym", 3: "busy, call in autumn"}
+RETRIES = 5
 
 
 @dataclass
@@ -97,16 +98,21 @@ class _Api:
     async def call(
         self, method: str, path: str, what: str, *, ok: tuple[int, ...] = (200, 201, 202), **kw: Any
     ) -> httpx.Response | None:
-        try:
-            response = await self.client.request(method, path, **kw)
-        except httpx.HTTPError as error:
-            self.result.refused[f"{self.name} {what}: {type(error).__name__}"] += 1
-            return None
-        if response.status_code in ok:
-            self.result.actions[what] += 1
-            return response
+        for attempt in range(1, RETRIES + 1):
+            try:
+                response = await self.client.request(method, path, **kw)
+            except httpx.HTTPError as error:
+                self.result.refused[f"{self.name} {what}: {type(error).__name__}"] += 1
+                return None
+            if response.status_code in ok:
+                self.result.actions[what] += 1
+                return response
+            if response.status_code != 503 or attempt == RETRIES:
+                break
+            # Busy or briefly without its database: the service says when to come back.
+            await asyncio.sleep(min(float(response.headers.get("retry-after", 1)), 2.0))
         self.result.refused[f"{self.name} {what}: {response.status_code}"] += 1
-        log.info("demo request refused", service=self.name, what=what, body=response.text[:300])
+        log.debug("demo request refused", service=self.name, what=what, body=response.text[:300])
         return None
 
 

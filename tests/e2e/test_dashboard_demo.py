@@ -32,6 +32,7 @@ def test_demo_fills_the_dashboard_through_the_running_stack(tmp_path: Path) -> N
             timeout=600,
             check=False,
         )
+        (tmp_path / "demo.txt").write_text(demo.stdout + demo.stderr)
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "leads posted" in demo.stdout
         assert "/dashboard#key=" in demo.stdout
