@@ -49,6 +49,8 @@ NOTIFY: Final = "notify"
 """The due-work kind of delivery jobs."""
 NOTIFY_PLAN: Final = "notify-plan"
 """The due-work kind of a batch of events waiting to be planned."""
+DELIVERY_RETENTION: Final = timedelta(days=30)
+"""How long a delivery's record (sent, failed, cancelled) is kept for managers to look at."""
 PLAN_CHUNK: Final = 100
 """Most events per `notify-plan` item (a planning transaction writes about 6 documents per
 event)."""
@@ -169,6 +171,11 @@ class MongoNotificationStore:
         )
         await self._notifications.create_index(
             [("person_id", ASCENDING), ("updated_at", DESCENDING)], name="by_person"
+        )
+        await self._notifications.create_index(
+            "created_at",
+            name="delivery_ttl",
+            expireAfterSeconds=int(DELIVERY_RETENTION.total_seconds()),
         )
         await self._feed.create_index([("person_id", ASCENDING), ("_id", ASCENDING)])
         await self._feed.create_index(
