@@ -86,6 +86,7 @@ def lead(tag: str, n: int) -> dict[str, Any]:
 
 async def single(bench: Stack, leads: int, concurrency: int) -> dict[str, Any]:
     ceiling = await raw_insert_one_per_s(bench.infra.mongo_url, concurrency=concurrency)
+    one_writer = await raw_insert_one_per_s(bench.infra.mongo_url, docs=500, concurrency=1)
     tag = uuid.uuid4().hex[:6]
     numbers = iter(range(leads))
     latencies: list[float] = []
@@ -110,6 +111,8 @@ async def single(bench: Stack, leads: int, concurrency: int) -> dict[str, Any]:
         "leads_per_s": round(rate, 1),
         "raw_insert_one_per_s": round(ceiling, 1),
         "ratio": round(rate / ceiling, 2),
+        "raw_insert_one_per_s_one_writer": round(one_writer, 1),
+        "ratio_to_one_writer": round(rate / one_writer, 2),
         "goal": 0.5,
         "p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
         "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),

@@ -14,6 +14,7 @@ steps of each flow in `usecases`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -22,8 +23,8 @@ from typing import Any, Literal, Protocol, TypeVar
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError
 
-from leadflow.chassis.store import Collection as MongoCollection
 from leadflow.chassis.store import (
+    IN_CHUNK,
     Database,
     Document,
     DuplicateKeyError,
@@ -31,6 +32,7 @@ from leadflow.chassis.store import (
     Session,
     find_in,
 )
+from leadflow.chassis.store import Collection as MongoCollection
 from services.intake.rules import (
     AcceptancePlan,
     ContactKey,
@@ -108,6 +110,10 @@ class IntakeStore(Protocol):
 
     async def get(self, lead_id: str) -> Document | None: ...
     async def find_by_contact(self, kind: ContactKind, value: str) -> Document | None: ...
+    async def key_owners(self, keys: Collection[ContactKey]) -> dict[ContactKey, str]:
+        """The lead each of `keys` identifies, for those in the directory, read outside any
+        transaction (a snapshot: a key may be added or freed right after)."""
+        ...
 
     async def erase(self, lead_id: str, requested_by: str, now: datetime) -> bool:
         """Forget the lead's personal data, free its contact keys and publish
@@ -186,6 +192,18 @@ class MongoIntakeStore:
     async def find_by_contact(self, kind: ContactKind, value: str) -> Document | None:
         key = await self._keys.find_one({"_id": contact_key_id((kind, value))})
         return None if key is None else await self.get(key["lead_id"])
+
+    async def key_owners(self, keys: Collection[ContactKey]) -> dict[ContactKey, str]:
+        by_id = {contact_key_id(key): key for key in keys}
+        ids = list(by_id)
+        # Chunks at once: outside a transaction the queries need not share a session.
+        chunks = await asyncio.gather(
+            *(
+                find_in(self._keys, "_id", ids[start : start + IN_CHUNK])
+                for start in range(0, len(ids), IN_CHUNK)
+            )
+        )
+        return {by_id[doc["_id"]]: doc["lead_id"] for chunk in chunks for doc in chunk}
 
     async def erase(self, lead_id: str, requested_by: str, now: datetime) -> bool:
         async def work(session: Session) -> tuple[bool, Sequence[Event]]:

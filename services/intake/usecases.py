@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -30,6 +30,7 @@ from services.intake.models import (
 from services.intake.rules import (
     Acceptance,
     AcceptancePlan,
+    ContactKey,
     ContactKind,
     FieldError,
     IdealCustomerProfile,
@@ -102,12 +103,17 @@ class AcceptLeads:
             return []
         icp = await self._icp()
 
+        external = {lead.external_id for lead in leads if lead.external_id is not None}
+        keys = {key for lead in leads for key in contact_keys(lead.contact)}
+        found_before: Collection[ContactKey] = ()
+
         async def accept(batch: AcceptingBatch) -> tuple[AcceptancePlan, Sequence[Event]]:
-            # One look-up per collection for the whole batch.
-            external = {lead.external_id for lead in leads if lead.external_id is not None}
+            # One look-up per collection for the whole batch. Of the contact keys, only
+            # those found before the transaction are read again in it (one may have been
+            # freed by an erasure meanwhile); one stored meanwhile fails the insert of the
+            # batch's new keys, and the batch is accepted again.
             seen = await batch.seen_external_ids(external)
-            keys = {key for lead in leads for key in contact_keys(lead.contact)}
-            owners = await batch.key_owners(keys)
+            owners = await batch.key_owners(found_before)
             known = await batch.known(set(owners.values()))
             if dangling := set(owners.values()) - known.keys():
                 log.warning("contact keys point at no stored lead", lead_ids=sorted(dangling))
@@ -117,6 +123,9 @@ class AcceptLeads:
 
         attempt = 1
         while True:
+            # Read outside the transaction, its chunks at once: most keys of a batch are
+            # new, and a short transaction conflicts less and never nears its time limit.
+            found_before = (await self._store.key_owners(keys)).keys()
             try:
                 async with self._one_at_a_time:
                     plan = await self._store.accept_batch(accept)
@@ -179,7 +188,11 @@ class AcceptSubmissions:
       collection for the whole batch, bulk writes, events in the outbox with the change.
       Longer lists are accepted in consecutive transactions of `MAX_BATCH`.
     - raises only for outages (the database unreachable: nothing of the failing transaction
-      was stored; the caller may retry the whole list, external ids make that safe).
+      was stored; the caller may retry the whole list, external ids make that safe) and,
+      rarely, `ContactKeyTaken` when concurrent accepts on other replicas took this batch's
+      contacts `MAX_ATTEMPTS` times in a row (nothing stored either; retry later).
+    - accepts on one replica run one at a time (an `asyncio.Lock`), so a batch and the
+      single-lead group commit never conflict with each other.
     """
 
     def __init__(

@@ -299,3 +299,16 @@ async def test_configuration_is_versioned(store: IntakeStore) -> None:
     assert await store.delete_config("source", "promo") is False
     assert await store.list_config("source") == []
     assert await store.config_version() == before + 3
+
+
+async def test_key_owners_are_read_outside_a_transaction_too(store: IntakeStore) -> None:
+    leads = [new_lead(phone=f"+1415555{n:04d}", email=f"p{n}@example.com") for n in range(60)]
+    await save(store, received(*leads))
+    wanted = {("phone", "+14155550007"), ("email", "p59@example.com"), ("email", "x@example.com")}
+    wanted |= {("phone", f"+1415555{n:04d}") for n in range(30, 60)}
+    owners = await store.key_owners(wanted)
+    assert owners[("phone", "+14155550007")] == leads[7].lead_id
+    assert owners[("email", "p59@example.com")] == leads[59].lead_id
+    assert ("email", "x@example.com") not in owners
+    assert len(owners) == 32
+    assert await store.key_owners(set()) == {}

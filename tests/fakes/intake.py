@@ -63,6 +63,9 @@ class InMemoryIntakeStore:
         lead_id = self.tables.keys.get(contact_key_id((kind, value)))
         return None if lead_id is None else await self.get(lead_id)
 
+    async def key_owners(self, keys: Collection[ContactKey]) -> dict[ContactKey, str]:
+        return await InMemoryAcceptingBatch(self.tables).key_owners(keys)
+
     async def erase(self, lead_id: str, requested_by: str, now: datetime) -> bool:
         async def work() -> tuple[bool, Sequence[Event]]:
             lead = self.tables.leads.get(lead_id)
