@@ -304,7 +304,11 @@ async def test_configuration_is_versioned(store: IntakeStore) -> None:
 async def test_key_owners_are_read_outside_a_transaction_too(store: IntakeStore) -> None:
     leads = [new_lead(phone=f"+1415555{n:04d}", email=f"p{n}@example.com") for n in range(60)]
     await save(store, received(*leads))
-    wanted = {("phone", "+14155550007"), ("email", "p59@example.com"), ("email", "x@example.com")}
+    wanted: set[ContactKey] = {
+        ("phone", "+14155550007"),
+        ("email", "p59@example.com"),
+        ("email", "x@example.com"),
+    }
     wanted |= {("phone", f"+1415555{n:04d}") for n in range(30, 60)}
     owners = await store.key_owners(wanted)
     assert owners[("phone", "+14155550007")] == leads[7].lead_id
