@@ -274,6 +274,7 @@ class SendDueSteps:
         await self._drop_opted_out(items)
         await self._limit_rate(items)
         await self._reserve(items)
+        await self._remember_recipients(items)
         decided = time.perf_counter()
         await self._send(items)
         sent = time.perf_counter()
@@ -504,7 +505,7 @@ class SendDueSteps:
                 message_id=message.message_id,
                 sequence_id=message.sequence_id,
                 step=message.step,
-                status=error.code,
+                status=error.status,
                 diagnostic=error.reason,
             )
         except PermanentSendError as error:
@@ -516,22 +517,28 @@ class SendDueSteps:
             return
         item.send = dataclasses.replace(send, status=SendStatus.FAILED, error=item.failure)
 
+    async def _remember_recipients(self, items: Sequence[_Item]) -> None:
+        """Who is about to be texted at which number, before the text leaves: an answer
+        (STOP included) may come back faster than this batch commits."""
+        if self._feedback is None:
+            return
+        now = self._clock()
+        await self._feedback.remember_sms_recipients(
+            [
+                SmsRecipient(
+                    phone=i.message.to,
+                    lead_id=i.message.lead_id,
+                    at=now,
+                    message_id=i.message.message_id,
+                )
+                for i in items
+                if isinstance(i.message, OutboundSms)
+            ]
+        )
+
     async def _tell_channels(self, items: Sequence[_Item]) -> None:
         if self._feedback is None:
             return
-        texted = [
-            SmsRecipient(
-                phone=i.message.to,
-                lead_id=i.message.lead_id,
-                at=i.send.sent_at,
-                message_id=i.send.provider_id,
-            )
-            for i in items
-            if isinstance(i.message, OutboundSms)
-            and i.send is not None
-            and i.send.sent_at is not None
-        ]
-        await self._feedback.remember_sms_recipients(texted)
         await self._feedback.hard_bounces([i.bounced for i in items if i.bounced is not None])
         for item in items:
             if item.opted_out and item.message is not None and item.channel is not None:
