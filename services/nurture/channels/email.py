@@ -257,6 +257,7 @@ def _by_code(
             "email",
             f"SMTP {code} {reply}",
             address=to,
-            code=enhanced_status(reply) or str(code),
+            code=str(code),
+            status=enhanced_status(reply) or str(code),
         )
     return PermanentSendError("email", f"SMTP {code} {reply}", code=str(code))

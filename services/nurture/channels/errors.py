@@ -36,6 +36,10 @@ class HardBounceError(PermanentSendError):
     """The receiving server refused the recipient's address for good (SMTP 5xx at RCPT TO,
     e.g. 550 5.1.1 user unknown): suppress the address, never email it again."""
 
-    def __init__(self, channel: Channel, reason: str, *, address: str, code: str) -> None:
+    def __init__(
+        self, channel: Channel, reason: str, *, address: str, code: str, status: str
+    ) -> None:
         super().__init__(channel, reason, code=code)
         self.address = address
+        self.status = status
+        """The enhanced status code (5.1.1) when the server gave one, else `code`."""
