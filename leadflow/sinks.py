@@ -8,6 +8,9 @@ benchmarks. Both listen on 127.0.0.1 only and keep what arrived.
   signs it. It can be told to fail: numbers that answer 21610 (opted out at the carrier),
   numbers that are undeliverable, or the next N requests failing with a 5xx. It can also
   play a lead texting back (`POST /sink/sms/inbound`), signed, to the inbound webhook.
+- Either can play the far end of an email (`POST /sink/mail/{i}/reply` and `/bounce`): a
+  reply to the email, or its recipient's server returning a DSN (RFC 3464), posted raw and
+  signed (`X-Leadflow-Signature`) to nurture's inbound-mail webhook.
 - The same HTTP server shows a page listing every email and SMS "sent" (`GET /`), and the
   same as JSON (`GET /sink/mail`, `GET /sink/sms`) for tests.
 
@@ -31,7 +34,8 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from email.utils import format_datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +49,19 @@ from starlette.routing import Route
 from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
 
 from leadflow.localinfra import LOOPBACK, free_port
+from services.nurture.channels.inbound_email import SIGNATURE_HEADER, sign_body
 from services.nurture.channels.segments import count_segments
 
 log = structlog.get_logger(__name__)
 
 DEV_ACCOUNT_SID = "AC" + "0" * 31 + "1"
 DEV_AUTH_TOKEN = "leadflow-fake-twilio-token"  # noqa: S105 - the local fake's, not a secret
+DEV_EMAIL_INBOUND_SECRET = "leadflow-dev-inbound-email-change-me"  # noqa: S105 - nurture's dev default
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 MAX_BODY = 1600
 OPTED_OUT = 21610
 UNDELIVERED = "30003"  # Twilio: unreachable destination handset
+SMS_INBOUND = "/v1/sms/inbound"
 
 
 def _now() -> datetime:
@@ -83,6 +90,44 @@ class ReceivedMail:
     def part(self, content_type: str) -> str | None:
         body = self.message().get_body((content_type.split("/")[1],))
         return None if body is None else str(body.get_content())
+
+    def reply(self, text: str) -> bytes:
+        """The recipient's answer to this email, as their mail client would write it."""
+        original = self.message()
+        answer = EmailMessage(policy=email.policy.SMTP)
+        answer["From"] = self.rcpt_tos[0] if self.rcpt_tos else "lead@example.com"
+        answer["To"] = str(original["From"] or self.mail_from)
+        answer["Subject"] = f"Re: {original['Subject'] or ''}"
+        answer["Date"] = format_datetime(_now())
+        answer["Message-ID"] = make_msgid(domain="sink.leadflow.test")
+        if original["Message-ID"]:
+            answer["In-Reply-To"] = answer["References"] = str(original["Message-ID"])
+        answer.set_content(text)
+        return answer.as_bytes()
+
+    def bounce(self, status: str = "5.1.1") -> bytes:
+        """The DSN (RFC 3464) the recipient's server would return: `Action: failed`, this
+        status, and the original's headers."""
+        address = self.rcpt_tos[0] if self.rcpt_tos else ""
+        headers = "".join(f"{name}: {value}\r\n" for name, value in self.message().items())
+        return (
+            "From: Mail Delivery System <MAILER-DAEMON@sink.leadflow.test>\r\n"
+            f"To: {self.mail_from}\r\n"
+            "Subject: Undelivered Mail Returned to Sender\r\n"
+            f"Date: {format_datetime(_now())}\r\n"
+            f"Message-ID: {make_msgid(domain='sink.leadflow.test')}\r\n"
+            "Auto-Submitted: auto-replied\r\n"
+            "MIME-Version: 1.0\r\n"
+            'Content-Type: multipart/report; report-type=delivery-status; boundary="DSN"\r\n'
+            "\r\n--DSN\r\nContent-Type: text/plain\r\n\r\n"
+            f"Your message to {address} could not be delivered.\r\n"
+            "--DSN\r\nContent-Type: message/delivery-status\r\n\r\n"
+            "Reporting-MTA: dns; sink.leadflow.test\r\n\r\n"
+            f"Final-Recipient: rfc822; {address}\r\nAction: failed\r\nStatus: {status}\r\n"
+            f"Diagnostic-Code: smtp; 550 {status} <{address}>: no such user\r\n"
+            f"\r\n--DSN\r\nContent-Type: text/rfc822-headers\r\n\r\n{headers}"
+            "\r\n--DSN--\r\n"
+        ).encode()
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -232,6 +277,8 @@ class FakeTwilio:
         inbound_url: str | None = None,
         callback_delay_s: float = 0.02,
         record_to: Path | None = None,
+        email_inbound_url: str | None = None,
+        email_inbound_secret: str = DEV_EMAIL_INBOUND_SECRET,
     ) -> None:
         self.account_sid = account_sid
         self.auth_token = auth_token
@@ -240,6 +287,9 @@ class FakeTwilio:
         self.mail_sink = mail_sink
         self.inbound_url = inbound_url
         """Where `POST /sink/sms/inbound` delivers a lead's text (nurture's /v1/sms/inbound)."""
+        self.email_inbound_url = email_inbound_url
+        """Where replies and bounces to emails go (nurture's /v1/email/inbound)."""
+        self.email_inbound_secret = email_inbound_secret
         self.callback_delay_s = callback_delay_s
         self.opted_out: set[str] = set()
         """Numbers that answer 21610, as Twilio does after the recipient texted STOP."""
@@ -270,6 +320,7 @@ class FakeTwilio:
                 Route("/sink/sms", self._list_sms, methods=["GET"]),
                 Route("/sink/mail", self._list_mail, methods=["GET"]),
                 Route("/sink/mail/{index:int}.eml", self._raw_mail, methods=["GET"]),
+                Route("/sink/mail/{index:int}/{answer:str}", self._answer_mail, methods=["POST"]),
                 Route("/sink/sms/inbound", self._simulate_inbound, methods=["POST"]),
                 Route("/sink/sms/failures", self._set_failures, methods=["POST"]),
             ]
@@ -609,9 +660,52 @@ class FakeTwilio:
             return PlainTextResponse("no such message", status_code=404)
         return PlainTextResponse(mails[index].data.decode("utf-8", "replace"))
 
+    async def _answer_mail(self, request: Request) -> Response:
+        """The email's recipient answers (`reply`, form field `Body`) or its server bounces
+        it (`bounce`): the raw message, signed, to `email_inbound_url`."""
+        mails = self.mail_sink.messages if self.mail_sink else []
+        index, answer = int(request.path_params["index"]), request.path_params["answer"]
+        if not 0 <= index < len(mails) or answer not in ("reply", "bounce"):
+            return JSONResponse({"detail": "no such message or answer"}, status_code=404)
+        if not self.email_inbound_url:
+            return JSONResponse({"detail": "no inbound email URL is configured"}, status_code=409)
+        form = await request.form()
+        raw = (
+            mails[index].reply(str(form.get("Body") or "Yes, tell me more."))
+            if answer == "reply"
+            else mails[index].bounce()
+        )
+        assert self._client is not None
+        headers = {
+            "Content-Type": "message/rfc822",
+            SIGNATURE_HEADER: sign_body(self.email_inbound_secret, raw),
+        }
+        try:
+            response = await self._client.post(self.email_inbound_url, content=raw, headers=headers)
+        except httpx.HTTPError as error:
+            log.warning(
+                "inbound email webhook unreachable", url=self.email_inbound_url, error=repr(error)
+            )
+            return JSONResponse(
+                {"detail": f"{self.email_inbound_url} did not answer: {error!r}"}, status_code=502
+            )
+        if "text/html" in request.headers.get("accept", ""):
+            return Response(status_code=303, headers={"Location": "/"})
+        json_answer = response.headers.get("content-type", "").startswith("application/json")
+        return JSONResponse(
+            {
+                "webhook_status": response.status_code,
+                "webhook": response.json() if json_answer else response.text,
+            }
+        )
+
     async def _page(self, _: Request) -> Response:
         return HTMLResponse(
-            render_page(self.mail_sink.messages if self.mail_sink else [], self.conversation)
+            render_page(
+                self.mail_sink.messages if self.mail_sink else [],
+                self.conversation,
+                answering=self.email_inbound_url is not None,
+            )
         )
 
 
@@ -627,15 +721,30 @@ def _twilio_error(http_status: int, code: int, message: str) -> JSONResponse:
     )
 
 
-def render_page(mails: list[ReceivedMail], texts: list[FakeSms]) -> str:
-    """The page a new user opens to see what leadflow "sent"."""
+ANSWER_HINT = "<p>Reply to an email as its recipient, or bounce it as their server would.</p>"
+
+
+def render_page(mails: list[ReceivedMail], texts: list[FakeSms], *, answering: bool = False) -> str:
+    """The page a new user opens to see what leadflow "sent"; with `answering`, each email
+    can be replied to or bounced as its recipient would."""
     esc = html.escape
+
+    def answers(i: int) -> str:
+        if not answering:
+            return ""
+        return (
+            f"<form method='post' action='/sink/mail/{i}/reply'>"
+            "<input name='Body' placeholder='reply as the lead' required>"
+            "<button>reply</button></form>"
+            f"<form method='post' action='/sink/mail/{i}/bounce'><button>bounce</button></form>"
+        )
+
     mail_rows = "".join(
         f"<tr><td>{esc(s['received_at'][:19])}</td><td>{esc(', '.join(s['rcpt_tos']))}</td>"
         f"<td>{esc(s['subject'] or '')}</td>"
         f"<td><pre>{esc((s['text'] or '')[:600])}</pre></td>"
         f"<td>{'yes' if s['dkim_signed'] else 'no'}</td>"
-        f"<td><a href='/sink/mail/{i}.eml'>source</a></td></tr>"
+        f"<td><a href='/sink/mail/{i}.eml'>source</a>{answers(i)}</td></tr>"
         for i, s in reversed(list(enumerate(m.summary() for m in mails)))
     )
     sms_rows = "".join(
@@ -655,6 +764,7 @@ pre{{white-space:pre-wrap;margin:0}}</style></head><body>
 kept them. This page refreshes every 5 seconds. JSON: <a href="/sink/mail">/sink/mail</a>,
 <a href="/sink/sms">/sink/sms</a>.</p>
 <h2>Email ({len(mails)})</h2>
+{ANSWER_HINT if answering else ""}
 <table><tr><th>received</th><th>to</th><th>subject</th><th>text</th><th>DKIM</th><th></th></tr>
 {mail_rows}</table>
 <h2>SMS ({len(texts)})</h2>
@@ -675,6 +785,8 @@ def running_sinks(
     record_dir: Path | None = None,
     account_sid: str = DEV_ACCOUNT_SID,
     auth_token: str = DEV_AUTH_TOKEN,
+    email_inbound_url: str | None = None,
+    email_inbound_secret: str = DEV_EMAIL_INBOUND_SECRET,
 ) -> Iterator[tuple[MailSink, FakeTwilio]]:
     """Both sinks, the page on the fake Twilio's port."""
     if record_dir is not None:
@@ -687,6 +799,8 @@ def running_sinks(
         account_sid=account_sid,
         auth_token=auth_token,
         record_to=record_dir / "sms.jsonl" if record_dir else None,
+        email_inbound_url=email_inbound_url,
+        email_inbound_secret=email_inbound_secret,
     )
     with mail, sms:
         yield mail, sms
@@ -706,7 +820,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--record-dir", type=Path, default=None)
     parser.add_argument("--account-sid", default=DEV_ACCOUNT_SID)
     parser.add_argument("--auth-token", default=DEV_AUTH_TOKEN)
+    parser.add_argument(
+        "--email-inbound-url",
+        default=None,
+        help="nurture's /v1/email/inbound (default: beside --inbound-url's /v1/sms/inbound)",
+    )
+    parser.add_argument("--email-inbound-secret", default=DEV_EMAIL_INBOUND_SECRET)
     args = parser.parse_args(argv)
+    email_inbound_url = args.email_inbound_url
+    if email_inbound_url is None and args.inbound_url and args.inbound_url.endswith(SMS_INBOUND):
+        email_inbound_url = args.inbound_url.removesuffix(SMS_INBOUND) + "/v1/email/inbound"
     configure_logging("leadflow-sinks", json=False)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -718,6 +841,8 @@ def main(argv: list[str] | None = None) -> None:
         record_dir=args.record_dir,
         account_sid=args.account_sid,
         auth_token=args.auth_token,
+        email_inbound_url=email_inbound_url,
+        email_inbound_secret=args.email_inbound_secret,
     ) as (mail, sms):
         log.info("sinks up", smtp=f"{mail.host}:{mail.port}", page=f"{sms.base_url}/")
         stop.wait()

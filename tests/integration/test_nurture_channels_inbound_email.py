@@ -1,6 +1,7 @@
-"""Email that comes back, on the running nurture service: real broker and database, the
-send loop mailing the real SMTP sink (aiosmtpd), and the signed inbound-mail webhook fed
-the replies and delivery status notifications a relay would post."""
+"""Email that comes back, on the running nurture service (a real port): real broker and
+database, the send loop mailing the real SMTP sink (aiosmtpd), and the signed inbound-mail
+webhook fed the replies and delivery status notifications a relay would post, directly or
+from the local sink's page."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import httpx
@@ -34,7 +36,8 @@ from shared.topics import EVENT_ON, topic_for
 from tests.conftest import Keys
 from tests.support.infra import Infra
 from tests.support.kafka import publish_event, read_all
-from tests.support.services import eventually, serve, settings_for
+from tests.support.loopback import serve_on_loopback
+from tests.support.services import eventually, settings_for, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +67,7 @@ class Nurture:
     keys: Keys
     infra: Infra
     sink: MailSink
+    twilio: FakeTwilio
 
     async def lead(self, address: str | None = None) -> tuple[str, str]:
         lead_id = f"lead-{uuid.uuid4().hex}"
@@ -124,7 +128,8 @@ class Nurture:
                 content=body,
                 headers={"Content-Type": "message/rfc822"},
             )
-        request.headers[SIGNATURE_HEADER] = signature or sign_body(SECRET, body)
+        if signature != "":  # "": sent with no signature at all
+            request.headers[SIGNATURE_HEADER] = signature or sign_body(SECRET, body)
         return await self.client.send(request)
 
     async def events(self, lead_id: str, model: type[Event]) -> list[Event]:
@@ -141,7 +146,7 @@ def sink() -> Iterator[MailSink]:
 
 @pytest.fixture(scope="module")
 async def nurture(infra: Infra, run_id: str, keys: Keys, sink: MailSink) -> AsyncIterator[Nurture]:
-    with FakeTwilio() as twilio:
+    with FakeTwilio(mail_sink=sink, email_inbound_secret=SECRET) as twilio:
         clock = ShiftedClock()
         settings = settings_for(
             Settings,
@@ -162,44 +167,16 @@ async def nurture(infra: Infra, run_id: str, keys: Keys, sink: MailSink) -> Asyn
             scheduler_idle_poll_s=0.2,
         )
         app = create_app(settings, clock=clock)
-        async with serve(app) as client:
-            yield Nurture(client, app.state.channel_webhooks, clock, keys, infra, sink)
+        async with serve_on_loopback(app) as url, httpx.AsyncClient(base_url=url) as client:
+            await wait_ready(client)
+            twilio.email_inbound_url = f"{url}/v1/email/inbound"
+            channels = app.state.channel_webhooks
+            yield Nurture(client, channels, clock, keys, infra, sink, twilio)
 
 
-def reply_to(mail: ReceivedMail, *more_headers: str, body: str = "Saturday works.") -> bytes:
-    message_id = mail.header("Message-ID")
-    assert message_id is not None and message_id.endswith(f"@{DOMAIN}>")
-    headers = [
-        f"From: Dana Kim <{mail.rcpt_tos[0]}>",
-        f"To: {mail.mail_from}",
-        f"Subject: Re: {mail.header('Subject')}",
-        f"Message-ID: <{uuid.uuid4().hex}@mail.example.com>",
-        f"In-Reply-To: {message_id}",
-        f"References: {message_id}",
-        *more_headers,
-    ]
-    return ("\r\n".join(headers) + "\r\n\r\n" + body + "\r\n").encode()
-
-
-def dsn_for(mail: ReceivedMail, *, status: str = "5.1.1") -> bytes:
-    """What the recipient's server sends back to our bounce address (RFC 3464)."""
-    address = mail.rcpt_tos[0]
-    original = mail.data.split(b"\r\n\r\n", 1)[0].decode()
-    return (
-        "From: Mail Delivery System <MAILER-DAEMON@mx.example.net>\r\n"
-        f"To: {mail.mail_from}\r\n"
-        "Subject: Undelivered Mail Returned to Sender\r\n"
-        f"Message-ID: <{uuid.uuid4().hex}@mx.example.net>\r\n"
-        "Auto-Submitted: auto-replied\r\n"
-        "MIME-Version: 1.0\r\n"
-        'Content-Type: multipart/report; report-type=delivery-status; boundary="XB"\r\n'
-        "\r\n--XB\r\nContent-Type: text/plain\r\n\r\nThe mailbox does not exist.\r\n"
-        "--XB\r\nContent-Type: message/delivery-status\r\n\r\n"
-        "Reporting-MTA: dns; mx.example.net\r\n\r\n"
-        f"Final-Recipient: rfc822; {address}\r\nAction: failed\r\nStatus: {status}\r\n"
-        f"Diagnostic-Code: smtp; 550 {status} <{address}>: user unknown\r\n"
-        f"\r\n--XB\r\nContent-Type: text/rfc822-headers\r\n\r\n{original}\r\n--XB--\r\n"
-    ).encode()
+def automatic(raw: bytes) -> bytes:
+    """The same answer, sent by a vacation responder."""
+    return b"Auto-Submitted: auto-replied\r\n" + raw
 
 
 async def test_a_reply_to_a_sent_email_is_a_reply_and_ends_the_enrollment(
@@ -208,7 +185,7 @@ async def test_a_reply_to_a_sent_email_is_a_reply_and_ends_the_enrollment(
     lead_id, address = await nurture.lead()
     await nurture.enrolled(lead_id, EMAIL_STEP, {**EMAIL_STEP, "delay_hours": 48})
     [mail] = await nurture.mails_to(address)
-    reply = reply_to(mail)
+    reply = mail.reply("Saturday works.")
 
     answered = await nurture.post_mail(reply)
     assert answered.status_code == 200, answered.text
@@ -234,7 +211,7 @@ async def test_an_out_of_office_answer_is_not_a_reply(nurture: Nurture) -> None:
     await nurture.enrolled(lead_id, EMAIL_STEP, {**EMAIL_STEP, "delay_hours": 48})
     [mail] = await nurture.mails_to(address)
     answered = await nurture.post_mail(
-        reply_to(mail, "Auto-Submitted: auto-replied", body="I am away until Monday."),
+        automatic(mail.reply("I am away until Monday.")),
         form=True,
     )
     assert answered.status_code == 200, answered.text
@@ -250,7 +227,7 @@ async def test_a_dsn_bounces_the_message_and_no_lead_is_emailed_at_that_address_
     await nurture.enrolled(lead_id, EMAIL_STEP, {**EMAIL_STEP, "delay_hours": 1})
     [mail] = await nurture.mails_to(address)
 
-    bounced = await nurture.post_mail(dsn_for(mail), form=True)
+    bounced = await nurture.post_mail(mail.bounce(), form=True)
     assert bounced.status_code == 200, bounced.text
     ours = (mail.header("Message-ID") or "").strip("<>").split("@")[0]
     assert bounced.json() == {
@@ -289,15 +266,15 @@ async def test_a_forged_or_missing_signature_is_refused_and_changes_nothing(
     await nurture.enrolled(lead_id, EMAIL_STEP, {**EMAIL_STEP, "delay_hours": 48})
     [mail] = await nurture.mails_to(address)
     for raw, signature in [
-        (reply_to(mail), sign_body("not-the-secret", reply_to(mail))),
-        (dsn_for(mail), "sha256=" + "0" * 64),
-        (dsn_for(mail), ""),
+        (mail.reply("hi"), sign_body("not-the-secret", mail.reply("hi"))),
+        (mail.bounce(), "sha256=" + "0" * 64),
+        (mail.bounce(), ""),
     ]:
-        refused = await nurture.post_mail(raw, signature=signature or " ")
+        refused = await nurture.post_mail(raw, signature=signature)
         assert refused.status_code == 403, refused.text
     tampered = await nurture.client.post(
         "/v1/email/inbound",
-        content=dsn_for(mail) + b" ",
+        content=mail.bounce() + b" ",
         headers={"Content-Type": "message/rfc822", SIGNATURE_HEADER: sign_body(SECRET, b"x")},
     )
     assert tampered.status_code == 403
@@ -344,3 +321,29 @@ async def test_an_smtp_550_at_send_time_bounces_the_message(nurture: Nurture) ->
     )
     assert ended["stop_reason"] == "bounced"
     assert [m for m in nurture.sink.messages if address in m.rcpt_tos] == []
+
+
+async def test_the_sink_page_replies_and_bounces_as_the_recipient_would(nurture: Nurture) -> None:
+    replying, replying_at = await nurture.lead()
+    bouncing, bouncing_at = await nurture.lead()
+    for lead_id in (replying, bouncing):
+        await nurture.enrolled(lead_id, EMAIL_STEP, {**EMAIL_STEP, "delay_hours": 48})
+    await nurture.mails_to(replying_at)
+    await nurture.mails_to(bouncing_at)
+    index = {m.rcpt_tos[0]: i for i, m in enumerate(nurture.sink.messages)}
+    async with httpx.AsyncClient(base_url=nurture.twilio.base_url) as page:
+        replied = await page.post(
+            f"/sink/mail/{index[replying_at]}/reply", data={"Body": "Call me Monday"}
+        )
+        bounced = await page.post(f"/sink/mail/{index[bouncing_at]}/bounce")
+        listing = await page.get("/")
+    assert replied.json()["webhook"]["kind"] == "reply", replied.text
+    assert replied.json()["webhook"]["lead_id"] == replying
+    assert bounced.json()["webhook"]["kind"] == "hard_bounce", bounced.text
+    assert bounced.json()["webhook"]["lead_id"] == bouncing
+    assert f"/sink/mail/{index[replying_at]}/reply" in listing.text
+    for lead_id, reason in ((replying, "replied"), (bouncing, "bounced")):
+        ended = await eventually(
+            partial(nurture.enrollment, lead_id), lambda e: e["status"] == "stopped", timeout_s=30
+        )
+        assert ended["stop_reason"] == reason
