@@ -32,6 +32,7 @@ class VersionedCache(Generic[T]):
         self._value: T | None = None
         self._version: int | None = None
         self._checked_at = float("-inf")
+        self._generation = 0
         self.loads = 0
 
     async def get(self) -> T:
@@ -39,14 +40,23 @@ class VersionedCache(Generic[T]):
         now = self._monotonic()
         if self._value is not None and now - self._checked_at < self._max_age_s:
             return self._value
+        generation = self._generation
         version = await self._read_version()
         if self._value is None or version != self._version:
-            self._value = await self._load()
-            self._version = version
+            value = await self._load()
             self.loads += 1
-        self._checked_at = now
-        return self._value
+        else:
+            value = self._value
+        if generation == self._generation:
+            self._value, self._version, self._checked_at = value, version, now
+        else:
+            # Invalidated while we read: what we read may predate the change, so keep
+            # nothing from this round as current; the next call reads again.
+            self._value, self._version = value, None
+        return value
 
     def invalidate(self) -> None:
-        """This replica changed the configuration: read it again on next use."""
+        """This replica changed the configuration: read it again on next use (also when a
+        read is in flight: it may have read the version before the change committed)."""
+        self._generation += 1
         self._checked_at = float("-inf")

@@ -99,3 +99,28 @@ async def test_stopping_commits_what_is_queued_then_refuses_new_requests() -> No
     assert [await task for task in pending] == [i * 10 for i in range(0, 40, 2)]
     with pytest.raises(StoppingError):
         await group.submit(2)
+
+
+async def test_a_change_made_while_the_configuration_is_being_read_is_seen_next() -> None:
+    version = [1]
+    reading = asyncio.Event()
+    release = asyncio.Event()
+
+    async def read_version() -> int:
+        seen = version[0]
+        if seen == 1:
+            reading.set()
+            await release.wait()  # the change commits while this read is in flight
+        return seen
+
+    async def load() -> str:
+        return f"config v{version[0]}"
+
+    cache = VersionedCache(read_version, load, max_age_s=60.0)
+    first = asyncio.create_task(cache.get())
+    await reading.wait()
+    version[0] = 2  # this replica changed the configuration ...
+    cache.invalidate()  # ... and invalidated the cache before the read came back
+    release.set()
+    await first
+    assert await cache.get() == "config v2"
