@@ -107,14 +107,14 @@ async def test_a_change_made_while_the_configuration_is_being_read_is_seen_next(
     release = asyncio.Event()
 
     async def read_version() -> int:
-        seen = version[0]
-        if seen == 1:
-            reading.set()
-            await release.wait()  # the change commits while this read is in flight
-        return seen
+        return version[0]
 
     async def load() -> str:
-        return f"config v{version[0]}"
+        value = f"config v{version[0]}"
+        if not reading.is_set():
+            reading.set()
+            await release.wait()  # the change commits while this read is in flight
+        return value
 
     cache = VersionedCache(read_version, load, max_age_s=60.0)
     first = asyncio.create_task(cache.get())
@@ -122,5 +122,5 @@ async def test_a_change_made_while_the_configuration_is_being_read_is_seen_next(
     version[0] = 2  # this replica changed the configuration ...
     cache.invalidate()  # ... and invalidated the cache before the read came back
     release.set()
-    await first
+    assert await first == "config v1"
     assert await cache.get() == "config v2"
