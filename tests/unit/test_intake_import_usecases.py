@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pymongo.errors import ExecutionTimeout
 
 from services.intake.imports.rules import ImportOptions
 from services.intake.imports.store import ChunkProgress
@@ -60,7 +61,7 @@ def request(import_id: str = "imp") -> ImportRequest:
 
 
 def runner(store: InMemoryImportStore, accept: Accepted) -> RunImport:
-    return RunImport(store, accept, lambda: NOW, chunk_rows=CHUNK)
+    return RunImport(store, accept, lambda: NOW, chunk_rows=CHUNK, min_chunk_rows=2)
 
 
 async def test_rows_are_accepted_in_chunks_and_the_totals_recorded() -> None:
@@ -147,3 +148,42 @@ async def test_a_file_without_a_header_is_refused_and_nothing_is_stored(
         await runner(store, accept)(body(lines), request())
     assert store.imports == {}
     assert accept.batches == []
+
+
+class SlowDatabase(Accepted):
+    """A database that cannot commit more than `most` rows within the time limit."""
+
+    def __init__(self, most: int) -> None:
+        super().__init__()
+        self.most = most
+        self.refused = 0
+
+    async def __call__(self, leads: Sequence[MappedLead]) -> list[SubmissionResult]:
+        if len(leads) > self.most:
+            self.refused += 1
+            raise ExecutionTimeout("operation exceeded time limit")
+        return await super().__call__(leads)
+
+
+async def test_a_database_too_slow_for_a_chunk_gets_smaller_ones() -> None:
+    store, accept = InMemoryImportStore(), SlowDatabase(most=3)
+
+    run = await runner(store, accept)(body(rows(25)), request())
+
+    assert (run.document["status"], run.document["created"]) == ("done", 25)
+    assert max(len(b) for b in accept.batches) <= 3
+    assert len(accept.seen) == 25
+    # The first 10 refused, each half of 5 refused and accepted as 2 + 3; the rest of the
+    # run keeps chunks of 2.
+    assert accept.refused == 3
+    assert [len(b) for b in accept.batches][:4] == [2, 3, 2, 3]
+    assert {len(b) for b in accept.batches[4:]} <= {1, 2}
+
+
+async def test_a_database_that_takes_nothing_fails_the_import_which_can_resume() -> None:
+    store, accept = InMemoryImportStore(), SlowDatabase(most=0)
+    with pytest.raises(ExecutionTimeout):
+        await runner(store, accept)(body(rows(25)), request())
+    stopped = await store.get("imp")
+    assert stopped is not None
+    assert (stopped["status"], stopped["rows_done"], stopped.get("owner")) == ("running", 0, None)

@@ -9,7 +9,6 @@ chunk of rows is held at a time.
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import contextlib
 import secrets
@@ -55,7 +54,9 @@ IMPORT_CHUNK_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
 )
 
-SUBMIT_ATTEMPTS = 3
+MIN_CHUNK_ROWS = 20
+"""The smallest transaction a slow database is offered before the import gives up (503;
+sending it again resumes)."""
 
 Submit = Callable[[Sequence[MappedLead]], Awaitable[list[SubmissionResult]]]
 
@@ -104,12 +105,14 @@ class RunImport:
         clock: Clock,
         *,
         chunk_rows: int,
+        min_chunk_rows: int = MIN_CHUNK_ROWS,
         lease: timedelta = timedelta(minutes=2),
     ) -> None:
         self._store = store
         self._submit = submit
         self._clock = clock
         self._chunk_rows = chunk_rows
+        self._min_chunk_rows = min(min_chunk_rows, chunk_rows)
         self._lease = lease
 
     async def __call__(
@@ -140,7 +143,9 @@ class RunImport:
             return run
         finished = False
         try:
-            job = _Job(plan=plan, options=options, token=token, run=run)
+            job = _Job(
+                plan=plan, options=options, token=token, run=run, chunk_rows=self._chunk_rows
+            )
             await self._rows(reader, job, int(doc["rows_done"]))
             run.document = await self._store.complete(options.import_id, token, self._clock())
             finished = True
@@ -176,13 +181,33 @@ class RunImport:
                 job.run.rows_skipped += 1
                 continue
             chunk.append(record)
-            if len(chunk) >= self._chunk_rows:
+            if len(chunk) >= job.chunk_rows:
                 await self._commit(chunk, row, job)
                 chunk = []
         if chunk:
             await self._commit(chunk, row, job)
 
     async def _commit(self, records: Sequence[RawRecord], rows_done: int, job: _Job) -> None:
+        """Accept a chunk; when the database is too slow to commit it in time (nothing of it
+        is then stored), accept it in halves, and keep the smaller size for the rest of the
+        run: a busy database gets shorter transactions instead of failing the import."""
+        try:
+            await self._commit_once(records, rows_done, job)
+        except DEPENDENCY_DOWN as error:
+            if len(records) <= self._min_chunk_rows:
+                raise
+            half = len(records) // 2
+            job.chunk_rows = max(self._min_chunk_rows, min(job.chunk_rows, half))
+            log.warning(
+                "import chunk not committed in time; accepting it in halves",
+                rows=len(records),
+                chunk_rows=job.chunk_rows,
+                error=repr(error),
+            )
+            await self._commit(records[:half], rows_done - (len(records) - half), job)
+            await self._commit(records[half:], rows_done, job)
+
+    async def _commit_once(self, records: Sequence[RawRecord], rows_done: int, job: _Job) -> None:
         """Accept one chunk of rows, then record its progress and problems."""
         started = time.perf_counter()
         now = self._clock()
@@ -200,7 +225,7 @@ class RunImport:
                 rejected += 1
             else:
                 leads.append((record.line, mapped))
-        results = await self._submit_retrying([lead for _, lead in leads]) if leads else []
+        results = await self._submit([lead for _, lead in leads]) if leads else []
         created = merged = duplicates = 0
         for (line, _), result in zip(leads, results, strict=True):
             if result.outcome == "created":
@@ -241,21 +266,8 @@ class RunImport:
         IMPORT_CHUNK_SECONDS.observe(seconds)
         job.run.chunks.append(ChunkTiming(len(records), seconds))
 
-    async def _submit_retrying(self, leads: Sequence[MappedLead]) -> list[SubmissionResult]:
-        """A transaction that timed out on a busy database stored nothing: try the chunk
-        again a few times before giving up (the import then resumes from this chunk)."""
-        for attempt in range(1, SUBMIT_ATTEMPTS + 1):
-            try:
-                return await self._submit(leads)
-            except DEPENDENCY_DOWN as error:
-                if attempt == SUBMIT_ATTEMPTS:
-                    raise
-                log.warning("import chunk not accepted; trying again", error=repr(error))
-                await asyncio.sleep(attempt)
-        raise AssertionError("unreachable")
 
-
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Job:
     """One run of one import: what every chunk of it needs."""
 
@@ -263,6 +275,8 @@ class _Job:
     options: ImportOptions
     token: str
     run: ImportRun
+    chunk_rows: int
+    """Rows per transaction: the setting, halved while the database is too slow for it."""
 
 
 class _TextReader:
