@@ -223,6 +223,8 @@ class Stack:
         }
         if name == "nurture" and self.infra.start_sinks:
             env.update(self._nurture_sink_env())
+        if name == "assignment" and self.infra.start_sinks:
+            env.update(self._assignment_sink_env())
         port = _service_port(name)
         child = ChildProcess(
             name,
@@ -252,6 +254,15 @@ class Stack:
             f"LEADFLOW_NURTURE_{key}": value
             for key, value in wanted.items()
             if f"LEADFLOW_NURTURE_{key}" not in os.environ
+        }
+
+    def _assignment_sink_env(self) -> dict[str, str]:
+        """Send reps' notification emails to the local mail sink, unless told otherwise."""
+        wanted = {"SMTP_HOST": LOOPBACK, "SMTP_PORT": str(self.settings.mail_sink_port)}
+        return {
+            f"LEADFLOW_ASSIGNMENT_{key}": value
+            for key, value in wanted.items()
+            if f"LEADFLOW_ASSIGNMENT_{key}" not in os.environ
         }
 
     def _wait_until_ready(self, deadline: float) -> None:
