@@ -250,20 +250,12 @@ class Stack:
             "TWILIO_AUTH_TOKEN": DEV_AUTH_TOKEN,
             "PUBLIC_URL": _local_url(_service_port("nurture")),
         }
-        return {
-            f"LEADFLOW_NURTURE_{key}": value
-            for key, value in wanted.items()
-            if f"LEADFLOW_NURTURE_{key}" not in os.environ
-        }
+        return _unless_set("LEADFLOW_NURTURE_", wanted)
 
     def _assignment_sink_env(self) -> dict[str, str]:
         """Send reps' notification emails to the local mail sink, unless told otherwise."""
         wanted = {"SMTP_HOST": LOOPBACK, "SMTP_PORT": str(self.settings.mail_sink_port)}
-        return {
-            f"LEADFLOW_ASSIGNMENT_{key}": value
-            for key, value in wanted.items()
-            if f"LEADFLOW_ASSIGNMENT_{key}" not in os.environ
-        }
+        return _unless_set("LEADFLOW_ASSIGNMENT_", wanted)
 
     def _wait_until_ready(self, deadline: float) -> None:
         pending = {s.name: s for s in self.services}
@@ -392,3 +384,12 @@ def stop_on_signals() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _unless_set(prefix: str, wanted: dict[str, str]) -> dict[str, str]:
+    """The settings in `wanted` under `prefix`, except those the environment already sets."""
+    return {
+        f"{prefix}{key}": value
+        for key, value in wanted.items()
+        if f"{prefix}{key}" not in os.environ
+    }
