@@ -1,13 +1,16 @@
 """Due work (the chassis' timers): lateness with 10,000 pending timers and fires/s, against the
 same MongoDB-wire server's raw claim+delete round trips measured in the same run.
 
-    .venv/bin/python bench/duework.py                                  # spread and backlog
+    .venv/bin/python bench/duework.py                                  # every scenario
     .venv/bin/python bench/duework.py --scenario spread --timers 10000 --window 20 --runners 2
     .venv/bin/python bench/duework.py --storage memory                 # SecantusDB in memory
 
 Scenarios (each on its own SecantusDB process started here, on 127.0.0.1, durable on disk
 with `--sync-on-commit` as `leadflow up` runs it, unless `--storage memory`):
 
+- steady:  N timers pending (due in an hour, as a service holds them) and `--firing` F
+           more due evenly over a window of W seconds: lateness at a steady rate with the
+           collection full.
 - spread:  N timers due evenly over a window of W seconds (scheduled, in batches of 500,
            while the runners are already running). Each runner (its own client, as a
            replica) fires batches the way services do: one transaction writes an effect
@@ -185,7 +188,14 @@ async def schedule(url: str, database_name: str, items: list[DueWork]) -> float:
 
 
 async def scenario(
-    url: str, name: str, *, timers: int, window_s: float, runners: int, batch_size: int
+    url: str,
+    name: str,
+    *,
+    timers: int,
+    window_s: float,
+    runners: int,
+    batch_size: int,
+    pending: int = 0,
 ) -> dict[str, Any]:
     database_name = f"duework_{name}_{uuid.uuid4().hex[:8]}"
     setup = connect(url, app_name="duework-bench-setup")
@@ -193,10 +203,10 @@ async def scenario(
     fired = Fired(expected=timers)
     replicas = [replica(url, database_name, f"r{n}", fired, batch_size) for n in range(runners)]
     now = utc_now()
-    if name == "spread":
+    if name in ("spread", "steady"):
         # The first is due once scheduling is surely done (≈ 600 timers/s on a busy machine),
         # so the figure is firing with every timer pending, not firing while scheduling.
-        first_due = now + timedelta(seconds=max(5.0, timers / 250))
+        first_due = now + timedelta(seconds=max(5.0, (timers + pending) / 250))
         step = window_s / timers
         due = [first_due + timedelta(seconds=i * step) for i in range(timers)]
     else:
@@ -205,8 +215,14 @@ async def scenario(
     items = [
         DueWork(f"{KIND}:L{i:06}:1", KIND, at, {"lead_id": f"L{i}"}) for i, at in enumerate(due)
     ]
+    # Pending beside them, due long after the run (steady: what a service holds at any time).
+    items += [
+        DueWork(f"{KIND}:P{i:06}:1", KIND, now + timedelta(hours=1), {"lead_id": f"P{i}"})
+        for i in range(pending)
+    ]
+    items.sort(key=lambda item: item.due_at)
     tasks: list[asyncio.Task[None]] = []
-    if name == "spread":
+    if name != "backlog":
         tasks = [asyncio.create_task(r.runner.run()) for r in replicas]
     scheduled_in = await schedule(url, database_name, items)
     scheduled_by = utc_now()
@@ -232,6 +248,7 @@ async def scenario(
     result: dict[str, Any] = {
         "scenario": name,
         "timers": timers,
+        "pending_beside": pending,
         "runners": runners,
         "fired": len(late),
         "effects": total,
@@ -282,15 +299,16 @@ async def bench(url: str, args: argparse.Namespace) -> None:
     batched = await batched_ceiling(url, args.batch)
     print(f"ceiling: raw claim+delete, one item at a time: {raw:.0f} items/s")
     print(f"ceiling: raw claim+delete, {args.batch} at a time: {batched:.0f} items/s")
-    scenarios = ["spread", "backlog"] if args.scenario == "all" else [args.scenario]
+    scenarios = ["steady", "spread", "backlog"] if args.scenario == "all" else [args.scenario]
     for name in scenarios:
         result = await scenario(
             url,
             name,
-            timers=args.timers,
+            timers=args.firing if name == "steady" else args.timers,
             window_s=args.window,
             runners=args.runners,
             batch_size=args.batch,
+            pending=args.timers if name == "steady" else 0,
         )
         rate = result.get("fires_per_s") or result.get("fires_per_s_while_busy") or 0.0
         result["ratio_to_raw_one_at_a_time"] = round(rate / raw, 2)
@@ -300,15 +318,18 @@ async def bench(url: str, args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenario", choices=["all", "spread", "backlog"], default="all")
+    parser.add_argument("--scenario", choices=["all", "steady", "spread", "backlog"], default="all")
     parser.add_argument("--timers", type=int, default=10_000)
+    parser.add_argument(
+        "--firing", type=int, default=1_000, help="steady: timers due in the window"
+    )
     parser.add_argument("--window", type=float, default=20.0, help="seconds the timers span")
     parser.add_argument("--runners", type=int, default=1, choices=[1, 2, 3])
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--storage", choices=["disk", "memory"], default="disk")
     args = parser.parse_args()
-    if not 0 < args.timers <= 100_000:
-        raise SystemExit("--timers: 1 to 100,000")
+    if not 0 < args.timers <= 100_000 or not 0 < args.firing <= 100_000:
+        raise SystemExit("--timers, --firing: 1 to 100,000")
     data_dir = Path(tempfile.mkdtemp(prefix="leadflow-bench-duework-"))
     infra = LocalInfra(
         data_dir=data_dir,
