@@ -549,6 +549,11 @@ class MongoDueWork:
     still claimable before the boundary, updates by key (chunked) for the chosen items at
     the boundary, and a read of what this claim holds (all carry the same lease end). Each
     update is atomic per document, so a concurrent claim gets only what this one did not.
+    The earliest claimable items are looked up `_PREFETCH` batches at a time and kept as
+    hints until they run out, so a backlog is not read again for every batch.
+
+    A finish deletes by key and token inside the caller's transaction: a delete that finds
+    fewer items than it was given means a lost lease, and raises `LeaseLost`.
     """
 
     def __init__(self, database: Database, name: str = "due_work") -> None:
