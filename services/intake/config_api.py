@@ -16,6 +16,8 @@ from services.intake.models import (
     CampaignDefinition,
     FormDefinition,
     LongText,
+    Origin,
+    RedirectUrl,
     Region,
     SourceDefinition,
     Text,
@@ -142,8 +144,8 @@ class FormIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Text
-    allowed_origins: Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=50)]
-    redirect_url: LongText | None = None
+    allowed_origins: Annotated[list[Origin], Field(max_length=50)]
+    redirect_url: RedirectUrl | None = None
     honeypot_field: Annotated[str, Field(max_length=100)] | None = None
     default_region: Region | None = None
     fields: Annotated[

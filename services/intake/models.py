@@ -148,6 +148,9 @@ class Submission(BaseModel):
 # --- configuration managed through the API ---------------------------------------------------
 
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Origin = Annotated[str, Field(max_length=200, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$")]
+"""A web origin: scheme, host and port, as browsers send it in `Origin`."""
+RedirectUrl = Annotated[str, Field(max_length=2000, pattern=r"^https?://[^\s]+$")]
 
 
 class CampaignDefinition(BaseModel):
@@ -190,10 +193,10 @@ class FormDefinition(BaseModel):
     form_key: Identifier
     """Public (it is in the page's HTML); it identifies the form, it is not a secret."""
     name: Text
-    allowed_origins: Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=50)]
+    allowed_origins: Annotated[list[Origin], Field(max_length=50)]
     """Origins whose pages may post (CORS is answered for these only), e.g.
     "https://www.example.com"."""
-    redirect_url: LongText | None = None
+    redirect_url: RedirectUrl | None = None
     """Where the browser goes after posting (303); without one the answer is 202 JSON."""
     honeypot_field: Annotated[str, Field(max_length=100)] | None = None
     """A field hidden from people: a post that fills it is spam."""

@@ -39,7 +39,13 @@ class LimitsFormRateLimit:
     def on_mongodb(cls, url: str, database: str, limit: str) -> LimitsFormRateLimit:
         """Counters in `database`.`form_rate_counters`, shared by every replica."""
         storage = MongoDBStorage(
-            url, database_name=database, counter_collection_name="form_rate_counters"
+            url,
+            database_name=database,
+            counter_collection_name="form_rate_counters",
+            # As the services' own client: an unreachable database is a 503 within seconds
+            # (PyMongo's ConnectionFailure, mapped by the chassis), not a thread held 30 s.
+            serverSelectionTimeoutMS=5000,
+            tz_aware=True,
         )
         return cls(storage, limit)
 

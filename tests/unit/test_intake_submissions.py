@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 
 from services.intake.models import (
     CampaignDefinition,
@@ -412,3 +413,19 @@ async def test_a_phone_is_read_in_its_sources_region_unless_the_submission_names
     assert [r.outcome for r in results] == ["created"] * 3
     phones = sorted(store.tables.keys)
     assert phones == ["phone:+14155550100", "phone:+442079460958", "phone:+821012345678"]
+
+
+@pytest.mark.parametrize(
+    ("origins", "redirect"),
+    [
+        (["https://x.example"], "https://x.example/\r\nSet-Cookie: a=b"),
+        (["https://x.example"], "javascript:alert(1)"),
+        (["https://x.example/path"], None),
+        (["*"], None),
+    ],
+)
+def test_a_form_takes_only_web_origins_and_an_http_redirect(
+    origins: list[str], redirect: str | None
+) -> None:
+    with pytest.raises(ValidationError):
+        FormDefinition(form_key="f", name="n", allowed_origins=origins, redirect_url=redirect)
