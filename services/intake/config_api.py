@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from leadflow.chassis.auth import Principal, Role, require
 from leadflow.chassis.clock import Clock
+from leadflow.chassis.http import unprocessable
 from services.intake.api import from_app
 from services.intake.models import (
     CampaignDefinition,
@@ -55,16 +56,7 @@ async def put_campaign(
     clock: ClockDep,
 ) -> CampaignDefinition:
     if campaign.campaign_id != campaign_id:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[
-                {
-                    "loc": ["body", "campaign_id"],
-                    "msg": "must match the campaign id in the path",
-                    "type": "value_error",
-                }
-            ],
-        )
+        raise unprocessable((("body", "campaign_id"), "must match the campaign id in the path"))
     await configuration.save_campaign(campaign, clock())
     return campaign
 
@@ -84,16 +76,7 @@ async def put_source(
     source_id: str, source: SourceDefinition, _: Writer, configuration: ConfigurationDep
 ) -> SourceDefinition:
     if source.source_id != source_id:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=[
-                {
-                    "loc": ["body", "source_id"],
-                    "msg": "must match the source id in the path",
-                    "type": "value_error",
-                }
-            ],
-        )
+        raise unprocessable((("body", "source_id"), "must match the source id in the path"))
     await configuration.save_source(source)
     return source
 

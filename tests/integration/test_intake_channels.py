@@ -495,6 +495,11 @@ async def test_a_saved_campaign_is_published(
         f"/v1/campaigns/{campaign_id}", json=body, headers=await keys.headers(Role.REP, "r9")
     )
     assert rep.status_code == 403
+    mismatch = await intake.put(
+        "/v1/campaigns/other", json=body, headers=await keys.headers(Role.MARKETING)
+    )
+    assert mismatch.status_code == 422
+    assert mismatch.json()["detail"][0]["loc"] == ["body", "campaign_id"]
     source = await intake.put(
         "/v1/sources/friend-referral",
         json={"source_id": "friend-referral", "name": "friend referral", "channel": "referral"},
