@@ -194,7 +194,14 @@ async def test_a_replica_slower_than_its_lease_cannot_commit_a_second_firing(
             nonlocal calls, refused
             calls += 1
             if calls % 2:
-                await asyncio.sleep(1.5)  # past the 1 s lease: the batch is taken over
+                # Past the 1 s lease, until the other replica has claimed the batch.
+                token = batch[0].token
+                await eventually(
+                    lambda: slow.effects.database["due_work"].count_documents({"token": token}),
+                    lambda held: held == 0,
+                    timeout_s=60,
+                    interval_s=0.05,
+                )
             try:
                 await slow.fire(batch)
             except LeaseLost:
