@@ -126,7 +126,8 @@ async def test_the_runner_sleeps_until_the_next_due_item_rather_than_its_idle_po
     await store.schedule([DueWork("k", "sla", due_at)])
     async with running(runner):
         [(_, fired_at)] = await eventually(lambda: _fired(firing), bool, timeout_s=5)
-    assert timedelta(0) <= fired_at - due_at < timedelta(seconds=0.25)
+    # Far below the 30 s idle poll (the bound leaves room for a loaded machine).
+    assert timedelta(0) <= fired_at - due_at < timedelta(seconds=5)
 
 
 async def _fired(firing: Firing) -> list[tuple[str, datetime]]:
@@ -142,7 +143,7 @@ async def test_wake_rechecks_at_once_when_something_sooner_was_scheduled() -> No
         started = time.monotonic()
         runner.wake()
         await fired_keys(firing, ["k"])
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 5.0  # not the minute it was sleeping for
 
 
 async def test_a_failed_item_is_retried_after_its_back_off_and_others_are_not_held_up() -> None:
@@ -241,7 +242,7 @@ async def test_stop_is_prompt_while_the_runner_sleeps() -> None:
     await asyncio.sleep(0.1)
     started = time.monotonic()
     await asyncio.wait_for(runner.stop(), timeout=5)
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 5.0  # not the minute it was sleeping for
     assert task.done()
     await task
 
