@@ -648,3 +648,91 @@ async def test_operations_endpoints_describe_the_service(nurture: httpx.AsyncCli
     documented = json.dumps(channels)
     assert LOST in documented
     assert topic_for(LeadEnrolledV1) in documented
+
+
+async def test_preview_renders_for_a_sample_lead_and_names_what_it_lacks(
+    nurture: httpx.AsyncClient, keys: Keys
+) -> None:
+    headers = await keys.headers(Role.MARKETING)
+    sequence_id = new_sequence_id()
+    steps = [{"channel": "sms", "delay_hours": 0, "body": "{{ first_name }}: {{ custom.branch }}"}]
+    created = await nurture.post(
+        "/v1/sequences", json=sequence_body(sequence_id, steps=steps), headers=headers
+    )
+    assert created.status_code == 201, created.text
+
+    url = f"/v1/sequences/{sequence_id}/preview"
+    lacking = await nurture.post(url, json={"lead": {"name": "Dana Kim"}}, headers=headers)
+    assert lacking.status_code == 422
+    [problem] = lacking.json()["detail"]
+    assert problem["loc"] == ["body", "lead"] and "branch" in problem["msg"]
+
+    sample = {"lead": {"name": "Dana Kim", "custom": {"branch": "Gangnam"}}}
+    rendered = await nurture.post(url, json=sample, headers=headers)
+    assert rendered.status_code == 200, rendered.text
+    assert rendered.json()["text"] == "Dana: Gangnam"
+    assert rendered.json()["sms"] == {"encoding": "GSM-7", "units": 13, "segments": 1}
+    past_the_end = await nurture.post(url, json={"step": 3}, headers=headers)
+    assert past_the_end.status_code == 422
+
+
+async def test_a_paused_sequence_enrolls_nobody_until_resumed_and_archive_is_final(
+    nurture: httpx.AsyncClient, keys: Keys, infra: Infra
+) -> None:
+    headers = await keys.headers(Role.MARKETING)
+    sequence_id = new_sequence_id()
+    await nurture.post("/v1/sequences", json=sequence_body(sequence_id), headers=headers)
+    lead_id = new_lead_id()
+    await publish(infra, received(lead_id))
+    await until_consumed_lead(nurture, headers, lead_id)
+
+    paused = await nurture.post(f"/v1/sequences/{sequence_id}/pause", headers=headers)
+    assert paused.json()["status"] == "paused"
+    body = {"lead_id": lead_id, "sequence_id": sequence_id}
+    refused = await nurture.post("/v1/enrollments", json=body, headers=headers)
+    assert refused.status_code == 409 and "paused" in refused.text
+
+    await nurture.post(f"/v1/sequences/{sequence_id}/resume", headers=headers)
+    enrolled = await nurture.post("/v1/enrollments", json=body, headers=headers)
+    assert enrolled.status_code == 201, enrolled.text
+
+    archived = await nurture.post(f"/v1/sequences/{sequence_id}/archive", headers=headers)
+    assert archived.json()["status"] == "archived"
+    again = await nurture.post(f"/v1/sequences/{sequence_id}/resume", headers=headers)
+    assert again.status_code == 409
+
+
+async def until_consumed_lead(
+    nurture: httpx.AsyncClient, headers: dict[str, str], lead_id: str
+) -> None:
+    """Until nurture knows the lead: a bulk enrollment of it (in loss-level-3, which the
+    test does not look at) is no longer refused."""
+
+    async def refused() -> list[str]:
+        response = await nurture.post(
+            "/v1/enrollments/bulk",
+            json={"sequence_id": "loss-level-3", "lead_ids": [lead_id]},
+            headers=headers,
+        )
+        ids: list[str] = response.json()["refused_lead_ids"]
+        return ids
+
+    await eventually(refused, lambda ids: ids == [])
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"sequence_id": "loss-level-3"}, "lead_ids"),
+        ({"sequence_id": "loss-level-3", "lead_ids": ["a"], "filter": {}}, "filter"),
+        ({"sequence_id": "loss-level-3", "filter": {"stages": ["paid"]}}, "stages"),
+    ],
+)
+async def test_bad_bulk_enrollment_is_a_422_naming_the_field(
+    nurture: httpx.AsyncClient, keys: Keys, body: dict[str, Any], field: str
+) -> None:
+    response = await nurture.post(
+        "/v1/enrollments/bulk", json=body, headers=await keys.headers(Role.MANAGER)
+    )
+    assert response.status_code == 422
+    assert any(field in error["loc"] for error in response.json()["detail"])
