@@ -72,7 +72,13 @@ class FireTimers:
                 str(c.work.payload["lead_id"]) for c in batch if "lead_id" in c.work.payload
             }
             found = {k: v for k, v in (await leads.leads(lead_ids)).items() if isinstance(v, Lead)}
-            holders = {lead.rep_id for lead in found.values() if lead.rep_id}
+            # Reps' routing state is needed only where a lead may change hands (an SLA that
+            # reassigns); a plain breach or reminder reads none.
+            holders = {
+                lead.rep_id
+                for lead in found.values()
+                if lead.rep_id and _may_reassign(lead, config)
+            }
             changes.loads.update(await leads.last_assignments(holders))
             changed: dict[str, Lead] = {}
             for claimed in batch:
@@ -225,6 +231,11 @@ class FireTimers:
         if len(waiting) == QUEUE_BATCH and dealt:
             changes.timers.append(deal_timer(pool_id, now + timedelta(milliseconds=1)))
         return dealt
+
+
+def _may_reassign(lead: Lead, config: RoutingConfig) -> bool:
+    pool = config.pool(lead.pool_id)
+    return pool is not None and pool.sla_reassign
 
 
 def _reminder(
