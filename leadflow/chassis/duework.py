@@ -224,7 +224,8 @@ class DueWorkRunner:
                         retry_in_s=outage_pause_s,
                     )
                     await self._pause(outage_pause_s)
-                    outage_pause_s = min(outage_pause_s * 2, max(self._idle_poll_s, 30.0))
+                    # Capped low: once the database is back, overdue timers fire within it.
+                    outage_pause_s = min(outage_pause_s * 2, max(self._idle_poll_s, 5.0))
                     continue
                 outage_pause_s = self._idle_poll_s
         finally:
