@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from pymongo.errors import AutoReconnect
@@ -216,6 +217,34 @@ async def test_an_unreachable_database_is_not_counted_as_an_attempt() -> None:
         assert await store.parked(kinds={"sla"}) == []
         firing.failing = set()
         clock.advance(10)
+        await fired_keys(firing, ["k"])
+
+
+class UnreachableDueWork(InMemoryDueWork):
+    """The in-memory store, with a database that can be down: claims fail meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def claim(self, **options: Any) -> list[ClaimedWork]:
+        if self.down:
+            raise AutoReconnect("connection refused")
+        return await super().claim(**options)
+
+
+async def test_the_runner_outlives_a_database_outage_and_fires_when_it_is_back() -> None:
+    clock = MovableClock()
+    store = UnreachableDueWork()
+    firing = Firing(store, clock)
+    runner = DueWorkRunner(store, kinds={"sla"}, fire=firing, clock=clock, idle_poll_s=0.01)
+    store.down = True
+    await store.schedule([DueWork("k", "sla", NOW)])
+    async with running(runner) as task:
+        await asyncio.sleep(0.2)  # several failed rounds
+        assert firing.fired == []
+        assert not task.done()
+        store.down = False
         await fired_keys(firing, ["k"])
 
 
