@@ -9,6 +9,7 @@ chunk of rows is held at a time.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import contextlib
 import secrets
@@ -55,6 +56,7 @@ IMPORT_CHUNK_SECONDS = Histogram(
 )
 
 MIN_CHUNK_ROWS = 20
+SMALL_CHUNK_ATTEMPTS = 3
 """The smallest transaction a slow database is offered before the import gives up (503;
 sending it again resumes)."""
 
@@ -195,7 +197,9 @@ class RunImport:
             await self._commit_once(records, rows_done, job)
         except DEPENDENCY_DOWN as error:
             if len(records) <= self._min_chunk_rows:
-                raise
+                # A stall rather than a size problem: a few more tries, then give up.
+                await self._retry_small(records, rows_done, job, error)
+                return
             half = len(records) // 2
             job.chunk_rows = max(self._min_chunk_rows, min(job.chunk_rows, half))
             log.warning(
@@ -206,6 +210,23 @@ class RunImport:
             )
             await self._commit(records[:half], rows_done - (len(records) - half), job)
             await self._commit(records[half:], rows_done, job)
+
+    async def _retry_small(
+        self, records: Sequence[RawRecord], rows_done: int, job: _Job, error: Exception
+    ) -> None:
+        for attempt in range(1, SMALL_CHUNK_ATTEMPTS + 1):
+            log.warning(
+                "import chunk not committed; trying again", attempt=attempt, error=repr(error)
+            )
+            await asyncio.sleep(attempt)
+            try:
+                await self._commit_once(records, rows_done, job)
+            except DEPENDENCY_DOWN as again:
+                if attempt == SMALL_CHUNK_ATTEMPTS:
+                    raise
+                error = again
+            else:
+                return
 
     async def _commit_once(self, records: Sequence[RawRecord], rows_done: int, job: _Job) -> None:
         """Accept one chunk of rows, then record its progress and problems."""
