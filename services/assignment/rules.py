@@ -1087,11 +1087,17 @@ def sla_due(
     )
 
 
+def sla_key(lead: Lead) -> str:
+    """The key of the SLA timer of the lead's current assignment (numbered: a lead dealt
+    again has a clock of its own)."""
+    return f"{TimerKind.SLA}:{lead.lead_id}:{lead.assignments}"
+
+
 def sla_timer(lead: Lead) -> Timer | None:
     if lead.sla_due_at is None or lead.rep_id is None or lead.first_contact_at is not None:
         return None
     return Timer(
-        key=f"{TimerKind.SLA}:{lead.lead_id}:{lead.assignments}",
+        key=sla_key(lead),
         kind=TimerKind.SLA,
         due_at=lead.sla_due_at,
         payload={"lead_id": lead.lead_id, "rep_id": lead.rep_id},
@@ -1652,7 +1658,7 @@ def follow_up_timers(lead: Lead, settings: RoutingSettings, now: datetime) -> li
 def lead_timer_keys(lead: Lead) -> list[str]:
     """Every timer key an open lead may have, to cancel when it closes or changes hands."""
     keys = [
-        f"{TimerKind.SLA}:{lead.lead_id}:{lead.assignments}",
+        sla_key(lead),
         f"{TimerKind.FOLLOW_UP}:{lead.lead_id}",
         f"{TimerKind.FORGOTTEN}:{lead.lead_id}",
     ]

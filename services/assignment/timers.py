@@ -31,13 +31,11 @@ from services.assignment.rules import (
     TimerKind,
     deal,
     deal_timer,
-    follow_up_timers,
     open_callback,
     routed,
-    timers_after_routing,
 )
 from services.assignment.store import AssignmentStore, LeadsInTransaction
-from services.assignment.usecases import ConfigurationCache, routing_events
+from services.assignment.usecases import ConfigurationCache
 from services.assignment.workflow import Changes, WorkLeads
 from shared.events import Event, SlaBreachedV1
 
@@ -220,12 +218,8 @@ class FireTimers:
                 wake_at = routing.wake_at if wake_at is None else wake_at
                 continue
             turn += 1
-            changes.take(routing)
             again = routed(lead, routing, config, now, how="routed")
-            changes.timers.extend(timers_after_routing(again, routing))
-            changes.timers.extend(follow_up_timers(again, config.settings, now))
-            changes.events.extend(routing_events(Dealt(again, routing, "routed")))
-            dealt.append(again)
+            dealt.append(changes.dealt(Dealt(again, routing, "routed"), config, now))
         if wake_at is not None and wake_at > now:
             changes.timers.append(deal_timer(pool_id, wake_at))
         if len(waiting) == QUEUE_BATCH and dealt:

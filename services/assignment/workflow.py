@@ -49,6 +49,7 @@ from services.assignment.rules import (
     routed,
     satisfaction_timer,
     set_grade,
+    sla_key,
     timers_after_routing,
 )
 from services.assignment.store import AssignmentStore, LeadQuery, LeadsInTransaction
@@ -97,6 +98,16 @@ class Changes:
         if routing.taken is not None:
             self.loads[routing.taken.rep_id] = routing.taken
             self.changed_loads.add(routing.taken.rep_id)
+
+    def dealt(
+        self, dealt: Dealt, config: RoutingConfig, now: datetime, *, by: str | None = None
+    ) -> Lead:
+        """A lead went somewhere: the rep's new state, its timers, its events."""
+        self.take(dealt.routing)
+        self.timers.extend(timers_after_routing(dealt.lead, dealt.routing))
+        self.timers.extend(follow_up_timers(dealt.lead, config.settings, now))
+        self.events.extend(routing_events(dealt, by=by))
+        return dealt.lead
 
     def capacity_freed(self, config: RoutingConfig, rep_id: str | None, now: datetime) -> None:
         """A rep has room again: their pools' queues are dealt now."""
@@ -155,10 +166,7 @@ async def redeal(
         note=note,
     )
     again = routed(lead, routing, config, now, how=how)
-    changes.take(routing)
-    changes.timers.extend(timers_after_routing(again, routing))
-    changes.timers.extend(follow_up_timers(again, config.settings, now))
-    changes.events.extend(routing_events(Dealt(again, routing, "reassigned", lead.rep_id)))
+    changes.dealt(Dealt(again, routing, "reassigned", lead.rep_id), config, now)
     return again, routing
 
 
@@ -324,10 +332,7 @@ class WorkLeads:
                 how="claimed",
                 by=rep_id,
             )
-            changes.take(routing)
-            changes.timers.extend(timers_after_routing(claimed, routing))
-            changes.timers.extend(follow_up_timers(claimed, config.settings, now))
-            changes.events.extend(routing_events(Dealt(claimed, routing, "claimed"), by=rep_id))
+            changes.dealt(Dealt(claimed, routing, "claimed"), config, now, by=rep_id)
             await changes.write(leads, [claimed])
             return claimed, changes.events
 
@@ -353,7 +358,7 @@ class WorkLeads:
             activity = Activity(uuid.uuid4().hex[:12], now, rep_id, kind, outcome, note)
             worked, first = log_activity(lead, activity, config.settings)
             if first:
-                changes.cancelled.append(f"sla:{lead.lead_id}:{lead.assignments}")
+                changes.cancelled.append(sla_key(lead))
             changes.timers.extend(follow_up_timers(worked, config.settings, now))
             changes.events.append(
                 ActivityLoggedV1(
@@ -391,7 +396,7 @@ class WorkLeads:
         ) -> Lead:
             visit_id = uuid.uuid4().hex[:12]
             booked = book_visit(lead, visit_id, when, lead.rep_id, now)
-            changes.cancelled.append(f"sla:{lead.lead_id}:{lead.assignments}")
+            changes.cancelled.append(sla_key(lead))
             changes.events.append(
                 VisitScheduledV1(
                     lead_id=lead_id,
@@ -423,7 +428,7 @@ class WorkLeads:
             callback = satisfaction_timer(visited, visit)
             if callback is not None:
                 changes.timers.append(callback)
-            changes.cancelled.append(f"sla:{lead.lead_id}:{lead.assignments}")
+            changes.cancelled.append(sla_key(lead))
             changes.events.append(
                 VisitCheckedInV1(
                     lead_id=lead_id,
@@ -625,11 +630,8 @@ class WorkLeads:
                         how=how,
                         by=actor.rep_id,
                     )
-                    changes.take(routing)
-                    changes.timers.extend(timers_after_routing(again, routing))
-                    changes.timers.extend(follow_up_timers(again, config.settings, now))
-                    changes.events.extend(
-                        routing_events(Dealt(again, routing, how, lead.rep_id), by=actor.rep_id)
+                    changes.dealt(
+                        Dealt(again, routing, how, lead.rep_id), config, now, by=actor.rep_id
                     )
                 done.append(again)
             await changes.write(leads, done)
