@@ -36,6 +36,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from pymongo.errors import BulkWriteError
+
 from services.analytics.reports import ReportQuery
 from services.analytics.rules import Increment, LeadFacts, OpenKey, tally_batch
 from services.analytics.store import MongoAnalyticsStore, counter_documents, gauge_key
@@ -54,6 +56,7 @@ from shared.events import (
     VisitScheduledV1,
 )
 
+DUPLICATE_KEY = 11000
 MONTH = date(2026, 5, 1)
 NOW = datetime(2026, 6, 2, 9, tzinfo=UTC)
 CHANNELS = ("phone", "web_form", "ad", "walk_in", "referral", "import")
@@ -236,18 +239,27 @@ async def bulk_loaded(client: Any, count: int) -> tuple[MongoAnalyticsStore, flo
         for (hour, metric, dims), (n, amount) in totals.items()
         if n or amount
     )
-    for i in range(0, len(documents), 1000):
-        await database["counters"].insert_many(documents[i : i + 1000], ordered=False)
+    await insert_all(database["counters"], documents)
     open_docs = [
         {"_id": gauge_key(key), "key": asdict(key), "count": n} for key, n in gauge.items() if n
     ]
-    for i in range(0, len(open_docs), 1000):
-        await database["open_leads"].insert_many(open_docs[i : i + 1000], ordered=False)
+    await insert_all(database["open_leads"], open_docs)
     print(
         f"  {count:>9,} events -> {len(documents):,} counter documents, {len(open_docs):,} gauge "
         f"documents, {len(facts):,} leads; loaded in {time.perf_counter() - started:.0f} s"
     )
     return store, time.perf_counter() - started
+
+
+async def insert_all(collection: Any, documents: list[dict[str, Any]]) -> None:
+    """Insert in chunks; a chunk the driver sent again after a timeout on a loaded machine
+    (its first attempt had landed) fails on duplicate keys only, which is not a loss."""
+    for i in range(0, len(documents), 1000):
+        try:
+            await collection.insert_many(documents[i : i + 1000], ordered=False)
+        except BulkWriteError as error:
+            if any(e["code"] != DUPLICATE_KEY for e in error.details["writeErrors"]):
+                raise
 
 
 async def report_latencies(store: MongoAnalyticsStore, runs: int) -> dict[str, tuple[float, float]]:
@@ -304,12 +316,13 @@ async def ingest_part(client: Any, count: int) -> None:
 async def reports_part(client: Any, args: argparse.Namespace) -> None:
     print(f"reports: roll-ups of the month, every report {args.runs} times")
     small, _ = await bulk_loaded(client, args.small)
-    check = ReportQuery(MONTH, date(2026, 5, 31), ZoneInfo("UTC"), {}, now=NOW)
-    _, _, same_events = await ingest_rate(client, list(events_for(args.small)))
-    via_ingest = (await BuildReport(same_events)("monthly", check)).figures
-    via_bulk = (await BuildReport(small)("monthly", check)).figures
-    assert via_ingest == via_bulk, (via_ingest, via_bulk)
-    print("  the bulk-loaded roll-ups equal those the ingest path records")
+    if args.check:
+        check = ReportQuery(MONTH, date(2026, 5, 31), ZoneInfo("UTC"), {}, now=NOW)
+        _, _, same_events = await ingest_rate(client, list(events_for(args.small)))
+        via_ingest = (await BuildReport(same_events)("monthly", check)).figures
+        via_bulk = (await BuildReport(small)("monthly", check)).figures
+        assert via_ingest == via_bulk, (via_ingest, via_bulk)
+        print("  the bulk-loaded roll-ups equal those the ingest path records")
     small_latency = await report_latencies(small, args.runs)
     large, _ = await bulk_loaded(client, args.large)
     large_latency = await report_latencies(large, args.runs)
@@ -331,6 +344,12 @@ if __name__ == "__main__":
     parser.add_argument("--small", type=int, default=10_000, help="events, small report set")
     parser.add_argument("--large", type=int, default=1_000_000, help="events, large report set")
     parser.add_argument("--runs", type=int, default=15, help="runs of each report")
+    parser.add_argument(
+        "--no-check",
+        dest="check",
+        action="store_false",
+        help="skip checking the bulk-loaded roll-ups against the ingest path",
+    )
     parser.add_argument(
         "--only", choices=("ingest", "reports"), default=None, help="one half of the benchmark"
     )
