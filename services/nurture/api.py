@@ -419,7 +419,7 @@ async def resume_sequence(sequence_id: str, _: Marketer, sequences: SequencesDep
     "/sequences/{sequence_id}/archive",
     response_model=SequencePublic,
     tags=["sequences"],
-    summary="Archive for good: nobody new is enrolled, enrollments stop at their next step",
+    summary="Archive for good: nobody new is enrolled, active enrollments stop at once",
     responses=NOT_FOUND,
 )
 async def archive_sequence(

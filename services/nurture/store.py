@@ -326,9 +326,33 @@ class MongoNurtureStore:
             if doc is None:
                 raise SequenceNotFoundError(sequence_id)
             await self._bump_sequences_version(session)
+            if status is SequenceStatus.ARCHIVED:
+                await self._stop_archived(session, sequence_id, now)
             return sequence_from_document(doc), []
 
         return await self._ledger.commit(update)
+
+    async def _stop_archived(self, session: Session, sequence_id: str, now: datetime) -> None:
+        """Archive is final: its active enrollments stop now (one read, one bulk update)
+        and their step timers go, rather than each stopping when its next step falls due."""
+        active = {"sequence_id": sequence_id, "status": EnrollmentStatus.ACTIVE.value}
+        cursor = self._enrollments.find(active, {"_id": 1, "current_step": 1}, session=session)
+        keys = [send_key(doc["_id"], doc["current_step"]) async for doc in cursor]
+        if not keys:
+            return
+        await self._enrollments.update_many(
+            active,
+            {
+                "$set": {
+                    "status": EnrollmentStatus.STOPPED.value,
+                    "stop_reason": StopReason.ARCHIVED.value,
+                    "stopped_at": now,
+                    "next_send_at": None,
+                }
+            },
+            session=session,
+        )
+        await self.due.cancel(keys, session=session)
 
     async def insert_missing_sequences(self, records: Sequence[SequenceRecord]) -> int:
         async def insert(session: Session) -> tuple[int, list[Event]]:

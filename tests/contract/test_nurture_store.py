@@ -486,6 +486,34 @@ async def test_saving_an_enrollment_schedules_its_step_and_stopping_cancels_it(
     assert await due_keys(store) == {}
 
 
+async def test_archiving_stops_its_active_enrollments_at_once_and_cancels_their_timers(
+    store: NurtureStore,
+) -> None:
+    await store.insert_sequence(a_sequence("loss-level-3"))
+    await store.insert_sequence(a_sequence("other"))
+    kept = dataclasses.replace(enrollment("c", "e-other"), sequence_id="other")
+    done = dataclasses.replace(
+        enrollment("d", "e-done"), status=EnrollmentStatus.COMPLETED, next_send_at=None
+    )
+    ending = (enrollment("a", "e-a"), enrollment("b", "e-b"))
+    await save(store, NurtureChanges(started=(*ending, kept, done)))
+    assert len(await due_keys(store)) == 3
+
+    await store.set_sequence_status("loss-level-3", SequenceStatus.ARCHIVED, LATER)
+
+    assert await due_keys(store) == {send_key("e-other", 0): kept.next_send_at}
+    listed = {e.enrollment_id: e for e in await store.list_enrollments(EnrollmentFilter())}
+    for enrollment_id in ("e-a", "e-b"):
+        stopped = listed[enrollment_id]
+        assert (stopped.status, stopped.stop_reason) == (
+            EnrollmentStatus.STOPPED,
+            StopReason.ARCHIVED,
+        )
+        assert (stopped.stopped_at, stopped.next_send_at) == (LATER, None)
+    assert listed["e-other"] == kept
+    assert listed["e-done"] == done
+
+
 def a_send(key: str, lead_id: str = "l", at: datetime = NOW) -> SendRecord:
     return SendRecord(
         key=key,

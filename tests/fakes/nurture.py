@@ -29,7 +29,10 @@ from services.nurture.rules import (
     SequenceNotFoundError,
     SequenceRecord,
     SequenceStatus,
+    StopReason,
     allowed_channels,
+    send_key,
+    stopped,
 )
 from services.nurture.store import (
     BatchWork,
@@ -147,6 +150,17 @@ class InMemoryNurtureStore:
             record = dataclasses.replace(known, status=status, updated_at=now)
             self.tables.sequences[sequence_id] = record
             self.tables.sequences_version += 1
+            if status is SequenceStatus.ARCHIVED:
+                ending = [
+                    e
+                    for e in self.tables.enrollments.values()
+                    if e.sequence_id == sequence_id and e.status is EnrollmentStatus.ACTIVE
+                ]
+                for e in ending:
+                    self.tables.enrollments[e.enrollment_id] = stopped(e, StopReason.ARCHIVED, now)
+                await self.tables.due.cancel(
+                    [send_key(e.enrollment_id, e.current_step) for e in ending]
+                )
             return record, []
 
         return await self.ledger.commit(update)
