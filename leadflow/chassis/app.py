@@ -54,9 +54,18 @@ HANDLED_MARGIN = timedelta(days=1)
 
 class ServiceChassis:
     def __init__(
-        self, service: str, settings: ServiceSettings, *, clock: Callable[[], datetime] = utc_now
+        self,
+        service: str,
+        settings: ServiceSettings,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        ready_while_kafka_down: bool | None = None,
     ) -> None:
+        """`ready_while_kafka_down`: whether this replica keeps taking traffic while Kafka
+        is unreachable (its outbox keeps what it accepts). By default, a service that
+        consumes nothing does and a consuming one does not."""
         self.service = service
+        self._ready_while_kafka_down = ready_while_kafka_down
         self.settings = settings
         self.clock = clock
         self.mongo = connect(settings.mongo_url, app_name=f"leadflow-{service}")
@@ -119,12 +128,18 @@ class ServiceChassis:
     async def readiness(self) -> tuple[bool, dict[str, bool]]:
         """Whether to send this replica traffic, and each check's state.
 
-        A service that consumes nothing (intake) stays ready while Kafka is down: it
-        still accepts leads, which wait in its outbox.
+        A service that is ready while Kafka is down (intake: it still accepts leads, which
+        wait in its outbox) needs only MongoDB once Kafka was connected or a grace period
+        has passed.
         """
         checks = {"mongodb": await ping(self.mongo)}
         checks.update(await self.kafka.ready())
-        if self.kafka.consumes:
+        ready_while_kafka_down = (
+            not self.kafka.consumes
+            if self._ready_while_kafka_down is None
+            else self._ready_while_kafka_down
+        )
+        if not ready_while_kafka_down:
             needed = checks
         else:
             # Ready once Kafka is connected (so the first lead is not kept waiting), or

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import FastAPI
 
 from leadflow import __version__
@@ -32,23 +30,11 @@ ACCEPT_MAX_BATCH = 500
 """Most leads accepted in one transaction (a burst beyond it goes in several)."""
 
 
-class IntakeChassis(ServiceChassis):
-    async def readiness(self) -> tuple[bool, dict[str, bool]]:
-        """Intake takes leads while Kafka is down (its outbox keeps them): its one consumer
-        (conversions, for look-ups) does not hold readiness back, as the chassis would for a
-        service whose work is consuming."""
-        ready, checks = await super().readiness()
-        if ready or not checks.get("mongodb"):
-            return ready, checks
-        connected_or_late = checks.get("kafka", False) or (
-            time.monotonic() - self._started_at > self.settings.kafka_startup_grace_s
-        )
-        return connected_or_late, checks
-
-
 def create_app(settings: Settings | None = None, *, clock: Clock = system_clock) -> FastAPI:
     settings = settings or Settings()
-    chassis = IntakeChassis(SERVICE, settings, clock=clock)
+    # Intake takes leads while Kafka is down (its outbox keeps them): its one consumer
+    # (conversions, for look-ups) must not hold readiness back.
+    chassis = ServiceChassis(SERVICE, settings, clock=clock, ready_while_kafka_down=True)
     store = MongoIntakeStore(chassis.database, chassis.ledger)
     configuration = Configuration(store, max_age_s=settings.configuration_max_age_s)
     accept_leads = AcceptLeads(store, icp=configuration.icp)
