@@ -5,8 +5,8 @@ two replicas both claimed (a lapsed lease) commits its effects once.
 - `sla`: the first-response SLA ran out (business time) -> `SlaBreachedV1` escalated to the
   manager, and the lead dealt to the next rep if the pool says so;
 - `deal`: deal a pool's queue (a shift starts, capacity freed, a rep came back);
-- `forgotten`: an open lead without activity for N days -> a reminder (`SlaBreachedV1`
-  with sla "forgotten");
+- `forgotten`: an open lead without activity for N days -> the rep is reminded
+  (`SlaBreachedV1` with sla "forgotten"), then the manager `escalate_after_hours` later;
 - `follow-up`: the grade's follow-up is overdue -> the rep is reminded, then the manager;
 - `satisfaction`: the next-day callback after a visit is due -> a task on the lead.
 
@@ -135,14 +135,7 @@ class FireTimers:
                     leads, lead, config, changes, due_at=work.due_at, now=now
                 )
             case TimerKind.FORGOTTEN:
-                last = lead.last_activity_at or lead.assigned_at
-                days = config.settings.forgotten_after_days
-                if not lead.is_open or last is None or days is None:
-                    return lead
-                if last + timedelta(days=days) > now + timedelta(seconds=1):
-                    return lead  # worked on since; the newer timer stands
-                changes.events.append(_reminder(lead, "forgotten", work.due_at, now, None))
-                return lead
+                return self._forgotten(claimed, lead, config, changes, now)
             case TimerKind.FOLLOW_UP:
                 return self._follow_up(claimed, lead, config, changes, now)
             case TimerKind.SATISFACTION:
@@ -150,6 +143,47 @@ class FireTimers:
             case _:
                 log.warning("timer of an unknown kind ignored", key=work.key, kind=work.kind)
                 return lead
+
+    def _forgotten(
+        self,
+        claimed: ClaimedWork,
+        lead: Lead,
+        config: RoutingConfig,
+        changes: Changes,
+        now: datetime,
+    ) -> Lead:
+        """Like a follow-up: the rep is reminded, then the manager after
+        `escalate_after_hours` if the lead is still untouched."""
+        work = claimed.work
+        last = lead.last_activity_at or lead.assigned_at
+        days = config.settings.forgotten_after_days
+        if not lead.is_open or last is None or days is None:
+            return lead
+        if last + timedelta(days=days) > now + timedelta(seconds=1):
+            return lead  # worked on since; the newer timer stands
+        if work.payload.get("stage") == "manager":
+            if work.payload.get("since") != last.isoformat():
+                return lead  # worked on (and forgotten again) since the rep was reminded
+            manager = config.manager_of(lead.rep_id)
+            due_at = datetime.fromisoformat(str(work.payload.get("due", work.due_at.isoformat())))
+            changes.events.append(_reminder(lead, "forgotten", due_at, now, manager))
+            return lead
+        changes.events.append(_reminder(lead, "forgotten", work.due_at, now, None))
+        changes.timers.append(
+            Timer(
+                # Keyed by the activity it counts from: one manager reminder per silence.
+                f"{TimerKind.FORGOTTEN}:{lead.lead_id}:manager:{last.isoformat()}",
+                TimerKind.FORGOTTEN,
+                now + timedelta(hours=config.settings.escalate_after_hours),
+                {
+                    "lead_id": lead.lead_id,
+                    "stage": "manager",
+                    "since": last.isoformat(),
+                    "due": work.due_at.isoformat(),
+                },
+            )
+        )
+        return lead
 
     def _follow_up(
         self,

@@ -484,6 +484,46 @@ async def test_overdue_follow_up_reminds_the_rep_then_the_manager(app: App) -> N
     ]
 
 
+async def test_a_forgotten_lead_reminds_the_rep_then_the_manager_unless_worked_on(
+    app: App,
+) -> None:
+    await setup(
+        app,
+        Rep("mia", "Mia"),
+        Rep("ana", "Ana", manager_id="mia"),
+        pools=(west("ana"),),
+        settings=RoutingSettings(forgotten_after_days=3, escalate_after_hours=4),
+    )
+    forgotten, worked_on = received(), received()
+    await app.route([forgotten, worked_on])
+
+    def reminders() -> set[tuple[str, str, str | None]]:
+        return {
+            (e.lead_id, e.sla, e.escalated_to)
+            for e in app.published(SlaBreachedV1)
+            if isinstance(e, SlaBreachedV1)
+        }
+
+    app.clock.now = MONDAY + timedelta(days=3, seconds=1)
+    await app.fire_due()
+    assert reminders() == {
+        (forgotten.lead_id, "forgotten", None),
+        (worked_on.lead_id, "forgotten", None),
+    }
+    # The rep works on one of them before the manager would hear of it.
+    await app.leads.log_activity(worked_on.lead_id, "call", "reached", None, "ana", app.clock.now)
+    app.clock.now += timedelta(hours=4)
+    await app.fire_due()
+    app.clock.now += timedelta(days=1)
+    await app.fire_due()
+    assert reminders() == {
+        (forgotten.lead_id, "forgotten", None),
+        (worked_on.lead_id, "forgotten", None),
+        (forgotten.lead_id, "forgotten", "mia"),
+    }
+    assert len(app.published(SlaBreachedV1)) == 3
+
+
 # --- the manager's work ------------------------------------------------------------------
 
 
