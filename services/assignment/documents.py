@@ -137,6 +137,7 @@ def pool_document(pool: Pool) -> Document:
         "claim_limit": pool.claim_limit,
         "sla_minutes": pool.sla_minutes,
         "sla_reassign": pool.sla_reassign,
+        "manager_id": pool.manager_id,
     }
 
 
@@ -155,6 +156,7 @@ def pool_from_document(doc: Mapping[str, Any]) -> Pool:
         claim_limit=doc.get("claim_limit"),
         sla_minutes=doc.get("sla_minutes"),
         sla_reassign=doc.get("sla_reassign", False),
+        manager_id=doc.get("manager_id"),
     )
 
 

@@ -300,6 +300,8 @@ class Pool:
     """First response due within this much of the rep's working time."""
     sla_reassign: bool = False
     """A breached SLA hands the lead to the next rep."""
+    manager_id: str | None = None
+    """Who hears of leads waiting in the pool's queue (else its members' managers)."""
 
 
 class PoolChanges(TypedDict, total=False):
@@ -315,6 +317,7 @@ class PoolChanges(TypedDict, total=False):
     claim_limit: int | None
     sla_minutes: int | None
     sla_reassign: bool
+    manager_id: str | None
 
 
 def _folded(values: Iterable[str]) -> frozenset[str]:

@@ -380,6 +380,8 @@ async def _require_pool_reps(team: ConfigurationInTransaction, pool: Pool) -> No
     await _require_reps(team, pool.rep_ids)
     if pool.default_assignee is not None:
         await _require_reps(team, [pool.default_assignee], "default_assignee")
+    if pool.manager_id is not None:
+        await _require_reps(team, [pool.manager_id], "manager_id")
     if strangers := set(pool.weights) - set(pool.rep_ids):
         raise UnknownRepsError(strangers, "weights")
 

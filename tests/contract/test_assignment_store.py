@@ -406,6 +406,7 @@ async def test_every_rep_pool_rule_and_setting_field_reads_back(store: Assignmen
         claim_limit=4,
         sla_minutes=30,
         sla_reassign=True,
+        manager_id="mia",
     )
     rules = (
         TerritoryRule("low", priority=1, regions=("west",), pool_id="seoul"),

@@ -356,6 +356,7 @@ def _bodies(lead_id: str, rep_id: str, pool_id: str) -> dict[tuple[str, str], Js
         ("POST", "/v1/leads/{lead_id}/convert"): {"customer_id": "c", "revenue": 1},
         ("POST", "/v1/leads/assign"): {"lead_ids": [lead_id], "rep_id": rep_id},
         ("POST", "/v1/reps/{rep_id}/handover"): {},
+        ("PUT", "/v1/me/notify"): {"email": "me@example.com", "channels": ["email"]},
     }
 
 
@@ -366,7 +367,7 @@ def _routes() -> list[tuple[str, str]]:
     return sorted(
         (method.upper(), path)
         for path, operations in schema["paths"].items()
-        if path.startswith("/v1/") and not path.startswith("/v1/me")  # the stream: own tests
+        if path.startswith("/v1/") and path != "/v1/me/stream"  # the stream: own tests
         for method in operations
     )
 
@@ -399,6 +400,7 @@ async def test_every_endpoint_refuses_other_roles_and_other_reps(
     bodies = _bodies(event.lead_id, ana, pool_id)
     routes = _routes()
     assert ("POST", "/v1/leads/{lead_id}/claim") in routes
+    assert ("PUT", "/v1/me/notify") in routes
 
     outsider = await keys.headers(Role.REP, ben)
     strangers = {
@@ -407,8 +409,9 @@ async def test_every_endpoint_refuses_other_roles_and_other_reps(
         "analyst": await keys.headers(Role.ANALYST),
         "ingest": await keys.headers(Role.INGEST),
     }
-    # Reading one's own queue is every rep's right; the rest must refuse an outsider.
-    open_to_any_rep = {("GET", "/v1/leads"), ("GET", "/v1/notifications")}
+    # Reading one's own queue and choosing how one is told are every rep's right; the
+    # rest must refuse an outsider.
+    open_to_any_rep = {("GET", "/v1/leads"), ("GET", "/v1/notifications"), ("PUT", "/v1/me/notify")}
     refused: Counter[str] = Counter()
     for method, path in routes:
         url = path.format(**params)
@@ -437,6 +440,71 @@ async def test_every_endpoint_refuses_other_roles_and_other_reps(
     joined = await team.client.post(f"/v1/leads/{event.lead_id}/join", headers=as_mia)
     assert joined.status_code == 200, joined.text
     assert joined.json()["helpers"] == [mia]
+
+
+async def test_a_pool_names_its_manager_who_must_be_a_known_rep(team: Team) -> None:
+    mia, ana = await team.rep(), await team.rep()
+    unknown = await team.client.post(
+        "/v1/pools",
+        json={"pool_id": unique("pool"), "name": "P", "rep_ids": [ana], "manager_id": "nobody"},
+        headers=team.manager,
+    )
+    assert unknown.status_code == 422, unknown.text
+    assert ["body", "manager_id"] in [error["loc"] for error in unknown.json()["detail"]]
+
+    pool_id, _ = await team.pool([ana], manager_id=mia)
+    read = await team.client.get(f"/v1/pools/{pool_id}", headers=team.manager)
+    assert read.json()["manager_id"] == mia
+    cleared = await team.client.patch(
+        f"/v1/pools/{pool_id}", json={"manager_id": None}, headers=team.manager
+    )
+    assert cleared.status_code == 200, cleared.text
+    assert cleared.json()["manager_id"] is None
+
+
+async def test_a_rep_sets_their_own_notification_preferences_and_only_theirs(
+    team: Team, keys: Keys
+) -> None:
+    ana, ben = await team.rep(), await team.rep(notify={"email": "ben@example.com"})
+    as_ana = await keys.headers(Role.REP, ana)
+    wanted = {
+        "email": "ana@example.com",
+        "webhook_url": "https://hooks.example.com/ana",
+        "webhook_secret": "a-secret-of-16-chars-or-more",
+        "slack": True,
+        "channels": ["email", "webhook", "sse"],
+    }
+
+    response = await team.client.put("/v1/me/notify", json=wanted, headers=as_ana)
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "email": "ana@example.com",
+        "webhook_url": "https://hooks.example.com/ana",
+        "webhook_secret_set": True,
+        "slack": True,
+        "channels": ["email", "webhook", "sse"],
+    }
+    ana_now = (await team.client.get(f"/v1/reps/{ana}", headers=team.manager)).json()
+    ben_now = (await team.client.get(f"/v1/reps/{ben}", headers=team.manager)).json()
+    assert ana_now["notify"] == response.json()
+    assert ben_now["notify"]["email"] == "ben@example.com"
+
+    bad = await team.client.put(
+        "/v1/me/notify",
+        json={"email": "not-an-address", "webhook_url": "http://hooks.example.com/ana"},
+        headers=as_ana,
+    )
+    assert bad.status_code == 422, bad.text
+    named = {tuple(error["loc"]) for error in bad.json()["detail"]}
+    assert {("body", "email"), ("body", "webhook_url")} <= named, named
+    assert any("https" in error["msg"] for error in bad.json()["detail"])
+    after = (await team.client.get(f"/v1/reps/{ana}", headers=team.manager)).json()
+    assert after["notify"] == response.json()  # a refused change changes nothing
+
+    # A manager key names no rep: there is no "me" to change.
+    as_manager = await team.client.put("/v1/me/notify", json=wanted, headers=team.manager)
+    assert as_manager.status_code == 403, as_manager.text
 
 
 # --- two replicas ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from services.assignment.documents import pool_document
 from services.assignment.notifications.rules import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
@@ -26,6 +27,8 @@ from services.assignment.notifications.rules import (
     sla_warning_delivery_ids,
     webhook_request,
 )
+from services.assignment.notifications.store import pool_managers_of
+from services.assignment.rules import Pool
 from shared.events import (
     ActivityLoggedV1,
     Event,
@@ -143,6 +146,22 @@ def test_an_escalation_goes_to_whoever_the_event_names() -> None:
     decided = plan(breach)
 
     assert {e.person_id for e in decided.feed if e.kind == "sla-escalated"} == {"sam"}
+
+
+def test_a_pools_own_manager_is_alerted_of_its_queue_rather_than_its_members_managers() -> None:
+    members_managers = {"rita": "mona", "sam": "mona"}
+    without = {"_id": "seoul", **pool_document(Pool("seoul", "Seoul", ("rita", "sam")))}
+    assert pool_managers_of(without, members_managers) == ("mona",)
+
+    stored = pool_document(Pool("seoul", "Seoul", ("rita", "sam"), manager_id="sam"))
+    pool_managers = {"seoul": pool_managers_of({"_id": "seoul", **stored}, members_managers)}
+    queued = LeadQueuedV1(
+        lead_id="lead-2", occurred_at=NOW, pool_id="seoul", reason="nobody on shift"
+    )
+
+    decided = plan(queued, pool_managers=pool_managers)
+
+    assert [(e.person_id, e.kind) for e in decided.feed] == [("sam", "lead-queued")]
 
 
 def test_a_queued_lead_alerts_the_pools_managers() -> None:

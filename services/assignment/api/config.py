@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import date, datetime, time
 from typing import Annotated, Any, Literal, cast
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Depends, Response, status
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from leadflow.chassis.auth import Principal, Role, require
 from services.assignment.api.common import (
     ClockDep,
     CompanySize,
@@ -29,6 +30,8 @@ from services.assignment.api.common import (
     TeamDep,
     Text,
     TimeZone,
+    acting_rep,
+    forbidden,
     not_null,
     refusal,
 )
@@ -120,6 +123,33 @@ class NotifyBody(BaseModel):
             slack=self.slack,
             channels=tuple(self.channels),
         )
+
+
+def _https(url: HttpUrl | None) -> HttpUrl | None:
+    if url is not None and url.scheme != "https":
+        raise ValueError("the webhook must be an https:// URL")
+    return url
+
+
+class MyNotifyBody(NotifyBody):
+    """What a rep chooses for themselves; their webhook must be https (they hand the
+    service an address it will post their leads to)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "email": "jin@example.com",
+                    "webhook_url": "https://hooks.example.com/jin",
+                    "webhook_secret": "a-long-shared-secret",
+                    "channels": ["email", "webhook", "sse"],
+                }
+            ]
+        },
+    )
+
+    webhook_url: Annotated[HttpUrl | None, AfterValidator(_https)] = None
 
 
 class NotifyPublic(BaseModel):
@@ -387,6 +417,32 @@ async def update_rep(
     return RepPublic.of(rep)
 
 
+RepKey = Annotated[Principal, Depends(require(Role.REP))]
+
+
+@router.put(
+    "/me/notify",
+    response_model=NotifyPublic,
+    tags=["reps"],
+    summary="Set how I am told of new leads, SLA warnings and escalations (rep key)",
+    description="Replaces the rep's own notification preferences as a whole (a field left "
+    "out is cleared; resend `webhook_secret` to keep signing). `email` must be a valid "
+    "address, `webhook_url` an https URL; 422 names every bad field.",
+    responses={403: {"description": "the key names no rep"}, 404: {"description": "no such rep"}},
+)
+async def set_my_notify(
+    body: MyNotifyBody, principal: RepKey, team: TeamDep, clock: ClockDep
+) -> NotifyPublic:
+    rep_id = acting_rep(principal)
+    if rep_id is None:  # not reached: only rep keys pass `RepKey`
+        raise forbidden("a rep key sets its own preferences")
+    try:
+        rep = await team.change_rep(rep_id, {"notify": body.to_notify()}, clock())
+    except AssignmentError as error:
+        raise refusal(error) from error
+    return NotifyPublic.of(rep.notify)
+
+
 # --- pools ----------------------------------------------------------------------------
 
 
@@ -444,6 +500,7 @@ class PoolCreate(BaseModel):
                     "claim_limit": 5,
                     "sla_minutes": 30,
                     "sla_reassign": True,
+                    "manager_id": "mlee",
                 }
             ]
         },
@@ -462,6 +519,11 @@ class PoolCreate(BaseModel):
     claim_limit: ClaimLimit | None = None
     sla_minutes: SlaMinutes | None = None
     sla_reassign: bool = False
+    manager_id: Id | None = Field(
+        None,
+        description="the rep (manager) told of leads waiting in this pool's queue; "
+        "without one, the members' managers are",
+    )
 
     def to_pool(self) -> Pool:
         return Pool(
@@ -478,12 +540,14 @@ class PoolCreate(BaseModel):
             claim_limit=self.claim_limit,
             sla_minutes=self.sla_minutes,
             sla_reassign=self.sla_reassign,
+            manager_id=self.manager_id,
         )
 
 
 class PoolUpdate(BaseModel):
     """Only the fields sent change; `match` and `weights` are replaced as a whole;
-    `default_assignee`, `claim_limit` and `sla_minutes` may be set to null to clear them."""
+    `default_assignee`, `claim_limit`, `sla_minutes` and `manager_id` may be set to null to
+    clear them."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -499,6 +563,7 @@ class PoolUpdate(BaseModel):
     claim_limit: ClaimLimit | None = None
     sla_minutes: SlaMinutes | None = None
     sla_reassign: bool | None = None
+    manager_id: Id | None = None
 
     @field_validator(
         "name",
@@ -558,6 +623,7 @@ class PoolPublic(BaseModel):
     claim_limit: int | None
     sla_minutes: int | None
     sla_reassign: bool
+    manager_id: str | None
     members: list[MemberPublic] = Field(
         description="the pool's reps in the order round robin deals its next leads to them: "
         "fair per rep across every pool, so the eligible rep whose last lead (from any "
@@ -581,6 +647,7 @@ class PoolPublic(BaseModel):
             claim_limit=pool.claim_limit,
             sla_minutes=pool.sla_minutes,
             sla_reassign=pool.sla_reassign,
+            manager_id=pool.manager_id,
             members=[MemberPublic.model_validate(member) for member in view.members],
         )
 
