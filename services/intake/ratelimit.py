@@ -29,6 +29,19 @@ class FormRateLimit(Protocol):
     def close(self) -> None: ...
 
 
+class _SharedCounters(MongoDBStorage):
+    """limits' MongoDB storage, but closing it never opens a client it has not used: the
+    library's `__del__` reads its lazy `storage` property, which connects, so a process that
+    built an app but took no form post (the CLI writing AsyncAPI docs) hung at exit."""
+
+    def close_if_open(self) -> None:
+        if self._storage is not None:
+            self._storage.close()
+
+    def __del__(self) -> None:
+        self.close_if_open()
+
+
 class LimitsFormRateLimit:
     def __init__(self, storage: Storage, limit: str) -> None:
         self._storage = storage
@@ -38,7 +51,7 @@ class LimitsFormRateLimit:
     @classmethod
     def on_mongodb(cls, url: str, database: str, limit: str) -> LimitsFormRateLimit:
         """Counters in `database`.`form_rate_counters`, shared by every replica."""
-        storage = MongoDBStorage(
+        storage = _SharedCounters(
             url,
             database_name=database,
             counter_collection_name="form_rate_counters",
@@ -58,5 +71,5 @@ class LimitsFormRateLimit:
         return await asyncio.to_thread(self._limiter.hit, self._item, "form", form_key, client)
 
     def close(self) -> None:
-        if isinstance(self._storage, MongoDBStorage):
-            self._storage.storage.close()
+        if isinstance(self._storage, _SharedCounters):
+            self._storage.close_if_open()
