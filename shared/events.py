@@ -394,6 +394,16 @@ class LeadOptedOutV1(Event):
     sequence_id: str | None = None
 
 
+class LeadOptedInV1(Event):
+    """The lead opted back into one channel (SMS START / UNSTOP / YES after STOP): nurture
+    may use it again. Only ever undoes an opt-out of that channel (a hard bounce stays)."""
+
+    event_type: Literal["lead-opted-in"] = "lead-opted-in"
+    channel: Channel
+    reason: str | None = None
+    """How: sms_keyword, by_hand, ..."""
+
+
 class LeadRequalifiedV1(Event):
     event_type: Literal["lead-requalified"] = "lead-requalified"
     score: float
@@ -426,6 +436,7 @@ AnyEvent = Annotated[
     | MessageFailedV1
     | EngagementRecordedV1
     | LeadOptedOutV1
+    | LeadOptedInV1
     | LeadRequalifiedV1,
     Field(discriminator="event_type"),
 ]

@@ -18,6 +18,7 @@ from shared.events import (
     LeadErasedV1,
     LeadLostV1,
     LeadMergedV1,
+    LeadOptedInV1,
     LeadOptedOutV1,
     LeadQueuedV1,
     LeadReceivedV1,
@@ -61,6 +62,7 @@ TOPIC_OF: Final[dict[type[Event], str]] = {
     MessageFailedV1: "nurture.message-failed.v1",
     EngagementRecordedV1: "nurture.engagement-recorded.v1",
     LeadOptedOutV1: "nurture.lead-opted-out.v1",
+    LeadOptedInV1: "nurture.lead-opted-in.v1",
     LeadRequalifiedV1: "nurture.lead-requalified.v1",
 }
 

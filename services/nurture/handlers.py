@@ -20,6 +20,7 @@ from shared.events import (
     LeadErasedV1,
     LeadLostV1,
     LeadMergedV1,
+    LeadOptedInV1,
     LeadOptedOutV1,
     LeadReceivedV1,
     LeadReturnedToPoolV1,
@@ -29,7 +30,8 @@ from shared.events import (
 from shared.topics import topic_for
 
 # Nurture also consumes its own channel events (published by its webhooks through the
-# outbox): replies, opt-outs and bounces end enrollments, engagements feed the score.
+# outbox): replies, opt-outs and bounces end enrollments, opt-ins lift an opt-out,
+# engagements feed the score.
 Consumed = Annotated[
     LeadReceivedV1
     | LeadMergedV1
@@ -41,6 +43,7 @@ Consumed = Annotated[
     | LeadConvertedV1
     | EngagementRecordedV1
     | LeadOptedOutV1
+    | LeadOptedInV1
     | MessageStatusUpdatedV1,
     Field(discriminator="event_type"),
 ]

@@ -32,6 +32,7 @@ from shared.events import (
     LeadErasedV1,
     LeadLostV1,
     LeadMergedV1,
+    LeadOptedInV1,
     LeadOptedOutV1,
     LeadReceivedV1,
     LeadReturnedToPoolV1,
@@ -196,7 +197,11 @@ class LeadContact:
     consent_as_of: datetime | None = None
     erased_at: datetime | None = None
     blocked: tuple[Channel, ...] = ()
-    """Channels the lead opted out of, or whose address hard-bounced: never used again."""
+    """Channels the lead opted out of (until it opts back in), or whose address
+    hard-bounced."""
+    opted_as_of: tuple[tuple[Channel, datetime], ...] = ()
+    """Per channel, the time of the newest opt-out or opt-in applied: the two travel on
+    different topics, so an older one arriving late must not undo a newer one."""
     stage: str | None = None
     """Where the lead last was in its lifecycle (new, assigned, in_pool, nurture, lost-N,
     converted), as of `stage_as_of`: what marketing's bulk enrollment filters on."""
@@ -676,7 +681,8 @@ def apply_event(
     - an assignment or a conversion that happened after an enrollment was triggered stops
       it (an older one, arriving late, does not);
     - a reply stops every active enrollment; an opt-out or a hard bounce blocks the channel
-      (an enrollment left with no channel stops); opens and clicks are noted on the
+      (an enrollment left with no channel stops), an opt-in newer than the opt-out lifts
+      the block (active enrollments are replanned); opens and clicks are noted on the
       enrollment whose message they were about (skip conditions read them);
     - an erasure stops every active enrollment whenever it was triggered and forgets the
       contact for good.
@@ -706,8 +712,12 @@ def apply_event(
         case EngagementRecordedV1():
             return _engaged(lead, event, now)
         case LeadOptedOutV1(channel=channel):
-            blocked: tuple[Channel, ...] = ("email", "sms") if channel == "all" else (channel,)
-            return _blocked(lead, blocked, StopReason.OPTED_OUT, catalog, zone, now)
+            both: tuple[Channel, ...] = ("email", "sms")
+            newer = _opt_newer(lead, both if channel == "all" else (channel,), at)
+            return _blocked(newer.lead, newer.channels, StopReason.OPTED_OUT, catalog, zone, now)
+        case LeadOptedInV1(channel=channel):
+            newer = _opt_newer(lead, (channel,), at)
+            return _unblocked(newer.lead, newer.channels, catalog, zone)
         case MessageStatusUpdatedV1(status="bounced", channel=channel):
             return _blocked(lead, (channel,), StopReason.BOUNCED, catalog, zone, now)
     trigger = trigger_of(event)
@@ -797,6 +807,45 @@ def _blocked(  # noqa: PLR0917 - one channel block, then what it does to each en
     ended = [stopped(e, reason, now) for e in ending]
     kept = tuple(e for e in applied.lead.active if e.channels)
     return Applied(LeadNurture(newer, kept), enrollments=_merge(applied, ended))
+
+
+@dataclass(frozen=True, slots=True)
+class _OptNewer:
+    lead: LeadNurture
+    channels: tuple[Channel, ...]
+    """Those of the asked channels on which this opt change is the newest."""
+
+
+def _opt_newer(lead: LeadNurture, channels: tuple[Channel, ...], at: datetime) -> _OptNewer:
+    """Of `channels`, those no newer opt change was applied to, and the lead with `at`
+    noted as their newest (an erased lead is left alone)."""
+    contact = lead.contact
+    if contact.erased_at is not None:
+        return _OptNewer(lead, ())
+    as_of = dict(contact.opted_as_of)
+    newer = tuple(c for c in channels if c not in as_of or as_of[c] < at)
+    if not newer:
+        return _OptNewer(lead, ())
+    as_of.update((c, at) for c in newer)
+    noted = dataclasses.replace(contact, opted_as_of=tuple(sorted(as_of.items())))
+    return _OptNewer(LeadNurture(noted, lead.active), newer)
+
+
+def _unblocked(
+    lead: LeadNurture,
+    channels: tuple[Channel, ...],
+    catalog: SequenceCatalog,
+    default_timezone: str,
+) -> Applied:
+    """The lead opted back into `channels`: its active enrollments may use them again, their
+    current step replanned (an enrollment the opt-out stopped stays stopped)."""
+    contact = lead.contact
+    newer = dataclasses.replace(
+        contact, blocked=tuple(c for c in contact.blocked if c not in channels)
+    )
+    if newer.blocked == contact.blocked:
+        return Applied(lead)
+    return _replanned_all(lead, newer, catalog, default_timezone)
 
 
 def _engaged(lead: LeadNurture, event: EngagementRecordedV1, now: datetime) -> Applied:

@@ -663,6 +663,7 @@ def contact_document(lead: LeadContact) -> Document:
         "consent_as_of": lead.consent_as_of,
         "erased_at": lead.erased_at,
         "blocked": list(lead.blocked),
+        "opted_as_of": dict(lead.opted_as_of),
         "stage": lead.stage,
         "stage_as_of": lead.stage_as_of,
     }
@@ -678,6 +679,7 @@ def contact_from_document(doc: Document) -> LeadContact:
         consent_as_of=doc.get("consent_as_of"),
         erased_at=doc.get("erased_at"),
         blocked=tuple(doc.get("blocked", ())),
+        opted_as_of=tuple(sorted((doc.get("opted_as_of") or {}).items())),
         stage=doc.get("stage"),
         stage_as_of=doc.get("stage_as_of"),
     )

@@ -21,7 +21,13 @@ from services.nurture.channels.usecases import (
     SmsStatusReport,
     UnknownStatusError,
 )
-from shared.events import EngagementRecordedV1, Event, LeadOptedOutV1, MessageStatusUpdatedV1
+from shared.events import (
+    EngagementRecordedV1,
+    Event,
+    LeadOptedInV1,
+    LeadOptedOutV1,
+    MessageStatusUpdatedV1,
+)
 from shared.topics import EVENT_ON
 from tests.contract.conftest import NOW, STORE_KINDS, mongo_parts
 from tests.fakes.nurture_channels import InMemoryChannelStore
@@ -107,6 +113,16 @@ async def test_stop_opts_the_number_and_its_lead_out_of_sms_only(subject: Subjec
     assert (start.intent, start.changed) == (InboundIntent.OPT_IN, True)
     assert await subject.store.opted_out_channels(["lead-1"]) == {}
     assert await subject.store.opted_out_phones([PHONE]) == set()
+    # Nurture learned the STOP from its event: it learns the START the same way, once.
+    assert not (await channels.inbound_sms(InboundSms("SM4", PHONE, "yes"))).changed
+    *_, opted_in = await subject.outbox()
+    assert isinstance(opted_in, LeadOptedInV1)
+    assert (opted_in.lead_id, opted_in.channel, opted_in.reason) == (
+        "lead-1",
+        "sms",
+        "sms_keyword",
+    )
+    assert [type(e) for e in await subject.outbox()] == [LeadOptedOutV1, LeadOptedInV1]
 
 
 async def test_an_email_unsubscribe_and_an_sms_stop_are_independent(subject: Subject) -> None:

@@ -245,6 +245,46 @@ async def test_stop_by_text_stops_sms_but_email_goes_on(
     assert len(texts_to(twilio, phone)) == 1  # the second text was never sent
 
 
+async def inbound_text(nurture: Nurture, twilio: FakeTwilio, phone: str, body: str) -> None:
+    """A text from `phone`, posted by Twilio, signed, to nurture's inbound webhook."""
+    params = {"MessageSid": f"SM{uuid.uuid4().hex}", "From": phone, "Body": body}
+    url = f"{PUBLIC_URL}/v1/sms/inbound"
+    answered = await nurture.client.post(
+        "/v1/sms/inbound", data=params, headers={"X-Twilio-Signature": twilio.sign(url, params)}
+    )
+    assert answered.status_code == 200, answered.text
+
+
+async def test_start_after_stop_lets_the_next_sms_step_go_out(
+    nurture: Nurture, mail_sink: MailSink, twilio: FakeTwilio
+) -> None:
+    phone = "+821055500007"
+    lead_id = await nurture.known_lead(phone=phone)
+    sequence_id = await nurture.sequence(
+        {"channel": "sms", "delay_hours": 0, "body": "Hi {{ first_name }}"},
+        {"channel": "sms", "delay_hours": 1, "body": "Welcome back"},
+        {**EMAIL_NOW, "delay_hours": 1},
+    )
+    await nurture.enroll([lead_id], sequence_id)
+    await eventually(lambda: _async(texts_to(twilio, phone)), bool)
+
+    await inbound_text(nurture, twilio, phone, "STOP")
+    await eventually(
+        lambda: nurture.enrollment(lead_id), lambda e: e["channels"] == ["email"], timeout_s=60
+    )
+    await inbound_text(nurture, twilio, phone, "unstop")
+    # nurture.lead-opted-in.v1 through the outbox, Kafka and nurture's own consumer.
+    await eventually(
+        lambda: nurture.enrollment(lead_id),
+        lambda e: e["channels"] == ["email", "sms"],
+        timeout_s=60,
+    )
+
+    nurture.clock.offset += timedelta(hours=1, minutes=1)
+    texts = await eventually(lambda: _async(texts_to(twilio, phone)), lambda t: len(t) == 2)
+    assert [t.body for t in texts] == ["Hi Dana", "Welcome back"]
+
+
 async def test_a_nurtured_lead_visiting_pricing_is_handed_back_to_sales(
     nurture: Nurture, infra: Infra
 ) -> None:

@@ -27,6 +27,7 @@ from shared.events import (
     LeadErasedV1,
     LeadLostV1,
     LeadMergedV1,
+    LeadOptedInV1,
     LeadOptedOutV1,
     LeadQueuedV1,
     LeadReceivedV1,
@@ -95,6 +96,7 @@ SAMPLES: list[Event] = [
     MessageFailedV1(lead_id="L1", sequence_id="s", step=1, channel="sms", error="bounced"),
     EngagementRecordedV1(lead_id="L1", kind="click", message_id="m1", score=5),
     LeadOptedOutV1(lead_id="L1", channel="all"),
+    LeadOptedInV1(lead_id="L1", channel="sms", reason="sms_keyword"),
     LeadRequalifiedV1(lead_id="L1", score=72.5, reason="clicked pricing twice"),
 ]
 

@@ -37,6 +37,7 @@ from shared.events import (
     LeadErasedV1,
     LeadLostV1,
     LeadMergedV1,
+    LeadOptedInV1,
     LeadOptedOutV1,
     LeadReceivedV1,
     LeadRequalifiedV1,
@@ -445,6 +446,42 @@ async def test_opting_out_of_the_only_channel_stops_and_of_another_keeps_going(
     await nurture.apply([LeadOptedOutV1(lead_id="opts", occurred_at=at(21), channel="email")])
     [ended] = await nurture.enrollments("opts")
     assert ended.stop_reason is StopReason.OPTED_OUT
+
+
+async def test_opting_back_into_sms_lets_the_enrollment_text_again(nurture: Nurture) -> None:
+    both = Consent(email=True, sms=True)
+    await nurture.apply(
+        [
+            LeadReceivedV1(
+                lead_id="back",
+                occurred_at=at(0),
+                contact=Contact(email="b@example.com", phone="+821012345678"),
+                attribution=Attribution(source="website", channel="web_form"),
+                consent=both,
+            ),
+            lost("back", 3),
+        ]
+    )
+    await nurture.apply([LeadOptedOutV1(lead_id="back", occurred_at=at(20), channel="sms")])
+    await nurture.apply([LeadOptedInV1(lead_id="back", occurred_at=at(25), channel="sms")])
+    [again] = await nurture.enrollments("back")
+    assert (again.status, again.channels) == (EnrollmentStatus.ACTIVE, ("email", "sms"))
+    # The opt-out, redelivered late from its own topic, does not undo the newer opt-in.
+    await nurture.apply([LeadOptedOutV1(lead_id="back", occurred_at=at(20), channel="sms")])
+    [still] = await nurture.enrollments("back")
+    assert still.channels == ("email", "sms")
+    # Nor does an opt-in older than a later STOP lift that STOP.
+    await nurture.apply([LeadOptedOutV1(lead_id="back", occurred_at=at(40), channel="sms")])
+    await nurture.apply([LeadOptedInV1(lead_id="back", occurred_at=at(30), channel="sms")])
+    [blocked] = await nurture.enrollments("back")
+    assert blocked.channels == ("email",)
+    # A new enrollment after the opt-in may text too.
+    await nurture.apply([LeadOptedInV1(lead_id="back", occurred_at=at(50), channel="sms")])
+    await nurture.apply([lost("back", 2, minutes=60)])
+    assert {e.sequence_id: e.channels for e in await nurture.enrollments("back")} == {
+        "loss-level-2": ("email", "sms"),
+        "loss-level-3": ("email", "sms"),
+    }
 
 
 async def test_a_hard_bounce_blocks_email_for_good(nurture: Nurture) -> None:

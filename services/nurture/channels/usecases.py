@@ -43,6 +43,7 @@ from shared.events import (
     Channel,
     EngagementRecordedV1,
     Event,
+    LeadOptedInV1,
     LeadOptedOutV1,
     MessageStatusUpdatedV1,
 )
@@ -102,7 +103,7 @@ class ChannelFeedback:
 
         Used by the unsubscribe link (email), STOP/START (SMS) and the send loop when the
         provider says the recipient opted out at the carrier (Twilio 21610). True if it
-        changed anything; an opt-out publishes LeadOptedOutV1 once per change."""
+        changed anything; each change publishes LeadOptedOutV1 or LeadOptedInV1 once."""
         now = self._clock()
 
         async def work(tx: ChannelTransaction) -> tuple[bool, list[Event]]:
@@ -110,16 +111,8 @@ class ChannelFeedback:
                 tx, lead_id, channel, reason, now, phone=phone, opted_out=opted_out
             )
             events: list[Event] = []
-            if changed and opted_out and lead_id is not None:
-                events.append(
-                    LeadOptedOutV1(
-                        lead_id=lead_id,
-                        occurred_at=now,
-                        channel=channel,
-                        reason=reason,
-                        sequence_id=sequence_id,
-                    )
-                )
+            if changed and lead_id is not None:
+                events.append(_opt_event(lead_id, channel, reason, now, opted_out, sequence_id))
             return changed, events
 
         return await self._store.commit(work)
@@ -207,13 +200,11 @@ class ChannelFeedback:
                 changed = await _set_opt_out(
                     tx, lead_id, "sms", reason, now, phone=phone, opted_out=opting_out
                 )
+                # START after STOP is told too: nurture's own state learned the opt-out
+                # from the event, and only an event can lift it again.
                 events: list[Event] = []
-                if changed and opting_out and lead_id is not None:
-                    events.append(
-                        LeadOptedOutV1(
-                            lead_id=lead_id, occurred_at=now, channel="sms", reason=reason
-                        )
-                    )
+                if changed and lead_id is not None:
+                    events.append(_opt_event(lead_id, "sms", reason, now, opting_out))
                 return InboundOutcome(intent, lead_id, changed), events
             if recipient is None:
                 log.warning(
@@ -482,6 +473,25 @@ async def _remember(tx: ChannelTransaction, recipients: Sequence[SmsRecipient]) 
     await tx.save_recipients(
         [r for phone, r in newest.items() if phone not in stored or stored[phone].at <= r.at]
     )
+
+
+def _opt_event(  # noqa: PLR0917 - the parts of one opt change, in their order
+    lead_id: str,
+    channel: Channel,
+    reason: str,
+    now: datetime,
+    opted_out: bool,
+    sequence_id: str | None = None,
+) -> Event:
+    if opted_out:
+        return LeadOptedOutV1(
+            lead_id=lead_id,
+            occurred_at=now,
+            channel=channel,
+            reason=reason,
+            sequence_id=sequence_id,
+        )
+    return LeadOptedInV1(lead_id=lead_id, occurred_at=now, channel=channel, reason=reason)
 
 
 def _engagement_events(engagements: Sequence[Engagement]) -> list[Event]:
