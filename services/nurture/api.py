@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import uuid4
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from leadflow.chassis.auth import Principal, Role, require
@@ -15,7 +15,15 @@ from leadflow.chassis.http import from_state, unprocessable
 from services.nurture.channels.email import OutboundEmail
 from services.nurture.channels.errors import PermanentSendError, SendError
 from services.nurture.channels.segments import count_segments
-from services.nurture.channels.tokens import LinkBuilder, LinkClaims, TokenKind
+from services.nurture.channels.tokens import (
+    BadTokenError,
+    LinkBuilder,
+    LinkClaims,
+    TokenKind,
+    TokenSigner,
+    origin_of,
+)
+from services.nurture.channels.webhooks import NO_STORE, PIXEL
 from services.nurture.rules import (
     AlreadyEnrolledError,
     Enrollment,
@@ -42,6 +50,8 @@ from services.nurture.usecases import EnrollByHand, EnrollInBulk, RecordWebVisit
 from shared.events import Channel, Contact, LeadId
 
 router = APIRouter(prefix="/v1")
+beacon_router = APIRouter(tags=["engagement"])
+"""Public, at the root: the browser's visit pixel."""
 
 Marketer = Annotated[Principal, Depends(require(Role.MARKETING))]
 Reader = Annotated[Principal, Depends(require(Role.MARKETING, Role.MANAGER))]
@@ -754,3 +764,104 @@ async def record_web_visit(
 ) -> WebVisitPublic:
     await record(payload.lead_id, payload.url, payload.occurred_at)
     return WebVisitPublic(recorded=True)
+
+
+# --- the browser's beacon: a signed visit token instead of an API key ---------------------------
+
+VisitSignerDep = Annotated[TokenSigner, Depends(from_state("visit_signer"))]
+SiteOriginsDep = Annotated[tuple[str, ...], Depends(from_state("site_origins"))]
+
+FORGED: dict[int | str, dict[str, Any]] = {
+    403: {"description": "not a visit token we signed: nothing recorded"}
+}
+
+
+def _visitor(signer: TokenSigner, token: str) -> str:
+    """The lead a visit token names; 403 if we did not sign it."""
+    try:
+        return signer.verify(token, TokenKind.VISIT).lead_id
+    except BadTokenError as error:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="not a valid visit token") from error
+
+
+def _cors(request: Request, origins: tuple[str, ...]) -> dict[str, str]:
+    """CORS headers for a page on one of our own sites; none for any other origin (the
+    browser then keeps the answer from that page)."""
+    origin = request.headers.get("origin")
+    if origin is None or origin_of(origin) not in {o.rstrip("/").lower() for o in origins}:
+        return {"Vary": "Origin"}
+    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+
+
+class BeaconVisit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=2000, description="the `lf` parameter")
+    url: Annotated[str, Field(min_length=1, max_length=2000, pattern=r"^https?://")]
+
+
+@router.post(
+    "/web-visits/beacon",
+    response_model=WebVisitPublic,
+    status_code=status.HTTP_202_ACCEPTED,
+    tags=["engagement"],
+    summary="A page of our site, in the visitor's browser, reports the visit (no API key)",
+    description="The lead is the one the signed visit token names (the `lf` parameter the "
+    "click redirect appends to landing URLs on `site_origins`); recorded like "
+    "`POST /v1/web-visits`. Pages on `site_origins` may call it cross-origin (CORS).",
+    responses=FORGED,
+)
+async def record_beacon_visit(
+    payload: BeaconVisit,
+    request: Request,
+    *,
+    response: Response,
+    record: RecordWebVisitDep,
+    signer: VisitSignerDep,
+    origins: SiteOriginsDep,
+) -> WebVisitPublic:
+    lead_id = _visitor(signer, payload.token)
+    await record(lead_id, payload.url, None)
+    response.headers.update(_cors(request, origins))
+    return WebVisitPublic(recorded=True)
+
+
+@router.options("/web-visits/beacon", include_in_schema=False)
+async def beacon_preflight(request: Request, origins: SiteOriginsDep) -> Response:
+    allowed = _cors(request, origins)
+    if "Access-Control-Allow-Origin" not in allowed:
+        return Response(status_code=status.HTTP_403_FORBIDDEN, headers=allowed)
+    return Response(
+        status_code=status.HTTP_204_NO_CONTENT,
+        headers={
+            **allowed,
+            "Access-Control-Allow-Methods": "POST",
+            "Access-Control-Allow-Headers": "content-type",
+            "Access-Control-Max-Age": "600",
+        },
+    )
+
+
+@beacon_router.get(
+    "/v/{token}.gif",
+    summary="Visit pixel: `<img src=.../v/{lf}.gif?path=/pricing>` records a visit",
+    response_class=Response,
+    responses={**FORGED, 200: {"content": {"image/gif": {}}}},
+)
+async def visit_pixel(
+    token: str,
+    record: RecordWebVisitDep,
+    signer: VisitSignerDep,
+    path: Annotated[
+        str,
+        Query(
+            min_length=1,
+            max_length=2000,
+            pattern=r"^(/|https?://)",
+            description="the page viewed: a path (/pricing) or its full URL",
+        ),
+    ],
+) -> Response:
+    lead_id = _visitor(signer, token)
+    await record(lead_id, path, None)
+    return Response(PIXEL, media_type="image/gif", headers=NO_STORE)

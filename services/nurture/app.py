@@ -22,7 +22,7 @@ from services.nurture.channels.email import (
     SmtpConfig,
     SmtpEmailSender,
 )
-from services.nurture.channels.runtime import build_channel_webhooks, link_builder
+from services.nurture.channels.runtime import build_channel_webhooks, link_builder, token_signer
 from services.nurture.channels.sms import TwilioConfig, TwilioSmsSender
 from services.nurture.channels.tokens import LinkBuilder
 from services.nurture.handlers import register_handlers
@@ -201,7 +201,7 @@ def create_app(
         "in each lead's time zone, stopped when the lead replies, opts out or sales takes it "
         "again; warmed leads handed back to sales.",
         version=__version__,
-        routers=[api.router, webhooks.router],
+        routers=[api.router, api.beacon_router, webhooks.router],
         startup=startup,
         shutdown=shutdown,
         store=store,
@@ -209,6 +209,8 @@ def create_app(
         enroll_by_hand=EnrollByHand(store, sequences, default_timezone=zone, clock=clock),
         enroll_in_bulk=EnrollInBulk(store, sequences, default_timezone=zone, clock=clock),
         record_web_visit=RecordWebVisit(store, clock=clock),
+        visit_signer=token_signer(settings),
+        site_origins=settings.site_origins,
         apply_lead_events=apply_lead_events,
         send_due_steps=send_due_steps,
         scheduler=runner,

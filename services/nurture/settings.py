@@ -29,6 +29,10 @@ class Settings(ServiceSettings):
     in production, the same on every replica."""
     token_previous_secrets: tuple[SecretStr, ...] = ()
     """Earlier secrets still accepted (JSON list), so rotating does not break sent links."""
+    site_origins: tuple[str, ...] = ()
+    """Our own websites (JSON list of origins, e.g. ["https://acme.example"]): a click
+    landing there carries the lead's signed visit token as `lf`, and pages served from
+    there may call the browser beacon (`POST /v1/web-visits/beacon`, CORS)."""
     email_from: str = "leadflow <nurture@leadflow.example>"
     email_message_id_domain: str = "leadflow.example"
     email_unsubscribe_mailto: str = ""

@@ -17,11 +17,14 @@ import pytest
 from leadflow.chassis.auth import Role
 from leadflow.sinks import FakeTwilio, MailSink
 from services.nurture.app import create_app
+from services.nurture.channels.runtime import link_builder
+from services.nurture.channels.tokens import LinkClaims, TokenKind, TokenSigner
 from services.nurture.settings import Settings
 from shared.events import (
     Attribution,
     Consent,
     Contact,
+    EngagementRecordedV1,
     LeadReceivedV1,
     LeadRequalifiedV1,
     MessageSentV1,
@@ -311,6 +314,91 @@ async def test_a_nurtured_lead_visiting_pricing_is_handed_back_to_sales(
         lambda: nurture.enrollment(lead_id), lambda e: e["status"] == "stopped"
     )
     assert ended["stop_reason"] == "requalified"
+
+
+SITE = "https://acme.example"
+
+
+async def web_visits(infra: Infra, lead_id: str) -> list[EngagementRecordedV1]:
+    records = await read_topic(
+        infra.kafka_bootstrap, topic_for(EngagementRecordedV1), until=1_000_000, timeout_s=2
+    )
+    events = [EngagementRecordedV1.model_validate_json(value) for value, _ in records]
+    return [e for e in events if e.lead_id == lead_id and e.kind == "web_visit"]
+
+
+async def test_a_browser_on_our_site_records_visits_with_the_token_the_click_carried(
+    infra: Infra, run_id: str, keys: Keys, mail_sink: MailSink, twilio: FakeTwilio
+) -> None:
+    clock = ShiftedClock()
+    settings = nurture_settings(
+        infra, run_id, mail_sink, twilio, f"site{uuid.uuid4().hex[:6]}", site_origins=(SITE,)
+    )
+    async with serve(create_app(settings, clock=clock)) as client:
+        nurture = Nurture(client, clock, keys, infra)
+        lead_id = await nurture.known_lead()
+        sequence_id = await nurture.sequence({**EMAIL_NOW, "delay_hours": 48})
+        await nurture.enroll([lead_id], sequence_id)
+
+        # The lead clicks a link in our email to our own site: it lands with its visit token.
+        links = link_builder(settings)
+        claims = LinkClaims(TokenKind.CLICK, lead_id, "m-1", "email", sequence_id, 0)
+        click_url = links.click_url(claims, f"{SITE}/offer?plan=gold")
+        clicked = await client.get(click_url.removeprefix(PUBLIC_URL))
+        assert clicked.status_code == 302
+        landing = httpx.URL(clicked.headers["location"])
+        assert (landing.host, landing.path, landing.params["plan"]) == (
+            "acme.example",
+            "/offer",
+            "gold",
+        )
+        token = landing.params["lf"]
+        # A link to anyone else's site never carries it.
+        elsewhere = links.click_url(claims, "https://elsewhere.example/a")
+        away = await client.get(elsewhere.removeprefix(PUBLIC_URL))
+        assert away.headers["location"] == "https://elsewhere.example/a"
+
+        # Forged tokens, and tokens of another kind, record nothing.
+        forged = TokenSigner("not-our-secret").sign(LinkClaims(TokenKind.VISIT, lead_id))
+        click_token = click_url.rsplit("/", 1)[1]
+        for bad in (forged, click_token):
+            body = {"token": bad, "url": f"{SITE}/pricing"}
+            refused = await client.post("/v1/web-visits/beacon", json=body)
+            assert refused.status_code == 403, refused.text
+            pixel = await client.get(f"/v/{bad}.gif", params={"path": "/pricing"})
+            assert pixel.status_code == 403
+
+        # Pages of our site may call the beacon cross-origin; other sites' pages may not.
+        asked = {"Access-Control-Request-Method": "POST"}
+        preflight = await client.options("/v1/web-visits/beacon", headers={**asked, "Origin": SITE})
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == SITE
+        stranger = await client.options(
+            "/v1/web-visits/beacon", headers={**asked, "Origin": "https://evil.example"}
+        )
+        assert stranger.status_code == 403
+        assert "access-control-allow-origin" not in stranger.headers
+
+        beacon = await client.post(
+            "/v1/web-visits/beacon",
+            json={"token": token, "url": f"{SITE}/blog/spring"},
+            headers={"Origin": SITE},
+        )
+        assert beacon.status_code == 202, beacon.text
+        assert beacon.headers["access-control-allow-origin"] == SITE
+        pixel = await client.get(f"/v/{token}.gif", params={"path": "/pricing"})
+        assert pixel.status_code == 200 and pixel.headers["content-type"] == "image/gif"
+        bad_path = await client.get(f"/v/{token}.gif", params={"path": "javascript:x"})
+        assert bad_path.status_code == 422 and "path" in bad_path.text
+
+        visits = await eventually(lambda: web_visits(infra, lead_id), lambda v: len(v) >= 2)
+        assert sorted(v.url or "" for v in visits) == ["/pricing", f"{SITE}/blog/spring"]
+        # The pricing page is high-intent: the lead goes back to sales.
+        ended = await eventually(
+            lambda: nurture.enrollment(lead_id), lambda e: e["status"] == "stopped"
+        )
+        assert ended["stop_reason"] == "requalified"
+        assert len(await web_visits(infra, lead_id)) == 2
 
 
 async def test_two_scheduler_replicas_send_every_step_exactly_once(

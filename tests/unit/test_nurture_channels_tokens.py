@@ -10,6 +10,7 @@ from services.nurture.channels.tokens import (
     LinkClaims,
     TokenKind,
     TokenSigner,
+    with_visit_token,
 )
 
 pytestmark = pytest.mark.unit
@@ -90,3 +91,29 @@ def test_links_in_html_go_through_the_click_redirect_but_unsubscribe_does_not() 
 def test_an_empty_secret_is_refused() -> None:
     with pytest.raises(ValueError, match="secret"):
         TokenSigner("")
+
+
+def test_the_visit_token_goes_only_to_our_own_sites_and_replaces_an_old_one() -> None:
+    sites = ("https://acme.example", "https://shop.acme.example:8443/")
+    assert (
+        with_visit_token("https://acme.example/offer?plan=gold&lf=old", "T.k", sites)
+        == "https://acme.example/offer?plan=gold&lf=T.k"
+    )
+    assert (
+        with_visit_token("https://SHOP.acme.example:8443/a", "T", sites)
+        == "https://SHOP.acme.example:8443/a?lf=T"
+    )
+    for foreign in (
+        "https://evil.example/a",
+        "http://acme.example/a",
+        "https://acme.example.evil/",
+    ):
+        assert with_visit_token(foreign, "T", sites) == foreign
+
+
+def test_a_visit_token_is_its_own_kind() -> None:
+    signer = TokenSigner("s3cret")
+    visit = signer.sign(LinkClaims(TokenKind.VISIT, "lead-1"))
+    assert signer.verify(visit, TokenKind.VISIT).lead_id == "lead-1"
+    with pytest.raises(BadTokenError):
+        signer.verify(signer.sign(CLAIMS), TokenKind.VISIT)

@@ -77,6 +77,7 @@ def build_channel_webhooks(
         token_signer(settings),
         twilio_auth_token=settings.twilio_auth_token.get_secret_value(),
         public_url=settings.public_url,
+        site_origins=settings.site_origins,
         replies=SmsReplies(
             help=settings.sms_help_reply,
             opt_in=settings.sms_opt_in_reply,

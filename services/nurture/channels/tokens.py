@@ -16,11 +16,11 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shared.events import Channel
 
@@ -31,6 +31,10 @@ class TokenKind(StrEnum):
     CLICK = "click"
     SMS_STATUS = "sms-status"
     """Rides in an SMS's StatusCallback URL: which of our messages a delivery report is about."""
+    VISIT = "visit"
+    """Per lead, appended as `lf` to landing URLs on our own site by the click redirect: the
+    browser beacon (`/v/{token}.gif`, `/v1/web-visits/beacon`) records that lead's visits
+    with it instead of an API key."""
 
 
 class BadTokenError(ValueError):
@@ -72,6 +76,29 @@ def _unb64(text: str) -> bytes:
 def is_web_url(url: str) -> bool:
     parts = urlsplit(url)
     return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+VISIT_PARAMETER = "lf"
+"""The query parameter the visit token rides in on a landing URL."""
+
+
+def origin_of(url: str) -> str:
+    """`scheme://host[:port]`, lower case: what a browser sends as `Origin`."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def with_visit_token(url: str, token: str, site_origins: Collection[str]) -> str:
+    """`url` with the visit token as `lf` when it lands on one of our own sites (never
+    handed to anyone else's), else `url` unchanged."""
+    if origin_of(url) not in {origin.rstrip("/").lower() for origin in site_origins}:
+        return url
+    parts = urlsplit(url)
+    query = [
+        (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != VISIT_PARAMETER
+    ]
+    query.append((VISIT_PARAMETER, token))
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 class TokenSigner:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from xml.sax.saxutils import escape as xml_escape
 
@@ -24,7 +24,13 @@ from twilio.request_validator import RequestValidator  # type: ignore[import-unt
 from leadflow.chassis.batching import GroupCommit
 from leadflow.chassis.http import unprocessable
 from services.nurture.channels.rules import EngagementKind, InboundIntent, MessageStatusRecord
-from services.nurture.channels.tokens import BadTokenError, LinkClaims, TokenKind, TokenSigner
+from services.nurture.channels.tokens import (
+    BadTokenError,
+    LinkClaims,
+    TokenKind,
+    TokenSigner,
+    with_visit_token,
+)
 from services.nurture.channels.usecases import (
     ChannelFeedback,
     InboundSms,
@@ -75,10 +81,12 @@ def channel_webhooks(
     replies: SmsReplies,
     reports: StatusReports,
     engagements: LinkEngagements,
+    site_origins: Collection[str] = (),
 ) -> APIRouter:
-    """The router nurture's app includes: link endpoints and Twilio webhooks."""
+    """The router nurture's app includes: link endpoints and Twilio webhooks. A click
+    landing on one of `site_origins` carries the lead's visit token (`lf`) there."""
     router = APIRouter(tags=["channel webhooks"])
-    router.include_router(_link_routes(feedback, signer, engagements))
+    router.include_router(_link_routes(feedback, signer, engagements, site_origins))
     base = public_url.rstrip("/")
     router.include_router(
         _twilio_routes(
@@ -105,7 +113,10 @@ def _verifier(signer: TokenSigner) -> Callable[[str, TokenKind], LinkClaims | No
 
 
 def _link_routes(
-    feedback: ChannelFeedback, signer: TokenSigner, engagements: LinkEngagements
+    feedback: ChannelFeedback,
+    signer: TokenSigner,
+    engagements: LinkEngagements,
+    site_origins: Collection[str],
 ) -> APIRouter:
     router = APIRouter()
     verified = _verifier(signer)
@@ -178,7 +189,10 @@ def _link_routes(
         if claims is None or claims.url is None:
             return _page("Link not valid", "This link is not valid.", 404)
         await engagements.submit((claims, "click"))
-        return RedirectResponse(claims.url, status_code=302, headers=NO_STORE)
+        # On our own site the page's beacon then knows whose visit it is, with no API key.
+        visit = signer.sign(LinkClaims(TokenKind.VISIT, claims.lead_id))
+        target = with_visit_token(claims.url, visit, site_origins)
+        return RedirectResponse(target, status_code=302, headers=NO_STORE)
 
     return router
 
