@@ -1,6 +1,7 @@
 """Assignment's Kafka subscriber: intake's lead events, in batches, to `RouteLeads`; its
-own published events to the notifications (`NotificationRuntime.handle`), so routing
-writes nothing for them and a slow mail server never holds it up.
+own published events, and intake's repeat inquiries once routed (the owner of an open lead
+is told), to the notifications (`NotificationRuntime.handle`), so routing writes nothing
+for them and a slow mail server never holds it up.
 
 Retries, poison isolation, dead letters and offsets are the chassis' (see
 `leadflow.chassis.consumer`); a failure here simply propagates.

@@ -20,7 +20,7 @@ from leadflow.chassis.auth import Role
 from leadflow.sinks import MailSink, ReceivedMail
 from services.assignment.app import create_app
 from services.assignment.settings import Settings
-from shared.events import Attribution, Contact, LeadReceivedV1, Profile
+from shared.events import Attribution, Contact, LeadMergedV1, LeadReceivedV1, Profile
 from tests.conftest import Keys
 from tests.support.infra import Infra
 from tests.support.kafka import publish_event
@@ -254,3 +254,38 @@ async def test_a_second_replica_streams_what_either_routed_and_each_email_goes_o
     assert {m.header("Subject") for m in mails} == {
         f"[leadflow] New lead {lead_id} is yours." for lead_id in lead_ids
     }
+
+
+async def test_a_repeat_inquiry_on_an_open_lead_reaches_its_owner_once(service: Service) -> None:
+    """intake.lead-merged.v1 on the real broker: the rep holding the lead hears of the
+    repeat inquiry by email, once however often the event is read."""
+    nora = await service.rep(webhook=False)
+    region = await service.pool([nora])
+    lead_id = await service.send_lead(region)
+    await service.assigned(lead_id)
+    await eventually(
+        lambda: _value(lambda: len(service.mails_to(f"{nora}@example.com"))), lambda n: n == 1
+    )
+    inquiry = LeadMergedV1(
+        lead_id=lead_id,
+        contact=Contact(name="Dana Kim", phone="+14155550100"),
+        attribution=Attribution(source="desk", channel="phone"),
+        matched_on="phone",
+    )
+
+    await publish_event(service.bootstrap, inquiry)
+    await publish_event(service.bootstrap, inquiry)  # redelivered: still one notice
+
+    repeats = await eventually(
+        lambda: service.notifications(nora),
+        lambda found: [n["status"] for n in found if n["kind"] == "repeat-inquiry"] == ["sent"],
+    )
+    [notice] = [n for n in repeats if n["kind"] == "repeat-inquiry"]
+    assert (notice["channel"], notice["lead_id"]) == ("email", lead_id)
+    await asyncio.sleep(1.5)  # time for a second notice to show
+    mails = service.mails_to(f"{nora}@example.com")
+    assert [m.header("Subject") for m in mails] == [
+        f"[leadflow] New lead {lead_id} is yours.",
+        f"[leadflow] Repeat inquiry on your lead {lead_id}: Dana Kim asked again (phone).",
+    ]
+    assert (await service.lead(lead_id))["rep_id"] == nora

@@ -13,10 +13,12 @@ from services.assignment.notifications.rules import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    LeadOwner,
     NoticeKind,
     NotificationPlan,
     Person,
     Preferences,
+    leads_concerned,
     managers_concerned,
     people_concerned,
     plan_notifications,
@@ -27,12 +29,15 @@ from services.assignment.notifications.rules import (
     sla_warning_delivery_ids,
     webhook_request,
 )
-from services.assignment.notifications.store import pool_managers_of
+from services.assignment.notifications.store import lead_owner_of, pool_managers_of
 from services.assignment.rules import Pool
 from shared.events import (
     ActivityLoggedV1,
+    Attribution,
+    Contact,
     Event,
     LeadAssignedV1,
+    LeadMergedV1,
     LeadQueuedV1,
     SatisfactionRecordedV1,
     SlaBreachedV1,
@@ -146,6 +151,60 @@ def test_an_escalation_goes_to_whoever_the_event_names() -> None:
     decided = plan(breach)
 
     assert {e.person_id for e in decided.feed if e.kind == "sla-escalated"} == {"sam"}
+
+
+def repeat_inquiry(lead_id: str = "lead-1") -> LeadMergedV1:
+    return LeadMergedV1(
+        lead_id=lead_id,
+        occurred_at=NOW,
+        contact=Contact(name="Dana Kim", phone="+14155550100"),
+        attribution=Attribution(source="desk", channel="phone"),
+        matched_on="phone",
+    )
+
+
+def test_a_repeat_inquiry_tells_the_open_leads_owner_at_once_on_their_channels() -> None:
+    inquiry = repeat_inquiry()
+    assert leads_concerned([inquiry, assigned()]) == {"lead-1"}
+
+    decided = plan_notifications(
+        [inquiry],
+        PEOPLE,
+        {},
+        now=NOW,
+        sla_warning_before=BEFORE,
+        owners={"lead-1": LeadOwner("rita", since=NOW - timedelta(days=2))},
+    )
+
+    assert sorted((d.notice.person_id, d.channel) for d in decided.deliveries) == [
+        ("rita", "email"),
+        ("rita", "webhook"),
+    ]
+    assert all(d.notice.kind is NoticeKind.REPEAT_INQUIRY for d in decided.deliveries)
+    assert all(d.due_at == NOW for d in decided.deliveries)
+    [entry] = decided.feed
+    assert (entry.person_id, entry.kind, entry.lead_id) == ("rita", "repeat-inquiry", "lead-1")
+    assert "Dana Kim asked again (phone)" in str(entry.data["text"])
+
+
+def test_a_repeat_inquiry_tells_nobody_when_no_one_held_the_lead_before_it() -> None:
+    # Unknown, closed or queued (no owner), or dealt after the inquiry (reopened from
+    # nurture, received in the same breath): the assignment notice is the one told.
+    for owners in ({}, {"lead-1": LeadOwner("rita", since=NOW + timedelta(seconds=1))}):
+        decided = plan_notifications(
+            [repeat_inquiry()], PEOPLE, {}, now=NOW, sla_warning_before=BEFORE, owners=owners
+        )
+        assert (decided.feed, decided.deliveries, decided.unaddressed) == ([], [], [])
+
+
+def test_only_an_open_lead_with_a_rep_has_an_owner_to_tell() -> None:
+    since = NOW - timedelta(days=1)
+    assert lead_owner_of(
+        {"_id": "l", "status": "contacted", "rep_id": "rita", "assigned_at": since}
+    ) == LeadOwner("rita", since)
+    assert lead_owner_of({"_id": "l", "status": "nurturing", "rep_id": "rita"}) is None
+    assert lead_owner_of({"_id": "l", "status": "new", "rep_id": None}) is None
+    assert lead_owner_of({"_id": "l"}) is None  # awaited: not received yet
 
 
 def test_a_pools_own_manager_is_alerted_of_its_queue_rather_than_its_members_managers() -> None:

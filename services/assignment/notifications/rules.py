@@ -23,6 +23,7 @@ from shared.events import (
     LeadAssignedV1,
     LeadConvertedV1,
     LeadLostV1,
+    LeadMergedV1,
     LeadQueuedV1,
     LeadRejectedByRepV1,
     LeadReturnedToPoolV1,
@@ -62,6 +63,12 @@ NotifiedEvent = (
     | SlaBreachedV1
 )
 
+PLANNED_EVENTS: Final = (*NOTIFIED_EVENTS, LeadMergedV1)
+"""What notifications plan from: assignment's own events, and intake's repeat inquiries
+(the lead's owner is told at once; routing itself changes nothing on an open lead)."""
+
+PlannedEvent = NotifiedEvent | LeadMergedV1
+
 _OTHER_ALERTS: Final = frozenset({"help", "satisfaction", "follow_up", "follow-up", "forgotten"})
 """`SlaBreachedV1.sla` values that are not a missed response (see `_sla_notices`)."""
 
@@ -81,6 +88,7 @@ class NoticeKind(StrEnum):
     HELP_REQUESTED = "help-requested"
     FOLLOW_UP_OVERDUE = "follow-up-overdue"
     LOW_SATISFACTION = "low-satisfaction"
+    REPEAT_INQUIRY = "repeat-inquiry"
 
 
 _MIRRORED_ON_STREAM: Final = frozenset(
@@ -136,6 +144,14 @@ class Person:
     name: str = ""
     manager_id: str | None = None
     notify: Preferences = Preferences()
+
+
+@dataclass(frozen=True, slots=True)
+class LeadOwner:
+    """Who holds an open lead, and since when (as planning finds it)."""
+
+    rep_id: str
+    since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +221,11 @@ def people_concerned(events: Iterable[Event]) -> set[str]:
     return ids
 
 
+def leads_concerned(events: Iterable[Event]) -> set[str]:
+    """Leads whose current owner must be looked up: those with a repeat inquiry."""
+    return {event.lead_id for event in events if isinstance(event, LeadMergedV1)}
+
+
 def pools_concerned(events: Iterable[Event]) -> set[str]:
     """Pools whose manager must hear of a lead waiting in their queue."""
     return {event.pool_id for event in events if isinstance(event, LeadQueuedV1)}
@@ -230,8 +251,12 @@ def plan_notifications(
     now: datetime,
     sla_warning_before: timedelta,
     max_age: timedelta | None = None,
+    owners: Mapping[str, LeadOwner] | None = None,
 ) -> NotificationPlan:
     """The stream entries, deliveries and cancelled warnings a batch of events implies.
+
+    `owners`: the current owner of each open lead `leads_concerned` names (a lead not in
+    it is closed, waiting in a queue or unknown: nobody holds it to be told).
 
     Events are taken in order: within a batch, a first contact after an assignment
     cancels the warning that assignment scheduled. Events older than `max_age` (a new
@@ -249,7 +274,7 @@ def plan_notifications(
             plan.stale += 1
             continue
         plan.feed.extend(_queue_changes(event))
-        notices.extend(_notices_for(event, people, pool_managers))
+        notices.extend(_notices_for(event, people, pool_managers, owners or {}))
         if isinstance(event, LeadAssignedV1) and event.sla_due_at is not None:
             warnings[event.lead_id] = _sla_warning(event, people, before=sla_warning_before)
     for lead_id, warning in warnings.items():
@@ -410,7 +435,10 @@ def _queue_changes(event: Event) -> list[FeedEntry]:
 
 
 def _notices_for(
-    event: Event, people: Mapping[str, Person], pool_managers: Mapping[str, Sequence[str]]
+    event: Event,
+    people: Mapping[str, Person],
+    pool_managers: Mapping[str, Sequence[str]],
+    owners: Mapping[str, LeadOwner],
 ) -> list[Notice]:
     base = str(event.event_id)
     at = event.occurred_at
@@ -450,6 +478,8 @@ def _notices_for(
             return notices
         case SlaBreachedV1():
             return _sla_notices(event, people)
+        case LeadMergedV1():
+            return _repeat_inquiry_notices(event, owners.get(lead))
         case LeadQueuedV1():
             text = f"Lead {lead} is waiting in pool {event.pool_id}: {event.reason}."
             details = {"pool_id": event.pool_id, "reason": event.reason}
@@ -460,6 +490,35 @@ def _notices_for(
                 for m in pool_managers.get(event.pool_id) or ("",)
             ]
     return []
+
+
+def _repeat_inquiry_notices(event: LeadMergedV1, owner: LeadOwner | None) -> list[Notice]:
+    """The owner of an open lead hears at once that the person asked again. A lead dealt
+    after the inquiry (a nurtured lead it reopened, a lead received in the same breath)
+    is told by its assignment notice instead: no second notice for one inquiry."""
+    if owner is None or (owner.since is not None and owner.since > event.occurred_at):
+        return []
+    who = event.contact.name or event.contact.phone or event.contact.email or "The contact"
+    via = event.attribution.channel or event.attribution.source or "another channel"
+    text = f"Repeat inquiry on your lead {event.lead_id}: {who} asked again ({via})."
+    details = _without_none(
+        matched_on=event.matched_on,
+        source=event.attribution.source,
+        channel=event.attribution.channel,
+        message=event.message[:500] if event.message else None,
+    )
+    kind = NoticeKind.REPEAT_INQUIRY
+    return [
+        Notice(
+            f"{event.event_id}:{kind}:{owner.rep_id}",
+            kind,
+            owner.rep_id,
+            event.lead_id,
+            event.occurred_at,
+            text,
+            details,
+        )
+    ]
 
 
 def _sla_notices(event: SlaBreachedV1, people: Mapping[str, Person]) -> list[Notice]:

@@ -24,7 +24,7 @@ from services.assignment.notifications.channels import (
     SmtpServer,
     WebhookSender,
 )
-from services.assignment.notifications.rules import NOTIFIED_EVENTS
+from services.assignment.notifications.rules import PLANNED_EVENTS
 from services.assignment.notifications.store import NOTIFY, NOTIFY_PLAN, MongoNotificationStore
 from services.assignment.notifications.usecases import (
     DeliverNotifications,
@@ -121,9 +121,11 @@ class NotificationRuntime:
         self.feed.wake()
 
     async def handle(self, events: Sequence[Event]) -> None:
-        """The Kafka handler's share: assignment's own events, queued for planning (one
-        write: the consumer that routes leads is not kept waiting)."""
-        ours = [event for event in events if isinstance(event, NOTIFIED_EVENTS)]
+        """The Kafka handler's share: assignment's own events and intake's repeat inquiries,
+        queued for planning (one write: the consumer that routes leads is not kept
+        waiting). Queued after routing has committed the batch, so planning finds a lead's
+        owner as routing left it."""
+        ours = [event for event in events if isinstance(event, PLANNED_EVENTS)]
         if ours:
             await self.store.enqueue(ours, self._clock())
             self.planner.wake()

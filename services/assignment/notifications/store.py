@@ -13,7 +13,8 @@
   planning never slows routing down. `notification_inbox` remembers the events planned
   (a redelivered batch is planned once).
 - People and their preferences are read from `reps` (a manager is a rep others name as
-  their `manager_id`), pools' managers from `pools`: the workflow's own collections.
+  their `manager_id`), pools' managers from `pools`, the owners of leads with a repeat
+  inquiry from `leads`: the workflow's own collections.
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ from services.assignment.notifications.rules import (
     Delivery,
     DeliveryStatus,
     FeedEntry,
+    LeadOwner,
     Notice,
     NoticeKind,
     NotificationPlan,
-    NotifiedEvent,
     Person,
+    PlannedEvent,
     Preferences,
 )
+from services.assignment.rules import OPEN_STATUSES
 from shared.events import Event
 
 T = TypeVar("T")
@@ -56,9 +59,10 @@ PLAN_CHUNK: Final = 100
 event)."""
 PLANNED_RETENTION: Final = timedelta(days=8)
 """How long a planned event id is remembered: longer than the topics keep events."""
-_EVENTS: TypeAdapter[list[NotifiedEvent]] = TypeAdapter(
-    list[Annotated[NotifiedEvent, Field(discriminator="event_type")]]
+_EVENTS: TypeAdapter[list[PlannedEvent]] = TypeAdapter(
+    list[Annotated[PlannedEvent, Field(discriminator="event_type")]]
 )
+_OPEN: Final = frozenset(status.value for status in OPEN_STATUSES)
 FEED_RETENTION: Final = timedelta(days=3)
 """How long a stream entry is kept: a client reconnecting with `Last-Event-ID` within this
 long misses nothing."""
@@ -97,6 +101,10 @@ class NotificationsInTransaction(Protocol):
     async def people(self, person_ids: Collection[str]) -> dict[str, Person]: ...
     async def pool_managers(self, pool_ids: Collection[str]) -> dict[str, tuple[str, ...]]:
         """Who manages each pool: its `manager_id`, else its members' managers."""
+        ...
+
+    async def lead_owners(self, lead_ids: Collection[str]) -> dict[str, LeadOwner]:
+        """The rep holding each of these leads that is open (one query)."""
         ...
 
     async def record(self, plan: NotificationPlan, now: datetime) -> None:
@@ -163,6 +171,7 @@ class MongoNotificationStore:
         self._counters: MongoCollection = database["notification_counters"]
         self._reps: MongoCollection = database["reps"]
         self._pools: MongoCollection = database["pools"]
+        self._leads: MongoCollection = database["leads"]
         self._planned: MongoCollection = database["notification_inbox"]
 
     async def ensure_indexes(self) -> None:
@@ -350,6 +359,18 @@ class _MongoPlanning:
         }
         return {pool["_id"]: pool_managers_of(pool, managers_of) for pool in pools}
 
+    async def lead_owners(self, lead_ids: Collection[str]) -> dict[str, LeadOwner]:
+        if not lead_ids:
+            return {}
+        documents = await find_in(
+            self._store._leads,
+            "_id",
+            lead_ids,
+            session=self._session,
+            projection={"status": 1, "rep_id": 1, "assigned_at": 1},
+        )
+        return {doc["_id"]: owner for doc in documents if (owner := lead_owner_of(doc)) is not None}
+
     async def record(self, plan: NotificationPlan, now: datetime) -> None:
         store, session = self._store, self._session
         await _append_feed(store, plan.feed, now, session)
@@ -440,6 +461,13 @@ def pool_managers_of(
         return (pool["manager_id"],)
     members = pool.get("rep_ids") or ()
     return tuple(dict.fromkeys(m for r in members if (m := managers_of.get(r))))
+
+
+def lead_owner_of(doc: Mapping[str, Any]) -> LeadOwner | None:
+    """Who holds the lead, when it is open (a lead document of the workflow's)."""
+    if doc.get("status") not in _OPEN or not doc.get("rep_id"):
+        return None
+    return LeadOwner(doc["rep_id"], doc.get("assigned_at"))
 
 
 def person_from_document(doc: Mapping[str, Any]) -> Person:

@@ -1,9 +1,10 @@
 """The steps of notifications: plan from events, deliver due jobs, follow the live feed.
 
-- `PlanNotifications` plans batches of assignment's own events (read back from Kafka and
-  queued by the handler as one due-work item each, so the consumer that routes leads
-  spends one write on them) in one transaction per claimed batch: the events not planned
-  before, the people concerned with one query per collection, the plan in memory
+- `PlanNotifications` plans batches of assignment's own events and intake's repeat
+  inquiries (read back from Kafka and queued by the handler as one due-work item each, so
+  the consumer that routes leads spends one write on them) in one transaction per claimed
+  batch: the events not planned before, the owners of leads asked about again and the
+  people concerned with one query per collection, the plan in memory
   (`rules.plan_notifications`), stream entries and delivery jobs written in bulk.
   Routing itself writes nothing for notifications.
 - `RecordNotices` does the same for notices no event carries (help requested, follow-up
@@ -42,6 +43,7 @@ from services.assignment.notifications.rules import (
     add_notice,
     email_for,
     feed_entry_for,
+    leads_concerned,
     managers_concerned,
     people_concerned,
     plan_notifications,
@@ -97,7 +99,9 @@ class PlanNotifications:
         now = self._clock()
 
         async def plan(tx: NotificationsInTransaction, fresh: list[Event]) -> NotificationPlan:
-            people = await tx.people(people_concerned(fresh))
+            owners = await tx.lead_owners(leads_concerned(fresh))
+            owner_ids = {owner.rep_id for owner in owners.values()}
+            people = await tx.people(people_concerned(fresh) | owner_ids)
             pool_managers = await tx.pool_managers(pools_concerned(fresh))
             if managers := managers_concerned(people, pool_managers):
                 people = {**people, **await tx.people(managers)}
@@ -108,6 +112,7 @@ class PlanNotifications:
                 now=now,
                 sla_warning_before=self._sla_warning_before,
                 max_age=self._max_event_age,
+                owners=owners,
             )
             await tx.record(decided, now)
             return decided
