@@ -218,6 +218,16 @@ async def _async(value: Any) -> Any:
     return value
 
 
+async def inbound_text(nurture: Nurture, twilio: FakeTwilio, phone: str, body: str) -> None:
+    """A text from `phone`, posted by Twilio, signed, to nurture's inbound webhook."""
+    params = {"MessageSid": f"SM{uuid.uuid4().hex}", "From": phone, "Body": body}
+    url = f"{PUBLIC_URL}/v1/sms/inbound"
+    answered = await nurture.client.post(
+        "/v1/sms/inbound", data=params, headers={"X-Twilio-Signature": twilio.sign(url, params)}
+    )
+    assert answered.status_code == 200, answered.text
+
+
 async def test_stop_by_text_stops_sms_but_email_goes_on(
     nurture: Nurture, mail_sink: MailSink, twilio: FakeTwilio
 ) -> None:
@@ -232,12 +242,7 @@ async def test_stop_by_text_stops_sms_but_email_goes_on(
     await eventually(lambda: _async(texts_to(twilio, phone)), bool)
 
     # The lead answers STOP; Twilio posts it, signed, to nurture's inbound webhook.
-    params = {"MessageSid": f"SM{uuid.uuid4().hex}", "From": phone, "Body": "stop"}
-    url = f"{PUBLIC_URL}/v1/sms/inbound"
-    answered = await nurture.client.post(
-        "/v1/sms/inbound", data=params, headers={"X-Twilio-Signature": twilio.sign(url, params)}
-    )
-    assert answered.status_code == 200, answered.text
+    await inbound_text(nurture, twilio, phone, "stop")
     # Through the channels' outbox, Kafka and nurture's consumer: slow on a loaded machine.
     await eventually(
         lambda: nurture.enrollment(lead_id), lambda e: e["channels"] == ["email"], timeout_s=60
@@ -246,16 +251,6 @@ async def test_stop_by_text_stops_sms_but_email_goes_on(
     nurture.clock.offset += timedelta(hours=1, minutes=1)
     await eventually(lambda: _async(mails_to(mail_sink, f"{lead_id}@example.com")), bool)
     assert len(texts_to(twilio, phone)) == 1  # the second text was never sent
-
-
-async def inbound_text(nurture: Nurture, twilio: FakeTwilio, phone: str, body: str) -> None:
-    """A text from `phone`, posted by Twilio, signed, to nurture's inbound webhook."""
-    params = {"MessageSid": f"SM{uuid.uuid4().hex}", "From": phone, "Body": body}
-    url = f"{PUBLIC_URL}/v1/sms/inbound"
-    answered = await nurture.client.post(
-        "/v1/sms/inbound", data=params, headers={"X-Twilio-Signature": twilio.sign(url, params)}
-    )
-    assert answered.status_code == 200, answered.text
 
 
 async def test_start_after_stop_lets_the_next_sms_step_go_out(

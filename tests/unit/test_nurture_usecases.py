@@ -424,22 +424,20 @@ async def test_a_reply_stops_every_sequence_and_hands_the_lead_back() -> None:
     assert handed_back.reason == "replied"
 
 
+def on_email_and_sms(lead_id: str) -> LeadReceivedV1:
+    return LeadReceivedV1(
+        lead_id=lead_id,
+        occurred_at=at(0),
+        contact=Contact(email=f"{lead_id}@example.com", phone="+821012345678"),
+        attribution=Attribution(source="website", channel="web_form"),
+        consent=Consent(email=True, sms=True),
+    )
+
+
 async def test_opting_out_of_the_only_channel_stops_and_of_another_keeps_going(
     nurture: Nurture,
 ) -> None:
-    both = Consent(email=True, sms=True)
-    await nurture.apply(
-        [
-            LeadReceivedV1(
-                lead_id="opts",
-                occurred_at=at(0),
-                contact=Contact(email="o@example.com", phone="+821012345678"),
-                attribution=Attribution(source="website", channel="web_form"),
-                consent=both,
-            ),
-            lost("opts", 3),
-        ]
-    )
+    await nurture.apply([on_email_and_sms("opts"), lost("opts", 3)])
     await nurture.apply([LeadOptedOutV1(lead_id="opts", occurred_at=at(20), channel="sms")])
     [still] = await nurture.enrollments("opts")
     assert (still.status, still.channels) == (EnrollmentStatus.ACTIVE, ("email",))
@@ -449,19 +447,7 @@ async def test_opting_out_of_the_only_channel_stops_and_of_another_keeps_going(
 
 
 async def test_opting_back_into_sms_lets_the_enrollment_text_again(nurture: Nurture) -> None:
-    both = Consent(email=True, sms=True)
-    await nurture.apply(
-        [
-            LeadReceivedV1(
-                lead_id="back",
-                occurred_at=at(0),
-                contact=Contact(email="b@example.com", phone="+821012345678"),
-                attribution=Attribution(source="website", channel="web_form"),
-                consent=both,
-            ),
-            lost("back", 3),
-        ]
-    )
+    await nurture.apply([on_email_and_sms("back"), lost("back", 3)])
     await nurture.apply([LeadOptedOutV1(lead_id="back", occurred_at=at(20), channel="sms")])
     await nurture.apply([LeadOptedInV1(lead_id="back", occurred_at=at(25), channel="sms")])
     [again] = await nurture.enrollments("back")
