@@ -452,12 +452,20 @@ class MongoNurtureStore:
         if wanted <= 0:
             return 0
         window = second.replace(microsecond=0)
-        doc = await self._rates.find_one_and_update(
-            {"_id": f"{channel}:{window.isoformat()}"},
-            {"$inc": {"taken": wanted}, "$setOnInsert": {"expires_at": window + RATE_WINDOW_KEPT}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-        )
+        take = {
+            "$inc": {"taken": wanted},
+            "$setOnInsert": {"expires_at": window + RATE_WINDOW_KEPT},
+        }
+        key = {"_id": f"{channel}:{window.isoformat()}"}
+        try:
+            doc = await self._rates.find_one_and_update(
+                key, take, upsert=True, return_document=ReturnDocument.AFTER
+            )
+        except DuplicateKeyError:
+            # Two replicas opened the same second's window at once: it exists now.
+            doc = await self._rates.find_one_and_update(
+                key, take, upsert=True, return_document=ReturnDocument.AFTER
+            )
         # An upsert returning the document after the update always returns one.
         before = (int(doc["taken"]) if doc is not None else wanted) - wanted
         return max(0, min(wanted, limit - before))
