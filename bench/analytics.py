@@ -40,7 +40,12 @@ from pymongo.errors import BulkWriteError
 
 from services.analytics.reports import ReportQuery
 from services.analytics.rules import Increment, LeadFacts, OpenKey, tally_batch
-from services.analytics.store import MongoAnalyticsStore, counter_documents, gauge_key
+from services.analytics.store import (
+    MongoAnalyticsStore,
+    counter_documents,
+    gauge_key,
+    month_documents,
+)
 from services.analytics.usecases import REPORTS, BuildReport, RecordEvents
 from shared.events import (
     ActivityLoggedV1,
@@ -240,12 +245,18 @@ async def bulk_loaded(client: Any, count: int) -> tuple[MongoAnalyticsStore, flo
         if n or amount
     )
     await insert_all(database["counters"], documents)
+    # What `compact` folds beside the hourly documents: the month roll-ups of the store's
+    # report time zone (UTC here, the zone the reports below are asked in).
+    months = month_documents(documents, ZoneInfo("UTC"))
+    await insert_all(database["month_counters"], months)
     open_docs = [
         {"_id": gauge_key(key), "key": asdict(key), "count": n} for key, n in gauge.items() if n
     ]
     await insert_all(database["open_leads"], open_docs)
     print(
-        f"  {count:>9,} events -> {len(documents):,} counter documents, {len(open_docs):,} gauge "
+        f"  {count:>9,} events -> {len(documents):,} hourly counter documents, "
+        f"{len(months):,} month documents ({sum(d['month'] == '2026-05' for d in months):,} "
+        f"for May), {len(open_docs):,} gauge "
         f"documents, {len(facts):,} leads; loaded in {time.perf_counter() - started:.0f} s"
     )
     return store, time.perf_counter() - started

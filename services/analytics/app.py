@@ -23,7 +23,9 @@ SERVICE = "analytics"
 def create_app(settings: Settings | None = None, *, clock: Clock = system_clock) -> FastAPI:
     settings = settings or Settings()
     chassis = ServiceChassis(SERVICE, settings, clock=clock)
-    store = MongoAnalyticsStore(chassis.database, chassis.ledger)
+    store = MongoAnalyticsStore(
+        chassis.database, chassis.ledger, month_zone=settings.report_timezone
+    )
     register_handlers(chassis, RecordEvents(store, clock=clock))
     lease = Lease(
         chassis.leases, "analytics-compaction", ttl_s=settings.outbox_lease_s, clock=clock

@@ -12,6 +12,15 @@ and `reports`, the steps of each flow in `usecases`.
   pool, rep) holding every metric counted for them, so a report reads a few documents per
   hour and never the event store; reports add the deltas not yet folded in, read in the
   same transaction. `open_leads`: the gauge of open leads by where they stand.
+- `month_counters`: the same counters rolled up per local month of the configured report
+  time zone (one document per month and lead dimensions, metrics nested by name so a
+  report reads only the ones it needs), folded by `compact` beside the hourly ones. A
+  report's whole months in that zone are read from here, so a month costs at most one
+  document per dimension combination whatever the number of events; only the partial
+  months at either end (or a period shorter than a month) read hourly documents.
+  `rollup_meta` says which zone they were built for: when it is not the configured one
+  (or roll-ups exist from before month documents did), reports use the hourly documents
+  only until `leadflow analytics rebuild` runs.
 - `campaigns`: the last saved version of each campaign.
 """
 
@@ -29,9 +38,11 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
+from zoneinfo import ZoneInfo
 
+import structlog
 from pymongo import ASCENDING, ReplaceOne
 
 from leadflow.chassis.store import (
@@ -58,6 +69,9 @@ from services.analytics.rules import (
 from shared.events import Event
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
+MONTH_ZONE_ID = "month_zone"
+UTC_ZONE = ZoneInfo("UTC")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -124,10 +138,16 @@ class AnalyticsStore(Protocol):
 
 
 class MongoAnalyticsStore:
-    def __init__(self, database: Database, ledger: EventLedger) -> None:
+    def __init__(
+        self, database: Database, ledger: EventLedger, *, month_zone: ZoneInfo = UTC_ZONE
+    ) -> None:
         self._events: MongoCollection = database["events"]
         self._facts: MongoCollection = database["lead_facts"]
         self._counters: MongoCollection = database["counters"]
+        self._months: MongoCollection = database["month_counters"]
+        self._meta: MongoCollection = database["rollup_meta"]
+        self._zone = month_zone
+        self._months_usable = False
         self._deltas: MongoCollection = database["counter_deltas"]
         self._open: MongoCollection = database["open_leads"]
         self._campaigns: MongoCollection = database["campaigns"]
@@ -139,6 +159,21 @@ class MongoAnalyticsStore:
         )
         await self._events.create_index([("occurred_at", ASCENDING), ("recorded_at", ASCENDING)])
         await self._counters.create_index([("hour", ASCENDING)])
+        await self._months.create_index([("zone", ASCENDING), ("month", ASCENDING)])
+        if await self._counters.find_one({}, {"_id": 1}) is None:
+            # No roll-ups yet: the month documents will be built with the hourly ones.
+            await self._meta.update_one(
+                {"_id": MONTH_ZONE_ID}, {"$setOnInsert": {"zone": self._zone.key}}, upsert=True
+            )
+        marker = await self._meta.find_one({"_id": MONTH_ZONE_ID})
+        self._months_usable = marker is not None and marker.get("zone") == self._zone.key
+        if not self._months_usable:
+            log.warning(
+                "analytics month roll-ups not built for the report time zone: reports read "
+                "hourly counters until `leadflow analytics rebuild` runs",
+                zone=self._zone.key,
+                built_for=None if marker is None else marker.get("zone"),
+            )
 
     async def record_batch(self, consumed: Sequence[Event], work: BatchWork[T]) -> T | None:
         async def in_transaction(session: Session, fresh: list[Event]) -> tuple[T, list[Event]]:
@@ -156,13 +191,46 @@ class MongoAnalyticsStore:
     ) -> list[Bucket]:
         first, last = hour_key(first_hour), hour_key(last_hour)
         wanted = {metric.value for metric in metrics}
-        query: dict[str, Any] = {"hour": {"$gte": first, "$lte": last}}
-        query.update({f"dimensions.{name}": value for name, value in filters.items()})
+        dims_query = {f"dimensions.{name}": value for name, value in filters.items()}
+        months = whole_months(first_hour, last_hour, self._zone) if self._months_usable else []
+        # Hours outside the whole months read from `month_counters`.
+        hour_ranges = [(first, last)]
+        if months:
+            after = _next_month(months[-1][0], months[-1][1], self._zone)
+            hour_ranges = [
+                (first, hour_key(_month_start(*months[0], self._zone) - timedelta(hours=1))),
+                (hour_key(after), last),
+            ]
+        month_query: dict[str, Any] = {
+            "zone": self._zone.key,
+            "month": {"$in": [_month_key(*m) for m in months]},
+            **dims_query,
+        }
+        month_projection = {"hour": 1, "dimensions": 1, **{f"m.{name}": 1 for name in wanted}}
 
-        async def read(session: Session) -> tuple[list[Document], list[Document]]:
-            # One transaction: a compaction committing between the two reads would
-            # otherwise count a batch twice, or not at all.
-            compacted = [doc async for doc in self._counters.find(query, session=session)]
+        async def read(
+            session: Session,
+        ) -> tuple[list[Document], list[Document], list[Document]]:
+            # One transaction: a compaction committing between the reads would otherwise
+            # count a batch twice, or not at all.
+            compacted = [
+                doc
+                for lo, hi in hour_ranges
+                if lo <= hi
+                async for doc in self._counters.find(
+                    {"hour": {"$gte": lo, "$lte": hi}, **dims_query}, session=session
+                )
+            ]
+            monthly = (
+                [
+                    doc
+                    async for doc in self._months.find(
+                        month_query, month_projection, session=session
+                    )
+                ]
+                if months
+                else []
+            )
             deltas = [
                 doc
                 async for doc in self._deltas.find(
@@ -171,9 +239,9 @@ class MongoAnalyticsStore:
                     session=session,
                 )
             ]
-            return compacted, deltas
+            return compacted, monthly, deltas
 
-        compacted, deltas = await self._read(read)
+        compacted, monthly, deltas = await self._read(read)
         totals: dict[tuple[str, str, tuple[tuple[str, str], ...]], list[float]] = {}
 
         def add(
@@ -189,6 +257,12 @@ class MongoAnalyticsStore:
                 if entry["metric"] in wanted:
                     dims = tuple(sorted({**base, **entry["extra"]}.items()))
                     add(doc["hour"], entry["metric"], dims, entry["count"], entry["amount"])
+        for doc in monthly:
+            base = doc["dimensions"]
+            for metric, slots in doc.get("m", {}).items():
+                for entry in slots.values():
+                    dims = tuple(sorted({**base, **entry["extra"]}.items()))
+                    add(doc["hour"], metric, dims, entry["count"], entry["amount"])
         for doc in deltas:
             for hour, metric, pairs, n, amount in doc["inc"]:
                 if metric not in wanted or not first <= hour <= last:
@@ -242,7 +316,11 @@ class MongoAnalyticsStore:
             counters, gauge = fold_deltas(batch)
             # Read, add up in memory, delete and insert: two bulk writes, where an upsert
             # per document costs a round of the server's update path each.
+            # The month documents are made first: `_replace_all` adds what is stored into
+            # the documents it is given, which must not be counted into the months again.
+            months = month_documents(counters, self._zone)
             await _replace_all(self._counters, counters, _add_counter, session)
+            await _replace_all(self._months, months, _add_month, session)
             await _replace_all(self._open, gauge, _add_gauge, session)
             await self._deltas.delete_many(
                 {"_id": {"$in": [doc["_id"] for doc in batch]}}, session=session
@@ -273,8 +351,18 @@ class MongoAnalyticsStore:
         return await self._events.estimated_document_count()
 
     async def clear_rollups(self) -> None:
-        for collection in (self._facts, self._counters, self._deltas, self._open, self._campaigns):
+        for collection in (
+            self._facts,
+            self._counters,
+            self._months,
+            self._deltas,
+            self._open,
+            self._campaigns,
+        ):
             await collection.delete_many({})
+        # The month documents are rebuilt with the hourly ones, for the configured zone.
+        await self._meta.replace_one({"_id": MONTH_ZONE_ID}, {"zone": self._zone.key}, upsert=True)
+        self._months_usable = True
 
     async def stored_events(self, chunk: int) -> AsyncIterator[list[Document]]:
         # Paged by (occurred_at, recorded_at, _id) rather than one long cursor: a cursor
@@ -493,6 +581,80 @@ def counter_documents(increments: Iterable[Increment]) -> list[Document]:
         entry["count"] += i.count
         entry["amount"] += i.amount
     return list(documents.values())
+
+
+def _month_key(year: int, month: int) -> str:
+    return f"{year:04d}-{month:02d}"
+
+
+def _month_start(year: int, month: int, zone: ZoneInfo) -> datetime:
+    return datetime(year, month, 1, tzinfo=zone).astimezone(UTC)
+
+
+def _next_month(year: int, month: int, zone: ZoneInfo) -> datetime:
+    return _month_start(year + month // 12, month % 12 + 1, zone)
+
+
+def whole_months(
+    first_hour: datetime, last_hour: datetime, zone: ZoneInfo
+) -> list[tuple[int, int]]:
+    """The local months of `zone` that lie wholly within the UTC hours `first_hour` to
+    `last_hour` (both included), oldest first."""
+    local = first_hour.astimezone(zone)
+    year, month = local.year, local.month
+    months: list[tuple[int, int]] = []
+    end = last_hour + timedelta(hours=1)
+    while _month_start(year, month, zone) < end:
+        if _month_start(year, month, zone) >= first_hour and _next_month(year, month, zone) <= end:
+            months.append((year, month))
+        year, month = year + month // 12, month % 12 + 1
+    return months
+
+
+def month_documents(hourly: Iterable[Document], zone: ZoneInfo) -> list[Document]:
+    """The month roll-ups (local months of `zone`) of hourly counter documents: one per
+    month and lead dimensions, metrics nested by name (`m.<metric>.<slot>`), and `hour`
+    the month's first UTC hour, so a report reads them as one bucket per month."""
+    documents: dict[str, Document] = {}
+    for doc in hourly:
+        local = hour_from_key(doc["hour"]).astimezone(zone)
+        year, month = local.year, local.month
+        key = _month_key(year, month)
+        doc_id = json.dumps(
+            [zone.key, key, sorted(doc["dimensions"].items())], separators=(",", ":")
+        )
+        into = documents.setdefault(
+            doc_id,
+            {
+                "_id": doc_id,
+                "zone": zone.key,
+                "month": key,
+                "hour": hour_key(_month_start(year, month, zone)),
+                "dimensions": dict(doc["dimensions"]),
+                "m": {},
+            },
+        )
+        for slot, entry in doc["m"].items():
+            mine = (
+                into["m"]
+                .setdefault(entry["metric"], {})
+                .setdefault(slot, {"extra": entry["extra"], "count": 0, "amount": 0.0})
+            )
+            mine["count"] += entry["count"]
+            mine["amount"] += entry["amount"]
+    return list(documents.values())
+
+
+def _add_month(into: Document, stored: Document) -> None:
+    for metric, slots in stored["m"].items():
+        for slot, entry in slots.items():
+            mine = (
+                into["m"]
+                .setdefault(metric, {})
+                .setdefault(slot, {**entry, "count": 0, "amount": 0.0})
+            )
+            mine["count"] += entry["count"]
+            mine["amount"] += entry["amount"]
 
 
 def gauge_key(key: OpenKey) -> str:

@@ -63,6 +63,7 @@ async def test_the_rebuild_command_restores_every_rollup(infra: Infra, database:
     # Damaged roll-ups: counters gone (folded and waiting), a lead's facts gone.
     await store.compact(max_batches=2)
     await database["counters"].delete_many({})
+    await database["month_counters"].delete_many({})
     await database["counter_deltas"].delete_many({})
     await database["lead_facts"].delete_one({})
     assert (await reports(store))["monthly"]["figures"]["inquiries"] == 0
@@ -91,3 +92,37 @@ async def test_the_rebuild_command_restores_every_rollup(infra: Infra, database:
     assert process.returncode == 0, output.decode()
     assert f"from {len(events)} stored events" in output.decode()
     assert await reports(store) == live
+
+
+async def test_month_rollups_give_the_figures_of_the_hourly_counters(
+    infra: Infra, database: Database
+) -> None:
+    """Whole months of the report zone are read from the month roll-ups, folded batch by
+    batch into the same months; a store built for another zone reads the hourly counters
+    only, and every report, with and without a filter, is the same either way."""
+    ledger = EventLedger(
+        database.client, database, handled_retention=timedelta(days=8), clock=lambda: NOW
+    )
+    seoul = ZoneInfo("Asia/Seoul")
+    store = MongoAnalyticsStore(database, ledger, month_zone=seoul)
+    await store.ensure_indexes()
+    scenario = build(MONTH, "m")
+    events = scenario.events()
+    record = RecordEvents(store, clock=lambda: NOW)
+    for start in range(0, len(events), 40):
+        await record(events[start : start + 40])
+        await store.compact(max_batches=5)
+    while await store.compact(max_batches=5):
+        pass
+    assert await database["month_counters"].count_documents({"zone": "Asia/Seoul"}) > 0
+    hourly_only = MongoAnalyticsStore(database, ledger, month_zone=ZoneInfo("UTC"))
+    await hourly_only.ensure_indexes()
+
+    for filters in ({}, {"rep": scenario.reps[0]}):
+        query = ReportQuery(MONTH, date(2026, 7, 31), seoul, filters, now=NOW)
+        for name in REPORTS:
+            via_months = (await BuildReport(store)(name, query)).as_json()
+            via_hours = (await BuildReport(hourly_only)(name, query)).as_json()
+            assert via_months == via_hours, (name, filters)
+    whole = ReportQuery(MONTH, date(2026, 7, 31), seoul, {}, now=NOW)
+    assert (await BuildReport(store)("monthly", whole)).as_json()["figures"]["inquiries"] > 0
