@@ -235,12 +235,18 @@ class DueWorkRunner:
         """Something was scheduled sooner than the runner may be sleeping for: re-check now."""
         self._nudge.set()
 
-    async def stop(self) -> None:
-        """Stop after the batch in hand (if any); returns once `run()` has returned."""
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop after the batch in hand (if any); returns once `run()` has returned, or after
+        `grace_s` if a database call hangs (the caller then cancels the `run()` task: what
+        was claimed goes back when its lease lapses)."""
         self._stopping = True
         self._nudge.set()
-        if self._running is not None:
-            await self._running.wait()
+        if self._running is None:
+            return
+        try:
+            await asyncio.wait_for(self._running.wait(), timeout=grace_s)
+        except TimeoutError:
+            log.warning("due work runner still busy after stop", kinds=sorted(self._kinds))
 
     async def run_once(self) -> int:
         """Claim one due batch and fire it; how many items were claimed (0: none due)."""

@@ -187,6 +187,7 @@ def create_app(
         await webhooks.stop()  # status reports still queued are stored first
         await runner.stop()
         for task in tasks:
+            task.cancel()  # a no-op once the runner returned; ends it if a call hung
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for sender in (senders.email, senders.sms):

@@ -25,6 +25,9 @@ def test_up_uses_an_external_kafka_and_mongodb_and_starts_neither(
         monkeypatch.setenv(f"{prefix}PORT", str(free_port()))
         monkeypatch.setenv(f"{prefix}DATABASE", f"leadflow_{service}_external_{run}")
         monkeypatch.setenv(f"{prefix}CONSUMER_GROUP", f"leadflow-{service}-external-{run}")
+    # The sinks on ports of their own, not the defaults another stack may hold.
+    monkeypatch.setenv("LEADFLOW_MAIL_SINK_PORT", str(free_port()))
+    monkeypatch.setenv("LEADFLOW_SINKS_HTTP_PORT", str(free_port()))
     settings = StackSettings(
         data_dir=tmp_path,
         kafka_bootstrap=infra.kafka_bootstrap,
@@ -34,7 +37,8 @@ def test_up_uses_an_external_kafka_and_mongodb_and_starts_neither(
     stack = Stack(settings)
     try:
         ready = stack.start()
-        assert stack.infra.children == []  # no broker, no database started
+        # No broker, no database started: only the local mail and SMS sinks.
+        assert [child.name for child in stack.infra.children] == ["sinks (mail + SMS)"]
         assert ready.kafka_bootstrap == infra.kafka_bootstrap
         assert ready.mongo_url == infra.mongo_url
         assert ready.kafka_storage == "external"

@@ -310,3 +310,23 @@ async def test_stop_lets_the_batch_in_hand_commit() -> None:
     await task
     assert firing.keys() == ["k"]
     assert store.items == {}
+
+
+async def test_stop_returns_after_its_grace_when_a_database_call_hangs() -> None:
+    clock = MovableClock()
+    store, _, runner = make(clock)
+    entered = asyncio.Event()
+
+    async def hanging_fire(batch: list[ClaimedWork]) -> None:
+        entered.set()
+        await asyncio.Event().wait()  # a database that never answers
+
+    runner._fire = hanging_fire
+    await store.schedule([DueWork("k", "sla", NOW)])
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(entered.wait(), timeout=5)
+    await asyncio.wait_for(runner.stop(grace_s=0.2), timeout=5)  # shutdown is not held
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
