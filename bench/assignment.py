@@ -33,23 +33,20 @@ import asyncio
 import contextlib
 import os
 import random
-import shutil
 import statistics
-import tempfile
 import time
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta
 from datetime import time as clock_time
-from pathlib import Path
 from typing import Any
 
+from local_mongo import run_on_local_mongo  # one local SecantusDB per run, as the other benches
 from pipeline import raw_bulk_write_docs_per_s  # the same ceiling as the pipeline benchmark
 
 from leadflow.chassis.clock import Clock
 from leadflow.chassis.duework import ClaimedWork, DueWork, DueWorkRunner
 from leadflow.chassis.store import EventLedger, connect
-from leadflow.localinfra import LocalInfra, free_port
 from services.assignment.rules import (
     LastAssignment,
     Pool,
@@ -390,22 +387,7 @@ def main() -> None:
         configure_logging("assignment-bench", level="WARNING", json=False)
         print(decide_part(args.decisions))
         return
-    data_dir = Path(tempfile.mkdtemp(prefix="leadflow-bench-assignment-"))
-    infra = LocalInfra(
-        data_dir=data_dir,
-        kafka_port=free_port(),
-        mongo_port=free_port(),
-        s3_port=free_port(),
-        persistent=args.storage == "disk",
-        start_kafka=False,
-    )
-    infra.start()
-    try:
-        print(f"SecantusDB on {infra.mongo_url} ({args.storage})", flush=True)
-        asyncio.run(bench(infra.mongo_url, args))
-    finally:
-        infra.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    run_on_local_mongo("assignment", args, bench)
 
 
 if __name__ == "__main__":

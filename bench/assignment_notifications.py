@@ -28,21 +28,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import tempfile
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+from local_mongo import run_on_local_mongo  # one local SecantusDB per run, as the other benches
 from nurture_sinks import raw_smtp_per_s  # the kept-open ceiling, as 9A measures it
 
 from leadflow.chassis.app import ServiceChassis
 from leadflow.chassis.clock import system_clock
 from leadflow.chassis.store import connect
-from leadflow.localinfra import LOOPBACK, LocalInfra, free_port
+from leadflow.localinfra import LOOPBACK, free_port
 from leadflow.sinks import MailSink
 from services.assignment.notifications.runtime import NotificationRuntime
 from services.assignment.notifications.store import NotificationQuery
@@ -268,22 +266,7 @@ def main() -> None:
     args = parser.parse_args()
     if not (0 < args.events <= 50_000 and 0 < args.emails <= 10_000):
         raise SystemExit("--events: 1 to 50,000; --emails: 1 to 10,000")
-    data_dir = Path(tempfile.mkdtemp(prefix="leadflow-bench-notify-"))
-    infra = LocalInfra(
-        data_dir=data_dir,
-        kafka_port=free_port(),
-        mongo_port=free_port(),
-        s3_port=free_port(),
-        persistent=args.storage == "disk",
-        start_kafka=False,
-    )
-    infra.start()
-    try:
-        print(f"SecantusDB on {infra.mongo_url} ({args.storage})")
-        asyncio.run(bench(infra.mongo_url, args))
-    finally:
-        infra.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    run_on_local_mongo("notify", args, bench)
 
 
 if __name__ == "__main__":

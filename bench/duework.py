@@ -33,20 +33,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import shutil
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
+
+from local_mongo import run_on_local_mongo  # one local SecantusDB per run, as the other benches
 
 from leadflow.chassis.duework import ClaimedWork, DueWork, DueWorkRunner
 from leadflow.chassis.store import Database, EventLedger, MongoDueWork, Session, connect
-from leadflow.localinfra import LocalInfra, free_port
 from shared.events import Event, utc_now
 
 DEADLINE_S = 300.0
@@ -330,22 +328,7 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.timers <= 100_000 or not 0 < args.firing <= 100_000:
         raise SystemExit("--timers, --firing: 1 to 100,000")
-    data_dir = Path(tempfile.mkdtemp(prefix="leadflow-bench-duework-"))
-    infra = LocalInfra(
-        data_dir=data_dir,
-        kafka_port=free_port(),
-        mongo_port=free_port(),
-        s3_port=free_port(),
-        persistent=args.storage == "disk",
-        start_kafka=False,
-    )
-    infra.start()
-    try:
-        print(f"SecantusDB on {infra.mongo_url} ({args.storage})")
-        asyncio.run(bench(infra.mongo_url, args))
-    finally:
-        infra.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    run_on_local_mongo("duework", args, bench)
 
 
 if __name__ == "__main__":
