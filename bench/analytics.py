@@ -31,7 +31,6 @@ import statistics
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -39,11 +38,11 @@ from zoneinfo import ZoneInfo
 from pymongo.errors import BulkWriteError
 
 from services.analytics.reports import ReportQuery
-from services.analytics.rules import Increment, LeadFacts, OpenKey, tally_batch
+from services.analytics.rules import Increment, LeadFacts, OpenKey, open_leads_at, tally_batch
 from services.analytics.store import (
     MongoAnalyticsStore,
     counter_documents,
-    gauge_key,
+    gauge_document,
     month_documents,
 )
 from services.analytics.usecases import REPORTS, BuildReport, RecordEvents
@@ -249,9 +248,7 @@ async def bulk_loaded(client: Any, count: int) -> tuple[MongoAnalyticsStore, flo
     # report time zone (UTC here, the zone the reports below are asked in).
     months = month_documents(documents, ZoneInfo("UTC"))
     await insert_all(database["month_counters"], months)
-    open_docs = [
-        {"_id": gauge_key(key), "key": asdict(key), "count": n} for key, n in gauge.items() if n
-    ]
+    open_docs = [gauge_document(place) for place in open_leads_at(gauge.items())]
     await insert_all(database["open_leads"], open_docs)
     print(
         f"  {count:>9,} events -> {len(documents):,} hourly counter documents, "

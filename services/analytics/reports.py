@@ -25,7 +25,7 @@ from services.analytics.rules import (
     UNKNOWN,
     Campaign,
     Metric,
-    OpenKey,
+    OpenLeads,
 )
 from services.analytics.store import Bucket
 
@@ -555,22 +555,19 @@ REP_METRICS = frozenset(
 
 
 def _open_counts(
-    open_leads: Iterable[tuple[OpenKey, int]], query: ReportQuery, by: str
+    open_leads: Iterable[OpenLeads], query: ReportQuery, by: str
 ) -> tuple[Counter[str], Counter[str]]:
     now_hour = query.now.astimezone(UTC).strftime("%Y-%m-%dT%H")
     opened: Counter[str] = Counter()
     overdue: Counter[str] = Counter()
-    for key, count in open_leads:
-        value = getattr(key, by)
-        opened[value] += count
-        if key.sla_due_hour and key.sla_due_hour < now_hour:
-            overdue[value] += count
+    for gauge in open_leads:
+        value = getattr(gauge.place, by)
+        opened[value] += gauge.count
+        overdue[value] += sum(n for (_, due), n in gauge.awaiting.items() if due < now_hour)
     return opened, overdue
 
 
-def reps(
-    query: ReportQuery, buckets: Iterable[Bucket], open_leads: Sequence[tuple[OpenKey, int]]
-) -> Report:
+def reps(query: ReportQuery, buckets: Iterable[Bucket], open_leads: Sequence[OpenLeads]) -> Report:
     s = Sums(in_period(buckets, query))
     opened, overdue = _open_counts(open_leads, query, "rep")
     names = {v for v in s.values("rep", *REP_METRICS) if v != NONE} | {
@@ -647,9 +644,7 @@ def _age_bucket(days: int) -> str:
     return AGE_BUCKETS[-1][1]
 
 
-def speed(
-    query: ReportQuery, buckets: Iterable[Bucket], open_leads: Sequence[tuple[OpenKey, int]]
-) -> Report:
+def speed(query: ReportQuery, buckets: Iterable[Bucket], open_leads: Sequence[OpenLeads]) -> Report:
     s = Sums(in_period(buckets, query))
     total = _speed_row(s)
     contacted = total["first_contacts"]
@@ -675,15 +670,21 @@ def speed(
     waiting: Counter[str] = Counter()
     forgotten: Counter[str] = Counter()
     overdue: Counter[str] = Counter()
-    for key, count in open_leads:
-        age = _age_bucket((today - date.fromisoformat(key.received_day)).days)
-        ages[age] += count
-        if key.stage == "assigned":
-            waiting[age] += count
-        if (today - date.fromisoformat(key.last_touch_day)).days >= query.forgotten_after_days:
-            forgotten[key.rep or "(none)"] += count
-        if key.sla_due_hour and key.sla_due_hour < now_hour:
-            overdue[age] += count
+
+    def age(day: str) -> str:
+        return _age_bucket((today - date.fromisoformat(day)).days)
+
+    for gauge in open_leads:
+        for day, count in gauge.received.items():
+            ages[age(day)] += count
+            if gauge.place.stage == "assigned":
+                waiting[age(day)] += count
+        for day, count in gauge.touched.items():
+            if (today - date.fromisoformat(day)).days >= query.forgotten_after_days:
+                forgotten[gauge.place.rep or "(none)"] += count
+        for (day, due), count in gauge.awaiting.items():
+            if due < now_hour:
+                overdue[age(day)] += count
     aging = [
         {
             "age": name,
@@ -941,7 +942,7 @@ FORECAST_METRICS = frozenset({Metric.REACHED, Metric.CONVERSIONS})
 
 
 def forecast(
-    query: ReportQuery, buckets: Iterable[Bucket], open_leads: Sequence[tuple[OpenKey, int]]
+    query: ReportQuery, buckets: Iterable[Bucket], open_leads: Sequence[OpenLeads]
 ) -> Report:
     s = Sums(in_period(buckets, query))
     reached = {stage: s.count(Metric.REACHED, stage=stage) for stage in STAGES}
@@ -957,8 +958,8 @@ def forecast(
             }
         )
     pipeline_by_stage: Counter[str] = Counter()
-    for key, count in open_leads:
-        pipeline_by_stage[key.stage] += count
+    for gauge in open_leads:
+        pipeline_by_stage[gauge.place.stage] += gauge.count
     sales = s.count(Metric.CONVERSIONS)
     revenue = s.money(Metric.CONVERSIONS)
     expected_total = 0.0

@@ -13,13 +13,15 @@ that stage; figures counted per event (`conversions`, `losses`, `activities`) co
 
 Open leads are a gauge (`open` key per lead): the lead's current place (rep, pool, stage,
 age, last touch, SLA due) is kept as a counter that moves -1/+1 when the place changes, so
-"open", "overdue", "aging" and "forgotten" are read from a few gauge documents.
+"open", "overdue", "aging" and "forgotten" are read from a few gauge documents: the gauge
+adds the moves up per place (lead dimensions and stage), days and deadlines counted inside.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -181,6 +183,96 @@ class OpenKey:
 
     def as_dimensions(self) -> Dimensions:
         return tuple(sorted(dataclasses.asdict(self).items()))
+
+    def place(self) -> OpenPlace:
+        return OpenPlace(self.channel, self.source, self.campaign, self.pool, self.rep, self.stage)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenPlace:
+    """The lead dimensions and stage of open leads: the gauge keeps one entry per place, so
+    a report reads as many as there are places in use, whatever the number of leads."""
+
+    channel: str
+    source: str
+    campaign: str
+    pool: str
+    rep: str
+    stage: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenLeads:
+    """The open leads at one place, and how their days and deadlines are spread."""
+
+    place: OpenPlace
+    count: int
+    received: Mapping[str, int]
+    """Received day (UTC, ISO) -> leads."""
+    touched: Mapping[str, int]
+    """Last-touch day (UTC, ISO) -> leads."""
+    awaiting: Mapping[tuple[str, str], int]
+    """(received day, SLA-due hour) -> leads still waiting for their first contact."""
+
+
+class OpenGaugeSums:
+    """Adds gauge moves (one lead's place, +1 or -1) and stored per-place gauges up into
+    one `OpenLeads` per place."""
+
+    def __init__(self) -> None:
+        self._places: dict[
+            OpenPlace, tuple[list[int], Counter[str], Counter[str], Counter[tuple[str, str]]]
+        ] = {}
+
+    def _sums(
+        self, place: OpenPlace
+    ) -> tuple[list[int], Counter[str], Counter[str], Counter[tuple[str, str]]]:
+        sums = self._places.get(place)
+        if sums is None:
+            sums = self._places[place] = ([0], Counter(), Counter(), Counter())
+        return sums
+
+    def move(self, key: OpenKey, n: int) -> None:
+        total, received, touched, awaiting = self._sums(key.place())
+        total[0] += n
+        received[key.received_day] += n
+        touched[key.last_touch_day] += n
+        if key.sla_due_hour:
+            awaiting[key.received_day, key.sla_due_hour] += n
+
+    def add(self, gauge: OpenLeads) -> None:
+        total, received, touched, awaiting = self._sums(gauge.place)
+        total[0] += gauge.count
+        received.update(gauge.received)
+        touched.update(gauge.touched)
+        awaiting.update(gauge.awaiting)
+
+    def places(self, *, open_only: bool = True) -> list[OpenLeads]:
+        """Every place (with open leads only, unless `open_only` is False: a fold must also
+        write a place whose leads only moved between days), without entries that are 0."""
+        return [
+            OpenLeads(
+                place,
+                total[0],
+                {day: n for day, n in sorted(received.items()) if n},
+                {day: n for day, n in sorted(touched.items()) if n},
+                {due: n for due, n in sorted(awaiting.items()) if n},
+            )
+            for place, (total, received, touched, awaiting) in self._places.items()
+            if total[0] > 0
+            or (
+                not open_only
+                and any((total[0], *received.values(), *touched.values(), *awaiting.values()))
+            )
+        ]
+
+
+def open_leads_at(moves: Iterable[tuple[OpenKey, int]]) -> list[OpenLeads]:
+    """Gauge moves (or per-lead-place counts) added up per place: what reports read."""
+    sums = OpenGaugeSums()
+    for key, n in moves:
+        sums.move(key, n)
+    return sums.places()
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,9 @@ and `reports`, the steps of each flow in `usecases`.
 - `counters`: one document per UTC hour and lead dimensions (channel, source, campaign,
   pool, rep) holding every metric counted for them, so a report reads a few documents per
   hour and never the event store; reports add the deltas not yet folded in, read in the
-  same transaction. `open_leads`: the gauge of open leads by where they stand.
+  same transaction. `open_leads`: the gauge of open leads, one document per place (lead
+  dimensions and stage) with the counts by received day, last-touch day and SLA-due hour
+  inside it, so a report reads one document per place in use, however many leads are open.
 - `month_counters`: the same counters rolled up per local month of the configured report
   time zone (one document per month and lead dimensions, metrics nested by name so a
   report reads only the ones it needs), folded by `compact` beside the hourly ones. A
@@ -62,7 +64,10 @@ from services.analytics.rules import (
     Increment,
     LeadFacts,
     Metric,
+    OpenGaugeSums,
     OpenKey,
+    OpenLeads,
+    OpenPlace,
     hour_from_key,
     hour_key,
 )
@@ -113,7 +118,11 @@ class AnalyticsStore(Protocol):
         included) whose dimensions match every filter."""
         ...
 
-    async def open_leads(self, filters: Mapping[str, str]) -> list[tuple[OpenKey, int]]: ...
+    async def open_leads(self, filters: Mapping[str, str]) -> list[OpenLeads]:
+        """Open leads now, one entry per place (lead dimensions and stage) matching every
+        filter."""
+        ...
+
     async def campaigns(self) -> list[Campaign]: ...
     async def compact(self, max_batches: int) -> int:
         """Fold up to `max_batches` recorded batches' deltas into the roll-ups; returns how
@@ -165,6 +174,7 @@ class MongoAnalyticsStore:
             await self._meta.update_one(
                 {"_id": MONTH_ZONE_ID}, {"$setOnInsert": {"zone": self._zone.key}}, upsert=True
             )
+        await self._migrate_gauge()
         marker = await self._meta.find_one({"_id": MONTH_ZONE_ID})
         self._months_usable = marker is not None and marker.get("zone") == self._zone.key
         if not self._months_usable:
@@ -174,6 +184,34 @@ class MongoAnalyticsStore:
                 zone=self._zone.key,
                 built_for=None if marker is None else marker.get("zone"),
             )
+
+    async def _migrate_gauge(self) -> None:
+        """Gauge documents of one lead place each (before the gauge was kept per place
+        with its days inside) become per-place documents, the same counts; once."""
+
+        async def migrate(session: Session) -> tuple[int, list[Event]]:
+            old = [
+                doc
+                async for doc in self._open.find(
+                    {"key.received_day": {"$exists": True}}, session=session
+                )
+            ]
+            if not old:
+                return 0, []
+            sums = OpenGaugeSums()
+            for doc in old:
+                sums.move(OpenKey(**doc["key"]), doc["count"])
+            ids = [doc["_id"] for doc in old]
+            for start in range(0, len(ids), IN_CHUNK):
+                await self._open.delete_many(
+                    {"_id": {"$in": ids[start : start + IN_CHUNK]}}, session=session
+                )
+            places = [gauge_document(place) for place in sums.places(open_only=False)]
+            await _replace_all(self._open, places, _add_gauge, session)
+            return len(old), []
+
+        if migrated := await self._ledger.commit(migrate):
+            log.info("analytics open-lead gauge kept per place now", documents=migrated)
 
     async def record_batch(self, consumed: Sequence[Event], work: BatchWork[T]) -> T | None:
         async def in_transaction(session: Session, fresh: list[Event]) -> tuple[T, list[Event]]:
@@ -277,7 +315,7 @@ class MongoAnalyticsStore:
             if n or abs(amount) > 1e-9
         ]
 
-    async def open_leads(self, filters: Mapping[str, str]) -> list[tuple[OpenKey, int]]:
+    async def open_leads(self, filters: Mapping[str, str]) -> list[OpenLeads]:
         query: dict[str, Any] = {"count": {"$ne": 0}}
         query.update({f"key.{name}": value for name, value in filters.items()})
 
@@ -292,16 +330,15 @@ class MongoAnalyticsStore:
             return compacted, deltas
 
         compacted, deltas = await self._read(read)
-        counts: dict[OpenKey, int] = {}
+        sums = OpenGaugeSums()
         for doc in compacted:
-            key = OpenKey(**doc["key"])
-            counts[key] = counts.get(key, 0) + doc["count"]
+            sums.add(gauge_from_document(doc))
         for doc in deltas:
             for key_doc, n in doc["gauge"]:
                 key = OpenKey(**key_doc)
                 if all(getattr(key, k) == v for k, v in filters.items()):
-                    counts[key] = counts.get(key, 0) + n
-        return [(key, n) for key, n in counts.items() if n > 0]
+                    sums.move(key, n)
+        return sums.places()
 
     async def compact(self, max_batches: int) -> int:
         async def fold(session: Session) -> tuple[int, list[Event]]:
@@ -517,16 +554,11 @@ def fold_deltas(deltas: Sequence[Document]) -> tuple[list[Document], list[Docume
         for delta in deltas
         for hour, metric, pairs, n, amount in delta["inc"]
     )
-    moves: dict[OpenKey, int] = {}
+    sums = OpenGaugeSums()
     for delta in deltas:
         for key_doc, count in delta.get("gauge", ()):
-            key = OpenKey(**key_doc)
-            moves[key] = moves.get(key, 0) + count
-    gauge = [
-        {"_id": gauge_key(key), "key": dataclasses.asdict(key), "count": n}
-        for key, n in moves.items()
-        if n
-    ]
+            sums.move(OpenKey(**key_doc), count)
+    gauge = [gauge_document(place) for place in sums.places(open_only=False)]
     return counter_documents(increments), gauge
 
 
@@ -538,7 +570,12 @@ def _add_counter(into: Document, stored: Document) -> None:
 
 
 def _add_gauge(into: Document, stored: Document) -> None:
-    into["count"] += stored["count"]
+    sums = OpenGaugeSums()
+    sums.add(gauge_from_document(into))
+    sums.add(gauge_from_document(stored))
+    # Every lead there may have moved on: then an empty place, kept as such.
+    added = sums.places(open_only=False) or [OpenLeads(OpenPlace(**into["key"]), 0, {}, {}, {})]
+    into.update(gauge_document(added[0]))
 
 
 async def _replace_all(
@@ -657,8 +694,38 @@ def _add_month(into: Document, stored: Document) -> None:
             mine["amount"] += entry["amount"]
 
 
-def gauge_key(key: OpenKey) -> str:
-    return "|".join(value for _, value in key.as_dimensions())
+def gauge_key(place: OpenPlace) -> str:
+    return json.dumps(dataclasses.astuple(place), separators=(",", ":"), ensure_ascii=False)
+
+
+_DUE = "|"
+"""Between the received day and the SLA-due hour in a gauge document's `awaiting` keys."""
+
+
+def gauge_document(gauge: OpenLeads) -> Document:
+    """The stored gauge of one place: counts by day (and deadline) nested in it, so the
+    open-lead gauge is one document per place, however many leads are open there."""
+    return {
+        "_id": gauge_key(gauge.place),
+        "key": dataclasses.asdict(gauge.place),
+        "count": gauge.count,
+        "received": dict(gauge.received),
+        "touched": dict(gauge.touched),
+        "awaiting": {f"{day}{_DUE}{hour}": n for (day, hour), n in gauge.awaiting.items()},
+    }
+
+
+def gauge_from_document(document: Document) -> OpenLeads:
+    return OpenLeads(
+        OpenPlace(**document["key"]),
+        document["count"],
+        document.get("received", {}),
+        document.get("touched", {}),
+        {
+            (due.partition(_DUE)[0], due.partition(_DUE)[2]): n
+            for due, n in document.get("awaiting", {}).items()
+        },
+    )
 
 
 _FACT_TIMES = (

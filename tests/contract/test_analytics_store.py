@@ -115,7 +115,7 @@ async def test_facts_carry_from_one_batch_to_the_next(store: AnalyticsStore) -> 
     assert await counts(store, Metric.ASSIGNMENTS) == 2
     assert await counts(store, Metric.ASSIGNMENTS, rep="r2", channel="web_form") == 1
     open_now = await store.open_leads({})
-    assert [(key.rep, key.channel, n) for key, n in open_now] == [("r2", "web_form", 1)]
+    assert [(g.place.rep, g.place.channel, g.count) for g in open_now] == [("r2", "web_form", 1)]
 
 
 async def test_a_sale_read_before_its_lead_is_credited_to_the_lead_channel(
@@ -258,3 +258,36 @@ async def test_compaction_changes_no_figure_and_leaves_nothing_waiting(
     assert await counts(store, Metric.LEADS_RECEIVED, channel="phone") == 2
     sales = await store.counters({Metric.CONVERSIONS}, FIRST_HOUR, LAST_HOUR, {"rep": "r1"})
     assert [(b.count, b.amount) for b in sales] == [(1, 30.0)]
+
+
+@pytest.mark.integration
+async def test_a_gauge_kept_per_lead_place_is_migrated_to_per_place_documents(
+    request: pytest.FixtureRequest,
+) -> None:
+    later = NOW + timedelta(hours=30)
+    async with mongo_parts(request) as parts:
+        store = MongoAnalyticsStore(parts.database, parts.ledger)
+        await store.ensure_indexes()
+        await record(store)([received("m1"), received("m2", "ad"), received("m3", "ad")])
+        await record(store)([assigned("m1", "r1"), assigned("m2", "r1"), assigned("m3", "r2")])
+        await record(store)(
+            [ActivityLoggedV1(lead_id="m2", rep_id="r1", activity="call", occurred_at=later)]
+        )
+        while await store.compact(max_batches=10):
+            pass
+        expected = sorted(map(repr, await store.open_leads({})))
+        assert sum(g.count for g in await store.open_leads({})) == 3
+        # The gauge as an older analytics kept it: one document per lead place.
+        places: dict[str, dict[str, object]] = {}
+        async for facts in parts.database["lead_facts"].find({"open_key": {"$ne": None}}):
+            key = facts["open_key"]
+            doc = places.setdefault("|".join(key.values()), {"key": key, "count": 0})
+            doc["count"] = int(str(doc["count"])) + 1
+        await parts.database["open_leads"].delete_many({})
+        await parts.database["open_leads"].insert_many(
+            [{"_id": doc_id, **doc} for doc_id, doc in places.items()]
+        )
+        await MongoAnalyticsStore(parts.database, parts.ledger).ensure_indexes()
+        assert sorted(map(repr, await store.open_leads({}))) == expected
+        old_shape = {"key.received_day": {"$exists": True}}
+        assert await parts.database["open_leads"].count_documents(old_shape) == 0

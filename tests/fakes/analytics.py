@@ -17,8 +17,10 @@ from services.analytics.rules import (
     LeadFacts,
     Metric,
     OpenKey,
+    OpenLeads,
     counter_key,
     hour_key,
+    open_leads_at,
 )
 from services.analytics.store import BatchWork, Bucket, RecordingBatch
 from shared.events import Event
@@ -67,12 +69,12 @@ class InMemoryAnalyticsStore:
             and (bucket.count or bucket.amount)
         ]
 
-    async def open_leads(self, filters: Mapping[str, str]) -> list[tuple[OpenKey, int]]:
-        return [
+    async def open_leads(self, filters: Mapping[str, str]) -> list[OpenLeads]:
+        return open_leads_at(
             (key, count)
             for key, count in self.tables.open_leads.items()
-            if count > 0 and all(getattr(key, k) == v for k, v in filters.items())
-        ]
+            if all(getattr(key, k) == v for k, v in filters.items())
+        )
 
     async def campaigns(self) -> list[Campaign]:
         return list(self.tables.campaigns.values())
