@@ -6,7 +6,8 @@ duplicate count at the sinks.
 
 From another benchmark: `await sinks_ceiling(mail_sink, fake_twilio)` on the sinks it runs
 (or `raw_smtp_per_s` / `raw_sms_per_s` on any address), and `duplicate_sends(mail_sink,
-fake_twilio)` (or `await duplicate_sends_at(url)` for sinks in another process) after it.
+fake_twilio)` after it; for sinks in another process (`leadflow up`'s, or `LocalInfra`'s),
+`await sinks_ceiling_at(host, smtp_port, sinks_url)` and `await arrivals_at(sinks_url)`.
 
 - email: a pre-built message sent with plain aiosmtplib over `concurrency` kept-open
   connections (no rendering, no tracking, no DKIM): messages/s the SMTP sink takes.
@@ -141,11 +142,9 @@ def _message_id_of_sms(status_callback: str | None) -> str | None:
     return str(message_id) if message_id else None
 
 
-def duplicate_sends(mail: MailSink, sms: FakeTwilio) -> dict[str, int]:
-    """How many messages arrived more than once at the sinks (by our message id: the email's
-    Message-ID, the SMS's status-callback token), and how many arrived at all."""
-    emails = Counter(m.header("Message-ID") for m in mail.messages)
-    texts = Counter(_message_id_of_sms(m.status_callback) for m in sms.messages)
+def _duplicates(email_ids: list[str | None], sms_callbacks: list[str | None]) -> dict[str, int]:
+    emails = Counter(email_ids)
+    texts = Counter(_message_id_of_sms(c) for c in sms_callbacks)
     return {
         "emails": sum(emails.values()),
         "email_duplicates": sum(n - 1 for n in emails.values() if n > 1),
@@ -154,22 +153,70 @@ def duplicate_sends(mail: MailSink, sms: FakeTwilio) -> dict[str, int]:
     }
 
 
+def duplicate_sends(mail: MailSink, sms: FakeTwilio) -> dict[str, int]:
+    """How many messages arrived more than once at the sinks (by our message id: the email's
+    Message-ID, the SMS's status-callback token), and how many arrived at all."""
+    return _duplicates(
+        [m.message_id() for m in mail.messages], [m.status_callback for m in sms.messages]
+    )
+
+
+@dataclass(frozen=True)
+class Arrivals:
+    """What the sinks in another process (`leadflow up`'s) received, from `/sink/arrivals`:
+    (our message id, arrival time) per email and per sent SMS, oldest first."""
+
+    emails: list[tuple[str | None, str]]
+    texts: list[tuple[str | None, str]]
+    duplicates: dict[str, int]
+
+
+def _our_id_of_email(header: str | None) -> str | None:
+    """`<e000001.0@domain>` -> `e000001.0`."""
+    return header.strip().strip("<>").split("@")[0] or None if header else None
+
+
+async def arrivals_at(sinks_url: str) -> Arrivals:
+    async with httpx.AsyncClient(base_url=sinks_url, timeout=120) as client:
+        response = await client.get("/sink/arrivals")
+        response.raise_for_status()
+        listing = response.json()
+    mail_ids = [header for header, _ in listing["mail"]]
+    callbacks = [callback for callback, _ in listing["sms"]]
+    return Arrivals(
+        emails=[(_our_id_of_email(header), at) for header, at in listing["mail"]],
+        texts=[(_message_id_of_sms(callback), at) for callback, at in listing["sms"]],
+        duplicates=_duplicates(mail_ids, callbacks),
+    )
+
+
 async def duplicate_sends_at(sinks_url: str) -> dict[str, int]:
-    """`duplicate_sends` for sinks in another process (`leadflow up`'s), from their JSON
-    listings."""
-    async with httpx.AsyncClient(base_url=sinks_url, timeout=60) as client:
-        mail = (await client.get("/sink/mail")).json()
-        texts = [
-            m for m in (await client.get("/sink/sms")).json() if m["direction"] == "outbound-api"
-        ]
-    emails = Counter(m["message_id"] for m in mail)
-    sms_ids = Counter(_message_id_of_sms(m["status_callback"]) for m in texts)
-    return {
-        "emails": sum(emails.values()),
-        "email_duplicates": sum(n - 1 for n in emails.values() if n > 1),
-        "texts": sum(sms_ids.values()),
-        "text_duplicates": sum(n - 1 for key, n in sms_ids.items() if key and n > 1),
-    }
+    """`duplicate_sends` for sinks in another process (`leadflow up`'s)."""
+    return (await arrivals_at(sinks_url)).duplicates
+
+
+async def sinks_ceiling_at(
+    smtp_host: str,
+    smtp_port: int,
+    sinks_url: str,
+    *,
+    account_sid: str = DEV_ACCOUNT_SID,
+    auth_token: str = DEV_AUTH_TOKEN,
+    messages: int = 2000,
+    concurrency: int = 8,
+    runs: int = 3,
+) -> SinkCeiling:
+    """`sinks_ceiling` for sinks in another process; they are cleared afterwards
+    (`POST /sink/clear`)."""
+    smtp = await raw_smtp_per_s(
+        smtp_host, smtp_port, messages=messages, concurrency=concurrency, runs=runs
+    )
+    posts = await raw_sms_per_s(
+        sinks_url, account_sid, auth_token, messages=messages, concurrency=concurrency, runs=runs
+    )
+    async with httpx.AsyncClient(base_url=sinks_url, timeout=30) as client:
+        (await client.post("/sink/clear")).raise_for_status()
+    return SinkCeiling(smtp, posts, messages, concurrency)
 
 
 async def main() -> None:
@@ -203,13 +250,11 @@ async def main() -> None:
             )
             infra.start()
             try:
-                smtp = await raw_smtp_per_s(LOOPBACK, infra.smtp_sink_port, **sizes)
-                posts = await raw_sms_per_s(
-                    infra.sinks_url, DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, **sizes
+                ceiling = await sinks_ceiling_at(
+                    LOOPBACK, infra.smtp_sink_port, infra.sinks_url, **sizes
                 )
             finally:
                 infra.stop()
-        ceiling = SinkCeiling(smtp, posts, args.messages, args.concurrency)
     figures = {k: round(v, 1) if isinstance(v, float) else v for k, v in asdict(ceiling).items()}
     print(json.dumps({**figures, "sinks": "in-process" if args.in_process else "child process"}))
 

@@ -12,7 +12,9 @@ benchmarks. Both listen on 127.0.0.1 only and keep what arrived.
   reply to the email, or its recipient's server returning a DSN (RFC 3464), posted raw and
   signed (`X-Leadflow-Signature`) to nurture's inbound-mail webhook.
 - The same HTTP server shows a page listing every email and SMS "sent" (`GET /`), and the
-  same as JSON (`GET /sink/mail`, `GET /sink/sms`) for tests.
+  same as JSON (`GET /sink/mail`, `GET /sink/sms`) for tests, and for benchmarks a light
+  list of arrivals (`GET /sink/arrivals`, `?count=1`), `POST /sink/clear` and
+  `POST /sink/sms/callbacks` (`{"enabled": false}`: no status callbacks).
 
 `python -m leadflow.sinks` runs both until stopped; `leadflow up` starts it so.
 """
@@ -35,6 +37,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from email.parser import BytesParser
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Any
@@ -62,6 +65,7 @@ MAX_BODY = 1600
 OPTED_OUT = 21610
 UNDELIVERED = "30003"  # Twilio: unreachable destination handset
 SMS_INBOUND = "/v1/sms/inbound"
+_HEADERS_ONLY = BytesParser(policy=email.policy.compat32)
 
 
 def _now() -> datetime:
@@ -129,17 +133,31 @@ class ReceivedMail:
             "\r\n--DSN--\r\n"
         ).encode()
 
+    def message_id(self) -> str | None:
+        """The Message-ID header, from the header block alone (no MIME parsing: a listing of
+        every arrival stays cheap with 100,000 of them)."""
+        headers = _HEADERS_ONLY.parsebytes(self.data, headersonly=True)
+        value = headers["Message-ID"]
+        return None if value is None else str(value).strip()
+
     def summary(self) -> dict[str, Any]:
+        message = self.message()  # parsed once for every field below
+
+        def header(name: str) -> str | None:
+            value = message[name]
+            return None if value is None else str(value)
+
+        text = message.get_body(("plain",))
         return {
             "received_at": self.received_at,
             "mail_from": self.mail_from,
             "rcpt_tos": list(self.rcpt_tos),
-            "subject": self.header("Subject"),
-            "message_id": self.header("Message-ID"),
-            "list_unsubscribe": self.header("List-Unsubscribe"),
-            "list_unsubscribe_post": self.header("List-Unsubscribe-Post"),
-            "dkim_signed": self.header("DKIM-Signature") is not None,
-            "text": self.part("text/plain"),
+            "subject": header("Subject"),
+            "message_id": header("Message-ID"),
+            "list_unsubscribe": header("List-Unsubscribe"),
+            "list_unsubscribe_post": header("List-Unsubscribe-Post"),
+            "dkim_signed": header("DKIM-Signature") is not None,
+            "text": None if text is None else str(text.get_content()),
         }
 
 
@@ -323,6 +341,9 @@ class FakeTwilio:
                 Route("/sink/mail/{index:int}/{answer:str}", self._answer_mail, methods=["POST"]),
                 Route("/sink/sms/inbound", self._simulate_inbound, methods=["POST"]),
                 Route("/sink/sms/failures", self._set_failures, methods=["POST"]),
+                Route("/sink/sms/callbacks", self._set_callbacks, methods=["POST"]),
+                Route("/sink/arrivals", self._arrivals, methods=["GET"]),
+                Route("/sink/clear", self._clear, methods=["POST"]),
             ]
         )
 
@@ -644,7 +665,40 @@ class FakeTwilio:
             text = "".join(json.dumps(asdict(m)) + "\n" for m in self._messages)
         self._record_to.write_text(text)
 
+    async def _set_callbacks(self, request: Request) -> Response:
+        """`{"enabled": false}`: sent messages get no status callbacks (a benchmark with no
+        webhook to receive them); `true` again restores them."""
+        try:
+            self.send_callbacks = bool((await request.json())["enabled"])
+        except (ValueError, TypeError, KeyError) as error:
+            return JSONResponse(
+                {"detail": f"expected {{'enabled': bool}}: {error}"}, status_code=422
+            )
+        return JSONResponse({"enabled": self.send_callbacks})
+
+    async def _clear(self, _: Request) -> Response:
+        """Forget every email and SMS kept so far (not the recorded files)."""
+        self.clear()
+        if self.mail_sink is not None:
+            self.mail_sink.clear()
+        return JSONResponse({"cleared": True})
+
     # --- listings -------------------------------------------------------------------------
+
+    async def _arrivals(self, request: Request) -> Response:
+        """What arrived, light enough for 100,000 messages: `{"mail": [[message_id,
+        received_at], ...], "sms": [[status_callback, created_at], ...]}` (sent SMS only),
+        oldest first; with `?count=1` only how many: `{"mail": n, "sms": n}`."""
+        mails = self.mail_sink.messages if self.mail_sink else []
+        texts = self.messages
+        if request.query_params.get("count"):
+            return JSONResponse({"mail": len(mails), "sms": len(texts)})
+        return JSONResponse(
+            {
+                "mail": [[m.message_id(), m.received_at] for m in mails],
+                "sms": [[t.status_callback, t.created_at] for t in texts],
+            }
+        )
 
     async def _list_sms(self, _: Request) -> Response:
         return JSONResponse([m.public() for m in self.conversation])

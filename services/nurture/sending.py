@@ -269,25 +269,59 @@ class SendDueSteps:
         self._slots = asyncio.Semaphore(max(1, settings.concurrency))
 
     async def __call__(self, batch: list[ClaimedWork]) -> None:
-        started = time.perf_counter()
+        phases: dict[str, float] = {}
+        mark = time.perf_counter()
+
+        def took(phase: str) -> None:
+            nonlocal mark
+            now = time.perf_counter()
+            phases[phase] = round(now - mark, 3)
+            mark = now
+
         items = await self._decide(batch)
+        took("decide_s")
         await self._drop_opted_out(items)
         await self._limit_rate(items)
-        await self._reserve(items)
-        await self._remember_recipients(items)
-        decided = time.perf_counter()
+        took("rate_s")
+        # Remembering who is texted at which number (before the texts leave) needs no
+        # reservation: a number remembered for a step another replica sends is the same.
+        await asyncio.gather(self._reserve(items), self._remember_recipients(items))
+        took("reserve_s")
         await self._send(items)
-        sent = time.perf_counter()
-        await self._tell_channels(items)
-        await self._commit(batch, items)
-        log.debug(
-            "due steps handled",
-            count=len(items),
-            by=_tally(items),
-            decide_s=round(decided - started, 3),
-            send_s=round(sent - decided, 3),
-            commit_s=round(time.perf_counter() - sent, 3),
+        took("send_s")
+        await self._record_and_commit(batch, items)
+        took("commit_s")
+        log.debug("due steps handled", count=len(items), by=_tally(items), **phases)
+
+    async def _record_and_commit(self, batch: list[ClaimedWork], items: Sequence[_Item]) -> None:
+        """The providers' answers go into the send records beside (not before) the commit: the
+        records live outside the transaction, and both are awaited whatever happens to the
+        other, so a commit that aborts (LeaseLost) leaves the answers stored for the replica
+        that fires the steps next. An answer that could not be stored after a commit that
+        did happen leaves its record `sending`: it still counts for the caps and the step is
+        never sent again."""
+
+        async def tell_and_commit() -> None:
+            await self._tell_channels(items)
+            await self._commit(batch, items)
+
+        recorded, committed = await asyncio.gather(
+            self._store.record_outcomes(
+                [i.send for i in items if i.message is not None and i.send is not None]
+            ),
+            tell_and_commit(),
+            return_exceptions=True,
         )
+        if isinstance(committed, BaseException):
+            raise committed
+        if isinstance(recorded, BaseException):
+            if not isinstance(recorded, Exception):
+                raise recorded
+            log.warning(
+                "providers' answers not stored after the batch committed; records stay sending",
+                keys=[i.key for i in items][:10],
+                error=repr(recorded),
+            )
 
     # --- 1. decide ----------------------------------------------------------------------------
 
@@ -302,12 +336,14 @@ class SendDueSteps:
             contacts = await transaction.contacts({e.lead_id for e in enrollments.values()})
             return (enrollments, contacts), []
 
-        enrollments, contacts = await self._store.commit(read)
-        catalog = await self._sequences.catalog(
-            needing={e.sequence_id for e in enrollments.values()}
+        # Independent reads go out together: a round trip each, not one after another.
+        (enrollments, contacts), found = await asyncio.gather(
+            self._store.commit(read), self._store.send_records([c.work.key for c in batch])
         )
-        found = await self._store.send_records([c.work.key for c in batch])
-        history = await self._store.sends_since(contacts.keys(), now - CAP_HISTORY)
+        catalog, history = await asyncio.gather(
+            self._sequences.catalog(needing={e.sequence_id for e in enrollments.values()}),
+            self._store.sends_since(contacts.keys(), now - CAP_HISTORY),
+        )
         sent_times: dict[tuple[str, str], list[datetime]] = defaultdict(list)
         for lead_id, records in history.items():
             for r in records:
@@ -416,12 +452,14 @@ class SendDueSteps:
         if self._opt_outs is None or not sending:
             return
         leads = {i.message.lead_id for i in sending if i.message is not None}
-        by_lead = await self._opt_outs.opted_out_channels(leads)
-        phones = await self._opt_outs.opted_out_phones(
-            {i.message.to for i in sending if isinstance(i.message, OutboundSms)}
-        )
-        bounced = await self._opt_outs.suppressed_emails(
-            {i.message.to for i in sending if isinstance(i.message, OutboundEmail)}
+        by_lead, phones, bounced = await asyncio.gather(
+            self._opt_outs.opted_out_channels(leads),
+            self._opt_outs.opted_out_phones(
+                {i.message.to for i in sending if isinstance(i.message, OutboundSms)}
+            ),
+            self._opt_outs.suppressed_emails(
+                {i.message.to for i in sending if isinstance(i.message, OutboundEmail)}
+            ),
         )
         for item in sending:
             message = item.message
@@ -442,12 +480,19 @@ class SendDueSteps:
         for item in items:
             if item.message is not None and item.channel is not None:
                 wanting[item.channel].append(item)
-        for channel, waiting in wanting.items():
-            limit = self._settings.rate_per_second.get(channel)
-            if limit is None:
-                continue
-            granted = await self._store.take_rate(channel, now, len(waiting), limit)
-            for item in waiting[granted:]:
+        limited = {
+            channel: (waiting, limit)
+            for channel, waiting in wanting.items()
+            if (limit := self._settings.rate_per_second.get(channel)) is not None
+        }
+        granted = await asyncio.gather(
+            *(
+                self._store.take_rate(channel, now, len(waiting), limit)
+                for channel, (waiting, limit) in limited.items()
+            )
+        )
+        for (waiting, _), taken in zip(limited.values(), granted, strict=True):
+            for item in waiting[taken:]:
                 _defer(item, now.replace(microsecond=0) + timedelta(seconds=1), "rate limit")
 
     async def _reserve(self, items: Sequence[_Item]) -> None:
@@ -466,7 +511,6 @@ class SendDueSteps:
     async def _send(self, items: Sequence[_Item]) -> None:
         sending = [i for i in items if i.message is not None]
         await asyncio.gather(*(self._send_one(item) for item in sending))
-        await self._store.record_outcomes([i.send for i in sending if i.send is not None])
 
     async def _send_one(self, item: _Item) -> None:
         message, send = item.message, item.send
