@@ -38,6 +38,12 @@ class ServiceSettings(BaseSettings):
     producer_max_batch_bytes: int = Field(default=262_144, ge=1024)
     """Most bytes per partition in one produce request (the local broker stores each
     request's batch as one object: larger batches, fewer writes)."""
+    consumer_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    """A consumer that sends no heartbeat this long is dropped from its group and its
+    partitions go to the others. The local broker also holds a new member's first join for
+    half of it (the real broker uses `group.initial.rebalance.delay.ms` instead)."""
+    consumer_heartbeat_interval_ms: int = Field(default=3000, ge=100)
+    """How often a consumer tells its group it is alive (under a third of the session)."""
     consumer_commit_interval_ms: int = Field(default=1000, ge=0)
     """Handled offsets are committed at most this often (a crash redelivers up to this
     much, which the inbox recognises)."""

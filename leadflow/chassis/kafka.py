@@ -159,6 +159,8 @@ class KafkaRuntime:
             batch_timeout_ms=self.settings.consumer_batch_wait_ms,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self.settings.consumer_fetch_max_wait_ms,
+            session_timeout_ms=self.settings.consumer_session_timeout_ms,
+            heartbeat_interval_ms=self.settings.consumer_heartbeat_interval_ms,
             ack_policy=AckPolicy.MANUAL,  # the pipeline commits or hands the batch back
             listener=membership,
             decoder=_raw_records,

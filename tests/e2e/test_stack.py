@@ -24,6 +24,7 @@ import pytest
 
 from leadflow.config import SERVICES
 from leadflow.localinfra import free_port
+from tests.support.services import quick_join_environment
 
 pytestmark = pytest.mark.e2e
 
@@ -70,6 +71,7 @@ def stack_environment(data_dir: Path) -> dict[str, str]:
     )
     for service in SERVICES:
         env[f"LEADFLOW_{service.upper()}_PORT"] = str(free_port())
+    env.update(quick_join_environment(*SERVICES))
     return env
 
 

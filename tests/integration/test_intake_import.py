@@ -1,6 +1,7 @@
 """CSV import against the real Kafka-wire broker and MongoDB-wire server: encodings of the
 seeds' markets, per-row errors with line numbers, resuming an interrupted import, and a
-100,000-row file in bounded memory."""
+file of ~13 MB in bounded memory. (Row count, 100,000 rows and more, is measured by
+`bench/intake.py --part csv`: at the database's pace it is a benchmark, not a test.)"""
 
 from __future__ import annotations
 
@@ -375,28 +376,38 @@ def rss_bytes() -> int:
     return int(statm.split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-ROWS_100K = 100_000
+ROWS = 3_000
+NOTE = "상담 메모 " * 300
+"""1,800 characters, ~4.2 KB a row in UTF-8 (a message may have 4,000): the file is ~13 MB,
+and holding it, or its rows and their events, at once would take more than the limit below."""
+BIG_CHUNK_ROWS = 100
+"""Memory follows the chunk (its rows, their documents and events, ~35 copies' worth of text
+measured), not the file: 100 rows of these are ~0.4 MB, the file is 30 times that."""
 RESUMES = 10
-RSS_GROWTH_LIMIT = 80 * 1024 * 1024
-"""The file is ~13 MB; holding it (or its rows) at once would take several times that."""
+RSS_GROWTH_LIMIT = 40 * 1024 * 1024
 
 
 async def big_file(t: str) -> AsyncIterator[bytes]:
     buffer = io.StringIO()
-    buffer.write("name,email,company,industry,意向程度\n")
-    for n in range(ROWS_100K):
-        buffer.write(f"Person {n},big{n}.{t}@example.com,Company {n % 977},fitness,高\n")
+    buffer.write("name,email,company,industry,메모,意向程度\n")
+    for n in range(ROWS):
+        buffer.write(f"Person {n},big{n}.{t}@example.com,Company {n % 977},fitness,{NOTE}{n},高\n")
         if buffer.tell() > 64 * 1024:
             yield buffer.getvalue().encode()
             buffer = io.StringIO()
     yield buffer.getvalue().encode()
 
 
-@pytest.mark.timeout(1500)  # ~100 s on an idle machine; the shared one is slower
-async def test_a_100k_row_file_imports_in_bounded_memory(
+async def test_a_13_mb_file_imports_in_bounded_memory(
     infra: Infra, run_id: str, keys: Keys
 ) -> None:
-    settings = settings_for(Settings, infra, run_id, database=f"leadflow_intake_{run_id}_bigimport")
+    settings = settings_for(
+        Settings,
+        infra,
+        run_id,
+        database=f"leadflow_intake_{run_id}_bigimport",
+        import_chunk_rows=BIG_CHUNK_ROWS,
+    )
     t = tag()
     async with serve(create_app(settings)) as client:
         baseline = peak = rss_bytes()
@@ -421,9 +432,9 @@ async def test_a_100k_row_file_imports_in_bounded_memory(
             await sampler
 
         assert response.status_code == 200, response.text
-        assert response.json()["created"] == ROWS_100K
+        assert response.json()["created"] == ROWS
         assert peak - baseline < RSS_GROWTH_LIMIT, f"RSS grew {(peak - baseline) >> 20} MB"
-        last = await lookup(client, keys, email=f"big{ROWS_100K - 1}.{t}@example.com")
+        last = await lookup(client, keys, email=f"big{ROWS - 1}.{t}@example.com")
         assert last["profile"]["custom"] == {"意向程度": "高"}
 
 

@@ -18,6 +18,20 @@ from tests.support.infra import Infra
 S = TypeVar("S", bound=ServiceSettings)
 
 
+QUICK_JOIN = {"consumer_session_timeout_ms": 3000, "consumer_heartbeat_interval_ms": 500}
+"""The local broker holds a new member's join for half the session timeout: 1.5 s for every
+service a test starts instead of 5 s."""
+
+
+def quick_join_environment(*services: str) -> dict[str, str]:
+    """`QUICK_JOIN` as the environment of service processes a test starts."""
+    return {
+        f"LEADFLOW_{service.upper()}_{name.upper()}": str(value)
+        for service in services
+        for name, value in QUICK_JOIN.items()
+    }
+
+
 def settings_for(cls: type[S], infra: Infra, run_id: str, **overrides: Any) -> S:
     """Settings pointing at the test infra, with databases and groups unique to this run."""
     defaults = cls()
@@ -31,6 +45,7 @@ def settings_for(cls: type[S], infra: Infra, run_id: str, **overrides: Any) -> S
         "log_level": "WARNING",
         "outbox_poll_interval_s": 0.2,
         "consumer_retry_backoff_s": 0.05,
+        **QUICK_JOIN,
     }
     values.update(overrides)
     return cls(**values)
