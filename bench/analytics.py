@@ -25,7 +25,6 @@ loops; the machine is shared, so compare ratios.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import random
 import statistics
 import time
@@ -35,6 +34,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from local_mongo import run_on_local_mongo  # one local SecantusDB per run, as the other benches
 from pymongo.errors import BulkWriteError
 
 from services.analytics.reports import ReportQuery
@@ -45,7 +45,7 @@ from services.analytics.store import (
     gauge_document,
     month_documents,
 )
-from services.analytics.usecases import REPORTS, BuildReport, RecordEvents
+from services.analytics.usecases import COMPACTION_BATCHES, REPORTS, BuildReport, RecordEvents
 from shared.events import (
     ActivityLoggedV1,
     Attribution,
@@ -199,7 +199,7 @@ async def ingest_rate(client: Any, events: list[Event]) -> tuple[float, float, M
         await record(events[i : i + BATCH])
     recorded = time.perf_counter() - started
     started = time.perf_counter()
-    while await store.compact(max_batches=1):
+    while await store.compact(max_batches=COMPACTION_BATCHES):
         pass
     folded = time.perf_counter() - started
     return len(events) / recorded, len(events) / folded, store
@@ -288,27 +288,25 @@ async def report_latencies(store: MongoAnalyticsStore, runs: int) -> dict[str, t
     return out
 
 
-async def main(args: argparse.Namespace) -> None:
-    from secantus import SecantusDBServer  # noqa: PLC0415
-
+async def bench(mongo_url: str, args: argparse.Namespace) -> None:
     from leadflow.chassis.store import connect  # noqa: PLC0415
 
-    server = SecantusDBServer(host="127.0.0.1", port=0, storage_path=":memory:")
-    server.start()
-    client = connect(f"{server.uri.rstrip('/')}/?directConnection=true", app_name="bench")
+    client = connect(mongo_url, app_name="bench")
     try:
         if args.only != "reports":
-            await ingest_part(client, args.ingest)
+            await ingest_part(client, args.ingest, args.order)
         if args.only != "ingest":
             await reports_part(client, args)
     finally:
         await client.close()
-        server.stop()
 
 
-async def ingest_part(client: Any, count: int) -> None:
-    print(f"ingest: {count:,} events, batches of {BATCH}")
+async def ingest_part(client: Any, count: int, order: str) -> None:
+    print(f"ingest: {count:,} events, batches of {BATCH}, in {order} order")
     events = list(events_for(count))
+    if order == "time":
+        # As the topics deliver them: each lead's events spread over many batches.
+        events.sort(key=lambda event: event.occurred_at)
     documents = [event_document(e) for e in events]
     ceiling = await raw_ceiling(client["raw"], documents)
     rate, folding, _ = await ingest_rate(client, events)
@@ -361,4 +359,11 @@ if __name__ == "__main__":
     parser.add_argument(
         "--only", choices=("ingest", "reports"), default=None, help="one half of the benchmark"
     )
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument(
+        "--order",
+        choices=("lead", "time"),
+        default="lead",
+        help="ingest order: each lead's life in turn (lead), or every event by time (time)",
+    )
+    parser.add_argument("--storage", choices=("disk", "memory"), default="memory")
+    run_on_local_mongo("analytics", parser.parse_args(), bench)

@@ -46,6 +46,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 from pymongo import ASCENDING, ReplaceOne
+from pymongo.errors import BulkWriteError
 
 from leadflow.chassis.store import (
     IN_CHUNK,
@@ -75,6 +76,16 @@ from shared.events import Event
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
+DUPLICATE_KEY = 11000
+_TIME_ORDER = "occurred_at_1_recorded_at_1"
+"""The event store's index in time order: built for a rebuild, dropped after."""
+
+
+def _only_duplicates(error: BulkWriteError) -> bool:
+    errors = error.details.get("writeErrors") or [{}]
+    return all(e.get("code") == DUPLICATE_KEY for e in errors)
+
+
 MONTH_ZONE_ID = "month_zone"
 UTC_ZONE = ZoneInfo("UTC")
 
@@ -163,10 +174,13 @@ class MongoAnalyticsStore:
         self._ledger = ledger
 
     async def ensure_indexes(self) -> None:
+        # The event store carries one secondary index (a lead's timeline, erasure): each
+        # index costs the ingest about one more insert on the local server. The one in time
+        # order is built by a rebuild, the only reader of it, and dropped after.
         await self._events.create_index(
             [("lead_id", ASCENDING), ("occurred_at", ASCENDING), ("recorded_at", ASCENDING)]
         )
-        await self._events.create_index([("occurred_at", ASCENDING), ("recorded_at", ASCENDING)])
+        await self._drop_time_order()
         await self._counters.create_index([("hour", ASCENDING)])
         await self._months.create_index([("zone", ASCENDING), ("month", ASCENDING)])
         if await self._counters.find_one({}, {"_id": 1}) is None:
@@ -213,11 +227,34 @@ class MongoAnalyticsStore:
         if migrated := await self._ledger.commit(migrate):
             log.info("analytics open-lead gauge kept per place now", documents=migrated)
 
+    async def _drop_time_order(self) -> None:
+        indexes = await self._events.index_information()
+        if _TIME_ORDER in indexes:
+            await self._events.drop_index(_TIME_ORDER)
+
     async def record_batch(self, consumed: Sequence[Event], work: BatchWork[T]) -> T | None:
+        # The event store holds every recorded event under its id: it is the inbox too.
+        # A batch is first taken to be all new (the usual case): no look-up, and the
+        # events' insert is what proves it; an id stored before fails that insert, the
+        # transaction is rolled back whole, and the batch is recorded again without the
+        # events known (looked up first, the inbox way). Either way one transaction holds
+        # the events, the facts and the counter deltas, so nothing counts twice.
+        fresh = list({str(event.event_id): event for event in reversed(consumed)}.values())
+        fresh.reverse()
+
+        async def all_new(session: Session) -> tuple[T, list[Event]]:
+            return await work(_MongoRecordingBatch(self, session), fresh), []
+
         async def in_transaction(session: Session, fresh: list[Event]) -> tuple[T, list[Event]]:
             return await work(_MongoRecordingBatch(self, session), fresh), []
 
-        # The event store holds every recorded event by id: it is the inbox too.
+        if fresh:
+            try:
+                return await self._ledger.commit(all_new)
+            except BulkWriteError as error:
+                if not _only_duplicates(error):
+                    raise
+                log.debug("batch held events recorded before; recording the rest")
         return await self._ledger.commit_batch(consumed, in_transaction, recorded_in=self._events)
 
     async def counters(
@@ -229,7 +266,14 @@ class MongoAnalyticsStore:
     ) -> list[Bucket]:
         first, last = hour_key(first_hour), hour_key(last_hour)
         wanted = {metric.value for metric in metrics}
-        dims_query = {f"dimensions.{name}": value for name, value in filters.items()}
+        # Lead dimensions are the documents' own; a metric's own (stage, reason, ...) are
+        # inside them, filtered here after reading.
+        dims_query = {
+            f"dimensions.{name}": value
+            for name, value in filters.items()
+            if name in LEAD_DIMENSIONS
+        }
+        own_filters = {k: v for k, v in filters.items() if k not in LEAD_DIMENSIONS}
         months = whole_months(first_hour, last_hour, self._zone) if self._months_usable else []
         # Hours outside the whole months read from `month_counters`.
         hour_ranges = [(first, last)]
@@ -312,7 +356,8 @@ class MongoAnalyticsStore:
         return [
             Bucket(hour_from_key(hour), Metric(metric), dict(dims), int(n), amount)
             for (hour, metric, dims), (n, amount) in totals.items()
-            if n or abs(amount) > 1e-9
+            if (n or abs(amount) > 1e-9)
+            and (not own_filters or own_filters.items() <= dict(dims).items())
         ]
 
     async def open_leads(self, filters: Mapping[str, str]) -> list[OpenLeads]:
@@ -404,8 +449,20 @@ class MongoAnalyticsStore:
     async def stored_events(self, chunk: int) -> AsyncIterator[list[Document]]:
         # Paged by (occurred_at, recorded_at, _id) rather than one long cursor: a cursor
         # left open across transactions may time out on a large store.
-        last: tuple[Any, Any, Any] | None = None
         order = [("occurred_at", ASCENDING), ("recorded_at", ASCENDING), ("_id", ASCENDING)]
+        await self._events.create_index(
+            [("occurred_at", ASCENDING), ("recorded_at", ASCENDING)], name=_TIME_ORDER
+        )
+        try:
+            async for page in self._pages(order, chunk):
+                yield page
+        finally:
+            await self._drop_time_order()
+
+    async def _pages(
+        self, order: list[tuple[str, int]], chunk: int
+    ) -> AsyncIterator[list[Document]]:
+        last: tuple[Any, Any, Any] | None = None
         while True:
             query: dict[str, Any] = {}
             if last is not None:
@@ -526,11 +583,12 @@ DELTA_SIZE = 200
 
 
 def delta_documents(tally: BatchTally) -> list[Document]:
+    # Tuples are stored as arrays: no copying into lists (this runs for every increment).
     entries = [
-        [hour_key(i.hour), i.metric.value, [list(p) for p in i.dimensions], i.count, i.amount]
+        (hour_key(i.hour), i.metric.value, i.dimensions, i.count, i.amount)
         for i in tally.increments
     ]
-    moves = [[dataclasses.asdict(m.key), m.count] for m in tally.gauge]
+    moves = [(_open_key_document(m.key), m.count) for m in tally.gauge]
     documents: list[Document] = []
     for start in range(0, max(len(entries), len(moves)), DELTA_SIZE):
         part = entries[start : start + DELTA_SIZE]
@@ -544,6 +602,13 @@ def delta_documents(tally: BatchTally) -> list[Document]:
             }
         )
     return documents
+
+
+_OPEN_KEY_FIELDS = tuple(f.name for f in dataclasses.fields(OpenKey))
+
+
+def _open_key_document(key: OpenKey) -> Document:
+    return {name: getattr(key, name) for name in _OPEN_KEY_FIELDS}
 
 
 def fold_deltas(deltas: Sequence[Document]) -> tuple[list[Document], list[Document]]:
@@ -748,7 +813,7 @@ def facts_document(facts: LeadFacts) -> Document:
     document["_id"] = document.pop("lead_id")
     document["reached"] = dict(facts.reached)
     document["pending"] = [list(entry) for entry in facts.pending]
-    document["open_key"] = None if facts.open_key is None else dataclasses.asdict(facts.open_key)
+    document["open_key"] = None if facts.open_key is None else _open_key_document(facts.open_key)
     return document
 
 

@@ -40,6 +40,12 @@ async def _tally_and_save(
     return tally.unknown_events
 
 
+COMPACTION_BATCHES = 100
+"""Recorded batches' delta documents folded per compaction transaction: every fold
+rewrites the month documents the deltas touch (about one per dimension combination), so
+folding many at once is what lets compaction keep up with the ingest."""
+
+
 class RecordEvents:
     """Store each consumed event once and move the roll-ups it implies."""
 
@@ -89,11 +95,11 @@ class RebuildRollups:
                 return await _tally_and_save(batch, events, self._clock(), store_events=False)
 
             await self._store.rebuild_batch(work)
-            await self._store.compact(max_batches=1)
+            await self._store.compact(max_batches=COMPACTION_BATCHES)
             done += len(events)
             if progress is not None:
                 progress(len(events))
-        while await self._store.compact(max_batches=1):
+        while await self._store.compact(max_batches=COMPACTION_BATCHES):
             pass
         log.info("analytics roll-ups rebuilt", events=done)
         return done
@@ -109,29 +115,37 @@ class CompactRollups:
         lease: Lease,
         *,
         interval_s: float,
-        max_batches: int = 1,
+        max_batches: int = COMPACTION_BATCHES,
     ) -> None:
         self._store = store
         self._lease = lease
         self._interval_s = interval_s
         self._max_batches = max_batches
+        self._fold = max_batches
         self.folded = 0
 
     async def run(self) -> None:
         while True:
             folded = 0
+            asked = self._fold
             try:
                 if await self._lease.hold():
-                    folded = await self._store.compact(self._max_batches)
+                    folded = await self._store.compact(asked)
                     self.folded += folded
+                    # Back towards full size after a fold that had to be smaller.
+                    self._fold = min(self._max_batches, asked * 2)
             except OUTAGE as error:
-                # The database is away: reports still add the deltas up; try again later.
-                log.warning("compaction postponed", error=repr(error))
+                # The database is away (or too slow for a fold this size, which must not
+                # fail the same way for ever): reports still add the deltas up; smaller
+                # folds, later.
+                self._fold = max(1, asked // 2)
+                log.warning("compaction postponed", error=repr(error), next_fold=self._fold)
             except Exception:
                 # Anything else is a bug: said loudly, and the loop lives on (a dead loop
                 # would let deltas pile up unseen).
+                self._fold = max(1, asked // 2)
                 log.exception("compaction failed; trying again")
-            if folded < self._max_batches:
+            if folded < asked:
                 await asyncio.sleep(self._interval_s)
 
     async def stop(self) -> None:
