@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +38,8 @@ class Stack:
     state: dict[str, Any]
     admin_key: str
     output_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    """The environment `up` was started with (ports, data directory)."""
 
     def url(self, service: str) -> str:
         return str(self.state["services"][service]["url"])
@@ -94,7 +96,7 @@ def start_stack(env: dict[str, str], data_dir: Path, run: int) -> Stack:
         time.sleep(0.2)
     state = json.loads(state_file.read_text())
     admin_key = Path(state["admin_key_file"]).read_text().strip()
-    return Stack(process, state, admin_key, output_path)
+    return Stack(process, state, admin_key, output_path, env)
 
 
 def process_exists(pid: int) -> bool:
