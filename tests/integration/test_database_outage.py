@@ -24,7 +24,7 @@ from services.intake.settings import Settings as IntakeSettings
 from shared.events import Attribution, Contact, LeadReceivedV1
 from shared.topics import ALL_TOPICS, dead_letter_topic
 from tests.support.infra import Infra
-from tests.support.kafka import publish_event, read_all
+from tests.support.kafka import publish_event, read_topics
 from tests.support.services import eventually, serve, settings_for
 
 pytestmark = pytest.mark.integration
@@ -117,6 +117,6 @@ async def test_events_wait_while_the_database_is_down_and_none_is_parked(
             mongo.start()
             mongo.wait_until_listening(30)
         assert await eventually(received_on_channel, lambda count: count == 5, timeout_s=60) == 5
-    for topic in ALL_TOPICS:
-        parked = await read_all(infra.kafka_bootstrap, dead_letter_topic(topic))
-        assert [value for value, _ in parked if channel.encode() in value] == []
+    parked = await read_topics(infra.kafka_bootstrap, map(dead_letter_topic, ALL_TOPICS))
+    for records in parked.values():
+        assert [value for value, _ in records if channel.encode() in value] == []

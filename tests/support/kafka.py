@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -65,24 +66,37 @@ async def read_topic(
 
 async def read_all(bootstrap: str, topic: str) -> list[tuple[bytes, dict[str, str]]]:
     """Everything on `topic` up to its current end, without waiting for more."""
+    return (await read_topics(bootstrap, [topic]))[topic]
+
+
+async def read_topics(
+    bootstrap: str, topics: Iterable[str]
+) -> dict[str, list[tuple[bytes, dict[str, str]]]]:
+    """Everything on each of `topics` up to its current end, through one consumer (a
+    consumer per topic costs a connection and a metadata round trip each)."""
+    wanted = list(topics)
+    found: dict[str, list[tuple[bytes, dict[str, str]]]] = {topic: [] for topic in wanted}
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
         await consumer.topics()  # fetches fresh cluster metadata
         partitions = [
-            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+            TopicPartition(topic, p)
+            for topic in wanted
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
         ]
         if not partitions:
-            return []  # the topic does not exist (yet)
+            return found  # none of the topics exists (yet)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
-        found: list[tuple[bytes, dict[str, str]]] = []
         remaining = {tp for tp in partitions if ends[tp] > 0}
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=500)
             for tp, records in batches.items():
-                found.extend((r.value, {k: v.decode() for k, v in r.headers}) for r in records)
+                found[tp.topic].extend(
+                    (r.value, {k: v.decode() for k, v in r.headers}) for r in records
+                )
                 if records and records[-1].offset + 1 >= ends[tp]:
                     remaining.discard(tp)
         return found
