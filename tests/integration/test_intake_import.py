@@ -1,7 +1,7 @@
 """CSV import against the real Kafka-wire broker and MongoDB-wire server: encodings of the
 seeds' markets, per-row errors with line numbers, resuming an interrupted import, and a
 file of ~13 MB in bounded memory. (Row count, 100,000 rows and more, is measured by
-`bench/intake.py --part csv`: at the database's pace it is a benchmark, not a test.)"""
+`bench/intake.py --scenario csv`: at the database's pace it is a benchmark, not a test.)"""
 
 from __future__ import annotations
 
