@@ -43,7 +43,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from multiprocessing.synchronize import Event as StopEvent
 from pathlib import Path
@@ -348,6 +348,13 @@ async def seed(
 # --- the run ---------------------------------------------------------------------------------
 
 
+_STARTED = time.monotonic()
+
+
+def _say(what: str) -> None:
+    print(f"[{time.monotonic() - _STARTED:7.1f} s] {what}", flush=True)
+
+
 def _cpu_s(pid: int | None) -> float:
     """CPU seconds (user + system) a process has used so far; 0 when it is gone."""
     try:
@@ -355,6 +362,41 @@ def _cpu_s(pid: int | None) -> float:
     except (OSError, IndexError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class _Watch:
+    """The load average and each process's CPU seconds while the steps fall due."""
+
+    pids: dict[str, int | None]
+    loads: list[float] = field(default_factory=list)
+    cpu_before: dict[str, float] = field(default_factory=dict)
+    cpu_after: dict[str, float] = field(default_factory=dict)
+    started: float = 0.0
+    seconds: float = 0.0
+
+    def sample(self) -> None:
+        self.loads.append(os.getloadavg()[0])
+        if not self.cpu_before:
+            self.cpu_before = {name: _cpu_s(pid) for name, pid in self.pids.items()}
+            self.started = time.monotonic()
+        self.cpu_after = {name: _cpu_s(pid) for name, pid in self.pids.items()}
+        self.seconds = time.monotonic() - self.started
+
+    def report(self) -> dict[str, Any]:
+        loads = self.loads or [0.0]
+        return {
+            "load_1m_min_mean_max": [
+                round(min(loads), 2),
+                round(sum(loads) / len(loads), 2),
+                round(max(loads), 2),
+            ],
+            "cpu_s_while_sending": {
+                name: round(self.cpu_after.get(name, 0.0) - self.cpu_before.get(name, 0.0), 1)
+                for name in self.pids
+            },
+            "cpu_watched_for_s": round(self.seconds, 1),
+        }
 
 
 def _quantile(ordered: Sequence[float], q: float) -> float:
@@ -418,6 +460,7 @@ async def bench(infra: LocalInfra, args: argparse.Namespace) -> dict[str, Any]:
     ceiling = await sinks_ceiling_at(
         LOOPBACK, infra.smtp_sink_port, infra.sinks_url, messages=2000, concurrency=8, runs=3
     )
+    _say(f"ceiling: {ceiling}")
     database = f"nurture_bench_{uuid.uuid4().hex[:8]}"
     configs = [
         ReplicaConfig(
@@ -444,38 +487,34 @@ async def bench(infra: LocalInfra, args: argparse.Namespace) -> dict[str, Any]:
         lambda i: first_due + timedelta(seconds=i / args.rate),
     )
     seeded_in = time.perf_counter() - seeding_started
+    _say(f"seeded {args.steps} steps in {seeded_in:.1f} s")
     margin_s = (first_due - utc_now()).total_seconds()
     processes, stop, results = _start_replicas(configs)
-    watched = {
-        "secantusdb": infra.mongo.pid if infra.mongo else None,
-        "sinks": infra.sinks.pid if infra.sinks else None,
-        **{c.name: p.pid for c, p in zip(configs, processes, strict=True)},
-    }
-    cpu_before: dict[str, float] = {}
-    cpu_after: dict[str, float] = {}
-    watch_started = watched_s = 0.0
+    watch = _Watch(
+        {
+            "secantusdb": infra.mongo.pid if infra.mongo else None,
+            "sinks": infra.sinks.pid if infra.sinks else None,
+            **{c.name: p.pid for c, p in zip(configs, processes, strict=True)},
+        }
+    )
     replicas_up_margin_s = (first_due - utc_now()).total_seconds()
     last_due = first_due + timedelta(seconds=(args.steps - 1) / args.rate)
     deadline = time.monotonic() + (last_due - utc_now()).total_seconds() + args.deadline
-    loads: list[float] = []
     count = 0
     try:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and count < args.steps:
             await asyncio.sleep(1.0)
             count = await _count_at_sinks(sinks)
             if utc_now() >= first_due:
-                loads.append(os.getloadavg()[0])
-                if not cpu_before:
-                    cpu_before = {name: _cpu_s(pid) for name, pid in watched.items()}
-                    watch_started = time.monotonic()
-                cpu_after = {name: _cpu_s(pid) for name, pid in watched.items()}
-                watched_s = time.monotonic() - watch_started
-            if count >= args.steps:
-                break
+                watch.sample()
+                if len(watch.loads) % 30 == 1:
+                    _say(f"{count} arrived at the sinks, load {watch.loads[-1]:.1f}")
     finally:
         reports = _stop_replicas(processes, stop, results)
+    _say(f"replicas stopped; {count} had arrived")
     await asyncio.sleep(0.5)  # anything in flight lands
     arrived = await arrivals_at(infra.sinks_url)
+    _say("arrivals read")
     await sinks.aclose()
     everything = arrived.emails + arrived.texts
     drift = sorted(
@@ -491,6 +530,7 @@ async def bench(infra: LocalInfra, args: argparse.Namespace) -> dict[str, Any]:
     client = connect(infra.mongo_url, app_name="nurture-bench-cleanup")
     await client.drop_database(database)
     await client.close()
+    _say("database dropped")
     dup = arrived.duplicates
     return {
         "steps": args.steps,
@@ -518,17 +558,7 @@ async def bench(infra: LocalInfra, args: argparse.Namespace) -> dict[str, Any]:
         "drift_p50_s": round(_quantile(drift, 0.5), 3) if drift else None,
         "drift_p99_s": round(_quantile(drift, 0.99), 3) if drift else None,
         "drift_max_s": round(drift[-1], 3) if drift else None,
-        "load_1m_min_mean_max": [
-            round(min(loads), 2),
-            round(sum(loads) / len(loads), 2),
-            round(max(loads), 2),
-        ]
-        if loads
-        else None,
-        "cpu_s_while_sending": {
-            name: round(cpu_after.get(name, 0.0) - cpu_before.get(name, 0.0), 1) for name in watched
-        },
-        "cpu_watched_for_s": round(watched_s, 1),
+        **watch.report(),
         "replica_phases_s": reports,
     }
 
@@ -584,6 +614,7 @@ def main() -> None:
         print(result, flush=True)
     finally:
         infra.stop()
+        _say("infrastructure stopped")
         shutil.rmtree(data_dir, ignore_errors=True)
     if args.profile:
         _profile_summary(args.profile)

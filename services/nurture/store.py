@@ -10,10 +10,16 @@ steps of each flow in `usecases`.
   lead and sequence (a unique partial index).
 - `sequences` keep every earlier version's content in `history` (enrolled leads go on with
   the version they started on) and a `status` (active / paused / archived).
+- `sends`: one record per step's send key, inserted before the message leaves (so no step is
+  sent twice); a refusal (retryable or final) is written into it. `send_outcomes`: the
+  provider's answer to each message that went (`_id` the send key), inserted once: it is
+  final, and an insert costs the local MongoDB-wire server a fraction of an update. Records
+  are read with their outcome laid over them.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -221,6 +227,7 @@ class MongoNurtureStore:
         self._versions: MongoCollection = database["config_versions"]
         self._enrollments: MongoCollection = database["enrollments"]
         self._sends: MongoCollection = database["sends"]
+        self._outcomes: MongoCollection = database["send_outcomes"]
         self._rates: MongoCollection = database["send_rates"]
         self._scores: MongoCollection = database["scores"]
         self._ledger = ledger
@@ -384,7 +391,10 @@ class MongoNurtureStore:
     # --- sends ----------------------------------------------------------------------------
 
     async def send_records(self, keys: Collection[str]) -> dict[str, SendRecord]:
-        return {d["_id"]: send_from_document(d) for d in await find_in(self._sends, "_id", keys)}
+        documents, outcomes = await asyncio.gather(
+            find_in(self._sends, "_id", keys), find_in(self._outcomes, "_id", keys)
+        )
+        return {r.key: r for r in _with_outcomes(documents, outcomes)}
 
     async def sends_since(
         self, lead_ids: Collection[str], since: datetime
@@ -392,9 +402,10 @@ class MongoNurtureStore:
         documents = await find_in(
             self._sends, "lead_id", lead_ids, also={"reserved_at": {"$gte": since}}
         )
+        outcomes = await find_in(self._outcomes, "_id", [doc["_id"] for doc in documents])
         found: dict[str, list[SendRecord]] = {}
-        for doc in documents:
-            found.setdefault(doc["lead_id"], []).append(send_from_document(doc))
+        for record in _with_outcomes(documents, outcomes):
+            found.setdefault(record.lead_id, []).append(record)
         return found
 
     async def reserve_sends(self, records: Sequence[SendRecord]) -> dict[str, int]:
@@ -429,7 +440,16 @@ class MongoNurtureStore:
         return reserved
 
     async def record_outcomes(self, records: Sequence[SendRecord]) -> None:
-        if records:
+        sent = [r for r in records if r.status is SendStatus.SENT]
+        refused = [r for r in records if r.status is not SendStatus.SENT]
+        if sent:
+            try:
+                await self._outcomes.insert_many([outcome_document(r) for r in sent], ordered=False)
+            except BulkWriteError as error:
+                # The same answer written twice (a retried request): it is already there.
+                if not _only_duplicate_keys(error):
+                    raise
+        if refused:
             await self._sends.bulk_write(
                 [
                     UpdateOne(
@@ -443,7 +463,7 @@ class MongoNurtureStore:
                             }
                         },
                     )
-                    for r in records
+                    for r in refused
                 ],
                 ordered=False,
             )
@@ -593,6 +613,11 @@ class _MongoNurtureTransaction:
         await store.due.schedule(due, session=session)
 
 
+def _only_duplicate_keys(error: BulkWriteError) -> bool:
+    failures = error.details.get("writeErrors", [])
+    return bool(failures) and all(f.get("code") == _DUPLICATE_KEY for f in failures)
+
+
 def _second_active_enrollment_of(error: BulkWriteError) -> tuple[str, str | None] | None:
     """The lead (and sequence) a write gave a second active enrollment, if that is what
     failed."""
@@ -630,6 +655,25 @@ def send_document(record: SendRecord) -> Document:
     doc = asdict(record)
     doc["_id"] = doc.pop("key")
     return doc
+
+
+def outcome_document(record: SendRecord) -> Document:
+    """A message that went: the provider's answer, final (`send_outcomes`)."""
+    return {
+        "_id": record.key,
+        "status": record.status.value,
+        "sent_at": record.sent_at,
+        "provider_id": record.provider_id,
+    }
+
+
+def _with_outcomes(documents: list[Document], outcomes: list[Document]) -> list[SendRecord]:
+    """Send records with the outcome stored for each (if any) laid over them."""
+    by_key = {doc["_id"]: doc for doc in outcomes}
+    return [
+        send_from_document({**doc, **by_key[doc["_id"]]} if doc["_id"] in by_key else doc)
+        for doc in documents
+    ]
 
 
 def send_from_document(doc: Document) -> SendRecord:
