@@ -527,10 +527,6 @@ async def bench(infra: LocalInfra, args: argparse.Namespace) -> dict[str, Any]:
         _per_s(arrived.emails),
         _per_s(arrived.texts),
     )
-    client = connect(infra.mongo_url, app_name="nurture-bench-cleanup")
-    await client.drop_database(database)
-    await client.close()
-    _say("database dropped")
     dup = arrived.duplicates
     return {
         "steps": args.steps,
