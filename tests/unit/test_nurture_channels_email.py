@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 from datetime import UTC, datetime
@@ -123,3 +124,22 @@ def test_tracking_can_be_switched_off() -> None:
     assert html is not None
     assert html.get_content().strip() == OUTBOUND.html
     assert "mailto:" not in str(message["List-Unsubscribe"])
+
+
+def test_a_sender_name_in_hangul_is_encoded_and_its_address_kept() -> None:
+    korean = EmailIdentity(
+        sender="에이크미 피트니스 <hello@acme.example>", message_id_domain="a.example"
+    )
+    raw = email_bytes(build_email(OUTBOUND, korean, LINKS, NOW), None)
+    assert raw.isascii()
+    sender = parsed(raw)["From"]
+    assert (sender.addresses[0].display_name, sender.addresses[0].addr_spec) == (
+        "에이크미 피트니스",
+        "hello@acme.example",
+    )
+
+
+def test_a_line_break_in_the_subject_cannot_add_a_header() -> None:
+    injected = dataclasses.replace(OUTBOUND, subject="Hi\r\nBcc: everyone@example.com")
+    with pytest.raises(ValueError, match="linefeed or carriage return"):
+        email_bytes(build_email(injected, IDENTITY, LINKS, NOW), None)
