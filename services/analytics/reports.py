@@ -9,6 +9,7 @@ amount is a mapping currency -> amount (CSV spreads it into one column per curre
 from __future__ import annotations
 
 import calendar
+import functools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -671,8 +672,14 @@ def speed(query: ReportQuery, buckets: Iterable[Bucket], open_leads: Sequence[Op
     forgotten: Counter[str] = Counter()
     overdue: Counter[str] = Counter()
 
+    # Once per distinct day, not per entry: the gauge holds a day per place and lead state.
+    @functools.cache
     def age(day: str) -> str:
         return _age_bucket((today - date.fromisoformat(day)).days)
+
+    @functools.cache
+    def untouched_long(day: str) -> bool:
+        return (today - date.fromisoformat(day)).days >= query.forgotten_after_days
 
     for gauge in open_leads:
         for day, count in gauge.received.items():
@@ -680,7 +687,7 @@ def speed(query: ReportQuery, buckets: Iterable[Bucket], open_leads: Sequence[Op
             if gauge.place.stage == "assigned":
                 waiting[age(day)] += count
         for day, count in gauge.touched.items():
-            if (today - date.fromisoformat(day)).days >= query.forgotten_after_days:
+            if untouched_long(day):
                 forgotten[gauge.place.rep or "(none)"] += count
         for (day, due), count in gauge.awaiting.items():
             if due < now_hour:

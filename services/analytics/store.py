@@ -101,6 +101,10 @@ class Bucket:
     amount: float = 0.0
 
 
+OPEN_SPREADS = frozenset({"received", "touched", "awaiting"})
+"""How a place's open leads spread over days and deadlines (fields of `OpenLeads`)."""
+
+
 class RecordingBatch(Protocol):
     """What a use case may read and write while recording one batch (one transaction)."""
 
@@ -129,9 +133,12 @@ class AnalyticsStore(Protocol):
         included) whose dimensions match every filter."""
         ...
 
-    async def open_leads(self, filters: Mapping[str, str]) -> list[OpenLeads]:
+    async def open_leads(
+        self, filters: Mapping[str, str], *, spreads: Collection[str] = OPEN_SPREADS
+    ) -> list[OpenLeads]:
         """Open leads now, one entry per place (lead dimensions and stage) matching every
-        filter."""
+        filter, with the `spreads` asked for ("received", "touched", "awaiting"; the others
+        may come back empty)."""
         ...
 
     async def campaigns(self) -> list[Campaign]: ...
@@ -360,12 +367,16 @@ class MongoAnalyticsStore:
             and (not own_filters or own_filters.items() <= dict(dims).items())
         ]
 
-    async def open_leads(self, filters: Mapping[str, str]) -> list[OpenLeads]:
+    async def open_leads(
+        self, filters: Mapping[str, str], *, spreads: Collection[str] = OPEN_SPREADS
+    ) -> list[OpenLeads]:
         query: dict[str, Any] = {"count": {"$ne": 0}}
         query.update({f"key.{name}": value for name, value in filters.items()})
+        # The spreads by day are most of a gauge document: read only those a report uses.
+        projection = {"key": 1, "count": 1, **{name: 1 for name in spreads}}
 
         async def read(session: Session) -> tuple[list[Document], list[Document]]:
-            compacted = [doc async for doc in self._open.find(query, session=session)]
+            compacted = [doc async for doc in self._open.find(query, projection, session=session)]
             deltas = [
                 doc
                 async for doc in self._deltas.find(

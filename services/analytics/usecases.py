@@ -197,7 +197,9 @@ class BuildReport:
                 )
             case "reps":
                 return reports.reps(
-                    query, await counters(reports.REP_METRICS), await store.open_leads(filters)
+                    query,
+                    await counters(reports.REP_METRICS),
+                    await store.open_leads(filters, spreads={"awaiting"}),
                 )
             case "speed":
                 return reports.speed(
@@ -213,7 +215,7 @@ class BuildReport:
                 return reports.forecast(
                     query,
                     await counters(reports.FORECAST_METRICS),
-                    await store.open_leads(filters),
+                    await store.open_leads(filters, spreads=()),
                 )
             case "ingest":
                 return reports.ingest(
