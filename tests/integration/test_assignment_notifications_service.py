@@ -23,7 +23,7 @@ from services.assignment.settings import Settings
 from shared.events import Attribution, Contact, LeadMergedV1, LeadReceivedV1, Profile
 from tests.conftest import Keys
 from tests.support.infra import Infra
-from tests.support.kafka import publish_event
+from tests.support.kafka import publish_event, start_group_at_end
 from tests.support.services import eventually, settings_for
 from tests.support.sse import events_until, over_http, read_events
 from tests.support.webhook_receiver import WebhookReceiver
@@ -134,6 +134,7 @@ async def service(
         stream_poll_interval_s=0.1,
         stream_heartbeat_s=1.0,
     )
+    await start_group_at_end(settings.kafka_bootstrap, settings.consumer_group)
     async with over_http(create_app(settings)) as client:
         await eventually(lambda: _ready(client), lambda ready: ready, timeout_s=60)
         manager = await keys.headers(Role.MANAGER)

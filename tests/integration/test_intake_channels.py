@@ -22,7 +22,7 @@ from shared.events import LeadConvertedV1
 from shared.topics import topic_for
 from tests.conftest import Keys
 from tests.support.infra import Infra
-from tests.support.kafka import publish_event, read_all
+from tests.support.kafka import publish_event, read_all, start_group_at_end
 from tests.support.services import eventually, serve, settings_for
 
 pytestmark = pytest.mark.integration
@@ -67,6 +67,7 @@ async def replicas(infra: Infra, run_id: str) -> AsyncIterator[tuple[httpx.Async
         form_rate_limit="3/minute",
         max_body_bytes=64 * 1024,
     )
+    await start_group_at_end(settings.kafka_bootstrap, settings.consumer_group)
     async with serve(create_app(settings)) as one, serve(create_app(settings)) as two:
         yield one, two
 

@@ -38,7 +38,7 @@ from shared.events import (
 )
 from shared.topics import EVENT_ON, topic_for
 from tests.support.infra import Infra
-from tests.support.kafka import read_all
+from tests.support.kafka import read_all, start_group_at_end
 from tests.support.services import eventually, settings_for, wait_ready
 
 pytestmark = pytest.mark.integration
@@ -121,6 +121,7 @@ async def nurture_http(
         twilio_from_number=FROM_NUMBER,
         scheduler_enabled=False,
     )
+    await start_group_at_end(settings.kafka_bootstrap, settings.consumer_group)
     twilio.inbound_url = f"{url}/v1/sms/inbound"
     # The service as it runs (its send loop off: these tests send through the senders
     # themselves), and senders built from the same settings as create_app builds them.

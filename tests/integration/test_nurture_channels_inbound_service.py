@@ -35,7 +35,7 @@ from shared.events import (
 from shared.topics import EVENT_ON, topic_for
 from tests.conftest import Keys
 from tests.support.infra import Infra
-from tests.support.kafka import publish_event, read_all
+from tests.support.kafka import publish_event, read_all, start_group_at_end
 from tests.support.loopback import serve_on_loopback
 from tests.support.services import eventually, settings_for, wait_ready
 
@@ -166,6 +166,7 @@ async def nurture(infra: Infra, run_id: str, keys: Keys, sink: MailSink) -> Asyn
             email_cap_per_week=100,
             scheduler_idle_poll_s=0.2,
         )
+        await start_group_at_end(settings.kafka_bootstrap, settings.consumer_group)
         app = create_app(settings, clock=clock)
         async with serve_on_loopback(app) as url, httpx.AsyncClient(base_url=url) as client:
             await wait_ready(client)

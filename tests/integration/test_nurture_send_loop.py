@@ -33,7 +33,7 @@ from shared.events import (
 from shared.topics import topic_for
 from tests.conftest import Keys
 from tests.support.infra import Infra
-from tests.support.kafka import publish_event, read_topic
+from tests.support.kafka import publish_event, read_topic, start_group_at_end
 from tests.support.services import eventually, serve, settings_for
 
 pytestmark = pytest.mark.integration
@@ -62,6 +62,16 @@ class ShiftedClock:
 
     def __call__(self) -> datetime:
         return datetime.now(UTC) + self.offset
+
+
+async def new_nurture_settings(
+    infra: Infra, run_id: str, sink: MailSink, twilio: FakeTwilio, name: str, **more: Any
+) -> Settings:
+    """Settings for a nurture of its own (database and consumer group), its group starting
+    at the end of the session's topics: it reads the events its test publishes."""
+    settings = nurture_settings(infra, run_id, sink, twilio, name, **more)
+    await start_group_at_end(settings.kafka_bootstrap, settings.consumer_group)
+    return settings
 
 
 def nurture_settings(
@@ -151,7 +161,7 @@ async def nurture(
 ) -> AsyncIterator[Nurture]:
     clock = ShiftedClock()
     name = uuid.uuid4().hex[:6]
-    settings = nurture_settings(infra, run_id, mail_sink, twilio, name)
+    settings = await new_nurture_settings(infra, run_id, mail_sink, twilio, name)
     async with serve(create_app(settings, clock=clock)) as client:
         yield Nurture(client, clock, keys, infra)
 
@@ -326,7 +336,7 @@ async def test_a_browser_on_our_site_records_visits_with_the_token_the_click_car
     infra: Infra, run_id: str, keys: Keys, mail_sink: MailSink, twilio: FakeTwilio
 ) -> None:
     clock = ShiftedClock()
-    settings = nurture_settings(
+    settings = await new_nurture_settings(
         infra, run_id, mail_sink, twilio, f"site{uuid.uuid4().hex[:6]}", site_origins=(SITE,)
     )
     async with serve(create_app(settings, clock=clock)) as client:
@@ -400,7 +410,7 @@ async def test_two_scheduler_replicas_send_every_step_exactly_once(
     infra: Infra, run_id: str, keys: Keys, mail_sink: MailSink, twilio: FakeTwilio
 ) -> None:
     clock = ShiftedClock()
-    settings = nurture_settings(
+    settings = await new_nurture_settings(
         infra, run_id, mail_sink, twilio, "pair", scheduler_batch_size=20, send_concurrency=8
     )
     async with (
@@ -430,7 +440,9 @@ async def test_after_downtime_late_steps_within_the_limit_go_and_older_ones_are_
 ) -> None:
     clock = ShiftedClock()
     name = "catch-up"
-    down = nurture_settings(infra, run_id, mail_sink, twilio, name, scheduler_enabled=False)
+    down = await new_nurture_settings(
+        infra, run_id, mail_sink, twilio, name, scheduler_enabled=False
+    )
     async with serve(create_app(down, clock=clock)) as client:
         before = Nurture(client, clock, keys, infra)
         skipped_lead, sent_lead = await before.known_lead(), await before.known_lead()

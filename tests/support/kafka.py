@@ -8,9 +8,10 @@ import uuid
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 
 from shared.events import Event
-from shared.topics import topic_for
+from shared.topics import ALL_TOPICS, topic_for
 
 
 async def publish_raw(
@@ -100,5 +101,34 @@ async def read_topics(
                 if records and records[-1].offset + 1 >= ends[tp]:
                     remaining.discard(tp)
         return found
+    finally:
+        await consumer.stop()
+
+
+async def start_group_at_end(
+    bootstrap: str, group: str, topics: Iterable[str] = ALL_TOPICS
+) -> None:
+    """Commit the current end of every partition of `topics` for the new consumer `group`,
+    so a service started in it reads what is published from now on.
+
+    The session's broker holds every earlier test's events, and a new group reads from the
+    earliest offset: without this, a service a test starts late in the session first works
+    through all of them. A group that is meant to replay (the replay tests) does not call it.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # fetches fresh cluster metadata
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if partitions:
+            consumer.assign(partitions)
+            ends = await consumer.end_offsets(partitions)
+            await consumer.commit({tp: OffsetAndMetadata(ends[tp], "") for tp in partitions})
     finally:
         await consumer.stop()
