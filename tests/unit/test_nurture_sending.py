@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from leadflow.chassis.config_cache import VersionedCache
-from leadflow.chassis.duework import DueWorkRunner
+from leadflow.chassis.duework import DueWorkRunner, LeaseLost
 from services.nurture.channels.email import OutboundEmail
 from services.nurture.channels.errors import PermanentSendError, RetryableSendError
 from services.nurture.channels.sms import OutboundSms
@@ -24,6 +24,7 @@ from services.nurture.rules import (
     NurtureSequence,
     QuietHours,
     SendPolicy,
+    SendStatus,
     SendWindow,
     SequenceCatalog,
     SequenceStatus,
@@ -225,6 +226,34 @@ async def test_a_replica_whose_lease_lapsed_mid_send_never_makes_a_second_send(
     assert len(world.email.sent) == 1
     assert len(world.published(MessageSentV1)) == 1
     assert (await world.enrollment("slow")).current_step == 1
+
+
+async def test_a_send_whose_commit_lost_its_lease_is_published_as_sent_by_the_next_replica(
+    world: World,
+) -> None:
+    await world.lead("stalled")
+    sequence_id = await world.sequence(email(0), email(48))
+    await world.enroll("stalled", sequence_id)
+    first, second = world.replica(), world.replica()
+    claimed_first = await world.store.due.claim(
+        kinds={SEND_KIND}, now=world.clock.now, limit=10, lease=timedelta(seconds=30), token="a"
+    )
+    world.clock.now += timedelta(seconds=31)
+    claimed_second = await world.store.due.claim(
+        kinds={SEND_KIND}, now=world.clock.now, limit=10, lease=timedelta(seconds=30), token="b"
+    )
+    # The first replica sends, then its commit finds the timer claimed by the second.
+    with pytest.raises(LeaseLost):
+        await first._fire(claimed_first)
+    [key] = [c.work.key for c in claimed_first]
+    # The provider's answer was stored all the same, beside the aborted commit...
+    assert (await world.store.send_records([key]))[key].status is SendStatus.SENT
+    # ...so the next replica publishes the send instead of an unknown outcome or a resend.
+    await second._fire(claimed_second)
+    assert len(world.email.sent) == 1
+    assert len(world.published(MessageSentV1)) == 1
+    assert world.published(MessageFailedV1) == []
+    assert (await world.enrollment("stalled")).current_step == 1
 
 
 async def test_after_downtime_a_step_too_late_is_skipped_and_the_next_one_planned(
