@@ -7,13 +7,17 @@ One batch of claimed timers goes through three phases:
    skip, stop or drop for each. Sends over the channel's global rate are deferred a second.
 2. **Send**: each message to send first gets its send record (`_id` = the step's send key,
    inserted outside any transaction). A key another replica reserved is never sent again,
-   so no number of replicas or restarts sends a step twice. The provider's answer is
-   written into the record at once.
+   so no number of replicas or restarts sends a step twice.
 3. **Commit** (one transaction): the enrollments as they are now are moved on (or their
    step re-planned), `MessageSentV1` / `MessageFailedV1` go to the outbox, and the timers
-   are finished. If a timer was taken over meanwhile, the transaction aborts (LeaseLost);
-   the replica that fires it next finds the send record and publishes what happened
-   instead of sending again.
+   are finished. The providers' answers are written into the send records at the same
+   time, outside the transaction, and both writes are awaited whatever becomes of the
+   other. If a timer was taken over meanwhile, the transaction aborts (LeaseLost); the
+   replica that fires it next finds the send record with its answer and publishes what
+   happened instead of sending again.
+
+Each phase makes a fixed number of round trips per batch, not per message; reads and
+writes that do not depend on each other go out together.
 """
 
 from __future__ import annotations
