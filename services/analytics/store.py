@@ -386,15 +386,18 @@ class MongoAnalyticsStore:
             return compacted, deltas
 
         compacted, deltas = await self._read(read)
+        folded = {gauge.place: gauge for gauge in map(gauge_from_document, compacted)}
+        moves = [(OpenKey(**key_doc), n) for doc in deltas for key_doc, n in doc["gauge"]]
+        # Only the places the unfolded deltas moved are added up again: the others are
+        # read as stored (thousands of day entries, which a report need not copy).
         sums = OpenGaugeSums()
-        for doc in compacted:
-            sums.add(gauge_from_document(doc))
-        for doc in deltas:
-            for key_doc, n in doc["gauge"]:
-                key = OpenKey(**key_doc)
-                if all(getattr(key, k) == v for k, v in filters.items()):
-                    sums.move(key, n)
-        return sums.places()
+        for key, n in moves:
+            if any(getattr(key, k) != v for k, v in filters.items()):
+                continue
+            sums.move(key, n)
+            if (stored := folded.pop(key.place(), None)) is not None:
+                sums.add(stored)
+        return [gauge for gauge in folded.values() if gauge.count > 0] + sums.places()
 
     async def compact(self, max_batches: int) -> int:
         async def fold(session: Session) -> tuple[int, list[Event]]:
@@ -792,15 +795,16 @@ def gauge_document(gauge: OpenLeads) -> Document:
 
 
 def gauge_from_document(document: Document) -> OpenLeads:
+    awaiting: dict[tuple[str, str], int] = {}
+    for due, n in document.get("awaiting", {}).items():
+        day, _, hour = due.partition(_DUE)
+        awaiting[day, hour] = n
     return OpenLeads(
         OpenPlace(**document["key"]),
         document["count"],
         document.get("received", {}),
         document.get("touched", {}),
-        {
-            (due.partition(_DUE)[0], due.partition(_DUE)[2]): n
-            for due, n in document.get("awaiting", {}).items()
-        },
+        awaiting,
     )
 
 

@@ -94,7 +94,7 @@ async def test_a_batch_recorded_by_two_replicas_at_once_counts_once(
     batch: list[Event] = [received("x1"), received("x2", "ad"), assigned("x1", "r1")]
     batch += [sold("x1", 40.0), assigned("x2", "r2")]
     first, second = await asyncio.gather(record(store)(batch), record(store)(batch))
-    assert sorted((first, second)) == [0, 5]
+    assert first + second == 5  # each event recorded by one of them (a part each, or all)
     assert await counts(store, Metric.LEADS_RECEIVED) == 2
     assert await counts(store, Metric.ASSIGNMENTS) == 2
     assert await counts(store, Metric.CONVERSIONS) == 1
