@@ -70,6 +70,16 @@ async def read_all(bootstrap: str, topic: str) -> list[tuple[bytes, dict[str, st
     return (await read_topics(bootstrap, [topic]))[topic]
 
 
+async def partitions_of(consumer: AIOKafkaConsumer, topics: Iterable[str]) -> list[TopicPartition]:
+    """Every partition of the `topics` that exist, from fresh cluster metadata."""
+    await consumer.topics()
+    return [
+        TopicPartition(topic, p)
+        for topic in topics
+        for p in sorted(consumer.partitions_for_topic(topic) or ())
+    ]
+
+
 async def read_topics(
     bootstrap: str, topics: Iterable[str]
 ) -> dict[str, list[tuple[bytes, dict[str, str]]]]:
@@ -80,12 +90,7 @@ async def read_topics(
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        await consumer.topics()  # fetches fresh cluster metadata
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in wanted
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
+        partitions = await partitions_of(consumer, wanted)
         if not partitions:
             return found  # none of the topics exists (yet)
         consumer.assign(partitions)
@@ -120,12 +125,7 @@ async def start_group_at_end(
     )
     await consumer.start()
     try:
-        await consumer.topics()  # fetches fresh cluster metadata
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
+        partitions = await partitions_of(consumer, topics)
         if partitions:
             consumer.assign(partitions)
             ends = await consumer.end_offsets(partitions)
