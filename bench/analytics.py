@@ -6,20 +6,23 @@ latency at 10k and at 1M events (report cost must not grow with the number of ev
 
 - ingest:  N events of a realistic mix (lead received, assigned, calls, visits, sales,
            losses, satisfaction) recorded by analytics' own use case (`RecordEvents` on the
-           MongoDB store: event store + inbox, lead facts, hourly counters, open-lead gauge,
-           one transaction per batch of 500), as events/s; the ceiling is raw `insert_many`
-           of the very same event-store documents into an empty collection, 500 a call,
-           best of three, on the same server in the same run. Ratio = ingest / ceiling.
-- reports: every report over the month, 15 times each, p50/p95 per report, at `--small`
+           MongoDB store: event store + inbox, lead facts, counter and gauge deltas, batches
+           of 500 in two lead-disjoint transactions), as events/s, then the compaction of
+           those deltas (`--order time`: the events sorted by time, as topics deliver them);
+           the ceiling is raw `insert_many` of the very same event-store documents into an
+           empty collection, 500 a call, best of three, on the same server in the same run.
+           Ratio = ingest / ceiling.
+- reports: every report over the month, `--runs` times each, p50/p95 per report, at `--small`
            events and at `--large` events. The large set is not pushed through the consumer
            (about an hour on this server): its events are tallied by the same pure rules the
            consumer runs (`rules.tally_batch`, in memory) and the resulting roll-ups
-           (counters and open-lead gauge: all a report reads) are bulk-inserted. The small set
-           is loaded the same way so the two are comparable, and checked against the ingest
-           path: the same events recorded by `RecordEvents` give the same monthly report.
+           (hourly and month counters, open-lead gauge: all a report reads) are inserted.
+           The small set is loaded the same way so the two are comparable, and checked
+           against the ingest path: the same events recorded by `RecordEvents` give the same
+           monthly report.
 
-One MongoDB-wire server (SecantusDB, in memory, on 127.0.0.1) for the whole run; bounded
-loops; the machine is shared, so compare ratios.
+One MongoDB-wire server process of its own (SecantusDB, `--storage memory` by default, on
+127.0.0.1) for the whole run; bounded loops; the machine is shared, so compare ratios.
 """
 
 from __future__ import annotations
