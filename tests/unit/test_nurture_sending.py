@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from leadflow.chassis.config_cache import VersionedCache
-from leadflow.chassis.duework import DueWorkRunner, LeaseLost
+from leadflow.chassis.duework import ClaimedWork, DueWorkRunner, LeaseLost
 from services.nurture.channels.email import OutboundEmail
 from services.nurture.channels.errors import PermanentSendError, RetryableSendError
 from services.nurture.channels.sms import OutboundSms
@@ -198,6 +198,20 @@ async def test_a_due_step_is_sent_rendered_and_the_next_one_planned(world: World
     assert (await world.enrollment("a")).status is EnrollmentStatus.COMPLETED
 
 
+async def claimed_twice(world: World) -> tuple[list[ClaimedWork], list[ClaimedWork]]:
+    """The due sends claimed by one replica ("a"), then again by another ("b") once the
+    first one's 30 s lease has lapsed."""
+    lease = timedelta(seconds=30)
+    first = await world.store.due.claim(
+        kinds={SEND_KIND}, now=world.clock.now, limit=10, lease=lease, token="a"
+    )
+    world.clock.now += lease + timedelta(seconds=1)
+    second = await world.store.due.claim(
+        kinds={SEND_KIND}, now=world.clock.now, limit=10, lease=lease, token="b"
+    )
+    return first, second
+
+
 async def test_a_replica_whose_lease_lapsed_mid_send_never_makes_a_second_send(
     world: World,
 ) -> None:
@@ -206,13 +220,7 @@ async def test_a_replica_whose_lease_lapsed_mid_send_never_makes_a_second_send(
     await world.enroll("slow", sequence_id)
     first, second = world.replica(), world.replica()
     # The first replica claims, then stalls past its lease; the second claims it again.
-    claimed_first = await world.store.due.claim(
-        kinds={SEND_KIND}, now=world.clock.now, limit=10, lease=timedelta(seconds=30), token="a"
-    )
-    world.clock.now += timedelta(seconds=31)
-    claimed_second = await world.store.due.claim(
-        kinds={SEND_KIND}, now=world.clock.now, limit=10, lease=timedelta(seconds=30), token="b"
-    )
+    claimed_first, claimed_second = await claimed_twice(world)
     assert [c.work.key for c in claimed_first] == [c.work.key for c in claimed_second]
     fire_first = first._fire
     fire_second = second._fire
@@ -235,13 +243,7 @@ async def test_a_send_whose_commit_lost_its_lease_is_published_as_sent_by_the_ne
     sequence_id = await world.sequence(email(0), email(48))
     await world.enroll("stalled", sequence_id)
     first, second = world.replica(), world.replica()
-    claimed_first = await world.store.due.claim(
-        kinds={SEND_KIND}, now=world.clock.now, limit=10, lease=timedelta(seconds=30), token="a"
-    )
-    world.clock.now += timedelta(seconds=31)
-    claimed_second = await world.store.due.claim(
-        kinds={SEND_KIND}, now=world.clock.now, limit=10, lease=timedelta(seconds=30), token="b"
-    )
+    claimed_first, claimed_second = await claimed_twice(world)
     # The first replica sends, then its commit finds the timer claimed by the second.
     with pytest.raises(LeaseLost):
         await first._fire(claimed_first)
