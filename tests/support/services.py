@@ -33,7 +33,8 @@ def quick_join_environment(*services: str) -> dict[str, str]:
 
 
 def settings_for(cls: type[S], infra: Infra, run_id: str, **overrides: Any) -> S:
-    """Settings pointing at the test infra, with databases and groups unique to this run."""
+    """Settings pointing at the test infra, with databases and groups unique to this run (a
+    database given in `overrides` brings its own consumer group)."""
     defaults = cls()
     values: dict[str, Any] = {
         "kafka_bootstrap": infra.kafka_bootstrap,
@@ -48,6 +49,10 @@ def settings_for(cls: type[S], infra: Infra, run_id: str, **overrides: Any) -> S
         **QUICK_JOIN,
     }
     values.update(overrides)
+    if "database" in overrides and "consumer_group" not in overrides:
+        # An app with a database of its own is a service of its own: its own group too, or it
+        # would split the partitions with every other app of this run.
+        values["consumer_group"] = f"{overrides['database']}-group"
     return cls(**values)
 
 
