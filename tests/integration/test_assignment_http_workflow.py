@@ -507,6 +507,29 @@ async def test_a_rep_sets_their_own_notification_preferences_and_only_theirs(
     assert as_manager.status_code == 403, as_manager.text
 
 
+async def test_a_webhook_must_be_https_unless_it_is_on_this_machine(team: Team) -> None:
+    """Leads are posted to it: a manager's settings follow the same rule as a rep's own."""
+    rep_id = await team.rep()
+
+    async def notify(url: str) -> httpx.Response:
+        return await team.client.patch(
+            f"/v1/reps/{rep_id}",
+            json={"notify": {"webhook_url": url, "channels": ["webhook"]}},
+            headers=team.manager,
+        )
+
+    plain = await notify("http://hooks.example.com/rep")
+    assert plain.status_code == 422, plain.text
+    assert any("https" in error["msg"] for error in plain.json()["detail"]), plain.text
+    stored = (await team.client.get(f"/v1/reps/{rep_id}", headers=team.manager)).json()
+    assert stored["notify"]["webhook_url"] is None  # refused: nothing changed
+
+    for allowed in ("https://hooks.example.com/rep", "http://127.0.0.1:8099/hook"):
+        response = await notify(allowed)
+        assert response.status_code == 200, response.text
+        assert response.json()["notify"]["webhook_url"] == allowed
+
+
 # --- two replicas ------------------------------------------------------------------------
 
 

@@ -95,6 +95,16 @@ class AwayBody(BaseModel):
 
 Channel = Literal["email", "webhook", "sse"]
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+def _https(url: HttpUrl | None) -> HttpUrl | None:
+    """Leads (names, phones) are posted to this address: https, or plain http only to this
+    machine (a receiver in local development and tests)."""
+    if url is not None and url.scheme != "https" and url.host not in LOOPBACK_HOSTS:
+        raise ValueError("the webhook must be an https:// URL (http only to a loopback address)")
+    return url
+
 
 class NotifyBody(BaseModel):
     """How the rep is told of new leads, SLA warnings and escalations."""
@@ -102,7 +112,7 @@ class NotifyBody(BaseModel):
     model_config = ConfigDict(extra="forbid", from_attributes=True)
 
     email: EmailStr | None = None
-    webhook_url: HttpUrl | None = None
+    webhook_url: Annotated[HttpUrl | None, AfterValidator(_https)] = None
     webhook_secret: Annotated[str, Field(min_length=16, max_length=200)] | None = None
     slack: bool = False
     channels: Annotated[list[Channel], Field(max_length=3)] = []
@@ -125,15 +135,8 @@ class NotifyBody(BaseModel):
         )
 
 
-def _https(url: HttpUrl | None) -> HttpUrl | None:
-    if url is not None and url.scheme != "https":
-        raise ValueError("the webhook must be an https:// URL")
-    return url
-
-
 class MyNotifyBody(NotifyBody):
-    """What a rep chooses for themselves; their webhook must be https (they hand the
-    service an address it will post their leads to)."""
+    """What a rep chooses for themselves (the same rules as a manager's)."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -148,8 +151,6 @@ class MyNotifyBody(NotifyBody):
             ]
         },
     )
-
-    webhook_url: Annotated[HttpUrl | None, AfterValidator(_https)] = None
 
 
 class NotifyPublic(BaseModel):
