@@ -46,6 +46,7 @@ from services.analytics.store import (
     MongoAnalyticsStore,
     counter_documents,
     gauge_document,
+    gauge_set_documents,
     month_documents,
 )
 from services.analytics.usecases import COMPACTION_BATCHES, REPORTS, BuildReport, RecordEvents
@@ -251,13 +252,16 @@ async def bulk_loaded(client: Any, count: int) -> tuple[MongoAnalyticsStore, flo
     # report time zone (UTC here, the zone the reports below are asked in).
     months = month_documents(documents, ZoneInfo("UTC"))
     await insert_all(database["month_counters"], months)
-    open_docs = [gauge_document(place) for place in open_leads_at(gauge.items())]
+    places = open_leads_at(gauge.items())
+    open_docs = [gauge_document(place) for place in places] + gauge_set_documents(places)
     await insert_all(database["open_leads"], open_docs)
+    may = [d for d in months if d["month"] == "2026-05"]
     print(
         f"  {count:>9,} events -> {len(documents):,} hourly counter documents, "
-        f"{len(months):,} month documents ({sum(d['month'] == '2026-05' for d in months):,} "
-        f"for May), {len(open_docs):,} gauge "
-        f"documents, {len(facts):,} leads; loaded in {time.perf_counter() - started:.0f} s"
+        f"{len(months):,} month documents ({sum('set' not in d for d in may):,} for May by "
+        f"dimension combination, {sum('set' in d for d in may):,} in roll-up sets), "
+        f"{len(places):,} gauge places ({len(open_docs) - len(places):,} documents in roll-up "
+        f"sets), {len(facts):,} leads; loaded in {time.perf_counter() - started:.0f} s"
     )
     return store, time.perf_counter() - started
 
@@ -273,22 +277,33 @@ async def insert_all(collection: Any, documents: list[dict[str, Any]]) -> None:
                 raise
 
 
-async def report_latencies(store: MongoAnalyticsStore, runs: int) -> dict[str, tuple[float, float]]:
+async def report_latencies(
+    stores: dict[str, MongoAnalyticsStore], runs: int
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """p50 and p95 of every report on each store, the stores' requests interleaved (each
+    report on one store, then on the next, `runs` rounds, the order turned every round),
+    so every set is measured at the same moments of the machine's load."""
     query = ReportQuery(MONTH, date(2026, 5, 31), ZoneInfo("UTC"), {}, now=NOW)
-    build = BuildReport(store)
-    out: dict[str, tuple[float, float]] = {}
-    for name in REPORTS:
-        if name == "ingest":
-            continue
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            await build(name, query)
-            times.append(time.perf_counter() - started)
-        times.sort()
-        p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
-        out[name] = (statistics.median(times), p95)
-    return out
+    builds = {name: BuildReport(store) for name, store in stores.items()}
+    times: dict[str, dict[str, list[float]]] = {name: {} for name in stores}
+    order = list(builds.items())
+    for _ in range(runs):
+        for report in REPORTS:
+            if report == "ingest":
+                continue
+            for name, build in order:
+                started = time.perf_counter()
+                await build(report, query)
+                times[name].setdefault(report, []).append(time.perf_counter() - started)
+        order.reverse()
+    return {
+        name: {r: _p50_p95(t) for r, t in by_report.items()} for name, by_report in times.items()
+    }
+
+
+def _p50_p95(times: list[float]) -> tuple[float, float]:
+    times = sorted(times)
+    return statistics.median(times), times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
 
 
 async def bench(mongo_url: str, args: argparse.Namespace) -> None:
@@ -332,9 +347,9 @@ async def reports_part(client: Any, args: argparse.Namespace) -> None:
         via_bulk = (await BuildReport(small)("monthly", check)).figures
         assert via_ingest == via_bulk, (via_ingest, via_bulk)
         print("  the bulk-loaded roll-ups equal those the ingest path records")
-    small_latency = await report_latencies(small, args.runs)
     large, _ = await bulk_loaded(client, args.large)
-    large_latency = await report_latencies(large, args.runs)
+    latency = await report_latencies({"small": small, "large": large}, args.runs)
+    small_latency, large_latency = latency["small"], latency["large"]
     print(
         f"  {'report':<10} {'p50 @small':>11} {'p50 @large':>11} {'ratio':>6} "
         f"{'p95 @small':>11} {'p95 @large':>11} {'ratio':>6}"

@@ -302,6 +302,9 @@ def _scale(amount: Money, factor: float) -> Money:
 
 # --- reports --------------------------------------------------------------------------------
 
+SUMMARY_BY: tuple[str, ...] = ()
+"""The lead dimensions a report breaks its figures down by (`<REPORT>_BY`): its counters
+and gauge come added up over the others, so it reads and adds up only what it shows."""
 SUMMARY_METRICS = frozenset(
     {
         Metric.LEADS_RECEIVED,
@@ -333,6 +336,7 @@ def summary(query: ReportQuery, buckets: Iterable[Bucket]) -> Report:
     return Report("summary", "Lead funnel and revenue", query, figures, (table,))
 
 
+MONTHLY_BY = ("channel",)
 MONTHLY_METRICS = frozenset(
     {
         Metric.INQUIRIES,
@@ -411,6 +415,7 @@ def monthly(query: ReportQuery, buckets: Iterable[Bucket], previous: Iterable[Bu
     )
 
 
+CHANNEL_BY = ("channel", "source")
 CHANNEL_METRICS = frozenset(
     {
         Metric.INQUIRIES,
@@ -473,6 +478,7 @@ def channels(query: ReportQuery, buckets: Iterable[Bucket]) -> Report:
     )
 
 
+CAMPAIGN_BY = ("campaign",)
 CAMPAIGN_METRICS = frozenset(
     {Metric.LEADS_RECEIVED, Metric.OPPORTUNITIES, Metric.LEADS_CONVERTED, Metric.CONVERSIONS}
 )
@@ -543,6 +549,7 @@ def campaigns(query: ReportQuery, buckets: Iterable[Bucket], known: Sequence[Cam
     )
 
 
+REP_BY = ("rep",)
 REP_METRICS = frozenset(
     {
         Metric.REACHED,
@@ -620,6 +627,7 @@ def reps(query: ReportQuery, buckets: Iterable[Bucket], open_leads: Sequence[Ope
     )
 
 
+SPEED_BY = ("pool", "rep")
 SPEED_METRICS = frozenset({Metric.FIRST_CONTACTS, Metric.SLA_BREACHES})
 
 
@@ -746,6 +754,7 @@ def speed(query: ReportQuery, buckets: Iterable[Bucket], open_leads: Sequence[Op
     )
 
 
+LOSS_BY: tuple[str, ...] = ()
 LOSS_METRICS = frozenset({Metric.LOSSES})
 
 
@@ -781,6 +790,7 @@ def losses(query: ReportQuery, buckets: Iterable[Bucket]) -> Report:
     )
 
 
+WALK_IN_BY = ("rep",)
 WALK_IN_METRICS = frozenset({Metric.WALK_IN_LEADS, Metric.SATISFACTION, Metric.VISITS})
 
 
@@ -866,6 +876,7 @@ def walk_ins(query: ReportQuery, buckets: Iterable[Bucket]) -> Report:
     )
 
 
+NURTURE_BY: tuple[str, ...] = ()
 NURTURE_METRICS = frozenset(
     {
         Metric.LEADS_ENROLLED,
@@ -945,6 +956,7 @@ def nurture(query: ReportQuery, buckets: Iterable[Bucket]) -> Report:
     )
 
 
+FORECAST_BY: tuple[str, ...] = ()
 FORECAST_METRICS = frozenset({Metric.REACHED, Metric.CONVERSIONS})
 
 
@@ -1021,6 +1033,7 @@ def forecast(
     )
 
 
+INGEST_BY: tuple[str, ...] = ()
 INGEST_METRICS = frozenset({Metric.UNKNOWN_EVENTS})
 
 

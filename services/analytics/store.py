@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 from collections.abc import (
     AsyncIterator,
@@ -59,6 +60,7 @@ from leadflow.chassis.store import (
 from leadflow.chassis.store import Collection as MongoCollection
 from services.analytics.rules import (
     LEAD_DIMENSIONS,
+    NONE,
     PERSONAL_FIELDS,
     BatchTally,
     Campaign,
@@ -88,6 +90,29 @@ def _only_duplicates(error: BulkWriteError) -> bool:
 
 MONTH_ZONE_ID = "month_zone"
 UTC_ZONE = ZoneInfo("UTC")
+
+ROLLUP_SETS: tuple[tuple[str, ...], ...] = (
+    (),
+    *((name,) for name in LEAD_DIMENSIONS),
+    *itertools.combinations(LEAD_DIMENSIONS, 2),
+)
+"""Lead dimensions the month roll-ups and the open-lead gauge are also kept by, summed over
+the other lead dimensions: a report whose filters and breakdowns need at most two of them
+reads one of these (a few documents, bounded by those dimensions' values, however many
+events) rather than one document per dimension combination."""
+_SET_NAMES = {dims: "+".join(dims) for dims in ROLLUP_SETS}
+
+
+def rollup_set(needed: Collection[str]) -> str | None:
+    """The name of the roll-up set kept by exactly the lead dimensions `needed`; None when
+    no set is (the per-combination documents serve it)."""
+    dims = tuple(name for name in LEAD_DIMENSIONS if name in needed)
+    return _SET_NAMES.get(dims) if len(dims) == len(set(needed)) else None
+
+
+def _kept_only(dims: Mapping[str, str], kept: Collection[str]) -> dict[str, str]:
+    """`dims` without the lead dimensions not in `kept` (a metric's own ones stay)."""
+    return {k: v for k, v in dims.items() if k in kept or k not in LEAD_DIMENSIONS}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -128,17 +153,24 @@ class AnalyticsStore(Protocol):
         first_hour: datetime,
         last_hour: datetime,
         filters: Mapping[str, str],
+        *,
+        by: Collection[str] = LEAD_DIMENSIONS,
     ) -> list[Bucket]:
         """Counters of `metrics` for the hours from `first_hour` to `last_hour` (both
-        included) whose dimensions match every filter."""
+        included) whose dimensions match every filter, added up over the lead dimensions
+        not in `by` (those are left out of the buckets' dimensions)."""
         ...
 
     async def open_leads(
-        self, filters: Mapping[str, str], *, spreads: Collection[str] = OPEN_SPREADS
+        self,
+        filters: Mapping[str, str],
+        *,
+        spreads: Collection[str] = OPEN_SPREADS,
+        by: Collection[str] = LEAD_DIMENSIONS,
     ) -> list[OpenLeads]:
-        """Open leads now, one entry per place (lead dimensions and stage) matching every
-        filter, with the `spreads` asked for ("received", "touched", "awaiting"; the others
-        may come back empty)."""
+        """Open leads now, one entry per place (lead dimensions in `by`, and stage; the
+        others "") matching every filter, with the `spreads` asked for ("received",
+        "touched", "awaiting"; the others may come back empty)."""
         ...
 
     async def campaigns(self) -> list[Campaign]: ...
@@ -175,6 +207,7 @@ class MongoAnalyticsStore:
         self._meta: MongoCollection = database["rollup_meta"]
         self._zone = month_zone
         self._months_usable = False
+        self._sets_usable = False
         self._deltas: MongoCollection = database["counter_deltas"]
         self._open: MongoCollection = database["open_leads"]
         self._campaigns: MongoCollection = database["campaigns"]
@@ -189,15 +222,32 @@ class MongoAnalyticsStore:
         )
         await self._drop_time_order()
         await self._counters.create_index([("hour", ASCENDING)])
-        await self._months.create_index([("zone", ASCENDING), ("month", ASCENDING)])
-        if await self._counters.find_one({}, {"_id": 1}) is None:
-            # No roll-ups yet: the month documents will be built with the hourly ones.
+        # A report reads one set (or the combinations: no `set`) of one zone's months.
+        await self._months.create_index(
+            [("zone", ASCENDING), ("set", ASCENDING), ("month", ASCENDING)]
+        )
+        await self._open.create_index([("set", ASCENDING)])
+        if "zone_1_month_1" in await self._months.index_information():
+            await self._months.drop_index("zone_1_month_1")
+        if not any(
+            [await c.find_one({}, {"_id": 1}) for c in (self._counters, self._open, self._deltas)]
+        ):
+            # No roll-ups yet: the month documents and the roll-up sets will be built with
+            # the hourly ones.
             await self._meta.update_one(
-                {"_id": MONTH_ZONE_ID}, {"$setOnInsert": {"zone": self._zone.key}}, upsert=True
+                {"_id": MONTH_ZONE_ID},
+                {"$setOnInsert": {"zone": self._zone.key, "sets": True}},
+                upsert=True,
             )
         await self._migrate_gauge()
         marker = await self._meta.find_one({"_id": MONTH_ZONE_ID})
         self._months_usable = marker is not None and marker.get("zone") == self._zone.key
+        self._sets_usable = marker is not None and marker.get("sets") is True
+        if not self._sets_usable:
+            log.warning(
+                "analytics roll-up sets not built: reports read one document per dimension "
+                "combination until `leadflow analytics rebuild` runs"
+            )
         if not self._months_usable:
             log.warning(
                 "analytics month roll-ups not built for the report time zone: reports read "
@@ -270,9 +320,12 @@ class MongoAnalyticsStore:
         first_hour: datetime,
         last_hour: datetime,
         filters: Mapping[str, str],
+        *,
+        by: Collection[str] = LEAD_DIMENSIONS,
     ) -> list[Bucket]:
         first, last = hour_key(first_hour), hour_key(last_hour)
         wanted = {metric.value for metric in metrics}
+        kept = frozenset(by)
         # Lead dimensions are the documents' own; a metric's own (stage, reason, ...) are
         # inside them, filtered here after reading.
         dims_query = {
@@ -290,9 +343,12 @@ class MongoAnalyticsStore:
                 (first, hour_key(_month_start(*months[0], self._zone) - timedelta(hours=1))),
                 (hour_key(after), last),
             ]
+        # The set kept by exactly the lead dimensions this read needs, when there is one.
+        needed = kept | {name for name in filters if name in LEAD_DIMENSIONS}
         month_query: dict[str, Any] = {
             "zone": self._zone.key,
             "month": {"$in": [_month_key(*m) for m in months]},
+            "set": rollup_set(needed) if self._sets_usable else None,
             **dims_query,
         }
         month_projection = {"hour": 1, "dimensions": 1, **{f"m.{name}": 1 for name in wanted}}
@@ -341,13 +397,13 @@ class MongoAnalyticsStore:
             slot[1] += amount
 
         for doc in compacted:
-            base = doc["dimensions"]
+            base = _kept_only(doc["dimensions"], kept)
             for entry in doc["m"].values():
                 if entry["metric"] in wanted:
                     dims = tuple(sorted({**base, **entry["extra"]}.items()))
                     add(doc["hour"], entry["metric"], dims, entry["count"], entry["amount"])
         for doc in monthly:
-            base = doc["dimensions"]
+            base = _kept_only(doc["dimensions"], kept)
             for metric, slots in doc.get("m", {}).items():
                 for entry in slots.values():
                     dims = tuple(sorted({**base, **entry["extra"]}.items()))
@@ -356,9 +412,9 @@ class MongoAnalyticsStore:
             for hour, metric, pairs, n, amount in doc["inc"]:
                 if metric not in wanted or not first <= hour <= last:
                     continue
-                dims = tuple((k, v) for k, v in pairs)
-                values = dict(dims)
+                values = dict(pairs)
                 if all(values.get(k) == v for k, v in filters.items()):
+                    dims = tuple(sorted(_kept_only(values, kept).items()))
                     add(hour, metric, dims, n, amount)
         return [
             Bucket(hour_from_key(hour), Metric(metric), dict(dims), int(n), amount)
@@ -368,9 +424,15 @@ class MongoAnalyticsStore:
         ]
 
     async def open_leads(
-        self, filters: Mapping[str, str], *, spreads: Collection[str] = OPEN_SPREADS
+        self,
+        filters: Mapping[str, str],
+        *,
+        spreads: Collection[str] = OPEN_SPREADS,
+        by: Collection[str] = LEAD_DIMENSIONS,
     ) -> list[OpenLeads]:
-        query: dict[str, Any] = {"count": {"$ne": 0}}
+        kept = frozenset(by) | set(filters)
+        kept_set = rollup_set(kept) if self._sets_usable else None
+        query: dict[str, Any] = {"count": {"$ne": 0}, "set": kept_set}
         query.update({f"key.{name}": value for name, value in filters.items()})
         # The spreads by day are most of a gauge document: read only those a report uses.
         projection = {"key": 1, "count": 1, **{name: 1 for name in spreads}}
@@ -394,10 +456,18 @@ class MongoAnalyticsStore:
         for key, n in moves:
             if any(getattr(key, k) != v for k, v in filters.items()):
                 continue
-            sums.move(key, n)
-            if (stored := folded.pop(key.place(), None)) is not None:
+            moved = kept_key(key, kept) if kept_set is not None else key
+            sums.move(moved, n)
+            if (stored := folded.pop(moved.place(), None)) is not None:
                 sums.add(stored)
-        return [gauge for gauge in folded.values() if gauge.count > 0] + sums.places()
+        gauges = [gauge for gauge in folded.values() if gauge.count > 0] + sums.places()
+        if kept_set is not None or kept >= set(LEAD_DIMENSIONS):
+            return gauges
+        # Read per dimension combination: added up over the dimensions not asked for.
+        collapsed = OpenGaugeSums()
+        for gauge in gauges:
+            collapsed.add(kept_gauge(gauge, kept))
+        return collapsed.places()
 
     async def compact(self, max_batches: int) -> int:
         async def fold(session: Session) -> tuple[int, list[Event]]:
@@ -457,8 +527,10 @@ class MongoAnalyticsStore:
         ):
             await collection.delete_many({})
         # The month documents are rebuilt with the hourly ones, for the configured zone.
-        await self._meta.replace_one({"_id": MONTH_ZONE_ID}, {"zone": self._zone.key}, upsert=True)
-        self._months_usable = True
+        await self._meta.replace_one(
+            {"_id": MONTH_ZONE_ID}, {"zone": self._zone.key, "sets": True}, upsert=True
+        )
+        self._months_usable = self._sets_usable = True
 
     async def stored_events(self, chunk: int) -> AsyncIterator[list[Document]]:
         # Paged by (occurred_at, recorded_at, _id) rather than one long cursor: a cursor
@@ -637,7 +709,8 @@ def fold_deltas(deltas: Sequence[Document]) -> tuple[list[Document], list[Docume
     for delta in deltas:
         for key_doc, count in delta.get("gauge", ()):
             sums.move(OpenKey(**key_doc), count)
-    gauge = [gauge_document(place) for place in sums.places(open_only=False)]
+    places = sums.places(open_only=False)
+    gauge = [gauge_document(place) for place in places] + gauge_set_documents(places)
     return counter_documents(increments), gauge
 
 
@@ -654,7 +727,8 @@ def _add_gauge(into: Document, stored: Document) -> None:
     sums.add(gauge_from_document(stored))
     # Every lead there may have moved on: then an empty place, kept as such.
     added = sums.places(open_only=False) or [OpenLeads(OpenPlace(**into["key"]), 0, {}, {}, {})]
-    into.update(gauge_document(added[0]))
+    # The id stays: a roll-up set's document has one of its own.
+    into.update({k: v for k, v in gauge_document(added[0]).items() if k != "_id"})
 
 
 async def _replace_all(
@@ -730,7 +804,30 @@ def whole_months(
 def month_documents(hourly: Iterable[Document], zone: ZoneInfo) -> list[Document]:
     """The month roll-ups (local months of `zone`) of hourly counter documents: one per
     month and lead dimensions, metrics nested by name (`m.<metric>.<slot>`), and `hour`
-    the month's first UTC hour, so a report reads them as one bucket per month."""
+    the month's first UTC hour, so a report reads them as one bucket per month; and the
+    same added up per roll-up set (`ROLLUP_SETS`, field `set`)."""
+    combinations = _month_combinations(hourly, zone)
+    return combinations + _month_sets(combinations)
+
+
+def _month_sets(combinations: Iterable[Document]) -> list[Document]:
+    documents: dict[str, Document] = {}
+    for doc in combinations:
+        for dims in ROLLUP_SETS:
+            name = _SET_NAMES[dims]
+            kept = {k: doc["dimensions"][k] for k in dims if k in doc["dimensions"]}
+            doc_id = json.dumps(
+                [doc["zone"], doc["month"], name, sorted(kept.items())], separators=(",", ":")
+            )
+            into = documents.setdefault(
+                doc_id,
+                {**doc, "_id": doc_id, "set": name, "dimensions": kept, "m": {}},
+            )
+            _add_month(into, doc)
+    return list(documents.values())
+
+
+def _month_combinations(hourly: Iterable[Document], zone: ZoneInfo) -> list[Document]:
     documents: dict[str, Document] = {}
     for doc in hourly:
         local = hour_from_key(doc["hour"]).astimezone(zone)
@@ -792,6 +889,40 @@ def gauge_document(gauge: OpenLeads) -> Document:
         "touched": dict(gauge.touched),
         "awaiting": {f"{day}{_DUE}{hour}": n for (day, hour), n in gauge.awaiting.items()},
     }
+
+
+def kept_key(key: OpenKey, kept: Collection[str]) -> OpenKey:
+    """`key` with the lead dimensions not in `kept` left empty."""
+    dropped = {name: NONE for name in LEAD_DIMENSIONS if name not in kept}
+    return dataclasses.replace(key, **dropped) if dropped else key
+
+
+def kept_gauge(gauge: OpenLeads, kept: Collection[str]) -> OpenLeads:
+    """`gauge` with the lead dimensions of its place not in `kept` left empty."""
+    dropped = {name: NONE for name in LEAD_DIMENSIONS if name not in kept}
+    if not dropped:
+        return gauge
+    return dataclasses.replace(gauge, place=dataclasses.replace(gauge.place, **dropped))
+
+
+def gauge_set_documents(places: Iterable[OpenLeads]) -> list[Document]:
+    """The gauge added up per roll-up set (`ROLLUP_SETS`): one document per set and place
+    in it (the set's lead dimensions and stage; the other lead dimensions "")."""
+    sums = {dims: OpenGaugeSums() for dims in ROLLUP_SETS}
+    for gauge in places:
+        for dims, into in sums.items():
+            into.add(kept_gauge(gauge, dims))
+    documents: list[Document] = []
+    for dims, into in sums.items():
+        name = _SET_NAMES[dims]
+        for gauge in into.places(open_only=False):
+            document = gauge_document(gauge)
+            document["_id"] = json.dumps(
+                [name, *dataclasses.astuple(gauge.place)], separators=(",", ":")
+            )
+            document["set"] = name
+            documents.append(document)
+    return documents
 
 
 def gauge_from_document(document: Document) -> OpenLeads:

@@ -208,50 +208,66 @@ class BuildReport:
     async def __call__(self, name: str, query: ReportQuery) -> Report:
         store, filters = self._store, query.filters
 
-        async def counters(metrics: frozenset[Any], q: ReportQuery = query) -> list[Any]:
-            return await store.counters(metrics, q.first_hour, q.last_hour, filters)
+        async def counters(
+            metrics: frozenset[Any], by: tuple[str, ...], q: ReportQuery = query
+        ) -> list[Any]:
+            return await store.counters(metrics, q.first_hour, q.last_hour, filters, by=by)
 
         match name:
             case "summary":
-                return reports.summary(query, await counters(reports.SUMMARY_METRICS))
+                return reports.summary(
+                    query, await counters(reports.SUMMARY_METRICS, reports.SUMMARY_BY)
+                )
             case "monthly":
-                previous = query.previous()
+                metrics, by = reports.MONTHLY_METRICS, reports.MONTHLY_BY
                 return reports.monthly(
                     query,
-                    await counters(reports.MONTHLY_METRICS),
-                    await counters(reports.MONTHLY_METRICS, previous),
+                    await counters(metrics, by),
+                    await counters(metrics, by, query.previous()),
                 )
             case "channels":
-                return reports.channels(query, await counters(reports.CHANNEL_METRICS))
+                return reports.channels(
+                    query, await counters(reports.CHANNEL_METRICS, reports.CHANNEL_BY)
+                )
             case "campaigns":
                 return reports.campaigns(
-                    query, await counters(reports.CAMPAIGN_METRICS), await store.campaigns()
+                    query,
+                    await counters(reports.CAMPAIGN_METRICS, reports.CAMPAIGN_BY),
+                    await store.campaigns(),
                 )
             case "reps":
                 return reports.reps(
                     query,
-                    await counters(reports.REP_METRICS),
-                    await store.open_leads(filters, spreads={"awaiting"}),
+                    await counters(reports.REP_METRICS, reports.REP_BY),
+                    await store.open_leads(filters, spreads={"awaiting"}, by=reports.REP_BY),
                 )
             case "speed":
                 return reports.speed(
-                    query, await counters(reports.SPEED_METRICS), await store.open_leads(filters)
+                    query,
+                    await counters(reports.SPEED_METRICS, reports.SPEED_BY),
+                    await store.open_leads(filters, by=reports.SPEED_BY),
                 )
             case "losses":
-                return reports.losses(query, await counters(reports.LOSS_METRICS))
+                return reports.losses(query, await counters(reports.LOSS_METRICS, reports.LOSS_BY))
             case "walk-ins":
-                return reports.walk_ins(query, await counters(reports.WALK_IN_METRICS))
+                return reports.walk_ins(
+                    query, await counters(reports.WALK_IN_METRICS, reports.WALK_IN_BY)
+                )
             case "nurture":
-                return reports.nurture(query, await counters(reports.NURTURE_METRICS))
+                return reports.nurture(
+                    query, await counters(reports.NURTURE_METRICS, reports.NURTURE_BY)
+                )
             case "forecast":
                 return reports.forecast(
                     query,
-                    await counters(reports.FORECAST_METRICS),
-                    await store.open_leads(filters, spreads=()),
+                    await counters(reports.FORECAST_METRICS, reports.FORECAST_BY),
+                    await store.open_leads(filters, spreads=(), by=reports.FORECAST_BY),
                 )
             case "ingest":
                 return reports.ingest(
-                    query, await counters(reports.INGEST_METRICS), await store.events_stored()
+                    query,
+                    await counters(reports.INGEST_METRICS, reports.INGEST_BY),
+                    await store.events_stored(),
                 )
         raise KeyError(name)
 

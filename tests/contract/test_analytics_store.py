@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from services.analytics.events import PARSER
+from services.analytics.reports import ReportQuery
 from services.analytics.rules import Metric, tally_batch
 from services.analytics.store import (
     AnalyticsStore,
@@ -16,7 +19,7 @@ from services.analytics.store import (
     MongoAnalyticsStore,
     RecordingBatch,
 )
-from services.analytics.usecases import RebuildRollups, RecordEvents
+from services.analytics.usecases import REPORTS, BuildReport, RebuildRollups, RecordEvents
 from shared.events import (
     ActivityLoggedV1,
     Attribution,
@@ -30,7 +33,10 @@ from shared.events import (
 )
 from tests.contract.conftest import NOW, STORE_KINDS, mongo_parts
 from tests.fakes.analytics import InMemoryAnalyticsStore
+from tests.support.analytics_scenario import build
 
+UTC_ZONE = ZoneInfo("UTC")
+SEOUL = ZoneInfo("Asia/Seoul")
 FIRST_HOUR = NOW.replace(hour=0)
 LAST_HOUR = NOW.replace(hour=23)
 
@@ -322,3 +328,52 @@ async def test_a_gauge_kept_per_lead_place_is_migrated_to_per_place_documents(
         assert sorted(map(repr, await store.open_leads({}))) == expected
         old_shape = {"key.received_day": {"$exists": True}}
         assert await parts.database["open_leads"].count_documents(old_shape) == 0
+
+
+@pytest.mark.integration
+async def test_every_report_reads_the_same_from_the_rollup_sets_as_in_memory(
+    request: pytest.FixtureRequest,
+) -> None:
+    """Reports whose filters and breakdowns need at most two lead dimensions read the
+    roll-up sets (month documents and gauge summed over the other dimensions); the others
+    read one document per combination. Either way, before compaction, half way and after,
+    every report of the scripted month equals the in-memory store's."""
+    month = build(date(2026, 9, 1), "sets")
+    events = month.events()
+    memory = InMemoryAnalyticsStore()
+    await record(memory)(events)
+    rep, pool = month.reps[0], month.pools[0]
+    channel = month.leads[0].channel
+    filter_sets: list[dict[str, str]] = [
+        {},
+        {"rep": rep},
+        {"channel": channel},
+        {"channel": channel, "rep": rep},
+        {"channel": channel, "pool": pool, "rep": rep},
+    ]
+    now = datetime(2026, 10, 2, 9, tzinfo=UTC)
+
+    async def reports_of(store: AnalyticsStore) -> list[Any]:
+        build_report = BuildReport(store)
+        return [
+            (name, filters, (await build_report(name, query)).as_json())
+            for filters in filter_sets
+            for query in (
+                ReportQuery(date(2026, 9, 1), date(2026, 9, 30), UTC_ZONE, filters, now),
+                ReportQuery(date(2026, 9, 3), date(2026, 9, 20), SEOUL, filters, now),
+            )
+            for name in REPORTS
+        ]
+
+    want = await reports_of(memory)
+    async with mongo_parts(request) as parts:
+        mongo = MongoAnalyticsStore(parts.database, parts.ledger)
+        await mongo.ensure_indexes()
+        for start in range(0, len(events), 50):
+            await record(mongo)(events[start : start + 50])
+        assert await reports_of(mongo) == want
+        await mongo.compact(max_batches=len(events) // 100)
+        assert await reports_of(mongo) == want
+        while await mongo.compact(max_batches=10):
+            pass
+        assert await reports_of(mongo) == want

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from leadflow.chassis.store import Document
 from services.analytics.rules import (
+    LEAD_DIMENSIONS,
     PERSONAL_FIELDS,
     BatchTally,
     Campaign,
@@ -22,7 +23,13 @@ from services.analytics.rules import (
     hour_key,
     open_leads_at,
 )
-from services.analytics.store import OPEN_SPREADS, BatchWork, Bucket, RecordingBatch
+from services.analytics.store import (
+    OPEN_SPREADS,
+    BatchWork,
+    Bucket,
+    RecordingBatch,
+    kept_key,
+)
 from shared.events import Event
 from tests.fakes.ledger import InMemoryLedger
 
@@ -58,22 +65,43 @@ class InMemoryAnalyticsStore:
         first_hour: datetime,
         last_hour: datetime,
         filters: Mapping[str, str],
+        *,
+        by: Collection[str] = LEAD_DIMENSIONS,
     ) -> list[Bucket]:
         first, last = hour_key(first_hour), hour_key(last_hour)
+        totals: dict[tuple[datetime, Metric, tuple[tuple[str, str], ...]], list[float]] = {}
+        for bucket in self.tables.counters.values():
+            if (
+                bucket.metric in metrics
+                and first <= hour_key(bucket.hour) <= last
+                and all(bucket.dimensions.get(k) == v for k, v in filters.items())
+            ):
+                dims = tuple(
+                    sorted(
+                        (k, v)
+                        for k, v in bucket.dimensions.items()
+                        if k in by or k not in LEAD_DIMENSIONS
+                    )
+                )
+                total = totals.setdefault((bucket.hour, bucket.metric, dims), [0, 0.0])
+                total[0] += bucket.count
+                total[1] += bucket.amount
         return [
-            bucket
-            for bucket in self.tables.counters.values()
-            if bucket.metric in metrics
-            and first <= hour_key(bucket.hour) <= last
-            and all(bucket.dimensions.get(k) == v for k, v in filters.items())
-            and (bucket.count or bucket.amount)
+            Bucket(hour, metric, dict(dims), int(count), amount)
+            for (hour, metric, dims), (count, amount) in totals.items()
+            if count or amount
         ]
 
     async def open_leads(
-        self, filters: Mapping[str, str], *, spreads: Collection[str] = OPEN_SPREADS
+        self,
+        filters: Mapping[str, str],
+        *,
+        spreads: Collection[str] = OPEN_SPREADS,
+        by: Collection[str] = LEAD_DIMENSIONS,
     ) -> list[OpenLeads]:
+        kept = set(by) | set(filters)
         gauge = open_leads_at(
-            (key, count)
+            (kept_key(key, kept), count)
             for key, count in self.tables.open_leads.items()
             if all(getattr(key, k) == v for k, v in filters.items())
         )
