@@ -219,6 +219,12 @@ class EveryBadFieldRoute(APIRoute):
         return handle_naming_every_bad_field
 
 
+def request_external_id(principal: Principal, key: str | None) -> str | None:
+    """The external id of what a request with an `Idempotency-Key` accepts: stored in the
+    accept's own transaction, so a retry after a crash (answer never stored) is a duplicate."""
+    return None if key is None else f"request:{principal.key_id}:{key}"
+
+
 async def idempotently(
     request: Request,
     principal: Principal,
@@ -291,8 +297,12 @@ async def post_lead(
     async def handle() -> Answer:
         sources = await configuration.sources()
         region = region_for(payload, sources, settings.default_region)
+        submission = payload
+        request_id = request_external_id(principal, idempotency_key)
+        if request_id is not None and payload.external_id is None:
+            submission = payload.model_copy(update={"external_id": request_id})
         lead = cleaned(
-            clean_submission(payload, lead_id=uuid4().hex, now=clock(), default_region=region)
+            clean_submission(submission, lead_id=uuid4().hex, now=clock(), default_region=region)
         )
         accepted = await accept_one(accept, lead)
         body = LeadAccepted(
@@ -387,7 +397,10 @@ async def post_lead_batch(
     async def handle() -> Answer:
         try:
             results = await accept_documents(
-                accept, payload.leads, default_region=payload.default_region
+                accept,
+                payload.leads,
+                default_region=payload.default_region,
+                request_id=request_external_id(principal, idempotency_key),
             )
         except ContactKeyTaken as error:
             raise contact_race(error) from error

@@ -254,16 +254,29 @@ def item_result(index: int, outcome: Acceptance | LeadRejected) -> ItemResult:
 
 
 async def accept_documents(
-    accept: AcceptSubmissions, documents: Sequence[object], *, default_region: str | None = None
+    accept: AcceptSubmissions,
+    documents: Sequence[object],
+    *,
+    default_region: str | None = None,
+    request_id: str | None = None,
 ) -> list[ItemResult]:
     """Validate each document as a `Submission` and accept the valid ones as one batch;
-    a document that is not a valid submission is `rejected` naming each bad field."""
+    a document that is not a valid submission is `rejected` naming each bad field.
+
+    With a `request_id` (the request's idempotency key), an item without an `external_id`
+    gets `<request_id>:<index>`: a retry that finds no stored answer (the first attempt
+    committed, then its process died) finds the items as `duplicate` instead of adding them
+    again."""
     parsed: list[Submission | tuple[FieldError, ...]] = []
-    for document in documents:
+    for index, document in enumerate(documents):
         try:
-            parsed.append(Submission.model_validate(document))
+            submission = Submission.model_validate(document)
         except ValidationError as error:
             parsed.append(field_errors(error))
+            continue
+        if request_id is not None and submission.external_id is None:
+            submission = submission.model_copy(update={"external_id": f"{request_id}:{index}"})
+        parsed.append(submission)
     valid = [p for p in parsed if isinstance(p, Submission)]
     accepted = iter(await accept(valid, default_region=default_region))
     results: list[ItemResult] = []

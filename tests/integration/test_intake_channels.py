@@ -9,6 +9,7 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from leadflow.chassis.auth import Role
+from leadflow.chassis.store import connect
 from services.intake.app import create_app
 from services.intake.settings import Settings
 from shared.events import LeadConvertedV1
@@ -197,6 +199,66 @@ async def test_a_retried_batch_is_answered_from_the_first(
     assert first.json()["created"] == 2
     assert second.json() == first.json()
     assert second.headers["Idempotent-Replayed"] == "true"
+
+
+async def forget_answers(infra: Infra, run_id: str, idempotency_key: str) -> None:
+    """What a replica that died after its accept committed, before storing its answer, leaves:
+    the request still pending, claimed long ago."""
+    client = connect(infra.mongo_url, app_name="test")
+    try:
+        result = await client[f"leadflow_intake_channels_{run_id}"]["idempotency"].update_many(
+            {"_id": {"$regex": f":{idempotency_key}$"}},
+            {"$set": {"state": "pending", "created_at": datetime(2000, 1, 1, tzinfo=UTC)}},
+        )
+        assert result.modified_count == 1
+    finally:
+        await client.close()
+
+
+async def test_a_retry_after_a_crash_before_the_answer_was_stored_adds_nothing(
+    intake: httpx.AsyncClient, keys: Keys, infra: Infra, run_id: str
+) -> None:
+    headers = {**await keys.headers(Role.INGEST), "Idempotency-Key": uuid.uuid4().hex}
+    phone = new_phone()
+    first = await intake.post("/v1/leads", json={"phone": phone}, headers=headers)
+    assert first.status_code == 201, first.text
+    await forget_answers(infra, run_id, headers["Idempotency-Key"])
+
+    retry = await intake.post("/v1/leads", json={"phone": phone}, headers=headers)
+
+    assert retry.status_code == 200, retry.text
+    assert retry.json()["lead_id"] == first.json()["lead_id"]
+    assert retry.json()["status"] == "duplicate"
+    found = await intake.get(
+        "/v1/contacts/lookup", params={"phone": phone}, headers=await keys.headers(Role.MANAGER)
+    )
+    assert found.json()["inquiries"] == 1  # not 2: the retry merged nothing
+
+
+async def test_a_batch_retried_after_a_crash_before_its_answer_was_stored_adds_nothing(
+    intake: httpx.AsyncClient, keys: Keys, infra: Infra, run_id: str
+) -> None:
+    headers = {**await keys.headers(Role.INGEST), "Idempotency-Key": uuid.uuid4().hex}
+    phones = [new_phone(), new_phone()]
+    batch = {"leads": [{"phone": phones[0]}, {"phone": "not a phone"}, {"phone": phones[1]}]}
+    first = await intake.post("/v1/leads/batch", json=batch, headers=headers)
+    assert (first.json()["created"], first.json()["rejected"]) == (2, 1), first.text
+    await forget_answers(infra, run_id, headers["Idempotency-Key"])
+
+    retry = await intake.post("/v1/leads/batch", json=batch, headers=headers)
+
+    assert retry.status_code == 200, retry.text
+    assert [r["outcome"] for r in retry.json()["results"]] == ["duplicate", "rejected", "duplicate"]
+    assert [r.get("lead_id") for r in retry.json()["results"]] == [
+        r.get("lead_id") for r in first.json()["results"]
+    ]
+    for phone in phones:
+        found = await intake.get(
+            "/v1/contacts/lookup",
+            params={"phone": phone},
+            headers=await keys.headers(Role.MANAGER),
+        )
+        assert found.json()["inquiries"] == 1
 
 
 # --- de-duplication under concurrency ------------------------------------------------------
