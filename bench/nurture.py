@@ -52,7 +52,7 @@ from typing import Any
 import httpx
 import structlog
 from nurture_sinks import arrivals_at, sinks_ceiling_at  # the ceiling, as 9A measures it
-from pymongo import InsertOne
+from pymongo import InsertOne, monitoring
 
 from leadflow.chassis.config_cache import VersionedCache
 from leadflow.chassis.duework import DueWork, DueWorkRunner
@@ -131,6 +131,7 @@ class ReplicaConfig:
     batch: int
     concurrency: int
     smtp_connections: int
+    in_flight: int
     profile_to: str | None = None
 
 
@@ -155,6 +156,39 @@ class _PhaseTimes:
         elif level in ("warning", "error", "critical"):
             print(f"[{event.pop('event', '')}] {event}", file=sys.stderr, flush=True)
         raise structlog.DropEvent
+
+
+class _Commands(monitoring.CommandListener):
+    """Counts the replica's database requests per command and collection, with their round
+    trip times (the server's queueing included): what a step costs the database."""
+
+    def __init__(self) -> None:
+        self._started: dict[int, tuple[str, float]] = {}
+        self.calls: dict[str, int] = defaultdict(int)
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        name = event.command_name
+        target = event.command.get(name)
+        what = f"{name} {target}" if isinstance(target, str) else name
+        self._started[event.request_id] = (what, time.perf_counter())
+
+    def _ended(
+        self, event: monitoring.CommandSucceededEvent | monitoring.CommandFailedEvent
+    ) -> None:
+        what, began = self._started.pop(event.request_id, ("?", time.perf_counter()))
+        self.calls[what] += 1
+        self.seconds[what] += time.perf_counter() - began
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        self._ended(event)
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        self._ended(event)
+
+    def report(self, top: int = 14) -> dict[str, str]:
+        busiest = sorted(self.seconds, key=self.seconds.__getitem__, reverse=True)[:top]
+        return {w: f"{self.calls[w]} x, {self.seconds[w]:.1f} s" for w in busiest}
 
 
 class _Timed:
@@ -192,7 +226,8 @@ def replica_process(config: ReplicaConfig, ready: Any, stop: StopEvent, results:
     profiler = cProfile.Profile() if config.profile_to else None
     if profiler is not None:
         profiler.enable()
-    timed = asyncio.run(_run_replica(config, ready, stop))
+    commands = _Commands()
+    timed = asyncio.run(_run_replica(config, ready, stop, commands))
     if profiler is not None and config.profile_to:
         profiler.disable()
         profiler.dump_stats(config.profile_to)
@@ -204,13 +239,17 @@ def replica_process(config: ReplicaConfig, ready: Any, stop: StopEvent, results:
             "largest_batch": phases.largest_batch,
             **{k: round(v, 1) for k, v in sorted(phases.seconds.items())},
             **{channel: sender.report() for channel, sender in timed.items()},
+            "requests": commands.report(),
         }
     )
 
 
-async def _run_replica(config: ReplicaConfig, ready: Any, stop: StopEvent) -> dict[str, _Timed]:
+async def _run_replica(
+    config: ReplicaConfig, ready: Any, stop: StopEvent, commands: _Commands
+) -> dict[str, _Timed]:
     """As `services/nurture/app.py` wires the send loop: the channels' store checks opt-outs
     and remembers SMS recipients, the SMTP and Twilio senders point at the sinks."""
+    monitoring.register(commands)  # for the clients this process creates from now on
     client = connect(config.mongo_url, app_name=f"nurture-bench-{config.name}")
     db = client[config.database]
     ledger = EventLedger(client, db, handled_retention=timedelta(days=8), clock=utc_now)
@@ -268,6 +307,7 @@ async def _run_replica(config: ReplicaConfig, ready: Any, stop: StopEvent) -> di
         batch_size=config.batch,
         lease_s=60,
         idle_poll_s=0.25,
+        in_flight=config.in_flight,
     )
     await client.admin.command("ping")
     task = asyncio.create_task(runner.run())
@@ -472,6 +512,7 @@ async def bench(infra: LocalInfra, args: argparse.Namespace) -> dict[str, Any]:
             batch=args.batch,
             concurrency=args.concurrency,
             smtp_connections=args.smtp_connections,
+            in_flight=args.in_flight,
             profile_to=str(Path(args.profile) / f"replica-r{n}.prof") if args.profile else None,
         )
         for n in range(args.replicas)
@@ -533,6 +574,7 @@ async def bench(infra: LocalInfra, args: argparse.Namespace) -> dict[str, Any]:
         "due_rate_per_s": args.rate,
         "replicas": args.replicas,
         "batch": args.batch,
+        "in_flight": args.in_flight,
         "storage": args.storage,
         "seeded_in_s": round(seeded_in, 1),
         "seed_margin_s": round(margin_s, 1),
@@ -575,6 +617,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=250.0, help="steps falling due per second")
     parser.add_argument("--replicas", type=int, default=2, choices=[1, 2, 3])
     parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--in-flight", type=int, default=1, help="batches in flight a replica")
     parser.add_argument("--concurrency", type=int, default=32, help="sends in flight a replica")
     parser.add_argument("--smtp-connections", type=int, default=8, help="per replica")
     parser.add_argument("--deadline", type=float, default=120.0, help="seconds past the last due")

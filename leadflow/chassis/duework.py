@@ -17,6 +17,10 @@ runs a `DueWorkRunner` over the kinds it handles:
   `max_attempts` it is parked with status "dead": kept, visible, never fired again (until it
   is scheduled again under the same key). An unreachable database is not the items' fault:
   they are given back without counting an attempt.
+- **Batches in flight.** With `in_flight` above 1 the runner claims the next due batch
+  while earlier ones are still firing (waiting on a provider, say), up to that many at
+  once, so an item falling due meanwhile does not wait a whole batch cycle. Claims are still
+  made one at a time; each batch fires, commits and is isolated on its own.
 - **On time.** The runner sleeps until the earliest due item or `idle_poll_s`, whichever is
   first; `wake()` cuts the sleep short when something sooner was scheduled in this process.
   A crash loses nothing: the items stay in the collection and are claimed again once the
@@ -180,9 +184,12 @@ class DueWorkRunner:
         retry_backoff_s: float = 5.0,
         max_attempts: int = 5,
         max_backoff_s: float = 3600.0,
+        in_flight: int = 1,
     ) -> None:
         if not kinds:
             raise ValueError("a runner needs at least one kind")
+        if in_flight < 1:
+            raise ValueError("a runner fires at least one batch at a time")
         self._store = store
         self._kinds = frozenset(kinds)
         self._fire = fire
@@ -196,6 +203,10 @@ class DueWorkRunner:
         self._nudge = asyncio.Event()
         self._stopping = False
         self._running: asyncio.Event | None = None
+        self._in_flight = in_flight
+        self._firing: set[asyncio.Task[None]] = set()
+        self._fire_failure: Exception | None = None
+        """A batch fired in the background hit an outage: the next round pauses for it."""
 
     async def run(self) -> None:
         """Loop until `stop()`: claim a due batch, fire it, and sleep only when none is due.
@@ -209,7 +220,7 @@ class DueWorkRunner:
                 # Cleared before the claim, so a wake() during the round is not missed.
                 self._nudge.clear()
                 try:
-                    if await self.run_once():
+                    if await self._claim_and_fire():
                         # More may be due at once; let the rest of the process run first.
                         await asyncio.sleep(0)
                     else:
@@ -228,7 +239,12 @@ class DueWorkRunner:
                     outage_pause_s = min(outage_pause_s * 2, max(self._idle_poll_s, 5.0))
                     continue
                 outage_pause_s = self._idle_poll_s
+            # Stopping: the batches in hand finish (or fail: their items stay stored) first.
+            while self._firing:
+                await asyncio.wait(set(self._firing))
         finally:
+            for task in self._firing:
+                task.cancel()  # only when run() itself was cancelled
             done.set()
 
     def wake(self) -> None:
@@ -236,7 +252,7 @@ class DueWorkRunner:
         self._nudge.set()
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        """Stop after the batch in hand (if any); returns once `run()` has returned, or after
+        """Stop after the batches in hand (if any); returns once `run()` has returned, or after
         `grace_s` if a database call hangs (the caller then cancels the `run()` task: what
         was claimed goes back when its lease lapses)."""
         self._stopping = True
@@ -260,6 +276,42 @@ class DueWorkRunner:
         if batch:
             await self._fire_isolating_failures(batch)
         return len(batch)
+
+    async def _claim_and_fire(self) -> int:
+        """One round of `run()`: with one batch in flight, `run_once`; with more, wait for a
+        free place, claim, and fire the batch in the background."""
+        if self._in_flight == 1:
+            return await self.run_once()
+        await self._settle(self._in_flight - 1)
+        if self._stopping:
+            return 0
+        batch = await self._store.claim(
+            kinds=self._kinds,
+            now=self._clock(),
+            limit=self._batch_size,
+            lease=self._lease,
+            token=uuid.uuid4().hex,
+        )
+        if batch:
+            task = asyncio.create_task(self._fire_in_background(batch))
+            self._firing.add(task)
+            task.add_done_callback(self._firing.discard)
+        return len(batch)
+
+    async def _fire_in_background(self, batch: list[ClaimedWork]) -> None:
+        try:
+            await self._fire_isolating_failures(batch)
+        except Exception as error:  # noqa: BLE001 - handed to the loop, which pauses for it
+            self._fire_failure = error
+
+    async def _settle(self, at_most: int) -> None:
+        """Wait until at most `at_most` batches are still firing; an outage one of them hit
+        is raised here, in the loop, which pauses for it."""
+        while len(self._firing) > at_most:
+            await asyncio.wait(set(self._firing), return_when=asyncio.FIRST_COMPLETED)
+        failure, self._fire_failure = self._fire_failure, None
+        if failure is not None:
+            raise failure
 
     async def _fire_isolating_failures(self, batch: list[ClaimedWork]) -> None:
         try:

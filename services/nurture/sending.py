@@ -271,6 +271,12 @@ class SendDueSteps:
         self._opt_outs = opt_outs
         self._feedback = feedback
         self._slots = asyncio.Semaphore(max(1, settings.concurrency))
+        # Batches may be in flight together (the runner's `in_flight`), but their commits
+        # go one at a time, and batches sent meanwhile commit together: every commit
+        # appends to the outbox, whose sequence counter makes overlapping transactions
+        # conflict (one of them is done again), so fewer, larger commits waste less.
+        self._committing = asyncio.Lock()
+        self._to_commit: list[_SentBatch] = []
 
     async def __call__(self, batch: list[ClaimedWork]) -> None:
         phases: dict[str, float] = {}
@@ -601,7 +607,45 @@ class SendDueSteps:
     # --- 3. commit ----------------------------------------------------------------------------
 
     async def _commit(self, batch: list[ClaimedWork], items: Sequence[_Item]) -> None:
+        """Commit this batch, together with any others of this replica waiting to; its own
+        failure (LeaseLost, a bad item, an outage) is raised here, for the runner."""
+        sent = _SentBatch(batch, items, asyncio.get_running_loop().create_future())
+        self._to_commit.append(sent)
+        async with self._committing:
+            if not sent.committed.done():
+                group, self._to_commit = self._to_commit, []
+                await self._commit_group(group)
+        await sent.committed
+
+    async def _commit_group(self, group: Sequence[_SentBatch]) -> None:
+        try:
+            if len(group) > 1:
+                try:
+                    await self._commit_batches(
+                        [c for b in group for c in b.batch], [i for b in group for i in b.items]
+                    )
+                except Exception as error:  # noqa: BLE001 - each batch on its own, below
+                    log.info("batches committed one by one after", error=repr(error))
+                else:
+                    for sent in group:
+                        sent.committed.set_result(None)
+                    return
+            # One by one: each batch gets its own outcome (one's lost lease is not another's).
+            for sent in group:
+                try:
+                    await self._commit_batches(sent.batch, sent.items)
+                except Exception as error:  # noqa: BLE001 - raised in that batch's own _commit
+                    sent.committed.set_exception(error)
+                else:
+                    sent.committed.set_result(None)
+        finally:
+            for sent in group:
+                if not sent.committed.done():  # this commit was cancelled (a stop)
+                    sent.committed.set_exception(RuntimeError("commit abandoned"))
+
+    async def _commit_batches(self, batch: list[ClaimedWork], items: Sequence[_Item]) -> None:
         async def commit(transaction: NurtureTransaction) -> tuple[None, list[Event]]:
+            await transaction.take_commit_turn()
             now = self._clock()
             current = await transaction.enrollments({i.enrollment_id for i in items})
             changed: dict[str, Enrollment] = {}
@@ -683,6 +727,15 @@ class SendDueSteps:
             counted_from=item.claimed.work.due_at,
             default_timezone=zone,
         )
+
+
+@dataclass
+class _SentBatch:
+    """A batch past its send phase, waiting for its commit."""
+
+    batch: list[ClaimedWork]
+    items: Sequence[_Item]
+    committed: asyncio.Future[None]
 
 
 _DROP = StepDecision(StepOutcome.DROP)

@@ -119,6 +119,13 @@ class NurtureTransaction(Protocol):
         """Complete claimed timers in this transaction (LeaseLost if one was taken over)."""
         ...
 
+    async def take_commit_turn(self) -> None:
+        """First in a send batch's commit: concurrent commits (other replicas') collide
+        here, at their first write, so the one that must retry does so before its work
+        rather than after it (every commit ends on the outbox's sequence counter, where
+        overlapping transactions would collide anyway)."""
+        ...
+
     async def scores(self, lead_ids: Collection[str]) -> dict[str, LeadScore]: ...
 
     async def save_scores(self, scores: Sequence[LeadScore]) -> None: ...
@@ -213,6 +220,8 @@ class NurtureStore(Protocol):
         ...
 
 
+COMMIT_TURN = "send-batches"
+"""The document send batches' commits all write first (`take_commit_turn`)."""
 NEWEST_FIRST = [("enrolled_at", DESCENDING), ("triggered_at", DESCENDING)]
 """A batch enrolls at one `now`: a lead enrolled, stopped and enrolled again in one batch
 has two enrollments at the same time, the later trigger being the newer."""
@@ -229,14 +238,20 @@ class MongoNurtureStore:
         self._sends: MongoCollection = database["sends"]
         self._outcomes: MongoCollection = database["send_outcomes"]
         self._rates: MongoCollection = database["send_rates"]
+        self._turns: MongoCollection = database["send_commit_turns"]
         self._scores: MongoCollection = database["scores"]
         self._ledger = ledger
         self.due: DueWorkStore = due or MongoDueWork(database)
 
     async def ensure_indexes(self) -> None:
         # Enrollments used to be one active per lead; now one per lead and sequence.
-        if "one_active_enrollment_per_lead" in await self._enrollments.index_information():
+        indexes = await self._enrollments.index_information()
+        if "one_active_enrollment_per_lead" in indexes:
             await self._enrollments.drop_index("one_active_enrollment_per_lead")
+        # Steps fall due through their timers (due work), never by this index's query; it
+        # only made every enrollment write dearer.
+        if "due_steps" in indexes:
+            await self._enrollments.drop_index("due_steps")
         # At most one active enrollment per lead and sequence, even when an event and a
         # manual request race.
         await self._enrollments.create_index(
@@ -245,14 +260,13 @@ class MongoNurtureStore:
             unique=True,
             partialFilterExpression={"status": EnrollmentStatus.ACTIVE.value},
         )
-        await self._enrollments.create_index(
-            [("status", ASCENDING), ("next_send_at", ASCENDING)], name="due_steps"
-        )
         await self._enrollments.create_index([("lead_id", ASCENDING), *NEWEST_FIRST])
         await self._enrollments.create_index(NEWEST_FIRST)
         await self._sends.create_index([("lead_id", ASCENDING), ("reserved_at", ASCENDING)])
         # Rate windows are one second long: a minute later nobody reads them.
         await self._rates.create_index("expires_at", expireAfterSeconds=0)
+        # Made here, outside any transaction: two first commits must not both insert it.
+        await self._turns.update_one({"_id": COMMIT_TURN}, {"$set": {"turn": 0}}, upsert=True)
         await self.due.ensure_indexes()
 
     async def commit(self, work: Work[T]) -> T:
@@ -541,6 +555,11 @@ class _MongoNurtureTransaction:
 
     async def finish(self, claimed: Sequence[ClaimedWork]) -> None:
         await self._store.due.finish(claimed, session=self._session)
+
+    async def take_commit_turn(self) -> None:
+        await self._store._turns.update_one(
+            {"_id": COMMIT_TURN}, {"$inc": {"turn": 1}}, session=self._session
+        )
 
     async def scores(self, lead_ids: Collection[str]) -> dict[str, LeadScore]:
         documents = await find_in(self._store._scores, "_id", lead_ids, session=self._session)

@@ -275,6 +275,9 @@ class _InMemoryNurtureTransaction:
     async def finish(self, claimed: Sequence[ClaimedWork]) -> None:
         await self._tables.due.finish(claimed)
 
+    async def take_commit_turn(self) -> None:
+        return  # one transaction at a time here
+
     async def scores(self, lead_ids: Collection[str]) -> dict[str, LeadScore]:
         self._store.reads["scores"] += 1
         return {i: self._tables.scores[i] for i in lead_ids if i in self._tables.scores}

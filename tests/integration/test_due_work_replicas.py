@@ -103,8 +103,9 @@ async def remaining(store: MongoDueWork) -> int:
     return await store._items.count_documents({})  # what is left to fire
 
 
+@pytest.mark.parametrize("in_flight", [1, 3], ids=["one-batch-at-a-time", "three-in-flight"])
 async def test_three_replicas_draining_the_same_items_fire_each_exactly_once(
-    infra: Infra,
+    infra: Infra, in_flight: int
 ) -> None:
     async with replicas(infra, 3) as parts:
         now = utc_now()
@@ -119,7 +120,13 @@ async def test_three_replicas_draining_the_same_items_fire_each_exactly_once(
         )
         runners = [
             DueWorkRunner(
-                p.store, kinds={"sla"}, fire=p.fire, clock=utc_now, batch_size=100, idle_poll_s=0.05
+                p.store,
+                kinds={"sla"},
+                fire=p.fire,
+                clock=utc_now,
+                batch_size=100,
+                idle_poll_s=0.05,
+                in_flight=in_flight,
             )
             for p in parts
         ]
