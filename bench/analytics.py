@@ -45,6 +45,7 @@ from services.analytics.rules import Increment, LeadFacts, OpenKey, open_leads_a
 from services.analytics.store import (
     MongoAnalyticsStore,
     counter_documents,
+    event_key,
     gauge_document,
     gauge_set_documents,
     month_documents,
@@ -164,7 +165,8 @@ def events_for(count: int, seed: int = 1) -> Iterator[Event]:
 
 def event_document(event: Event) -> dict[str, Any]:
     return {
-        "_id": str(event.event_id),
+        "_id": event_key(event.lead_id, event.event_id),
+        "event_id": str(event.event_id),
         "event_type": event.event_type,
         "lead_id": event.lead_id,
         "occurred_at": event.occurred_at,

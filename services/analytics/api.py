@@ -250,7 +250,7 @@ async def get_lead_timeline(
         lead_id=lead_id,
         events=[
             RecordedEvent(
-                event_id=doc["_id"],
+                event_id=doc["event_id"],
                 event_type=doc["event_type"],
                 occurred_at=doc["occurred_at"],
                 payload=doc["payload"],

@@ -1,8 +1,10 @@
 """Analytics' persistence, in the `leadflow_analytics` database. Decisions live in `rules`
 and `reports`, the steps of each flow in `usecases`.
 
-- `events`: every consumed event once, `_id` = event_id (the event store, and the inbox);
-  events of an unknown type or version too, with `known: false`.
+- `events`: every consumed event once, `_id` = `lead_id|event_id` (the event store, and
+  the inbox): still fixed by the event, and a lead's events are one range of the primary
+  key (timeline, erasure), so the store needs no secondary index; events of an unknown
+  type or version too, with `known: false`.
 - `lead_facts`: per lead, what the next event needs (attribution, stages reached, ...).
 - `counter_deltas`: what each recorded batch adds to the counters and the open-lead gauge,
   as ONE document inserted in the batch's transaction (an insert is cheap on any server;
@@ -81,6 +83,21 @@ log = structlog.get_logger(__name__)
 DUPLICATE_KEY = 11000
 _TIME_ORDER = "occurred_at_1_recorded_at_1"
 """The event store's index in time order: built for a rebuild, dropped after."""
+_LEAD_ORDER = "lead_id_1_occurred_at_1_recorded_at_1"
+"""The event store's index by lead, from before events were keyed by lead: dropped."""
+EVENT_KEYS_ID = "event_keys"
+REKEY_CHUNK = 500
+
+
+def event_key(lead_id: str, event_id: object) -> str:
+    """An event's key in the event store: its lead's events are one range of keys."""
+    return f"{lead_id}|{event_id}"
+
+
+def lead_events(lead_id: str) -> Document:
+    """The query for every stored event of `lead_id` (a range of keys; the lead equality
+    keeps out a lead whose id extends this one's with "|")."""
+    return {"_id": {"$gte": f"{lead_id}|", "$lt": f"{lead_id}}}"}, "lead_id": lead_id}
 
 
 def _only_duplicates(error: BulkWriteError) -> bool:
@@ -214,12 +231,10 @@ class MongoAnalyticsStore:
         self._ledger = ledger
 
     async def ensure_indexes(self) -> None:
-        # The event store carries one secondary index (a lead's timeline, erasure): each
-        # index costs the ingest about one more insert on the local server. The one in time
-        # order is built by a rebuild, the only reader of it, and dropped after.
-        await self._events.create_index(
-            [("lead_id", ASCENDING), ("occurred_at", ASCENDING), ("recorded_at", ASCENDING)]
-        )
+        # The event store carries no secondary index: each costs the ingest about one more
+        # insert on the local server. A lead's events are a range of keys; the index in
+        # time order is built by a rebuild, the only reader of it, and dropped after.
+        await self._key_events_by_lead()
         await self._drop_time_order()
         await self._counters.create_index([("hour", ASCENDING)])
         # A report reads one set (or the combinations: no `set`) of one zone's months.
@@ -284,6 +299,54 @@ class MongoAnalyticsStore:
         if migrated := await self._ledger.commit(migrate):
             log.info("analytics open-lead gauge kept per place now", documents=migrated)
 
+    async def _key_events_by_lead(self) -> None:
+        """Events stored under their bare event id (before the store was keyed by lead)
+        are stored again under `lead_id|event_id`, a chunk per transaction, once: a replay
+        of one of them must meet its new key. Replicas of the older version must be
+        stopped first (they would go on writing bare keys)."""
+        if await self._meta.find_one({"_id": EVENT_KEYS_ID}) is not None:
+            return
+
+        async def rekey(session: Session) -> tuple[int, list[Event]]:
+            old = [
+                doc
+                async for doc in self._events.find(
+                    {"event_id": {"$exists": False}}, session=session
+                ).limit(REKEY_CHUNK)
+            ]
+            if not old:
+                return 0, []
+            keyed = {
+                event_key(doc["lead_id"], doc["_id"]): {
+                    **doc,
+                    "_id": event_key(doc["lead_id"], doc["_id"]),
+                    "event_id": doc["_id"],
+                }
+                for doc in old
+            }
+            stored = await find_in(self._events, "_id", keyed, session=session, projection={})
+            for doc in stored:
+                keyed.pop(doc["_id"])
+            if keyed:
+                await self._events.insert_many(list(keyed.values()), session=session)
+            ids = [doc["_id"] for doc in old]
+            for start in range(0, len(ids), IN_CHUNK):
+                await self._events.delete_many(
+                    {"_id": {"$in": ids[start : start + IN_CHUNK]}}, session=session
+                )
+            return len(old), []
+
+        moved = 0
+        while rekeyed := await self._ledger.commit(rekey):
+            moved += rekeyed
+        await self._meta.update_one(
+            {"_id": EVENT_KEYS_ID}, {"$set": {"by_lead": True}}, upsert=True
+        )
+        if _LEAD_ORDER in await self._events.index_information():
+            await self._events.drop_index(_LEAD_ORDER)
+        if moved:
+            log.info("analytics event store keyed by lead now", events=moved)
+
     async def _drop_time_order(self) -> None:
         indexes = await self._events.index_information()
         if _TIME_ORDER in indexes:
@@ -302,17 +365,24 @@ class MongoAnalyticsStore:
         async def all_new(session: Session) -> tuple[T, list[Event]]:
             return await work(_MongoRecordingBatch(self, session), fresh), []
 
-        async def in_transaction(session: Session, fresh: list[Event]) -> tuple[T, list[Event]]:
-            return await work(_MongoRecordingBatch(self, session), fresh), []
+        if not fresh:
+            return None
+        try:
+            return await self._ledger.commit(all_new)
+        except BulkWriteError as error:
+            if not _only_duplicates(error):
+                raise
+            log.debug("batch held events recorded before; recording the rest")
 
-        if fresh:
-            try:
-                return await self._ledger.commit(all_new)
-            except BulkWriteError as error:
-                if not _only_duplicates(error):
-                    raise
-                log.debug("batch held events recorded before; recording the rest")
-        return await self._ledger.commit_batch(consumed, in_transaction, recorded_in=self._events)
+        async def the_rest(session: Session) -> tuple[T | None, list[Event]]:
+            keys = {event_key(e.lead_id, e.event_id): e for e in fresh}
+            for doc in await find_in(self._events, "_id", keys, session=session, projection={}):
+                keys.pop(doc["_id"])
+            if not keys:
+                return None, []
+            return await work(_MongoRecordingBatch(self, session), list(keys.values())), []
+
+        return await self._ledger.commit(the_rest)
 
     async def counters(
         self,
@@ -506,12 +576,10 @@ class MongoAnalyticsStore:
 
     async def timeline(self, lead_id: str, *, limit: int) -> list[Document]:
         """The lead's recorded events, oldest first (ties in arrival order)."""
-        cursor = (
-            self._events.find({"lead_id": lead_id})
-            .sort([("occurred_at", ASCENDING), ("recorded_at", ASCENDING)])
-            .limit(limit)
-        )
-        return [doc async for doc in cursor]
+        # A range of keys, in key order: sorted here (a lead has few events).
+        mine = [doc async for doc in self._events.find(lead_events(lead_id))]
+        mine.sort(key=lambda doc: (doc["occurred_at"], doc["recorded_at"]))
+        return mine[:limit]
 
     async def events_stored(self) -> int:
         return await self._events.estimated_document_count()
@@ -591,7 +659,8 @@ class _MongoRecordingBatch:
             await store._events.insert_many(
                 [
                     {
-                        "_id": event.event_id,
+                        "_id": event_key(event.lead_id, event.event_id),
+                        "event_id": event.event_id,
                         "event_type": event.event_type,
                         "lead_id": event.lead_id,
                         "occurred_at": event.occurred_at,
@@ -603,9 +672,9 @@ class _MongoRecordingBatch:
                 ],
                 session=session,
             )
-        if tally.erased_leads:
+        for lead_id in sorted(tally.erased_leads):
             await store._events.update_many(
-                {"lead_id": {"$in": sorted(tally.erased_leads)}},
+                lead_events(lead_id),
                 {"$unset": {f"payload.{name}": "" for name in PERSONAL_FIELDS}},
                 session=session,
             )

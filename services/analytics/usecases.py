@@ -195,7 +195,7 @@ def event_from_document(document: dict[str, Any]) -> Event:
     except ValidationError:
         # Stored by an analytics that knew the event differently: kept as it is, counted
         # as unknown, never a rebuild that stops half way.
-        log.warning("stored event no longer valid; rebuilt as raw", event_id=document["_id"])
+        log.warning("stored event no longer valid; rebuilt as raw", event_id=document["event_id"])
         return RawEvent.model_validate(payload)
 
 

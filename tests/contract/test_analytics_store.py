@@ -331,6 +331,40 @@ async def test_a_gauge_kept_per_lead_place_is_migrated_to_per_place_documents(
 
 
 @pytest.mark.integration
+async def test_events_stored_under_their_bare_id_are_keyed_by_lead_and_still_recognised(
+    request: pytest.FixtureRequest,
+) -> None:
+    batch: list[Event] = [received("e1"), assigned("e1", "r1"), received("e2", "ad")]
+    async with mongo_parts(request) as parts:
+        store = MongoAnalyticsStore(parts.database, parts.ledger)
+        await store.ensure_indexes()
+        await record(store)(batch)
+        # The event store as an older analytics kept it: bare event ids, an index by lead.
+        events = parts.database["events"]
+        stored = [doc async for doc in events.find({})]
+        await events.delete_many({})
+        await events.insert_many(
+            [{k: v for k, v in doc.items() if k != "event_id"} | {"_id": doc["event_id"]}
+             for doc in stored]
+        )  # fmt: skip
+        await events.create_index([("lead_id", 1), ("occurred_at", 1), ("recorded_at", 1)])
+        await parts.database["rollup_meta"].delete_one({"_id": "event_keys"})
+        upgraded = MongoAnalyticsStore(parts.database, parts.ledger)
+        await upgraded.ensure_indexes()
+        assert await record(upgraded)(batch) == 0
+        assert await record(upgraded)([batch[0], sold("e1", 40.0)]) == 1
+        assert await counts(upgraded, Metric.LEADS_RECEIVED) == 2
+        timeline = await upgraded.timeline("e1", limit=10)
+        assert [doc["event_type"] for doc in timeline] == [
+            "lead-received",
+            "lead-assigned",
+            "lead-converted",
+        ]
+        assert [doc["event_id"] for doc in timeline[:2]] == [str(e.event_id) for e in batch[:2]]
+        assert list(await events.index_information()) == ["_id_"]
+
+
+@pytest.mark.integration
 async def test_every_report_reads_the_same_from_the_rollup_sets_as_in_memory(
     request: pytest.FixtureRequest,
 ) -> None:

@@ -168,6 +168,7 @@ class _InMemoryRecordingBatch:
                 raise KeyError(f"duplicate event id {event.event_id}")
             tables.events[event.event_id] = {
                 "_id": event.event_id,
+                "event_id": event.event_id,
                 "event_type": event.event_type,
                 "lead_id": event.lead_id,
                 "occurred_at": event.occurred_at,
