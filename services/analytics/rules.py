@@ -312,9 +312,9 @@ class LeadFacts:
     converted_at: datetime | None = None
     sequence: str | None = None
     step: int | None = None
-    pending: tuple[tuple[Any, ...], ...] = ()
-    """Increments counted before the lead's lead-received arrived: (hour, metric, dims,
-    count, amount), moved to the right channel once it does."""
+    pending: tuple[Increment, ...] = ()
+    """Increments counted before the lead's lead-received arrived, moved to the right
+    channel once it does (stored as `pending_entry`)."""
     open_key: OpenKey | None = None
 
 
@@ -674,9 +674,8 @@ def _complete(facts: LeadFacts) -> bool:
     return facts.received_at is not None and facts.pool is not None
 
 
-def _moved(entry: Sequence[Any], facts: LeadFacts) -> Increment:
+def _moved(old: Increment, facts: LeadFacts) -> Increment:
     """A pending increment with what is now known of the lead's attribution and pool."""
-    old = _from_pending(entry)
     values = dict(old.dimensions)
     if facts.received_at is not None and values.get("channel") == UNKNOWN:
         # Counted before the lead's attribution was known (a repeat inquiry keeps its own).
@@ -696,17 +695,20 @@ def _moved(entry: Sequence[Any], facts: LeadFacts) -> Increment:
     return Increment(old.hour, old.metric, dimensions(**values), old.count, amount)
 
 
-def _pending_entry(increment: Increment) -> tuple[Any, ...]:
-    return (
+def pending_entry(increment: Increment) -> list[Any]:
+    """A pending increment as the lead's facts store it: [hour, metric, dims, count,
+    amount]. Kept as `Increment` in memory: a lead's pending increments are mostly
+    settled within the batch that made them, never stored."""
+    return [
         hour_key(increment.hour),
         increment.metric.value,
         [list(pair) for pair in increment.dimensions],
         increment.count,
         increment.amount,
-    )
+    ]
 
 
-def _from_pending(entry: Sequence[Any]) -> Increment:
+def pending_increment(entry: Sequence[Any]) -> Increment:
     hour, metric, dims, count, amount = entry
     return Increment(
         hour_from_key(hour), Metric(metric), tuple((k, v) for k, v in dims), count, amount
@@ -719,37 +721,30 @@ def settle(before: LeadFacts, work: _Work) -> tuple[LeadFacts, list[Increment], 
     (`pending`) and moved once both are, whatever order the events came in."""
     facts = work.facts
     increments: list[Increment] = []
+    pending: tuple[Increment, ...] = ()
     if facts.is_test:
         # Known to be a test lead only now: take back what its earlier events counted.
-        for entry in before.pending:
-            old = _from_pending(entry)
+        for old in before.pending:
             increments.append(
                 Increment(old.hour, old.metric, old.dimensions, -old.count, -old.amount)
             )
-        facts = _replace(facts, pending=())
     else:
         increments.extend(work.increments)
-        pending = list(before.pending)
         learned = (before.received_at is None and facts.received_at is not None) or (
             before.pool is None and facts.pool is not None
         )
-        if learned and pending:
+        moved = before.pending
+        if learned and before.pending:
             # Move what was counted before to where the lead is now known to belong.
-            still: list[tuple[Any, ...]] = []
-            for entry in pending:
-                old = _from_pending(entry)
-                moved = _moved(entry, facts)
-                increments.append(
-                    Increment(old.hour, old.metric, old.dimensions, -old.count, -old.amount)
-                )
-                increments.append(moved)
-                still.append(_pending_entry(moved))
-            pending = still
-        if _complete(facts):
-            pending = []
-        else:
-            pending.extend(_pending_entry(i) for i in work.increments)
-        facts = _replace(facts, pending=tuple(pending[-PENDING_MAX:]))
+            moved = tuple(_moved(old, facts) for old in before.pending)
+            for old, new in zip(before.pending, moved, strict=True):
+                if new != old:
+                    increments.append(
+                        Increment(old.hour, old.metric, old.dimensions, -old.count, -old.amount)
+                    )
+                    increments.append(new)
+        if not _complete(facts):
+            pending = (*moved, *work.increments)[-PENDING_MAX:]
     gauge: list[GaugeMove] = []
     new_key = open_key(facts)
     if new_key != before.open_key:
@@ -757,7 +752,8 @@ def settle(before: LeadFacts, work: _Work) -> tuple[LeadFacts, list[Increment], 
             gauge.append(GaugeMove(before.open_key, -1))
         if new_key is not None:
             gauge.append(GaugeMove(new_key, 1))
-        facts = _replace(facts, open_key=new_key)
+    if pending != facts.pending or new_key != facts.open_key:
+        facts = _replace(facts, pending=pending, open_key=new_key)
     return facts, increments, gauge
 
 

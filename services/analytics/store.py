@@ -75,6 +75,8 @@ from services.analytics.rules import (
     OpenPlace,
     hour_from_key,
     hour_key,
+    pending_entry,
+    pending_increment,
 )
 from shared.events import Event
 
@@ -1027,7 +1029,7 @@ def facts_document(facts: LeadFacts) -> Document:
     }
     document["_id"] = document.pop("lead_id")
     document["reached"] = dict(facts.reached)
-    document["pending"] = [list(entry) for entry in facts.pending]
+    document["pending"] = [pending_entry(increment) for increment in facts.pending]
     document["open_key"] = None if facts.open_key is None else _open_key_document(facts.open_key)
     return document
 
@@ -1048,7 +1050,7 @@ def facts_from_document(document: Document) -> LeadFacts:
         reached=dict(document.get("reached") or {}),
         sequence=document.get("sequence"),
         step=document.get("step"),
-        pending=tuple(tuple(entry) for entry in document.get("pending") or ()),
+        pending=tuple(pending_increment(entry) for entry in document.get("pending") or ()),
         open_key=None if open_key is None else OpenKey(**open_key),
         **values,
     )
