@@ -25,6 +25,11 @@ and `reports`, the steps of each flow in `usecases`.
   `rollup_meta` says which zone they were built for: when it is not the configured one
   (or roll-ups exist from before month documents did), reports use the hourly documents
   only until `leadflow analytics rebuild` runs.
+- Roll-up sets: the month documents and the gauge are also kept summed over all but at
+  most two lead dimensions (`ROLLUP_SETS`, field `set`): a report whose filters and
+  breakdowns need at most two of them reads a few documents of its set, bounded by those
+  dimensions' values rather than by the events (or by the combinations in use). Used once
+  built from the start (or by a rebuild): `rollup_meta` says so.
 - `campaigns`: the last saved version of each campaign.
 """
 
