@@ -617,7 +617,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=250.0, help="steps falling due per second")
     parser.add_argument("--replicas", type=int, default=2, choices=[1, 2, 3])
     parser.add_argument("--batch", type=int, default=200)
-    parser.add_argument("--in-flight", type=int, default=1, help="batches in flight a replica")
+    parser.add_argument("--in-flight", type=int, default=2, help="batches in flight a replica")
     parser.add_argument("--concurrency", type=int, default=32, help="sends in flight a replica")
     parser.add_argument("--smtp-connections", type=int, default=8, help="per replica")
     parser.add_argument("--deadline", type=float, default=120.0, help="seconds past the last due")

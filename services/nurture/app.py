@@ -173,6 +173,7 @@ def create_app(
         batch_size=settings.scheduler_batch_size,
         lease_s=settings.scheduler_lease_s,
         idle_poll_s=settings.scheduler_idle_poll_s,
+        in_flight=settings.scheduler_batches_in_flight,
     )
     tasks: list[asyncio.Task[None]] = []
 

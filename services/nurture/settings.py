@@ -81,6 +81,9 @@ class Settings(ServiceSettings):
     """A claimed batch must be sent and committed within this long, or another replica
     takes it over (and finds the send records instead of sending again)."""
     scheduler_idle_poll_s: float = Field(default=1.0, gt=0)
+    scheduler_batches_in_flight: int = Field(default=2, ge=1, le=16)
+    """Batches one replica has in hand at once: the next is claimed and decided while the
+    earlier ones wait on the providers; their commits still go one at a time."""
     send_max_lateness_s: float = Field(default=6 * 3600.0, gt=0)
     """After downtime, steps due longer ago than this are skipped, not sent late."""
     send_concurrency: int = Field(default=32, ge=1, le=1000)

@@ -186,6 +186,8 @@ class _MongoChannelTransaction:
     def __init__(self, store: MongoChannelStore, session: Session) -> None:
         self._store = store
         self._session = session
+        self._stored_phones: set[str] = set()
+        """Numbers whose recipient document this transaction read: replaced, not upserted."""
 
     async def opt_outs(self, keys: Collection[str]) -> dict[str, OptOut]:
         docs = await find_in(self._store._opt_outs, "_id", keys, session=self._session)
@@ -230,15 +232,22 @@ class _MongoChannelTransaction:
 
     async def recipients(self, phones: Collection[str]) -> dict[str, SmsRecipient]:
         docs = await find_in(self._store._recipients, "_id", phones, session=self._session)
+        self._stored_phones.update(doc["_id"] for doc in docs)
         return {doc["_id"]: recipient_from_document(doc) for doc in docs}
 
     async def save_recipients(self, recipients: Sequence[SmsRecipient]) -> None:
-        if recipients:
+        # Numbers read in this transaction are replaced, new ones inserted (an upsert costs
+        # the local server several inserts' worth); a number another replica inserts at
+        # the same moment fails this transaction (DuplicateKey), and its caller tries again.
+        known = [r for r in recipients if r.phone in self._stored_phones]
+        first = [r for r in recipients if r.phone not in self._stored_phones]
+        if first:
+            await self._store._recipients.insert_many(
+                [recipient_document(r) for r in first], ordered=False, session=self._session
+            )
+        if known:
             await self._store._recipients.bulk_write(
-                [
-                    ReplaceOne({"_id": r.phone}, recipient_document(r), upsert=True)
-                    for r in recipients
-                ],
+                [ReplaceOne({"_id": r.phone}, recipient_document(r), upsert=True) for r in known],
                 ordered=False,
                 session=self._session,
             )
