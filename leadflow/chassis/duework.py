@@ -266,16 +266,19 @@ class DueWorkRunner:
 
     async def run_once(self) -> int:
         """Claim one due batch and fire it; how many items were claimed (0: none due)."""
-        batch = await self._store.claim(
+        batch = await self._claim()
+        if batch:
+            await self._fire_isolating_failures(batch)
+        return len(batch)
+
+    async def _claim(self) -> list[ClaimedWork]:
+        return await self._store.claim(
             kinds=self._kinds,
             now=self._clock(),
             limit=self._batch_size,
             lease=self._lease,
             token=uuid.uuid4().hex,
         )
-        if batch:
-            await self._fire_isolating_failures(batch)
-        return len(batch)
 
     async def _claim_and_fire(self) -> int:
         """One round of `run()`: with one batch in flight, `run_once`; with more, wait for a
@@ -285,13 +288,7 @@ class DueWorkRunner:
         await self._settle(self._in_flight - 1)
         if self._stopping:
             return 0
-        batch = await self._store.claim(
-            kinds=self._kinds,
-            now=self._clock(),
-            limit=self._batch_size,
-            lease=self._lease,
-            token=uuid.uuid4().hex,
-        )
+        batch = await self._claim()
         if batch:
             task = asyncio.create_task(self._fire_in_background(batch))
             self._firing.add(task)

@@ -6,7 +6,8 @@ in flight pauses the runner without losing items, and stop waits for the batches
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -76,6 +77,16 @@ def runner_of(
     )
 
 
+@asynccontextmanager
+async def running(runner: DueWorkRunner) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(runner.run())
+    try:
+        yield task
+    finally:
+        await runner.stop()
+        await task
+
+
 async def scheduled(store: InMemoryDueWork, count: int) -> list[str]:
     keys = [f"send:E{i:03}:0" for i in range(count)]
     await store.schedule(
@@ -89,8 +100,7 @@ async def test_the_next_batches_are_claimed_while_earlier_ones_are_still_firing(
     keys = await scheduled(store, 100)
     firing = HeldFiring(store)
     runner = runner_of(store, firing, in_flight=3)
-    task = asyncio.create_task(runner.run())
-    try:
+    async with running(runner):
         # Three batches in hand at once, none finished yet, and no fourth one claimed.
         await eventually(_in_hand(firing), lambda n: n == 3, timeout_s=5)
         await asyncio.sleep(0.1)
@@ -99,9 +109,6 @@ async def test_the_next_batches_are_claimed_while_earlier_ones_are_still_firing(
         assert firing.fired == []
         firing.gate.set()
         await eventually(_fired(firing), lambda n: n == 100, timeout_s=5)
-    finally:
-        await runner.stop()
-        await task
     assert sorted(firing.fired) == keys  # each once
     assert firing.most_in_hand == 3
     assert store.items == {}
@@ -112,16 +119,12 @@ async def test_one_batch_at_a_time_unless_asked() -> None:
     await scheduled(store, 30)
     firing = HeldFiring(store)
     runner = runner_of(store, firing, in_flight=1)
-    task = asyncio.create_task(runner.run())
-    try:
+    async with running(runner):
         await eventually(_in_hand(firing), lambda n: n == 1, timeout_s=5)
         await asyncio.sleep(0.1)
         assert len(firing.attempts) == 1
         firing.gate.set()
         await eventually(_fired(firing), lambda n: n == 30, timeout_s=5)
-    finally:
-        await runner.stop()
-        await task
     assert firing.most_in_hand == 1
 
 
@@ -150,12 +153,8 @@ async def test_a_failing_item_is_isolated_within_its_batch_while_others_fire() -
     firing.failing = {keys[13]}
     firing.gate.set()
     runner = runner_of(store, firing, in_flight=3)
-    task = asyncio.create_task(runner.run())
-    try:
+    async with running(runner):
         await eventually(_fired(firing), lambda n: n == 49, timeout_s=5)
-    finally:
-        await runner.stop()
-        await task
     assert sorted(firing.fired) == sorted(set(keys) - {keys[13]})
     assert list(store.items) == [keys[13]]
     assert store.items[keys[13]].attempts == 1  # given back with back-off, not lost
@@ -169,8 +168,7 @@ async def test_an_outage_met_by_a_batch_in_flight_loses_nothing() -> None:
     firing.gate.set()
     clock = Clock()
     runner = runner_of(store, firing, in_flight=2, clock=clock)
-    task = asyncio.create_task(runner.run())
-    try:
+    async with running(runner):
         await eventually(_fired(firing), lambda n: n == 30, timeout_s=5)
         await asyncio.sleep(0.1)
         # The batch that met the outage is back in the store, no attempt counted.
@@ -178,9 +176,6 @@ async def test_an_outage_met_by_a_batch_in_flight_loses_nothing() -> None:
         assert {(i.token, i.attempts) for i in store.items.values()} == {(None, 0)}
         clock.now += timedelta(hours=2)  # past its back-off
         await eventually(_fired(firing), lambda n: n == 40, timeout_s=5)
-    finally:
-        await runner.stop()
-        await task
     assert sorted(firing.fired) == keys
     assert store.items == {}
 

@@ -83,6 +83,12 @@ async def test_a_batch_whose_lease_was_lost_fails_alone() -> None:
     assert isinstance(results[2], LeaseLost)
     # Tried together with the third, then each on its own: only the second commits.
     assert published == [1, 1]
-    assert {e.lead_id for e in world.published(MessageSentV1)} == {"a", "b"}
-    assert (await world.enrollment("b")).status is EnrollmentStatus.COMPLETED
-    assert (await world.enrollment("c")).current_step == 0  # not moved on by a lost commit
+    first, second, lost = (lead_of(world, batch) for batch in batches)
+    assert {e.lead_id for e in world.published(MessageSentV1)} == {first, second}
+    assert (await world.enrollment(second)).status is EnrollmentStatus.COMPLETED
+    assert (await world.enrollment(lost)).current_step == 0  # not moved on by a lost commit
+
+
+def lead_of(world: World, batch: list[ClaimedWork]) -> str:
+    [claimed] = batch
+    return world.store.tables.enrollments[str(claimed.work.payload["enrollment_id"])].lead_id
