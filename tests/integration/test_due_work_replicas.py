@@ -143,7 +143,11 @@ async def test_three_replicas_draining_the_same_items_fire_each_exactly_once(
     assert sorted(fired) == keys
     assert {key: n for key, n in fired.items() if n != 1} == {}
     assert sum(by_replica.values()) == 2000
-    assert sum(1 for n in by_replica.values() if n) >= 2, by_replica  # they really raced
+    if in_flight == 1:
+        assert sum(1 for n in by_replica.values() if n) >= 2, by_replica  # they really raced
+    # With batches in flight one replica may sweep every tied instant (a claim takes all
+    # still claimable before its boundary) before the others' claims land: the runs race,
+    # but who wins is not fixed, so only "once each" is asserted then.
 
 
 async def test_items_claimed_by_a_replica_that_died_fire_once_after_its_lease_lapses(
