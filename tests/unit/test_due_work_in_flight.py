@@ -6,8 +6,7 @@ in flight pauses the runner without losing items, and stop waits for the batches
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,6 +15,7 @@ from pymongo.errors import AutoReconnect
 from leadflow.chassis.duework import ClaimedWork, DueWork, DueWorkRunner
 from tests.fakes.duework import InMemoryDueWork
 from tests.support.services import eventually
+from tests.unit.test_chassis_duework import running
 
 pytestmark = pytest.mark.unit
 
@@ -75,16 +75,6 @@ def runner_of(
         retry_backoff_s=3600.0,
         in_flight=in_flight,
     )
-
-
-@asynccontextmanager
-async def running(runner: DueWorkRunner) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(runner.run())
-    try:
-        yield task
-    finally:
-        await runner.stop()
-        await task
 
 
 async def scheduled(store: InMemoryDueWork, count: int) -> list[str]:
