@@ -143,12 +143,12 @@ async def settled(replicas: ReplicaSet, headers: dict[str, str], leads: int) -> 
         # A replica killed inside a transaction leaves it open on the server until the
         # server's transaction lifetime (60 s, as MongoDB's default) ends; each survivor's
         # transactions on the same documents time out meanwhile (seen: 4 x 15 s).
-        timeout_s=420,
+        timeout_s=600,
         interval_s=1.0,
     )
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(780)
 async def test_two_replicas_of_each_service_share_the_work_and_losing_one_of_each_loses_nothing(
     replicas: ReplicaSet,
 ) -> None:
