@@ -46,6 +46,9 @@ S3_REGION = "us-east-1"
 S3_ACCESS_KEY = "leadflow"
 S3_SECRET_KEY = "leadflow-local-only"  # noqa: S105
 WEED_START_TIMEOUT_S = 60.0
+# How long the local MongoDB keeps an idle transaction open (leadflow.localdb): a little
+# above TRANSACTION_TIMEOUT_S, so only a dead replica's transactions are ever cut short.
+LOCAL_TRANSACTION_LIFETIME_S = 20.0
 # Every listener `weed mini` opens besides S3's own port gets a free loopback port, so that
 # stacks started side by side (the tests do) never meet; the ones it would open on fixed
 # ports (WebDAV 7333, Iceberg 8181, Lance 9101) are switched off in `weed_args`. These
@@ -312,6 +315,8 @@ class LocalInfra:
     """The fake Twilio API and the page listing what was sent (with `start_sinks`)."""
     sinks_inbound_url: str | None = None
     """Where the fake provider delivers texts "from leads" (nurture's inbound SMS webhook)."""
+    transaction_lifetime_s: float = LOCAL_TRANSACTION_LIFETIME_S
+    """How long MongoDB keeps a transaction nobody uses (a killed replica's) before aborting it."""
     children: list[ChildProcess] = field(default_factory=list)
     kafka_storage: str = "memory"
     mongo: ChildProcess | None = None
@@ -359,7 +364,9 @@ class LocalInfra:
             [
                 sys.executable,
                 "-m",
-                "secantus",
+                "leadflow.localdb",
+                "--transaction-lifetime",
+                str(self.transaction_lifetime_s),
                 "--host",
                 LOOPBACK,
                 "--port",
