@@ -44,7 +44,14 @@ from local_mongo import run_on_local_mongo  # one local SecantusDB per run, as t
 from pymongo.errors import BulkWriteError
 
 from services.analytics.reports import ReportQuery
-from services.analytics.rules import Increment, LeadFacts, OpenKey, open_leads_at, tally_batch
+from services.analytics.rules import (
+    Increment,
+    LeadFacts,
+    OpenKey,
+    open_leads_at,
+    past_due_before,
+    tally_batch,
+)
 from services.analytics.store import (
     MongoAnalyticsStore,
     counter_documents,
@@ -200,7 +207,7 @@ async def ingest_rate(client: Any, events: list[Event]) -> tuple[float, float, M
     database = client[f"ingest_{uuid.uuid4().hex[:6]}"]
     ledger = EventLedger(client, database, handled_retention=timedelta(days=8), clock=lambda: NOW)
     await ledger.ensure_indexes()
-    store = MongoAnalyticsStore(database, ledger)
+    store = MongoAnalyticsStore(database, ledger, clock=lambda: NOW)
     await store.ensure_indexes()
     record = RecordEvents(store, clock=lambda: NOW)
     started = time.perf_counter()
@@ -221,7 +228,7 @@ async def bulk_loaded(client: Any, count: int) -> tuple[MongoAnalyticsStore, flo
 
     database = client[f"reports_{count}_{uuid.uuid4().hex[:6]}"]
     ledger = EventLedger(client, database, handled_retention=timedelta(days=8), clock=lambda: NOW)
-    store = MongoAnalyticsStore(database, ledger)
+    store = MongoAnalyticsStore(database, ledger, clock=lambda: NOW)
     await store.ensure_indexes()
     started = time.perf_counter()
     facts: dict[str, LeadFacts] = {}
@@ -258,7 +265,11 @@ async def bulk_loaded(client: Any, count: int) -> tuple[MongoAnalyticsStore, flo
     months = month_documents(documents, ZoneInfo("UTC"))
     await insert_all(database["month_counters"], months)
     places = open_leads_at(gauge.items())
-    open_docs = [gauge_document(place) for place in places] + gauge_set_documents(places)
+    # As compaction at NOW folds them: deadlines long past kept per received day.
+    past_due = past_due_before(NOW)
+    open_docs = [
+        gauge_document(place, past_due_before=past_due) for place in places
+    ] + gauge_set_documents(places, past_due_before=past_due)
     await insert_all(database["open_leads"], open_docs)
     may = [d for d in months if d["month"] == "2026-05"]
     print(

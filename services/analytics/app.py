@@ -24,7 +24,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
     settings = settings or Settings()
     chassis = ServiceChassis(SERVICE, settings, clock=clock)
     store = MongoAnalyticsStore(
-        chassis.database, chassis.ledger, month_zone=settings.report_timezone
+        chassis.database, chassis.ledger, clock=clock, month_zone=settings.report_timezone
     )
     register_handlers(chassis, RecordEvents(store, clock=clock))
     lease = Lease(

@@ -35,7 +35,9 @@ async def rebuild_rollups(
             clock=system_clock,
             transaction_timeout_s=max(settings.transaction_timeout_s, 60.0),
         )
-        store = MongoAnalyticsStore(database, ledger, month_zone=settings.report_timezone)
+        store = MongoAnalyticsStore(
+            database, ledger, clock=system_clock, month_zone=settings.report_timezone
+        )
         await store.ensure_indexes()
         on_total(await store.events_stored())
         return await RebuildRollups(store, clock=system_clock, chunk=chunk)(on_progress)

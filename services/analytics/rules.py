@@ -25,7 +25,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -214,7 +214,38 @@ class OpenLeads:
     touched: Mapping[str, int]
     """Last-touch day (UTC, ISO) -> leads."""
     awaiting: Mapping[tuple[str, str], int]
-    """(received day, SLA-due hour) -> leads still waiting for their first contact."""
+    """(received day, SLA-due hour) -> leads still waiting for their first contact; the
+    hour is `PAST_DUE` for those whose deadline had passed when the gauge was folded."""
+
+
+PAST_DUE = ""
+"""The SLA-due "hour" of awaiting leads whose deadline had passed (by more than
+`PAST_DUE_MARGIN`) when their place's gauge was last folded: overdue for any later now
+(it sorts before every hour). Without it a place kept an entry per received day and due
+hour for as long as its leads wait (up to 24 a day, 720 a month), so reports reading
+the spread grew with the data; collapsed, a place holds one per received day plus the
+deadlines still to come."""
+
+PAST_DUE_MARGIN = timedelta(hours=1)
+"""How long after its hour has begun a deadline is left unfolded: a report asked a little
+earlier (another replica's clock, slightly behind) still tells it from one not yet due."""
+
+
+def past_due_before(now: datetime) -> str:
+    """Deadlines in hours before this one are overdue for every report asked from `now`
+    on (and folded into `PAST_DUE`)."""
+    return hour_key(hour_of(now - PAST_DUE_MARGIN))
+
+
+def fold_past_due(
+    awaiting: Mapping[tuple[str, str], int], before: str
+) -> dict[tuple[str, str], int]:
+    """`awaiting` with the deadlines in hours before `before` added up per received day
+    under `PAST_DUE`; entries that came to 0 dropped."""
+    folded: Counter[tuple[str, str]] = Counter()
+    for (day, due), n in awaiting.items():
+        folded[day, PAST_DUE if due < before else due] += n
+    return {key: n for key, n in sorted(folded.items()) if n}
 
 
 class OpenGaugeSums:

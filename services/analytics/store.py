@@ -36,6 +36,7 @@ and `reports`, the steps of each flow in `usecases`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -56,6 +57,7 @@ import structlog
 from pymongo import ASCENDING, ReplaceOne
 from pymongo.errors import BulkWriteError
 
+from leadflow.chassis.clock import Clock
 from leadflow.chassis.store import (
     IN_CHUNK,
     Database,
@@ -78,8 +80,10 @@ from services.analytics.rules import (
     OpenKey,
     OpenLeads,
     OpenPlace,
+    fold_past_due,
     hour_from_key,
     hour_key,
+    past_due_before,
     pending_entry,
     pending_increment,
 )
@@ -222,8 +226,14 @@ class AnalyticsStore(Protocol):
 
 class MongoAnalyticsStore:
     def __init__(
-        self, database: Database, ledger: EventLedger, *, month_zone: ZoneInfo = UTC_ZONE
+        self,
+        database: Database,
+        ledger: EventLedger,
+        *,
+        clock: Clock,
+        month_zone: ZoneInfo = UTC_ZONE,
     ) -> None:
+        self._clock = clock
         self._events: MongoCollection = database["events"]
         self._facts: MongoCollection = database["lead_facts"]
         self._counters: MongoCollection = database["counters"]
@@ -299,8 +309,14 @@ class MongoAnalyticsStore:
                 await self._open.delete_many(
                     {"_id": {"$in": ids[start : start + IN_CHUNK]}}, session=session
                 )
-            places = [gauge_document(place) for place in sums.places(open_only=False)]
-            await _replace_all(self._open, places, _add_gauge, session)
+            past_due = past_due_before(self._clock())
+            places = [
+                gauge_document(place, past_due_before=past_due)
+                for place in sums.places(open_only=False)
+            ]
+            await _replace_all(
+                self._open, places, functools.partial(_add_gauge, past_due_before=past_due), session
+            )
             return len(old), []
 
         if migrated := await self._ledger.commit(migrate):
@@ -556,7 +572,10 @@ class MongoAnalyticsStore:
             ]
             if not batch:
                 return 0, []
-            counters, gauge = fold_deltas(batch)
+            # Deadlines long past are overdue for every later report: kept per received
+            # day only, so a place's spread stays as long as the days and the SLA window.
+            past_due = past_due_before(self._clock())
+            counters, gauge = fold_deltas(batch, past_due_before=past_due)
             # Read, add up in memory, delete and insert: two bulk writes, where an upsert
             # per document costs a round of the server's update path each.
             # The month documents are made first: `_replace_all` adds what is stored into
@@ -564,7 +583,9 @@ class MongoAnalyticsStore:
             months = month_documents(counters, self._zone)
             await _replace_all(self._counters, counters, _add_counter, session)
             await _replace_all(self._months, months, _add_month, session)
-            await _replace_all(self._open, gauge, _add_gauge, session)
+            await _replace_all(
+                self._open, gauge, functools.partial(_add_gauge, past_due_before=past_due), session
+            )
             await self._deltas.delete_many(
                 {"_id": {"$in": [doc["_id"] for doc in batch]}}, session=session
             )
@@ -773,9 +794,12 @@ def _open_key_document(key: OpenKey) -> Document:
     return {name: getattr(key, name) for name in _OPEN_KEY_FIELDS}
 
 
-def fold_deltas(deltas: Sequence[Document]) -> tuple[list[Document], list[Document]]:
+def fold_deltas(
+    deltas: Sequence[Document], *, past_due_before: str
+) -> tuple[list[Document], list[Document]]:
     """The counter and gauge documents that `deltas` add up to (one per hour and lead
-    dimensions, every metric in it; one per open-lead place)."""
+    dimensions, every metric in it; one per open-lead place, deadlines in hours before
+    `past_due_before` folded into `PAST_DUE`)."""
     increments = (
         Increment(hour_from_key(hour), Metric(metric), tuple((k, v) for k, v in pairs), n, amount)
         for delta in deltas
@@ -786,7 +810,9 @@ def fold_deltas(deltas: Sequence[Document]) -> tuple[list[Document], list[Docume
         for key_doc, count in delta.get("gauge", ()):
             sums.move(OpenKey(**key_doc), count)
     places = sums.places(open_only=False)
-    gauge = [gauge_document(place) for place in places] + gauge_set_documents(places)
+    gauge = [
+        gauge_document(place, past_due_before=past_due_before) for place in places
+    ] + gauge_set_documents(places, past_due_before=past_due_before)
     return counter_documents(increments), gauge
 
 
@@ -797,14 +823,15 @@ def _add_counter(into: Document, stored: Document) -> None:
         mine["amount"] += entry["amount"]
 
 
-def _add_gauge(into: Document, stored: Document) -> None:
+def _add_gauge(into: Document, stored: Document, *, past_due_before: str) -> None:
     sums = OpenGaugeSums()
     sums.add(gauge_from_document(into))
     sums.add(gauge_from_document(stored))
     # Every lead there may have moved on: then an empty place, kept as such.
     added = sums.places(open_only=False) or [OpenLeads(OpenPlace(**into["key"]), 0, {}, {}, {})]
     # The id stays: a roll-up set's document has one of its own.
-    into.update({k: v for k, v in gauge_document(added[0]).items() if k != "_id"})
+    folded = gauge_document(added[0], past_due_before=past_due_before)
+    into.update({k: v for k, v in folded.items() if k != "_id"})
 
 
 async def _replace_all(
@@ -954,16 +981,18 @@ _DUE = "|"
 """Between the received day and the SLA-due hour in a gauge document's `awaiting` keys."""
 
 
-def gauge_document(gauge: OpenLeads) -> Document:
+def gauge_document(gauge: OpenLeads, *, past_due_before: str = "") -> Document:
     """The stored gauge of one place: counts by day (and deadline) nested in it, so the
-    open-lead gauge is one document per place, however many leads are open there."""
+    open-lead gauge is one document per place, however many leads are open there; the
+    deadlines in hours before `past_due_before` folded into `PAST_DUE` (none when "")."""
+    awaiting = fold_past_due(gauge.awaiting, past_due_before) if past_due_before else gauge.awaiting
     return {
         "_id": gauge_key(gauge.place),
         "key": dataclasses.asdict(gauge.place),
         "count": gauge.count,
         "received": dict(gauge.received),
         "touched": dict(gauge.touched),
-        "awaiting": {f"{day}{_DUE}{hour}": n for (day, hour), n in gauge.awaiting.items()},
+        "awaiting": {f"{day}{_DUE}{hour}": n for (day, hour), n in awaiting.items()},
     }
 
 
@@ -981,7 +1010,9 @@ def kept_gauge(gauge: OpenLeads, kept: Collection[str]) -> OpenLeads:
     return dataclasses.replace(gauge, place=dataclasses.replace(gauge.place, **dropped))
 
 
-def gauge_set_documents(places: Iterable[OpenLeads]) -> list[Document]:
+def gauge_set_documents(
+    places: Iterable[OpenLeads], *, past_due_before: str = ""
+) -> list[Document]:
     """The gauge added up per roll-up set (`ROLLUP_SETS`): one document per set and place
     in it (the set's lead dimensions and stage; the other lead dimensions "")."""
     sums = {dims: OpenGaugeSums() for dims in ROLLUP_SETS}
@@ -992,7 +1023,7 @@ def gauge_set_documents(places: Iterable[OpenLeads]) -> list[Document]:
     for dims, into in sums.items():
         name = _SET_NAMES[dims]
         for gauge in into.places(open_only=False):
-            document = gauge_document(gauge)
+            document = gauge_document(gauge, past_due_before=past_due_before)
             document["_id"] = json.dumps(
                 [name, *dataclasses.astuple(gauge.place)], separators=(",", ":")
             )

@@ -47,7 +47,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[AnalyticsStore]
         yield InMemoryAnalyticsStore()
         return
     async with mongo_parts(request) as parts:
-        mongo = MongoAnalyticsStore(parts.database, parts.ledger)
+        mongo = MongoAnalyticsStore(parts.database, parts.ledger, clock=lambda: NOW)
         await mongo.ensure_indexes()
         yield mongo
 
@@ -297,13 +297,61 @@ async def test_compaction_changes_no_figure_and_leaves_nothing_waiting(
     assert [(b.count, b.amount) for b in sales] == [(1, 30.0)]
 
 
+async def test_overdue_leads_are_counted_as_of_each_report_after_compaction(
+    store: AnalyticsStore,
+) -> None:
+    """Deadlines long past when the gauge is folded are kept per received day only; a
+    deadline still to come stays by the hour, so a later report sees it pass."""
+
+    def waiting(lead_id: str, due_in: timedelta) -> list[Event]:
+        at = NOW - timedelta(days=2)
+        return [
+            received(lead_id, at=at),
+            LeadAssignedV1(
+                lead_id=lead_id,
+                rep_id="r1",
+                occurred_at=at,
+                strategy="round_robin",
+                sla_due_at=NOW + due_in,
+            ),
+        ]
+
+    await record(store)(
+        waiting("d1", -timedelta(hours=30)) + waiting("d2", -timedelta(hours=3))
+        + waiting("d3", timedelta(hours=2)) + waiting("d4", timedelta(hours=2))
+    )  # fmt: skip
+    while await store.compact(max_batches=10):
+        pass
+    await record(store)(
+        [
+            ActivityLoggedV1(
+                lead_id="d4", rep_id="r1", activity="call", occurred_at=NOW - timedelta(days=1)
+            )
+        ]
+    )
+    await record(store)(waiting("d5", -timedelta(hours=8)))
+
+    async def overdue(now: datetime) -> tuple[object, object]:
+        query = ReportQuery(NOW.date() - timedelta(days=3), NOW.date(), UTC_ZONE, {}, now)
+        reps = (await BuildReport(store)("reps", query)).as_json()
+        speed = (await BuildReport(store)("speed", query)).as_json()
+        return reps["tables"]["reps"]["rows"][0]["overdue_leads"], speed["figures"]["overdue_leads"]
+
+    assert await overdue(NOW) == (3, 3)
+    assert await overdue(NOW + timedelta(hours=3)) == (4, 4)
+    while await store.compact(max_batches=10):
+        pass
+    assert await overdue(NOW) == (3, 3)
+    assert await overdue(NOW + timedelta(hours=3)) == (4, 4)
+
+
 @pytest.mark.integration
 async def test_a_gauge_kept_per_lead_place_is_migrated_to_per_place_documents(
     request: pytest.FixtureRequest,
 ) -> None:
     later = NOW + timedelta(hours=30)
     async with mongo_parts(request) as parts:
-        store = MongoAnalyticsStore(parts.database, parts.ledger)
+        store = MongoAnalyticsStore(parts.database, parts.ledger, clock=lambda: NOW)
         await store.ensure_indexes()
         await record(store)([received("m1"), received("m2", "ad"), received("m3", "ad")])
         await record(store)([assigned("m1", "r1"), assigned("m2", "r1"), assigned("m3", "r2")])
@@ -324,7 +372,7 @@ async def test_a_gauge_kept_per_lead_place_is_migrated_to_per_place_documents(
         await parts.database["open_leads"].insert_many(
             [{"_id": doc_id, **doc} for doc_id, doc in places.items()]
         )
-        await MongoAnalyticsStore(parts.database, parts.ledger).ensure_indexes()
+        await MongoAnalyticsStore(parts.database, parts.ledger, clock=lambda: NOW).ensure_indexes()
         assert sorted(map(repr, await store.open_leads({}))) == expected
         old_shape = {"key.received_day": {"$exists": True}}
         assert await parts.database["open_leads"].count_documents(old_shape) == 0
@@ -336,7 +384,7 @@ async def test_events_stored_under_their_bare_id_are_keyed_by_lead_and_still_rec
 ) -> None:
     batch: list[Event] = [received("e1"), assigned("e1", "r1"), received("e2", "ad")]
     async with mongo_parts(request) as parts:
-        store = MongoAnalyticsStore(parts.database, parts.ledger)
+        store = MongoAnalyticsStore(parts.database, parts.ledger, clock=lambda: NOW)
         await store.ensure_indexes()
         await record(store)(batch)
         # The event store as an older analytics kept it: bare event ids, an index by lead.
@@ -349,7 +397,7 @@ async def test_events_stored_under_their_bare_id_are_keyed_by_lead_and_still_rec
         )  # fmt: skip
         await events.create_index([("lead_id", 1), ("occurred_at", 1), ("recorded_at", 1)])
         await parts.database["rollup_meta"].delete_one({"_id": "event_keys"})
-        upgraded = MongoAnalyticsStore(parts.database, parts.ledger)
+        upgraded = MongoAnalyticsStore(parts.database, parts.ledger, clock=lambda: NOW)
         await upgraded.ensure_indexes()
         assert await record(upgraded)(batch) == 0
         assert await record(upgraded)([batch[0], sold("e1", 40.0)]) == 1
@@ -401,7 +449,7 @@ async def test_every_report_reads_the_same_from_the_rollup_sets_as_in_memory(
 
     want = await reports_of(memory)
     async with mongo_parts(request) as parts:
-        mongo = MongoAnalyticsStore(parts.database, parts.ledger)
+        mongo = MongoAnalyticsStore(parts.database, parts.ledger, clock=lambda: now)
         await mongo.ensure_indexes()
         for start in range(0, len(events), 50):
             await record(mongo)(events[start : start + 50])

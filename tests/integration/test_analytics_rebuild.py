@@ -51,7 +51,7 @@ async def test_the_rebuild_command_restores_every_rollup(infra: Infra, database:
     ledger = EventLedger(
         database.client, database, handled_retention=timedelta(days=8), clock=lambda: NOW
     )
-    store = MongoAnalyticsStore(database, ledger)
+    store = MongoAnalyticsStore(database, ledger, clock=lambda: NOW)
     await store.ensure_indexes()
     events = build(MONTH, "r").events()
     record = RecordEvents(store, clock=lambda: NOW)
@@ -104,7 +104,7 @@ async def test_month_rollups_give_the_figures_of_the_hourly_counters(
         database.client, database, handled_retention=timedelta(days=8), clock=lambda: NOW
     )
     seoul = ZoneInfo("Asia/Seoul")
-    store = MongoAnalyticsStore(database, ledger, month_zone=seoul)
+    store = MongoAnalyticsStore(database, ledger, clock=lambda: NOW, month_zone=seoul)
     await store.ensure_indexes()
     scenario = build(MONTH, "m")
     events = scenario.events()
@@ -115,7 +115,9 @@ async def test_month_rollups_give_the_figures_of_the_hourly_counters(
     while await store.compact(max_batches=5):
         pass
     assert await database["month_counters"].count_documents({"zone": "Asia/Seoul"}) > 0
-    hourly_only = MongoAnalyticsStore(database, ledger, month_zone=ZoneInfo("UTC"))
+    hourly_only = MongoAnalyticsStore(
+        database, ledger, clock=lambda: NOW, month_zone=ZoneInfo("UTC")
+    )
     await hourly_only.ensure_indexes()
 
     for filters in ({}, {"rep": scenario.reps[0]}):
