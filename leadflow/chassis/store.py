@@ -550,7 +550,13 @@ class MongoDueWork:
     the boundary, and a read of what this claim holds (all carry the same lease end). Each
     update is atomic per document, so a concurrent claim gets only what this one did not.
     The earliest claimable items are looked up `_PREFETCH` batches at a time and kept as
-    hints until they run out, so a backlog is not read again for every batch.
+    hints until they run out, so a backlog is not read again for every batch. Each look-up
+    reads only what it returns (about): SecantusDB reads every document in a range to sort
+    it, so with an overdue backlog a plain `ready_at <= now` would read the whole backlog.
+    A floor is kept per kind, the earliest `ready_at` that was claimable at the last look-up,
+    and a look-up reads windows from the floor upwards, widened until enough items are found
+    or `now` is reached (and, below the floor, the few items that became claimable there
+    since: given back, or scheduled with a past due time).
 
     A finish deletes by key and token inside the caller's transaction: a delete that finds
     fewer items than it was given means a lost lease, and raises `LeaseLost`.
@@ -562,6 +568,9 @@ class MongoDueWork:
         self._candidates: dict[str, tuple[datetime | None, list[tuple[datetime, str]]]] = {}
         """Per kind: when they were seen claimable, and the (ready_at, key) of the next
         items to claim, earliest first. Only hints: a claim re-checks each one."""
+        self._floors: dict[str, tuple[datetime, timedelta]] = {}
+        """Per kind: no item was claimable before this `ready_at` at the last look-up, and
+        the span of `ready_at` that look-up's window needed (where the next one starts)."""
 
     async def ensure_indexes(self) -> None:
         await self._items.create_index(
@@ -628,23 +637,54 @@ class MongoDueWork:
 
     async def _prefetch(self, kinds: Collection_[str], now: datetime, limit: int) -> None:
         """Look up claimable items of the `kinds` whose candidates ran out: `_PREFETCH`
-        batches' worth at once, as SecantusDB reads every document in the range to return
-        the first few, however few are asked for (with a backlog, each look-up costs as much
-        as the backlog is long)."""
+        batches' worth at once, as every look-up is a scan of its range."""
         for kind in kinds:
             seen_at, candidates = self._candidates.get(kind, (None, []))
             if candidates and seen_at is not None and seen_at <= now:
                 continue
-            found = (
-                await self._items.find(
-                    {"status": DUE_PENDING, "kind": kind, "ready_at": {"$lte": now}},
-                    {"ready_at": 1},
-                )
-                .sort("ready_at", ASCENDING)
-                .limit(limit * _PREFETCH)
-                .to_list()
+            found = await self._earliest_claimable(kind, now, limit * _PREFETCH)
+            self._candidates[kind] = (now, found)
+
+    async def _earliest_claimable(
+        self, kind: str, now: datetime, wanted: int
+    ) -> list[tuple[datetime, str]]:
+        """The (ready_at, key) of the `wanted` earliest items of `kind` claimable at `now`,
+        reading about as many documents as it returns (see the class's docstring)."""
+        floor, span = self._floors.get(kind, (None, _FIRST_WINDOW))
+        start = now if floor is None or floor > now else floor
+        found: list[tuple[datetime, str]] = []
+        # The first window also reads below the floor: only items that became claimable
+        # there since the last look-up (given back, scheduled with a past due time), few.
+        above: Document = {}
+        reached, step = start, span
+        # Bounded: each window is wider than the last, and the last one ends at `now`.
+        while True:
+            up_to = min(now, reached + step)
+            window = await self._claimable(kind, {**above, "$lte": up_to}, wanted - len(found))
+            found += window
+            if len(found) >= wanted or up_to >= now:
+                break
+            # Widen by what the window held against what is still missing (4x at most).
+            step *= min(4.0, max(1.25, 1.2 * (wanted - len(found)) / max(1, len(window))))
+            above, reached = {"$gt": up_to}, up_to
+        # Nothing was claimable before the first item found (or, with none, before `now`).
+        self._floors[kind] = (
+            found[0][0] if found else now,
+            max((up_to - start) / 2, _FIRST_WINDOW),
+        )
+        return found
+
+    async def _claimable(
+        self, kind: str, ready_at: Document, limit: int
+    ) -> list[tuple[datetime, str]]:
+        cursor = (
+            self._items.find(
+                {"status": DUE_PENDING, "kind": kind, "ready_at": ready_at}, {"ready_at": 1}
             )
-            self._candidates[kind] = (now, [(doc["ready_at"], doc["_id"]) for doc in found])
+            .sort("ready_at", ASCENDING)
+            .limit(limit)
+        )
+        return [(doc["ready_at"], doc["_id"]) async for doc in cursor]
 
     def _choose(
         self, kinds: Collection_[str], now: datetime, limit: int
@@ -793,6 +833,10 @@ _PREFETCH = 20
 """Batches' worth of candidates one look-up fetches. They are claimed before anything is
 looked up again: an item scheduled meanwhile with an earlier due time than theirs (only
 possible while a backlog is worked off) waits for them."""
+
+
+_FIRST_WINDOW = timedelta(seconds=1)
+"""The narrowest window of `ready_at` a look-up reads above its floor."""
 
 
 def _to_millis(moment: datetime) -> datetime:

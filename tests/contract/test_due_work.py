@@ -207,6 +207,43 @@ async def test_next_due_is_the_earliest_claimable_time_within_the_window(
     assert await store.next_due(kinds={"sla"}) == NOW + timedelta(seconds=5) + LEASE
 
 
+async def test_a_backlog_is_claimed_earliest_first_and_late_comers_are_not_starved(
+    subject: Subject,
+) -> None:
+    """Working off an overdue backlog: an item given back, or scheduled with a due time
+    earlier than what is being claimed, or falling due after a long gap, is still claimed."""
+    store = subject.store
+    await store.schedule([due(f"b{i:03}", i / 10) for i in range(300)])
+    claimed: list[str] = []
+    for round_ in range(100):  # bounded: each round claims up to 5 of ~300 items
+        batch = await claim(store, at=600, limit=5)
+        if round_ == 0:
+            assert keys(batch) == ["b000", "b001", "b002", "b003", "b004"]
+        if round_ == 30:
+            # Half way through: due long before what is being claimed now.
+            await store.schedule([due("early", -50), due("after-gap", 3000)])
+            await store.release(batch, retry_at=NOW + timedelta(seconds=1), failed=False)
+            continue
+        if not batch:
+            break
+        await store.finish(batch)
+        claimed += keys(batch)
+    assert sorted(claimed) == sorted([f"b{i:03}" for i in range(300)] + ["early"])
+    assert len(claimed) == len(set(claimed))
+    assert keys(await claim(store, at=3000)) == ["after-gap"]
+
+
+async def test_claims_keep_up_with_items_falling_due_as_time_moves_on(subject: Subject) -> None:
+    store = subject.store
+    await store.schedule([due(f"t{i:03}", i) for i in range(120)])
+    claimed: list[str] = []
+    for second in range(0, 130, 7):
+        batch = await claim(store, at=second, limit=50)
+        await store.finish(batch)
+        claimed += keys(batch)
+    assert claimed == [f"t{i:03}" for i in range(120)]
+
+
 async def test_concurrent_claims_never_hand_out_an_item_twice(subject: Subject) -> None:
     store = subject.store
     await store.schedule([due(f"k{i:03}", i % 7) for i in range(120)])
