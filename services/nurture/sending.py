@@ -27,7 +27,7 @@ import dataclasses
 import html
 import time
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
@@ -65,7 +65,7 @@ from services.nurture.rules import (
     retry_delay,
     stopped,
 )
-from services.nurture.store import NurtureStore, NurtureTransaction
+from services.nurture.store import EnrollmentsChangedMeanwhile, NurtureStore, NurtureTransaction
 from services.nurture.templates import RenderError, render, template_context
 from services.nurture.usecases import Sequences
 from shared.events import (
@@ -644,10 +644,37 @@ class SendDueSteps:
                     sent.committed.set_exception(RuntimeError("commit abandoned"))
 
     async def _commit_batches(self, batch: list[ClaimedWork], items: Sequence[_Item]) -> None:
+        """Commit from the enrollments as read when deciding, each checked by its write (no
+        read while other commits wait their turn); if one changed meanwhile (stopped, say),
+        commit again from the enrollments as they are now."""
+        as_read = {i.enrollment_id: i.enrollment for i in items if i.enrollment is not None}
+        unknown = {i.enrollment_id for i in items} - as_read.keys()
+        if not unknown:
+            try:
+                await self._store.commit(self._commit_work(batch, items, as_read))
+            except EnrollmentsChangedMeanwhile:
+                log.info("enrollments changed while sending; committing from them as they are")
+            else:
+                return
+        await self._store.commit(self._commit_work(batch, items, None))
+
+    def _commit_work(
+        self,
+        batch: list[ClaimedWork],
+        items: Sequence[_Item],
+        as_read: Mapping[str, Enrollment] | None,
+    ) -> Callable[[NurtureTransaction], Awaitable[tuple[None, list[Event]]]]:
+        """The batch's commit, from the enrollments `as_read` (checked when saved) or, without
+        them, from the enrollments read in the transaction."""
+
         async def commit(transaction: NurtureTransaction) -> tuple[None, list[Event]]:
             await transaction.take_commit_turn()
             now = self._clock()
-            current = await transaction.enrollments({i.enrollment_id for i in items})
+            current = (
+                dict(as_read)
+                if as_read is not None
+                else await transaction.enrollments({i.enrollment_id for i in items})
+            )
             changed: dict[str, Enrollment] = {}
             events: list[Event] = []
             for item in items:
@@ -682,10 +709,10 @@ class SendDueSteps:
                     changed[item.enrollment_id] = moved
             # Timers first: finishing a claimed one then rescheduling its key is a new item.
             await transaction.finish(batch)
-            await transaction.save(NurtureChanges(changed=tuple(changed.values())))
+            await transaction.save(NurtureChanges(changed=tuple(changed.values())), as_read=as_read)
             return None, events
 
-        await self._store.commit(commit)
+        return commit
 
     def _moved(
         self,

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from leadflow.chassis.duework import ClaimedWork
 from services.nurture.rules import (
@@ -38,6 +38,7 @@ from services.nurture.store import (
     BatchWork,
     ContactFilter,
     EnrollmentFilter,
+    EnrollmentsChangedMeanwhile,
     Work,
     step_timers,
 )
@@ -63,10 +64,20 @@ def _newest_first(enrollment: Enrollment) -> tuple[datetime, datetime]:
     return enrollment.enrolled_at, enrollment.triggered_at
 
 
+class _NurtureLedger(InMemoryLedger):
+    def _restore(self, saved: Any) -> None:
+        # The timers are restored inside the object every runner holds (a commit that
+        # aborts after finishing its timers must leave them claimable by that runner).
+        due = self.tables.due
+        due.items = saved.due.items
+        super()._restore(saved)
+        self.tables.due = due
+
+
 class InMemoryNurtureStore:
     def __init__(self) -> None:
         self.tables = _Tables()
-        self.ledger = InMemoryLedger(self.tables)
+        self.ledger = _NurtureLedger(self.tables)
         self.reads: Counter[str] = Counter()
         """Queries per collection: contacts, enrollments, sequences, config_versions."""
         # Outside the tables: send records and rate windows are written outside
@@ -301,8 +312,13 @@ class _InMemoryNurtureTransaction:
                 active[e.lead_id] = (*active.get(e.lead_id, ()), e)
         return active
 
-    async def save(self, changes: NurtureChanges) -> None:
+    async def save(
+        self, changes: NurtureChanges, *, as_read: Mapping[str, Enrollment] | None = None
+    ) -> None:
         tables = self._tables
+        for enrollment_id, read in (as_read or {}).items():
+            if tables.enrollments.get(enrollment_id) != read:
+                raise EnrollmentsChangedMeanwhile
         for lead in changes.contacts:
             tables.contacts[lead.lead_id] = lead
         for enrollment in changes.changed:

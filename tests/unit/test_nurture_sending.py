@@ -6,7 +6,9 @@ senders are exercised against loopback servers in the integration tests)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -21,6 +23,7 @@ from services.nurture.rules import (
     SEND_KIND,
     EnrollmentStatus,
     FrequencyCap,
+    NurtureChanges,
     NurtureSequence,
     QuietHours,
     SendPolicy,
@@ -32,13 +35,14 @@ from services.nurture.rules import (
     Step,
 )
 from services.nurture.sending import SendDueSteps, Senders, SendSettings
-from services.nurture.store import EnrollmentFilter
+from services.nurture.store import EnrollmentFilter, NurtureTransaction
 from services.nurture.usecases import ApplyLeadEvents, EnrollByHand, Sequences
 from shared.events import (
     Attribution,
     Consent,
     Contact,
     EngagementRecordedV1,
+    Event,
     LeadReceivedV1,
     MessageFailedV1,
     MessageSentV1,
@@ -57,8 +61,12 @@ class Provider:
 
     sent: list[OutboundEmail | OutboundSms] = field(default_factory=list)
     errors: list[Exception] = field(default_factory=list)
+    meanwhile: Callable[[], Awaitable[None]] | None = None
+    """What happens elsewhere while the provider takes the message."""
 
     async def send(self, message: OutboundEmail | OutboundSms) -> str:
+        if self.meanwhile is not None:
+            await self.meanwhile()
         if self.errors:
             raise self.errors.pop(0)
         self.sent.append(message)
@@ -196,6 +204,33 @@ async def test_a_due_step_is_sent_rendered_and_the_next_one_planned(world: World
     assert await world.run() == 1
     assert len(world.email.sent) == 2
     assert (await world.enrollment("a")).status is EnrollmentStatus.COMPLETED
+
+
+async def test_an_engagement_recorded_while_the_message_is_sent_is_kept(world: World) -> None:
+    """The commit decides from the enrollment as read before sending: one changed meanwhile
+    is moved on from its current state, not overwritten."""
+    await world.lead("r")
+    sequence_id = await world.sequence(email(0), email(24))
+    await world.enroll("r", sequence_id)
+
+    async def opened() -> None:
+        current = await world.enrollment("r")
+        engaged = dataclasses.replace(current, engaged=("opened:0",))
+
+        async def record(transaction: NurtureTransaction) -> tuple[None, list[Event]]:
+            await transaction.save(NurtureChanges(changed=(engaged,)))
+            return None, []
+
+        await world.store.commit(record)
+
+    world.email.meanwhile = opened
+    await world.run()  # the change voids the claim; the step is claimed again, not resent
+    world.email.meanwhile = None
+    assert len(world.email.sent) == 1
+    assert len(world.published(MessageSentV1)) == 1
+    enrollment = await world.enrollment("r")
+    assert (enrollment.current_step, enrollment.engaged) == (1, ("opened:0",))
+    assert enrollment.next_send_at == MONDAY_10_SEOUL + timedelta(hours=24)
 
 
 async def claimed_twice(world: World) -> tuple[list[ClaimedWork], list[ClaimedWork]]:
