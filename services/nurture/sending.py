@@ -339,16 +339,11 @@ class SendDueSteps:
         now = self._clock()
         ids = {str(c.work.payload["enrollment_id"]) for c in batch}
 
-        async def read(
-            transaction: NurtureTransaction,
-        ) -> tuple[tuple[dict[str, Enrollment], dict[str, LeadContact]], list[Event]]:
-            enrollments = await transaction.enrollments(ids)
-            contacts = await transaction.contacts({e.lead_id for e in enrollments.values()})
-            return (enrollments, contacts), []
-
-        # Independent reads go out together: a round trip each, not one after another.
+        # Independent reads go out together: a round trip each, not one after another. No
+        # transaction: the commit checks each enrollment by its write.
         (enrollments, contacts), found = await asyncio.gather(
-            self._store.commit(read), self._store.send_records([c.work.key for c in batch])
+            self._store.enrollments_with_contacts(ids),
+            self._store.send_records([c.work.key for c in batch]),
         )
         catalog, history = await asyncio.gather(
             self._sequences.catalog(needing={e.sequence_id for e in enrollments.values()}),

@@ -190,6 +190,14 @@ class NurtureStore(Protocol):
         """Insert those whose id is not taken, never touching one that exists; how many."""
         ...
 
+    async def enrollments_with_contacts(
+        self, enrollment_ids: Collection[str]
+    ) -> tuple[dict[str, Enrollment], dict[str, LeadContact]]:
+        """These enrollments by id (unknown ids left out) and their leads' stored contacts,
+        read outside any transaction: for a caller that checks each enrollment again when
+        it saves it (`save(..., as_read=...)`)."""
+        ...
+
     # --- sends (outside transactions: they guard an effect no transaction can undo) -------
 
     async def send_records(self, keys: Collection[str]) -> dict[str, SendRecord]: ...
@@ -408,6 +416,20 @@ class MongoNurtureStore:
         await self._versions.update_one(
             {"_id": SEQUENCES_VERSION}, {"$inc": {"version": 1}}, upsert=True, session=session
         )
+
+    async def enrollments_with_contacts(
+        self, enrollment_ids: Collection[str]
+    ) -> tuple[dict[str, Enrollment], dict[str, LeadContact]]:
+        enrollments = {
+            doc["_id"]: enrollment_from_document(doc)
+            for doc in await find_in(self._enrollments, "_id", enrollment_ids)
+        }
+        lead_ids = {e.lead_id for e in enrollments.values()}
+        contacts = {
+            doc["_id"]: contact_from_document(doc)
+            for doc in await find_in(self._contacts, "_id", lead_ids)
+        }
+        return enrollments, contacts
 
     # --- sends ----------------------------------------------------------------------------
 

@@ -246,6 +246,10 @@ async def test_contacts_and_enrollments_are_stored_as_saved(store: NurtureStore)
     assert actives == {"k": (active,)}
     assert await store.latest_enrollment("k") == active
     assert await store.latest_enrollment("nobody") is None
+    assert await store.enrollments_with_contacts({"e-k", "e-nobody"}) == (
+        {"e-k": active},
+        {"k": known},
+    )
 
 
 async def test_a_stopped_enrollment_makes_room_for_a_new_one(store: NurtureStore) -> None:

@@ -187,6 +187,16 @@ class InMemoryNurtureStore:
 
         return await self.ledger.commit(insert)
 
+    async def enrollments_with_contacts(
+        self, enrollment_ids: Collection[str]
+    ) -> tuple[dict[str, Enrollment], dict[str, LeadContact]]:
+        self.reads["enrollments"] += 1
+        self.reads["contacts"] += 1
+        tables = self.tables
+        enrollments = {i: tables.enrollments[i] for i in enrollment_ids if i in tables.enrollments}
+        lead_ids = {e.lead_id for e in enrollments.values()}
+        return enrollments, {i: tables.contacts[i] for i in lead_ids if i in tables.contacts}
+
     # --- sends ----------------------------------------------------------------------------
 
     async def send_records(self, keys: Collection[str]) -> dict[str, SendRecord]:
