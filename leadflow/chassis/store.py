@@ -14,6 +14,7 @@ the relay publishes in commit order whichever replica committed them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from collections.abc import Collection as Collection_
 from dataclasses import dataclass, replace
@@ -150,6 +151,11 @@ class EventLedger:
         self._clock = clock
         self._on_commit = on_commit
         self._through: int | None = None  # the relay's position, while this replica relays
+        # Every transaction that publishes takes the outbox sequence counter, so two of this
+        # replica's transactions at once conflict and one is redone after a back-off (with
+        # eight requests at once, each took seconds). They take turns here instead: only
+        # other replicas' transactions still conflict.
+        self._turn = asyncio.Lock()
 
     @property
     def handled_retention(self) -> timedelta:
@@ -239,11 +245,22 @@ class EventLedger:
         return await self._run(transaction)
 
     async def _run(self, transaction: Callable[[Session], Awaitable[T]]) -> T:
-        # Bounded: without it a transaction keeps retrying for two minutes while the
-        # database is unreachable, holding a request or a consumer batch all that time.
-        with pymongo.timeout(self._transaction_timeout_s):
-            async with self._client.start_session() as session:
-                result = await session.with_transaction(transaction)
+        # The wait for this replica's turn is bounded, and so is the transaction: without
+        # a bound it keeps retrying for two minutes while the database is unreachable,
+        # holding a request or a consumer batch all that time.
+        try:
+            async with asyncio.timeout(self._transaction_timeout_s):
+                await self._turn.acquire()
+        except TimeoutError as error:
+            raise ExecutionTimeout(
+                f"no turn to commit within {self._transaction_timeout_s} s"
+            ) from error
+        try:
+            with pymongo.timeout(self._transaction_timeout_s):
+                async with self._client.start_session() as session:
+                    result = await session.with_transaction(transaction)
+        finally:
+            self._turn.release()
         self._on_commit()
         return result
 

@@ -8,8 +8,16 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
+from pymongo.errors import ExecutionTimeout
 
-from leadflow.chassis.store import Document, LogPosition, OutboxRecord, Session, find_in
+from leadflow.chassis.store import (
+    Document,
+    EventLedger,
+    LogPosition,
+    OutboxRecord,
+    Session,
+    find_in,
+)
 from shared.events import Attribution, Contact, Event, LeadReceivedV1
 from tests.contract.conftest import NOW, MongoParts, mongo_parts
 
@@ -67,6 +75,61 @@ async def test_concurrent_commits_get_distinct_sequence_numbers_in_commit_order(
     assert [r.sequence for r in pending] == list(range(1, 41))
     # Each transaction's two records are next to each other: nothing interleaved.
     assert all(pending[i].key == pending[i + 1].key for i in range(0, 40, 2))
+
+
+async def test_a_replicas_concurrent_commits_take_turns_and_none_is_redone(
+    parts: MongoParts,
+) -> None:
+    """Eight requests at once on one replica, each writing its own document and publishing:
+    they take turns, so none conflicts on the outbox sequence and has its work run again."""
+    runs: list[str] = []
+
+    async def request(name: str) -> None:
+        async def work(session: Session) -> tuple[None, list[Event]]:
+            runs.append(name)
+            await parts.database["notes"].insert_one({"_id": name}, session=session)
+            await asyncio.sleep(0.01)  # the request's own reads and decisions
+            return None, [received(name)]
+
+        await parts.ledger.commit(work)
+
+    names = [f"request-{n}" for n in range(8)]
+    await asyncio.gather(*(request(name) for name in names))
+    assert sorted(runs) == names  # each work ran once: no transaction was redone
+    assert await parts.database["notes"].count_documents({}) == 8
+    assert [r.sequence for r in await parts.ledger.pending(100)] == list(range(1, 9))
+
+
+async def test_a_commit_that_gets_no_turn_in_time_is_an_outage_and_writes_nothing(
+    parts: MongoParts,
+) -> None:
+    """The wait for the replica's turn counts against TRANSACTION_TIMEOUT_S: a request
+    behind a stuck one answers 503 (ExecutionTimeout) instead of waiting without end."""
+    ledger = EventLedger(
+        parts.client,
+        parts.database,
+        handled_retention=timedelta(days=8),
+        clock=lambda: NOW,
+        transaction_timeout_s=0.5,
+    )
+    stuck = asyncio.Event()
+
+    async def slow(session: Session) -> tuple[None, list[Event]]:
+        await stuck.wait()
+        return None, []
+
+    async def quick(session: Session) -> tuple[None, list[Event]]:
+        return None, [received("behind")]
+
+    holder = asyncio.create_task(ledger.commit(slow))
+    await asyncio.sleep(0.05)
+    with pytest.raises(ExecutionTimeout, match="no turn"):
+        await ledger.commit(quick)
+    stuck.set()
+    await asyncio.gather(holder, return_exceptions=True)
+    assert await ledger.pending(10) == []
+    await ledger.commit(quick)  # the turn is free again
+    assert [r.key for r in await ledger.pending(10)] == ["behind"]
 
 
 async def test_a_lost_log_moves_the_relay_back_to_the_batch_that_held_the_offset(
