@@ -27,7 +27,7 @@ import dataclasses
 import html
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
@@ -640,28 +640,13 @@ class SendDueSteps:
 
     async def _commit_batches(self, batch: list[ClaimedWork], items: Sequence[_Item]) -> None:
         # From the enrollments as they are in the transaction. (Checking each write against
-        # the enrollment as read when deciding, `save(as_read=...)`, was tried: its bulk
-        # replace took ~8x as long on SecantusDB, likely as the whole-document filter is
-        # served from an index on a field thousands of enrollments share, not by `_id`.)
-        await self._store.commit(self._commit_work(batch, items, None))
-
-    def _commit_work(
-        self,
-        batch: list[ClaimedWork],
-        items: Sequence[_Item],
-        as_read: Mapping[str, Enrollment] | None,
-    ) -> Callable[[NurtureTransaction], Awaitable[tuple[None, list[Event]]]]:
-        """The batch's commit, from the enrollments `as_read` (checked when saved) or, without
-        them, from the enrollments read in the transaction."""
-
+        # the enrollment as read when deciding was tried: its bulk replace took ~8x as long
+        # on SecantusDB, likely as the whole-document filter is served from an index on a
+        # field thousands of enrollments share, not by `_id`.)
         async def commit(transaction: NurtureTransaction) -> tuple[None, list[Event]]:
             await transaction.take_commit_turn()
             now = self._clock()
-            current = (
-                dict(as_read)
-                if as_read is not None
-                else await transaction.enrollments({i.enrollment_id for i in items})
-            )
+            current = await transaction.enrollments({i.enrollment_id for i in items})
             changed: dict[str, Enrollment] = {}
             events: list[Event] = []
             for item in items:
@@ -696,10 +681,10 @@ class SendDueSteps:
                     changed[item.enrollment_id] = moved
             # Timers first: finishing a claimed one then rescheduling its key is a new item.
             await transaction.finish(batch)
-            await transaction.save(NurtureChanges(changed=tuple(changed.values())), as_read=as_read)
+            await transaction.save(NurtureChanges(changed=tuple(changed.values())))
             return None, events
 
-        return commit
+        await self._store.commit(commit)
 
     def _moved(
         self,

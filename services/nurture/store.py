@@ -20,7 +20,7 @@ steps of each flow in `usecases`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -104,18 +104,11 @@ class NurtureTransaction(Protocol):
         """The active enrollments of each of these leads that has some (one query)."""
         ...
 
-    async def save(
-        self, changes: NurtureChanges, *, as_read: Mapping[str, Enrollment] | None = None
-    ) -> None:
+    async def save(self, changes: NurtureChanges) -> None:
         """Store changed contacts and new or changed enrollments, in bulk, and their timers:
         an active enrollment's current step is scheduled at its `next_send_at` (key
         `send_key`), any other's is cancelled. Raises AlreadyEnrolledError if a lead would
-        have two active enrollments in one sequence.
-
-        `as_read`: the enrollments as the caller read them before this transaction. Each
-        is checked to be stored so still (the changed ones by their write, the others by a
-        read), and EnrollmentsChangedMeanwhile is raised otherwise: the caller's transaction
-        must then abort, as what it decided from them is stale."""
+        have two active enrollments in one sequence."""
         ...
 
     async def enrollments(self, enrollment_ids: Collection[str]) -> dict[str, Enrollment]:
@@ -194,8 +187,8 @@ class NurtureStore(Protocol):
         self, enrollment_ids: Collection[str]
     ) -> tuple[dict[str, Enrollment], dict[str, LeadContact]]:
         """These enrollments by id (unknown ids left out) and their leads' stored contacts,
-        read outside any transaction: for a caller that checks each enrollment again when
-        it saves it (`save(..., as_read=...)`)."""
+        read outside any transaction: for a caller that reads each enrollment again in the
+        transaction that changes it."""
         ...
 
     # --- sends (outside transactions: they guard an effect no transaction can undo) -------
@@ -625,9 +618,7 @@ class _MongoNurtureTransaction:
             )
         return active
 
-    async def save(
-        self, changes: NurtureChanges, *, as_read: Mapping[str, Enrollment] | None = None
-    ) -> None:
+    async def save(self, changes: NurtureChanges) -> None:
         store, session = self._store, self._session
         # Contacts read in this transaction are replaced, new ones inserted (far cheaper
         # than upserts on the local server); a lead whose contact another replica inserts at
@@ -644,48 +635,23 @@ class _MongoNurtureTransaction:
                 ordered=False,
                 session=session,
             )
-        read = as_read or {}
-        untouched = read.keys() - {e.enrollment_id for e in changes.changed}
-        if untouched:
-            stored = await self.enrollments(untouched)
-            if any(stored.get(key) != read[key] for key in untouched):
-                raise EnrollmentsChangedMeanwhile
         # Changed enrollments first: a lead's stopped enrollment makes room for its new one.
-        # One read before this transaction is checked by its write: it matches only the
-        # document as read.
         writes: list[ReplaceOne[Document] | InsertOne[Document]] = [
-            ReplaceOne(_as_read(e.enrollment_id, read), enrollment_document(e))
-            for e in changes.changed
+            ReplaceOne({"_id": e.enrollment_id}, enrollment_document(e)) for e in changes.changed
         ]
         writes += [InsertOne(enrollment_document(e)) for e in changes.started]
         if not writes:
             return
         try:
-            result = await store._enrollments.bulk_write(writes, ordered=True, session=session)
+            await store._enrollments.bulk_write(writes, ordered=True, session=session)
         except BulkWriteError as error:
             second = _second_active_enrollment_of(error)
             if second is None:
                 raise
             raise AlreadyEnrolledError(*second) from error
-        if as_read is not None and result.matched_count < len(changes.changed):
-            raise EnrollmentsChangedMeanwhile
         due, done = step_timers((*changes.changed, *changes.started))
         await store.due.cancel(done, session=session)
         await store.due.schedule(due, session=session)
-
-
-class EnrollmentsChangedMeanwhile(Exception):  # noqa: N818 - a state of the world, not a bug
-    """An enrollment read before the transaction is stored otherwise now: what was decided
-    from it is stale, and the transaction must abort."""
-
-
-def _as_read(enrollment_id: str, read: Mapping[str, Enrollment]) -> Document:
-    """The filter matching the enrollment only as it was read (any, if it was not)."""
-    if enrollment_id not in read:
-        return {"_id": enrollment_id}
-    document = enrollment_document(read[enrollment_id])
-    # `_id` first: SecantusDB then finds the document by its key.
-    return {"_id": document.pop("_id"), **document}
 
 
 def _only_duplicate_keys(error: BulkWriteError) -> bool:

@@ -37,7 +37,6 @@ from services.nurture.rules import (
 from services.nurture.store import (
     ContactFilter,
     EnrollmentFilter,
-    EnrollmentsChangedMeanwhile,
     MongoNurtureStore,
     NurtureStore,
     NurtureTransaction,
@@ -270,40 +269,6 @@ async def test_a_stopped_enrollment_makes_room_for_a_new_one(store: NurtureStore
     # Both enrolled at NOW: the later trigger is the newer enrollment.
     listed = await store.list_enrollments(EnrollmentFilter(lead_id="r"))
     assert listed == [second, ended]
-
-
-async def test_saving_from_a_stale_read_writes_nothing(store: NurtureStore) -> None:
-    read = enrollment("m", "e-m")
-    untouched = enrollment("u", "e-u")
-    await save(store, NurtureChanges(started=(read, untouched)))
-    stopped_meanwhile = dataclasses.replace(
-        read, status=EnrollmentStatus.STOPPED, stop_reason=StopReason.REPLIED, stopped_at=LATER
-    )
-    await save(store, NurtureChanges(changed=(stopped_meanwhile,)))
-    moved_on = dataclasses.replace(read, current_step=1, next_send_at=LATER)
-    also_moved = dataclasses.replace(untouched, current_step=1, next_send_at=LATER)
-
-    async def from_stale_read(transaction: NurtureTransaction) -> tuple[None, list[Event]]:
-        await transaction.save(
-            NurtureChanges(changed=(also_moved, moved_on)),
-            as_read={"e-m": read, "e-u": untouched},
-        )
-        return None, []
-
-    with pytest.raises(EnrollmentsChangedMeanwhile):
-        await store.commit(from_stale_read)
-    assert await store.latest_enrollment("m") == stopped_meanwhile
-    assert await store.latest_enrollment("u") == untouched
-
-    async def from_current_read(transaction: NurtureTransaction) -> tuple[None, list[Event]]:
-        await transaction.save(
-            NurtureChanges(changed=(also_moved,)),
-            as_read={"e-m": stopped_meanwhile, "e-u": untouched},
-        )
-        return None, []
-
-    await store.commit(from_current_read)
-    assert await store.latest_enrollment("u") == also_moved
 
 
 async def test_a_lead_is_never_active_twice_in_one_sequence(store: NurtureStore) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -38,7 +38,6 @@ from services.nurture.store import (
     BatchWork,
     ContactFilter,
     EnrollmentFilter,
-    EnrollmentsChangedMeanwhile,
     Work,
     step_timers,
 )
@@ -322,13 +321,8 @@ class _InMemoryNurtureTransaction:
                 active[e.lead_id] = (*active.get(e.lead_id, ()), e)
         return active
 
-    async def save(
-        self, changes: NurtureChanges, *, as_read: Mapping[str, Enrollment] | None = None
-    ) -> None:
+    async def save(self, changes: NurtureChanges) -> None:
         tables = self._tables
-        for enrollment_id, read in (as_read or {}).items():
-            if tables.enrollments.get(enrollment_id) != read:
-                raise EnrollmentsChangedMeanwhile
         for lead in changes.contacts:
             tables.contacts[lead.lead_id] = lead
         for enrollment in changes.changed:
