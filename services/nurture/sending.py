@@ -10,11 +10,11 @@ One batch of claimed timers goes through three phases:
    so no number of replicas or restarts sends a step twice.
 3. **Commit** (one transaction): the enrollments as they are now are moved on (or their
    step re-planned), `MessageSentV1` / `MessageFailedV1` go to the outbox, and the timers
-   are finished. The providers' answers are written into the send records at the same
-   time, outside the transaction, and both writes are awaited whatever becomes of the
-   other. If a timer was taken over meanwhile, the transaction aborts (LeaseLost); the
-   replica that fires it next finds the send record with its answer and publishes what
-   happened instead of sending again.
+   are finished. Refusals are written into the send records at the same time, outside the
+   transaction; accepted messages' answers only if the commit fails. If a timer was taken
+   over meanwhile, the transaction aborts (LeaseLost); the replica that fires it next
+   finds the send record with its answer and publishes what happened instead of sending
+   again.
 
 Each phase makes a fixed number of round trips per batch, not per message; reads and
 writes that do not depend on each other go out together.
@@ -304,34 +304,51 @@ class SendDueSteps:
         log.debug("due steps handled", count=len(items), by=_tally(items), **phases)
 
     async def _record_and_commit(self, batch: list[ClaimedWork], items: Sequence[_Item]) -> None:
-        """The providers' answers go into the send records beside (not before) the commit: the
-        records live outside the transaction, and both are awaited whatever happens to the
-        other, so a commit that aborts (LeaseLost) leaves the answers stored for the replica
-        that fires the steps next. An answer that could not be stored after a commit that
-        did happen leaves its record `sending`: it still counts for the caps and the step is
-        never sent again."""
+        """Refusals go into the send records beside (not before) the commit: a retry or a
+        replay needs them whatever becomes of it. An accepted message's answer is stored
+        only if the commit did not land: once it has, the enrollment is past the step (its
+        timer gone, never fired again) and the outbox's `MessageSentV1` carries the
+        answer, so nothing would read it, and its record stays `sending` (which counts for
+        the caps as `sent` does). When the commit fails (LeaseLost, an outage), every
+        answer is stored before the error goes on, so the replica that fires the steps next
+        publishes what happened instead of sending again or reporting an unknown outcome;
+        until then it finds the record `sending` and recent, and waits. An answer that could
+        not be stored leaves its record `sending`: the step is still never sent again."""
+        answered = [i.send for i in items if i.message is not None and i.send is not None]
+        accepted = [r for r in answered if r.status is SendStatus.SENT]
+        refused = [r for r in answered if r.status is not SendStatus.SENT]
 
         async def tell_and_commit() -> None:
             await self._tell_channels(items)
             await self._commit(batch, items)
 
         recorded, committed = await asyncio.gather(
-            self._store.record_outcomes(
-                [i.send for i in items if i.message is not None and i.send is not None]
-            ),
-            tell_and_commit(),
-            return_exceptions=True,
+            self._store.record_outcomes(refused), tell_and_commit(), return_exceptions=True
         )
         if isinstance(committed, BaseException):
+            if isinstance(committed, Exception) and accepted:
+                await self._record_quietly(accepted, items)
             raise committed
         if isinstance(recorded, BaseException):
             if not isinstance(recorded, Exception):
                 raise recorded
-            log.warning(
-                "providers' answers not stored after the batch committed; records stay sending",
-                keys=[i.key for i in items][:10],
-                error=repr(recorded),
-            )
+            self._not_recorded(items, recorded)
+
+    async def _record_quietly(self, answers: Sequence[SendRecord], items: Sequence[_Item]) -> None:
+        """Store these answers; a failure is logged, not raised (the batch's own error is
+        what the runner needs to see)."""
+        try:
+            await self._store.record_outcomes(answers)
+        except Exception as error:  # noqa: BLE001 - logged; the commit's error is raised
+            self._not_recorded(items, error)
+
+    @staticmethod
+    def _not_recorded(items: Sequence[_Item], error: Exception) -> None:
+        log.warning(
+            "providers' answers not stored; their records stay sending",
+            keys=[i.key for i in items][:10],
+            error=repr(error),
+        )
 
     # --- 1. decide ----------------------------------------------------------------------------
 

@@ -12,9 +12,14 @@ steps of each flow in `usecases`.
   the version they started on) and a `status` (active / paused / archived).
 - `sends`: one record per step's send key, inserted before the message leaves (so no step is
   sent twice); a refusal (retryable or final) is written into it. `send_outcomes`: the
-  provider's answer to each message that went (`_id` the send key), inserted once: it is
+  provider's answer to a message that went (`_id` the send key), inserted once: it is
   final, and an insert costs the local MongoDB-wire server a fraction of an update. Records
-  are read with their outcome laid over them.
+  are read with their outcome laid over them. The send loop stores an accepted answer only
+  when its batch's commit failed (see `services.nurture.sending`): a committed step's
+  record stays `sending`, its enrollment past the step and its `MessageSentV1` published.
+- Fields whose value is None (and an enrollment's empty `engaged`) are not stored: the local
+  server's cost grows with every element it encodes, indexes and logs; readers take a
+  missing field as None, as they read documents written before, which stored them.
 """
 
 from __future__ import annotations
@@ -698,8 +703,12 @@ def _shallow(record: Enrollment | SendRecord) -> Document:
     return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
+def _without_none(doc: Document) -> Document:
+    return {name: value for name, value in doc.items() if value is not None}
+
+
 def send_document(record: SendRecord) -> Document:
-    doc = _shallow(record)
+    doc = _without_none(_shallow(record))
     doc["_id"] = doc.pop("key")
     return doc
 
@@ -850,10 +859,13 @@ def sequence_from_document(doc: Document) -> SequenceRecord:
 
 
 def enrollment_document(enrollment: Enrollment) -> Document:
-    doc = _shallow(enrollment)
+    doc = _without_none(_shallow(enrollment))
     doc["_id"] = doc.pop("enrollment_id")
     doc["channels"] = list(enrollment.channels)
-    doc["engaged"] = list(enrollment.engaged)
+    if enrollment.engaged:
+        doc["engaged"] = list(enrollment.engaged)
+    else:
+        del doc["engaged"]
     return doc
 
 
