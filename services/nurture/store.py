@@ -24,7 +24,6 @@ steps of each flow in `usecases`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
@@ -432,9 +431,10 @@ class MongoNurtureStore:
     # --- sends ----------------------------------------------------------------------------
 
     async def send_records(self, keys: Collection[str]) -> dict[str, SendRecord]:
-        documents, outcomes = await asyncio.gather(
-            find_in(self._sends, "_id", keys), find_in(self._outcomes, "_id", keys)
-        )
+        # Outcomes only for the records found: the send loop asks for every key it is about
+        # to send, and almost none has a record yet.
+        documents = await find_in(self._sends, "_id", keys)
+        outcomes = await find_in(self._outcomes, "_id", [doc["_id"] for doc in documents])
         return {r.key: r for r in _with_outcomes(documents, outcomes)}
 
     async def sends_since(
