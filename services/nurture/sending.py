@@ -108,9 +108,11 @@ class OptOuts(Protocol):
     """The channels' opt-out store (unsubscribe links, STOP/START): checked right before
     sending, so an opt-out counts even before nurture has consumed its event."""
 
-    async def opted_out_channels(
-        self, lead_ids: Collection[str]
-    ) -> dict[str, frozenset[Channel]]: ...
+    async def opted_out_of(
+        self, wanted: Collection[tuple[str, Channel]]
+    ) -> set[tuple[str, Channel]]:
+        """Which of these (lead, channel) pairs the lead opted out of."""
+        ...
 
     async def opted_out_phones(self, phones: Collection[str]) -> set[str]: ...
 
@@ -473,9 +475,10 @@ class SendDueSteps:
         sending = [i for i in items if i.message is not None]
         if self._opt_outs is None or not sending:
             return
-        leads = {i.message.lead_id for i in sending if i.message is not None}
-        by_lead, phones, bounced = await asyncio.gather(
-            self._opt_outs.opted_out_channels(leads),
+        # Each lead only for the channel it is about to get.
+        wanted = {(i.message.lead_id, i.channel) for i in sending if i.message and i.channel}
+        leads_out, phones, bounced = await asyncio.gather(
+            self._opt_outs.opted_out_of(wanted),
             self._opt_outs.opted_out_phones(
                 {i.message.to for i in sending if isinstance(i.message, OutboundSms)}
             ),
@@ -490,7 +493,7 @@ class SendDueSteps:
             if isinstance(message, OutboundEmail) and message.to in bounced:
                 item.decision = StepDecision(StepOutcome.SKIP, "the address hard-bounced")
                 item.message = item.send = None
-            elif item.channel in by_lead.get(message.lead_id, frozenset()) or (
+            elif (message.lead_id, item.channel) in leads_out or (
                 isinstance(message, OutboundSms) and message.to in phones
             ):
                 item.decision = StepDecision(StepOutcome.SKIP, f"opted out of {item.channel}")

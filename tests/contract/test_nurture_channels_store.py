@@ -22,6 +22,7 @@ from services.nurture.channels.usecases import (
     UnknownStatusError,
 )
 from shared.events import (
+    Channel,
     EngagementRecordedV1,
     Event,
     LeadOptedInV1,
@@ -127,13 +128,17 @@ async def test_stop_opts_the_number_and_its_lead_out_of_sms_only(subject: Subjec
 
 async def test_an_email_unsubscribe_and_an_sms_stop_are_independent(subject: Subject) -> None:
     channels = feedback(subject.store)
+    both: list[tuple[str, Channel]] = [("both", "email"), ("both", "sms"), ("other", "sms")]
     await channels.remember_sms_recipients([SmsRecipient(PHONE, "both", NOW)])
     await channels.unsubscribe_email(claims(TokenKind.UNSUBSCRIBE, "both"))
     await channels.inbound_sms(InboundSms("SM9", PHONE, "START"))  # opting in SMS ...
     assert await subject.store.opted_out_channels(["both"]) == {"both": frozenset({"email"})}
+    assert await subject.store.opted_out_of(both) == {("both", "email")}
     await channels.inbound_sms(InboundSms("SM10", PHONE, "STOP"))
     await channels.opt_out("both", "email", "one_click", opted_out=False)
     assert await subject.store.opted_out_channels(["both"]) == {"both": frozenset({"sms"})}
+    assert await subject.store.opted_out_of(both) == {("both", "sms")}
+    assert await subject.store.opted_out_of([("both", "email")]) == set()
 
 
 async def test_stop_from_an_unknown_number_blocks_the_number(subject: Subject) -> None:

@@ -59,6 +59,16 @@ class InMemoryChannelStore:
                 found[lead_id] = channels
         return found
 
+    async def opted_out_of(
+        self, wanted: Collection[tuple[str, Channel]]
+    ) -> set[tuple[str, Channel]]:
+        return {
+            (lead_id, channel)
+            for lead_id, channel in wanted
+            if (state := self.tables.opt_outs.get(lead_opt_out_key(lead_id, channel)))
+            and state.opted_out
+        }
+
     async def opted_out_phones(self, phones: Collection[str]) -> set[str]:
         return {
             phone

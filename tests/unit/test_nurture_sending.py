@@ -19,6 +19,7 @@ from leadflow.chassis.duework import ClaimedWork, DueWorkRunner, LeaseLost
 from services.nurture.channels.email import OutboundEmail
 from services.nurture.channels.errors import PermanentSendError, RetryableSendError
 from services.nurture.channels.sms import OutboundSms
+from services.nurture.channels.usecases import ChannelFeedback
 from services.nurture.rules import (
     SEND_KIND,
     EnrollmentStatus,
@@ -48,6 +49,7 @@ from shared.events import (
     MessageSentV1,
 )
 from tests.fakes.nurture import InMemoryNurtureStore
+from tests.fakes.nurture_channels import InMemoryChannelStore
 
 pytestmark = pytest.mark.unit
 
@@ -95,6 +97,8 @@ class World:
     email: Provider = field(default_factory=Provider)
     sms: Provider = field(default_factory=Provider)
     rate: dict[str, int] = field(default_factory=lambda: {"email": 1000, "sms": 1000})
+    channels: InMemoryChannelStore = field(default_factory=InMemoryChannelStore)
+    """The channels' opt-outs, checked right before sending."""
 
     def __post_init__(self) -> None:
         cache: VersionedCache[SequenceCatalog] = VersionedCache(
@@ -121,6 +125,7 @@ class World:
                 retry_base=timedelta(seconds=30),
             ),
             clock=self.clock,
+            opt_outs=self.channels,
         )
         return DueWorkRunner(
             self.store.due, kinds={SEND_KIND}, fire=send, clock=self.clock, lease_s=30
@@ -400,6 +405,28 @@ async def test_a_template_a_lead_cannot_fill_fails_that_message_not_the_loop(
     assert world.sms.sent == []
     # The loop went on: each lead's next step is planned and goes out.
     assert len(world.email.sent) == 2
+
+
+async def test_an_opt_out_of_one_channel_skips_only_that_channels_steps(world: World) -> None:
+    """Checked right before sending, against the channels' own opt-outs (nurture may not
+    have consumed the opt-out event yet)."""
+    await world.lead("half", phone="+821011112222")
+    await world.lead("other", phone="+821033334444")
+    text = Step(channel="sms", delay_hours=0, body="Hi {{ first_name }}")
+    emails, texts = await world.sequence(email(0)), await world.sequence(text)
+    for lead_id in ("half", "other"):
+        await world.enroll(lead_id, emails)
+        await world.enroll(lead_id, texts)
+    await ChannelFeedback(world.channels, clock=world.clock).opt_out("half", "email", "one_click")
+
+    await world.run()
+    assert [m.lead_id for m in world.email.sent] == ["other"]
+    assert sorted(m.lead_id for m in world.sms.sent) == ["half", "other"]
+    assert sorted((e.lead_id, e.channel) for e in world.published(MessageSentV1)) == [
+        ("half", "sms"),
+        ("other", "email"),
+        ("other", "sms"),
+    ]
 
 
 async def test_a_paused_sequence_holds_its_steps_until_resumed(world: World) -> None:

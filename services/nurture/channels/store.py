@@ -94,6 +94,14 @@ class ChannelStore(Protocol):
         """The channels each lead opted out of (leads with none are left out)."""
         ...
 
+    async def opted_out_of(
+        self, wanted: Collection[tuple[str, Channel]]
+    ) -> set[tuple[str, Channel]]:
+        """Which of these (lead, channel) pairs the lead opted out of: the send loop asks
+        only about the channel each lead is about to get (half the keys of
+        `opted_out_channels`)."""
+        ...
+
     async def opted_out_phones(self, phones: Collection[str]) -> set[str]:
         """Which of these numbers opted out of SMS (STOP, or the carrier said so)."""
         ...
@@ -146,6 +154,19 @@ class MongoChannelStore:
         for doc in await find_in(self._opt_outs, "_id", keys, also={"opted_out": True}):
             found.setdefault(doc["lead_id"], set()).add(doc["channel"])
         return {lead_id: frozenset(channels) for lead_id, channels in found.items()}
+
+    async def opted_out_of(
+        self, wanted: Collection[tuple[str, Channel]]
+    ) -> set[tuple[str, Channel]]:
+        keys = [lead_opt_out_key(lead_id, channel) for lead_id, channel in wanted]
+        docs = await find_in(
+            self._opt_outs,
+            "_id",
+            keys,
+            also={"opted_out": True},
+            projection={"lead_id": 1, "channel": 1},
+        )
+        return {(doc["lead_id"], doc["channel"]) for doc in docs}
 
     async def opted_out_phones(self, phones: Collection[str]) -> set[str]:
         keys = [phone_key(phone) for phone in phones]
