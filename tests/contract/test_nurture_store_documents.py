@@ -13,13 +13,12 @@ from services.nurture.rules import (
     Enrollment,
     EnrollmentStatus,
     NurtureChanges,
-    SendRecord,
-    SendStatus,
     StopReason,
 )
 from services.nurture.store import MongoNurtureStore, NurtureTransaction
 from shared.events import Event
 from tests.contract.conftest import NOW, MongoParts, mongo_parts
+from tests.contract.test_nurture_store import a_send
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +74,7 @@ OLD_ENROLLMENT = {
 OLD_SEND = {
     "_id": "send:old:0",
     "lead_id": "lead-old",
-    "enrollment_id": "old",
+    "enrollment_id": "e",
     "sequence_id": "s",
     "step": 0,
     "channel": "email",
@@ -105,16 +104,7 @@ async def test_documents_written_before_are_read_as_before(
         stop_reason=StopReason.REPLIED,
     )
     found = await store.send_records(["send:old:0"])
-    assert found["send:old:0"] == SendRecord(
-        key="send:old:0",
-        lead_id="lead-old",
-        enrollment_id="old",
-        sequence_id="s",
-        step=0,
-        channel="email",
-        status=SendStatus.SENDING,
-        reserved_at=NOW,
-    )
+    assert found["send:old:0"] == a_send("send:old:0", "lead-old")
     assert [r.key for r in (await store.sends_since(["lead-old"], NOW))["lead-old"]] == [
         "send:old:0"
     ]
@@ -130,16 +120,7 @@ async def test_none_fields_are_not_stored_and_read_back_as_none(
         return None, []
 
     await store.commit(start)
-    record = SendRecord(
-        key="send:fresh:0",
-        lead_id="lead-fresh",
-        enrollment_id="fresh",
-        sequence_id="s",
-        step=0,
-        channel="sms",
-        status=SendStatus.SENDING,
-        reserved_at=NOW,
-    )
+    record = a_send("send:fresh:0", "lead-fresh")
     assert await store.reserve_sends([record]) == {"send:fresh:0": 1}
 
     stored = await parts.database["enrollments"].find_one({"_id": "fresh"})
