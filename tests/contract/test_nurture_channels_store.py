@@ -183,6 +183,17 @@ async def test_the_number_belongs_to_the_lead_texted_last(subject: Subject) -> N
     assert outcome.lead_id == "newer"
 
 
+async def test_replicas_remembering_one_number_at_once_leave_the_newest(
+    subject: Subject,
+) -> None:
+    channels = feedback(subject.store)
+    texted = [SmsRecipient(PHONE, f"lead-{n}", NOW + timedelta(minutes=n)) for n in range(5)]
+    await asyncio.gather(*(channels.remember_sms_recipients([r]) for r in reversed(texted)))
+    assert (await channels.inbound_sms(InboundSms("SMr", PHONE, "hi"))).lead_id == "lead-4"
+    await asyncio.gather(*(channels.remember_sms_recipients([r]) for r in texted[:4]))
+    assert (await channels.inbound_sms(InboundSms("SMs", PHONE, "hi"))).lead_id == "lead-4"
+
+
 async def test_delivery_reports_never_move_backwards(subject: Subject) -> None:
     status_claims = claims(TokenKind.SMS_STATUS)
     channels = feedback(subject.store)

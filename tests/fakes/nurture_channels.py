@@ -59,6 +59,12 @@ class InMemoryChannelStore:
                 found[lead_id] = channels
         return found
 
+    async def remember_recipients(self, recipients: Sequence[SmsRecipient]) -> None:
+        for recipient in recipients:
+            stored = self.tables.recipients.get(recipient.phone)
+            if stored is None or stored.at <= recipient.at:
+                self.tables.recipients[recipient.phone] = recipient
+
     async def opted_out_of(
         self, wanted: Collection[tuple[str, Channel]]
     ) -> set[tuple[str, Channel]]:

@@ -11,8 +11,9 @@
   so an inbound text is attributed.
 
 Every change commits with the events it implies (outbox) through the chassis ledger, in
-one transaction. The send loop reads opt-outs, statuses and engagements for many leads
-at once (`find_in`, chunked).
+one transaction; only the send loop's recipients are written outside one (they imply no
+event, and each number keeps its newest whatever the order of the writes). The send loop
+reads opt-outs, statuses and engagements for many leads at once (`find_in`, chunked).
 """
 
 from __future__ import annotations
@@ -94,6 +95,12 @@ class ChannelStore(Protocol):
         """The channels each lead opted out of (leads with none are left out)."""
         ...
 
+    async def remember_recipients(self, recipients: Sequence[SmsRecipient]) -> None:
+        """Store who was texted at each number, outside any transaction: a number keeps its
+        newest recipient (by `at`) whatever the order the writes of several replicas land
+        in. One number at most once in `recipients`."""
+        ...
+
     async def opted_out_of(
         self, wanted: Collection[tuple[str, Channel]]
     ) -> set[tuple[str, Channel]]:
@@ -167,6 +174,29 @@ class MongoChannelStore:
             projection={"lead_id": 1, "channel": 1},
         )
         return {(doc["lead_id"], doc["channel"]) for doc in docs}
+
+    async def remember_recipients(self, recipients: Sequence[SmsRecipient]) -> None:
+        # New numbers are inserted (an upsert costs the local server several inserts'
+        # worth); a number stored already is replaced only by a newer recipient, each
+        # replace atomic on its document.
+        if not recipients:
+            return
+        stored: set[str] = set()
+        try:
+            await self._recipients.insert_many(
+                [recipient_document(r) for r in recipients], ordered=False
+            )
+        except BulkWriteError as error:
+            if not _only_duplicates(error):
+                raise
+            stored = {str(f["keyValue"]["_id"]) for f in error.details["writeErrors"]}
+        newer = [
+            ReplaceOne({"_id": r.phone, "at": {"$lte": r.at}}, recipient_document(r))
+            for r in recipients
+            if r.phone in stored
+        ]
+        if newer:
+            await self._recipients.bulk_write(newer, ordered=False)
 
     async def opted_out_phones(self, phones: Collection[str]) -> set[str]:
         keys = [phone_key(phone) for phone in phones]

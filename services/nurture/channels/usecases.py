@@ -261,14 +261,9 @@ class ChannelFeedback:
 
     async def remember_sms_recipients(self, recipients: Sequence[SmsRecipient]) -> None:
         """Who was texted at which number (the send loop, once per batch of sends), so a
-        text back is attributed even before any delivery report arrives."""
-
-        async def work(tx: ChannelTransaction) -> tuple[None, list[Event]]:
-            await _remember(tx, recipients)
-            return None, []
-
-        if recipients:
-            await self._store.commit(work)
+        text back is attributed even before any delivery report arrives. No transaction:
+        it implies no event, and each number keeps its newest recipient."""
+        await self._store.remember_recipients(_newest_per_phone(recipients))
 
 
 class SentEmails(Protocol):
@@ -464,14 +459,20 @@ async def _add_engagements(
     return list(fresh.values())
 
 
-async def _remember(tx: ChannelTransaction, recipients: Sequence[SmsRecipient]) -> None:
+def _newest_per_phone(recipients: Sequence[SmsRecipient]) -> list[SmsRecipient]:
     newest: dict[str, SmsRecipient] = {}
     for recipient in recipients:
         if recipient.phone not in newest or newest[recipient.phone].at <= recipient.at:
             newest[recipient.phone] = recipient
-    stored = await tx.recipients(list(newest))
+    return list(newest.values())
+
+
+async def _remember(tx: ChannelTransaction, recipients: Sequence[SmsRecipient]) -> None:
+    """As `ChannelStore.remember_recipients`, inside a transaction that changes more."""
+    newest = _newest_per_phone(recipients)
+    stored = await tx.recipients([r.phone for r in newest])
     await tx.save_recipients(
-        [r for phone, r in newest.items() if phone not in stored or stored[phone].at <= r.at]
+        [r for r in newest if r.phone not in stored or stored[r.phone].at <= r.at]
     )
 
 
