@@ -15,7 +15,8 @@ the relay publishes in commit order whichever replica committed them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from collections.abc import Collection as Collection_
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -196,15 +197,20 @@ class EventLedger:
             ]
         )
 
-    async def commit(self, work: Work[T]) -> T:
-        """Run `work` in a transaction and store the events it returns in the outbox."""
+    async def commit(self, work: Work[T], *, publishes: bool = True) -> T:
+        """Run `work` in a transaction and store the events it returns in the outbox.
+
+        `publishes=False`: `work` never returns events (it must not; ValueError if it
+        does), so the transaction takes no outbox sequence and need not wait for this
+        replica's turn: such transactions (on disjoint documents) run at once."""
 
         async def transaction(session: Session) -> T:
             result, events = await work(session)
+            self._check_publishes(publishes, events)
             await self._append(events, session)
             return result
 
-        return await self._run(transaction)
+        return await self._run(transaction, takes_turn=publishes)
 
     async def commit_batch(
         self,
@@ -212,6 +218,7 @@ class EventLedger:
         work: BatchWork[E, T],
         *,
         recorded_in: Collection | None = None,
+        publishes: bool = True,
     ) -> T | None:
         """Handle a batch of consumed events in one transaction.
 
@@ -221,7 +228,7 @@ class EventLedger:
 
         A service whose `work` itself stores every consumed event under its id (an event
         store) passes that collection as `recorded_in`: it serves as the inbox, and no
-        separate inbox record is written.
+        separate inbox record is written. `publishes=False`: as for `commit`.
         """
         inbox = self._inbox if recorded_in is None else recorded_in
 
@@ -230,6 +237,7 @@ class EventLedger:
             if not fresh:
                 return None
             result, events = await work(session, fresh)
+            self._check_publishes(publishes, events)
             if recorded_in is None:
                 now = self._clock()
                 await self._inbox.insert_many(
@@ -242,12 +250,33 @@ class EventLedger:
             await self._append(events, session)
             return result
 
-        return await self._run(transaction)
+        return await self._run(transaction, takes_turn=publishes)
 
-    async def _run(self, transaction: Callable[[Session], Awaitable[T]]) -> T:
-        # The wait for this replica's turn is bounded, and so is the transaction: without
-        # a bound it keeps retrying for two minutes while the database is unreachable,
-        # holding a request or a consumer batch all that time.
+    @staticmethod
+    def _check_publishes(publishes: bool, events: Sequence[Event]) -> None:
+        if events and not publishes:
+            raise ValueError(
+                f"a transaction committed with publishes=False returned {len(events)} events"
+            )
+
+    async def _run(self, transaction: Callable[[Session], Awaitable[T]], *, takes_turn: bool) -> T:
+        async with self._turn_if(takes_turn):
+            with pymongo.timeout(self._transaction_timeout_s):
+                async with self._client.start_session() as session:
+                    result = await session.with_transaction(transaction)
+        self._on_commit()
+        return result
+
+    @contextlib.asynccontextmanager
+    async def _turn_if(self, takes_turn: bool) -> AsyncIterator[None]:
+        """This replica's turn to commit, for a transaction that publishes.
+
+        The wait for the turn is bounded, and so is the transaction (in `_run`): without a
+        bound it keeps retrying for two minutes while the database is unreachable, holding
+        a request or a consumer batch all that time."""
+        if not takes_turn:
+            yield
+            return
         try:
             async with asyncio.timeout(self._transaction_timeout_s):
                 await self._turn.acquire()
@@ -256,13 +285,9 @@ class EventLedger:
                 f"no turn to commit within {self._transaction_timeout_s} s"
             ) from error
         try:
-            with pymongo.timeout(self._transaction_timeout_s):
-                async with self._client.start_session() as session:
-                    result = await session.with_transaction(transaction)
+            yield
         finally:
             self._turn.release()
-        self._on_commit()
-        return result
 
     async def _append(self, events: Sequence[Event], session: Session) -> None:
         if not events:

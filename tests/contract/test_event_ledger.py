@@ -100,6 +100,44 @@ async def test_a_replicas_concurrent_commits_take_turns_and_none_is_redone(
     assert [r.sequence for r in await parts.ledger.pending(100)] == list(range(1, 9))
 
 
+async def test_a_commit_that_publishes_nothing_need_not_wait_for_the_turn(
+    parts: MongoParts,
+) -> None:
+    """Analytics' transactions publish nothing: they run while a publishing one holds the
+    replica's turn (the parts of a consumed batch commit at once)."""
+    stuck = asyncio.Event()
+
+    async def slow(session: Session) -> tuple[None, list[Event]]:
+        await stuck.wait()
+        return None, [received("slow")]
+
+    async def note(session: Session) -> tuple[str, list[Event]]:
+        await parts.database["notes"].insert_one({"_id": "n"}, session=session)
+        return "noted", []
+
+    holder = asyncio.create_task(parts.ledger.commit(slow))
+    await asyncio.sleep(0.05)
+    assert await asyncio.wait_for(parts.ledger.commit(note, publishes=False), 10) == "noted"
+    assert not holder.done()
+    stuck.set()
+    await holder
+    assert await parts.database["notes"].count_documents({}) == 1
+    assert [r.key for r in await parts.ledger.pending(10)] == ["slow"]
+
+
+async def test_a_commit_said_to_publish_nothing_that_returns_events_writes_nothing(
+    parts: MongoParts,
+) -> None:
+    async def publishing(session: Session) -> tuple[None, list[Event]]:
+        await parts.database["notes"].insert_one({"_id": "x"}, session=session)
+        return None, [received("x")]
+
+    with pytest.raises(ValueError, match="publishes=False"):
+        await parts.ledger.commit(publishing, publishes=False)
+    assert await parts.database["notes"].count_documents({}) == 0
+    assert await parts.ledger.pending(10) == []
+
+
 async def test_a_commit_that_gets_no_turn_in_time_is_an_outage_and_writes_nothing(
     parts: MongoParts,
 ) -> None:
