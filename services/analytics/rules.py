@@ -818,6 +818,15 @@ def stored_payload(event: Event, *, erased: bool) -> dict[str, Any]:
     return payload
 
 
+def presumed_new_leads(events: Sequence[Event]) -> set[str]:
+    """Leads whose first event here is their lead-received: usually nothing is known of
+    them yet (a store may take that on trust, and must find out when it is wrong)."""
+    first: dict[str, Event] = {}
+    for event in events:
+        first.setdefault(event.lead_id, event)
+    return {lead for lead, event in first.items() if isinstance(event, LeadReceivedV1)}
+
+
 def is_campaign(event: Event) -> bool:
     return isinstance(event, CampaignSavedV1)
 

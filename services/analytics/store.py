@@ -5,10 +5,13 @@ and `reports`, the steps of each flow in `usecases`.
   the inbox): still fixed by the event, and a lead's events are one range of the primary
   key (timeline, erasure), so the store needs no secondary index; events of an unknown
   type or version too, with `known: false`.
-- `lead_facts`: per lead, what the next event needs (attribution, stages reached, ...).
+- `lead_facts`: per lead, what the next event needs (attribution, stages reached, ...), as
+  one JSON text per document (read by `_id` only). A batch looks up only the leads whose
+  first event in it is not their lead-received; the others are presumed new, and their
+  facts' insert proves it (a duplicate key records the batch again, every lead looked up).
 - `counter_deltas`: what each recorded batch adds to the counters and the open-lead gauge,
   as ONE document inserted in the batch's transaction (an insert is cheap on any server;
-  an upsert per counter is not), folded into `counters` and `open_leads` by `compact`
+  an upsert per counter is not), its increments and gauge moves one JSON text each, folded into `counters` and `open_leads` by `compact`
   (one replica at a time, in the background) and then deleted.
 - `counters`: one document per UTC hour and lead dimensions (channel, source, campaign,
   pool, rep) holding every metric counted for them, so a report reads a few documents per
@@ -40,12 +43,14 @@ import functools
 import hashlib
 import itertools
 import json
+import operator
 from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
     Collection,
     Iterable,
+    Iterator,
     Mapping,
     Sequence,
 )
@@ -161,7 +166,14 @@ OPEN_SPREADS = frozenset({"received", "touched", "awaiting"})
 class RecordingBatch(Protocol):
     """What a use case may read and write while recording one batch (one transaction)."""
 
-    async def lead_facts(self, lead_ids: Collection[str]) -> dict[str, LeadFacts]: ...
+    async def lead_facts(
+        self, lead_ids: Collection[str], *, presumed_new: Collection[str] = ()
+    ) -> dict[str, LeadFacts]:
+        """The stored facts of `lead_ids`. Those of `presumed_new` may be taken as absent
+        without a look-up: if some are stored after all, `save` fails and the batch is
+        recorded again with every lead looked up, so a wrong guess costs time only."""
+        ...
+
     async def save(self, tally: BatchTally, *, store_events: bool = True) -> None: ...
 
 
@@ -225,6 +237,9 @@ class AnalyticsStore(Protocol):
 
 
 class MongoAnalyticsStore:
+    """Analytics publishes nothing: its transactions (`publishes=False`) need not wait for
+    the replica's commit turn, so the parts of a consumed batch commit at once."""
+
     def __init__(
         self,
         database: Database,
@@ -319,7 +334,7 @@ class MongoAnalyticsStore:
             )
             return len(old), []
 
-        if migrated := await self._ledger.commit(migrate):
+        if migrated := await self._ledger.commit(migrate, publishes=False):
             log.info("analytics open-lead gauge kept per place now", documents=migrated)
 
     async def _key_events_by_lead(self) -> None:
@@ -360,7 +375,7 @@ class MongoAnalyticsStore:
             return len(old), []
 
         moved = 0
-        while rekeyed := await self._ledger.commit(rekey):
+        while rekeyed := await self._ledger.commit(rekey, publishes=False):
             moved += rekeyed
         await self._meta.update_one(
             {"_id": EVENT_KEYS_ID}, {"$set": {"by_lead": True}}, upsert=True
@@ -386,12 +401,12 @@ class MongoAnalyticsStore:
         fresh.reverse()
 
         async def all_new(session: Session) -> tuple[T, list[Event]]:
-            return await work(_MongoRecordingBatch(self, session), fresh), []
+            return await work(_MongoRecordingBatch(self, session, presume=True), fresh), []
 
         if not fresh:
             return None
         try:
-            return await self._ledger.commit(all_new)
+            return await self._ledger.commit(all_new, publishes=False)
         except BulkWriteError as error:
             if not _only_duplicates(error):
                 raise
@@ -403,9 +418,11 @@ class MongoAnalyticsStore:
                 keys.pop(doc["_id"])
             if not keys:
                 return None, []
-            return await work(_MongoRecordingBatch(self, session), list(keys.values())), []
+            return await work(
+                _MongoRecordingBatch(self, session, presume=False), list(keys.values())
+            ), []
 
-        return await self._ledger.commit(the_rest)
+        return await self._ledger.commit(the_rest, publishes=False)
 
     async def counters(
         self,
@@ -502,7 +519,7 @@ class MongoAnalyticsStore:
                     dims = tuple(sorted({**base, **entry["extra"]}.items()))
                     add(doc["hour"], metric, dims, entry["count"], entry["amount"])
         for doc in deltas:
-            for hour, metric, pairs, n, amount in doc["inc"]:
+            for hour, metric, pairs, n, amount in delta_increments(doc):
                 if metric not in wanted or not first <= hour <= last:
                     continue
                 values = dict(pairs)
@@ -535,14 +552,14 @@ class MongoAnalyticsStore:
             deltas = [
                 doc
                 async for doc in self._deltas.find(
-                    {"gauge.0": {"$exists": True}}, {"gauge": 1}, session=session
+                    HAS_GAUGE_MOVES, {"gauge": 1, "moves": 1}, session=session
                 )
             ]
             return compacted, deltas
 
         compacted, deltas = await self._read(read)
         folded = {gauge.place: gauge for gauge in map(gauge_from_document, compacted)}
-        moves = [(OpenKey(**key_doc), n) for doc in deltas for key_doc, n in doc["gauge"]]
+        moves = [move for doc in deltas for move in delta_moves(doc)]
         # Only the places the unfolded deltas moved are added up again: the others are
         # read as stored (thousands of day entries, which a report need not copy).
         sums = OpenGaugeSums()
@@ -591,13 +608,13 @@ class MongoAnalyticsStore:
             )
             return len(batch), []
 
-        return await self._ledger.commit(fold)
+        return await self._ledger.commit(fold, publishes=False)
 
     async def _read(self, read: Callable[[Session], Awaitable[T]]) -> T:
         async def transaction(session: Session) -> tuple[T, list[Event]]:
             return await read(session), []
 
-        return await self._ledger.commit(transaction)
+        return await self._ledger.commit(transaction, publishes=False)
 
     async def campaigns(self) -> list[Campaign]:
         return [campaign_from_document(doc) async for doc in self._campaigns.find({})]
@@ -665,19 +682,26 @@ class MongoAnalyticsStore:
 
     async def rebuild_batch(self, work: Callable[[RecordingBatch], Awaitable[T]]) -> T:
         async def transaction(session: Session) -> tuple[T, list[Event]]:
-            return await work(_MongoRecordingBatch(self, session)), []
+            return await work(_MongoRecordingBatch(self, session, presume=False)), []
 
-        return await self._ledger.commit(transaction)
+        return await self._ledger.commit(transaction, publishes=False)
 
 
 class _MongoRecordingBatch:
-    def __init__(self, store: MongoAnalyticsStore, session: Session) -> None:
+    def __init__(self, store: MongoAnalyticsStore, session: Session, *, presume: bool) -> None:
         self._store = store
         self._session = session
+        self._presume = presume
         self._stored_facts: set[str] = set()
 
-    async def lead_facts(self, lead_ids: Collection[str]) -> dict[str, LeadFacts]:
-        found = await find_in(self._store._facts, "_id", lead_ids, session=self._session)
+    async def lead_facts(
+        self, lead_ids: Collection[str], *, presumed_new: Collection[str] = ()
+    ) -> dict[str, LeadFacts]:
+        # A look-up costs the local server about as much as an insert. A lead presumed
+        # new gets its facts inserted: if it had some, the insert fails on a duplicate key
+        # and `record_batch` records the batch again without presuming (`presume=False`).
+        wanted = [i for i in lead_ids if i not in presumed_new] if self._presume else lead_ids
+        found = await find_in(self._store._facts, "_id", wanted, session=self._session)
         self._stored_facts.update(doc["_id"] for doc in found)
         return {doc["_id"]: facts_from_document(doc) for doc in found}
 
@@ -766,28 +790,76 @@ DELTA_SIZE = 200
 
 
 def delta_documents(tally: BatchTally) -> list[Document]:
-    # Tuples are stored as arrays: no copying into lists (this runs for every increment).
-    entries = [
-        (hour_key(i.hour), i.metric.value, i.dimensions, i.count, i.amount)
-        for i in tally.increments
-    ]
-    moves = [(_open_key_document(m.key), m.count) for m in tally.gauge]
+    """A batch's increments and gauge moves, `DELTA_SIZE` of each a document.
+
+    Each part is ONE JSON text (`inc`, `moves`), its increments' dimensions written once
+    in a table: the server stores, logs and decodes a text as one field, where the same
+    data as arrays of arrays cost it a step per element (more server time than the
+    events themselves). Only `lo` and `hi` are queried."""
+    increments, moves = tally.increments, tally.gauge
     documents: list[Document] = []
-    for start in range(0, max(len(entries), len(moves)), DELTA_SIZE):
-        part = entries[start : start + DELTA_SIZE]
-        hours = [entry[0] for entry in part]
-        documents.append(
-            {
-                "lo": min(hours, default=""),
-                "hi": max(hours, default=""),
-                "inc": part,
-                "gauge": moves[start : start + DELTA_SIZE],
-            }
-        )
+    for start in range(0, max(len(increments), len(moves)), DELTA_SIZE):
+        part = increments[start : start + DELTA_SIZE]
+        table: dict[tuple[tuple[str, str], ...], int] = {}
+        rows = [
+            (
+                hour_key(i.hour),
+                i.metric.value,
+                table.setdefault(i.dimensions, len(table)),
+                i.count,
+                i.amount,
+            )
+            for i in part
+        ]
+        hours = [row[0] for row in rows]
+        document: Document = {
+            "lo": min(hours, default=""),
+            "hi": max(hours, default=""),
+            "inc": _json_text({"dims": list(table), "rows": rows}),
+        }
+        if moved := moves[start : start + DELTA_SIZE]:
+            document["moves"] = _json_text([[_OPEN_KEY_VALUES(m.key), m.count] for m in moved])
+        documents.append(document)
     return documents
 
 
+def _json_text(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+DeltaRow = tuple[str, str, tuple[tuple[str, str], ...], int, float]
+
+
+def delta_increments(document: Document) -> Iterator[DeltaRow]:
+    """A delta document's increments: (hour key, metric, dimensions, count, amount)."""
+    inc = document.get("inc") or ()
+    if isinstance(inc, str):
+        data = json.loads(inc)
+        table = [tuple((k, v) for k, v in pairs) for pairs in data["dims"]]
+        for hour, metric, dims, n, amount in data["rows"]:
+            yield hour, metric, table[dims], n, amount
+        return
+    # Written before the JSON text (a rolling upgrade may meet some): arrays.
+    for hour, metric, pairs, n, amount in inc:
+        yield hour, metric, tuple((k, v) for k, v in pairs), n, amount
+
+
+def delta_moves(document: Document) -> Iterator[tuple[OpenKey, int]]:
+    """A delta document's gauge moves."""
+    if (moves := document.get("moves")) is not None:
+        for values, n in json.loads(moves):
+            yield OpenKey(*values), n
+        return
+    for key_doc, n in document.get("gauge") or ():  # written before `moves`
+        yield OpenKey(**key_doc), n
+
+
+HAS_GAUGE_MOVES: Document = {"$or": [{"moves": {"$exists": True}}, {"gauge.0": {"$exists": True}}]}
+"""The delta documents that move the gauge (in either format)."""
+
+
 _OPEN_KEY_FIELDS = tuple(f.name for f in dataclasses.fields(OpenKey))
+_OPEN_KEY_VALUES = operator.attrgetter(*_OPEN_KEY_FIELDS)
 
 
 def _open_key_document(key: OpenKey) -> Document:
@@ -801,14 +873,14 @@ def fold_deltas(
     dimensions, every metric in it; one per open-lead place, deadlines in hours before
     `past_due_before` folded into `PAST_DUE`)."""
     increments = (
-        Increment(hour_from_key(hour), Metric(metric), tuple((k, v) for k, v in pairs), n, amount)
+        Increment(hour_from_key(hour), Metric(metric), dims, n, amount)
         for delta in deltas
-        for hour, metric, pairs, n, amount in delta["inc"]
+        for hour, metric, dims, n, amount in delta_increments(delta)
     )
     sums = OpenGaugeSums()
     for delta in deltas:
-        for key_doc, count in delta.get("gauge", ()):
-            sums.move(OpenKey(**key_doc), count)
+        for key, count in delta_moves(delta):
+            sums.move(key, count)
     places = sums.places(open_only=False)
     gauge = [
         gauge_document(place, past_due_before=past_due_before) for place in places
@@ -1059,18 +1131,56 @@ _FACT_TIMES = (
 )
 
 
+_FACT_TEXTS = ("channel", "source", "campaign", "pool", "current_pool", "rep", "sequence", "step")
+
+
 def facts_document(facts: LeadFacts) -> Document:
-    document: dict[str, Any] = {
-        name: getattr(facts, name) for name in (f.name for f in dataclasses.fields(facts))
-    }
-    document["_id"] = document.pop("lead_id")
-    document["reached"] = dict(facts.reached)
-    document["pending"] = [pending_entry(increment) for increment in facts.pending]
-    document["open_key"] = None if facts.open_key is None else _open_key_document(facts.open_key)
-    return document
+    """A lead's facts as ONE JSON text (`f`), only the fields set, times in ISO 8601:
+    the server writes, logs and reads a text as one field, where two dozen fields, a
+    nested key and pending increments cost it a step each (a lead's facts cost it about
+    twice a JSON one). Read by `_id` only."""
+    data: dict[str, Any] = {}
+    for name in _FACT_TEXTS:
+        if (value := getattr(facts, name)) is not None:
+            data[name] = value
+    for name in _FACT_TIMES:
+        if (at := getattr(facts, name)) is not None:
+            data[name] = at.isoformat()
+    if facts.is_test:
+        data["is_test"] = True
+    if facts.erased:
+        data["erased"] = True
+    if facts.reached:
+        data["reached"] = {stage: at.isoformat() for stage, at in facts.reached.items()}
+    if facts.pending:
+        data["pending"] = [pending_entry(increment) for increment in facts.pending]
+    if facts.open_key is not None:
+        data["open_key"] = _OPEN_KEY_VALUES(facts.open_key)
+    return {"_id": facts.lead_id, "f": _json_text(data)}
 
 
 def facts_from_document(document: Document) -> LeadFacts:
+    if (text := document.get("f")) is None:
+        return _facts_from_fields(document)
+    data = json.loads(text)
+    parse = datetime.fromisoformat
+    values: dict[str, Any] = {name: data.get(name) for name in _FACT_TEXTS}
+    for name in _FACT_TIMES:
+        values[name] = None if (at := data.get(name)) is None else parse(at)
+    open_key = data.get("open_key")
+    return LeadFacts(
+        lead_id=document["_id"],
+        is_test=data.get("is_test", False),
+        erased=data.get("erased", False),
+        reached={stage: parse(at) for stage, at in data.get("reached", {}).items()},
+        pending=tuple(pending_increment(entry) for entry in data.get("pending", ())),
+        open_key=None if open_key is None else OpenKey(*open_key),
+        **values,
+    )
+
+
+def _facts_from_fields(document: Document) -> LeadFacts:
+    """Facts as an older analytics stored them: one field each."""
     values = {name: document.get(name) for name in _FACT_TIMES}
     open_key = document.get("open_key")
     return LeadFacts(

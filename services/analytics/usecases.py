@@ -17,7 +17,7 @@ from leadflow.chassis.lease import Lease
 from services.analytics import reports
 from services.analytics.events import PARSER, RawEvent
 from services.analytics.reports import Report, ReportQuery
-from services.analytics.rules import LeadFacts, is_campaign, tally_batch
+from services.analytics.rules import LeadFacts, is_campaign, presumed_new_leads, tally_batch
 from services.analytics.store import AnalyticsStore, RecordingBatch
 from shared.events import Event
 
@@ -34,7 +34,11 @@ async def _tally_and_save(
     batch: RecordingBatch, events: Sequence[Event], now: datetime, *, store_events: bool
 ) -> int:
     lead_ids = {event.lead_id for event in events if not is_campaign(event)}
-    known: dict[str, LeadFacts] = await batch.lead_facts(lead_ids) if lead_ids else {}
+    known: dict[str, LeadFacts] = (
+        await batch.lead_facts(lead_ids, presumed_new=presumed_new_leads(events))
+        if lead_ids
+        else {}
+    )
     tally = tally_batch(events, known, recorded_at=now)
     await batch.save(tally, store_events=store_events)
     return tally.unknown_events

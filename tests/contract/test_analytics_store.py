@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -12,12 +13,15 @@ import pytest
 
 from services.analytics.events import PARSER
 from services.analytics.reports import ReportQuery
-from services.analytics.rules import Metric, tally_batch
+from services.analytics.rules import Metric, pending_entry, tally_batch
 from services.analytics.store import (
     AnalyticsStore,
     Bucket,
     MongoAnalyticsStore,
     RecordingBatch,
+    delta_increments,
+    delta_moves,
+    facts_from_document,
 )
 from services.analytics.usecases import REPORTS, BuildReport, RebuildRollups, RecordEvents
 from shared.events import (
@@ -128,6 +132,20 @@ async def test_the_same_event_twice_in_one_batch_counts_once(store: AnalyticsSto
     event = received("twice")
     assert await record(store)([event, event]) == 1
     assert await counts(store, Metric.INQUIRIES) == 1
+
+
+async def test_a_lead_received_after_its_other_events_is_credited_once_to_its_channel(
+    store: AnalyticsStore,
+) -> None:
+    """The batch starts with the lead's lead-received, yet facts of it are stored already
+    (its sale was read first): a store that presumes such a lead new must find out."""
+    await record(store)([assigned("late", "r1"), sold("late", 90.0)])
+    assert await record(store)([received("late", "ad"), received("fresh")]) == 2
+    assert await counts(store, Metric.LEADS_RECEIVED) == 2
+    assert await counts(store, Metric.CONVERSIONS, channel="ad") == 1
+    assert await counts(store, Metric.CONVERSIONS, channel="unknown") == 0
+    assert await counts(store, Metric.ASSIGNMENTS, channel="ad") == 1
+    assert await store.events_stored() == 4
 
 
 async def test_a_failing_unit_of_work_leaves_nothing_behind(store: AnalyticsStore) -> None:
@@ -364,8 +382,10 @@ async def test_a_gauge_kept_per_lead_place_is_migrated_to_per_place_documents(
         assert sum(g.count for g in await store.open_leads({})) == 3
         # The gauge as an older analytics kept it: one document per lead place.
         places: dict[str, dict[str, object]] = {}
-        async for facts in parts.database["lead_facts"].find({"open_key": {"$ne": None}}):
-            key = facts["open_key"]
+        async for document in parts.database["lead_facts"].find({}):
+            if (open_key := facts_from_document(document).open_key) is None:
+                continue
+            key = dataclasses.asdict(open_key)
             doc = places.setdefault("|".join(key.values()), {"key": key, "count": 0})
             doc["count"] = int(str(doc["count"])) + 1
         await parts.database["open_leads"].delete_many({})
@@ -459,3 +479,55 @@ async def test_every_report_reads_the_same_from_the_rollup_sets_as_in_memory(
         while await mongo.compact(max_batches=10):
             pass
         assert await reports_of(mongo) == want
+
+
+@pytest.mark.integration
+async def test_facts_and_deltas_an_older_analytics_wrote_are_still_read(
+    request: pytest.FixtureRequest,
+) -> None:
+    """A rolling upgrade meets lead facts kept one field each and batch deltas kept as
+    arrays: reports, the next events of those leads and compaction still read them."""
+    async with mongo_parts(request) as parts:
+        store = MongoAnalyticsStore(parts.database, parts.ledger, clock=lambda: NOW)
+        await store.ensure_indexes()
+        await record(store)([received("o1", "ad"), assigned("o1", "r1"), received("o2")])
+        facts, deltas = parts.database["lead_facts"], parts.database["counter_deltas"]
+        for document in [doc async for doc in facts.find({})]:
+            lead = facts_from_document(document)
+            old = {f.name: getattr(lead, f.name) for f in dataclasses.fields(lead)}
+            old |= {
+                "_id": old.pop("lead_id"),
+                "reached": dict(lead.reached),
+                "pending": [pending_entry(i) for i in lead.pending],
+                "open_key": None if lead.open_key is None else dataclasses.asdict(lead.open_key),
+            }
+            await facts.replace_one({"_id": document["_id"]}, old)
+        for document in [doc async for doc in deltas.find({})]:
+            old = {
+                "lo": document["lo"],
+                "hi": document["hi"],
+                "inc": [
+                    [hour, metric, [list(pair) for pair in dims], n, amount]
+                    for hour, metric, dims, n, amount in delta_increments(document)
+                ],
+                "gauge": [[dataclasses.asdict(key), n] for key, n in delta_moves(document)],
+            }
+            await deltas.replace_one({"_id": document["_id"]}, old)
+        assert await deltas.count_documents({"inc.0": {"$exists": True}}) >= 1
+
+        async def seen() -> tuple[int, int, int, list[tuple[str, str, int]]]:
+            gauge = await store.open_leads({})
+            return (
+                await counts(store, Metric.LEADS_RECEIVED),
+                await counts(store, Metric.LEADS_RECEIVED, channel="ad"),
+                await counts(store, Metric.CONVERSIONS, channel="ad", rep="r1"),
+                sorted((g.place.rep, g.place.stage, g.count) for g in gauge),
+            )
+
+        assert await seen() == (2, 1, 0, [("r1", "assigned", 1)])
+        await record(store)([sold("o1", 50.0)])  # o1's facts read in the old shape
+        assert await seen() == (2, 1, 1, [])
+        while await store.compact(max_batches=10):
+            pass
+        assert await deltas.count_documents({}) == 0
+        assert await seen() == (2, 1, 1, [])

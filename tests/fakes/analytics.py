@@ -158,7 +158,10 @@ class _InMemoryRecordingBatch:
     def __init__(self, tables: _Tables) -> None:
         self._tables = tables
 
-    async def lead_facts(self, lead_ids: Collection[str]) -> dict[str, LeadFacts]:
+    async def lead_facts(
+        self, lead_ids: Collection[str], *, presumed_new: Collection[str] = ()
+    ) -> dict[str, LeadFacts]:
+        # A look-up costs nothing here: every lead is looked up, presumed new or not.
         return {i: self._tables.facts[i] for i in lead_ids if i in self._tables.facts}
 
     async def save(self, tally: BatchTally, *, store_events: bool = True) -> None:
