@@ -740,7 +740,11 @@ def _moved(old: Increment, facts: LeadFacts) -> Increment:
         # The first contact was read before the lead's arrival time was known.
         amount = (facts.first_contact_at - facts.received_at).total_seconds()
         values["speed"] = speed_bucket(amount)
-    return Increment(old.hour, old.metric, dimensions(**values), old.count, amount)
+    # Values of dimensions it had keep their canonical order: sorted only if one was added.
+    dims = tuple(values.items())
+    if len(dims) != len(old.dimensions):
+        dims = tuple(sorted(dims))
+    return Increment(old.hour, old.metric, dims, old.count, amount)
 
 
 def pending_entry(increment: Increment) -> list[Any]:
@@ -917,16 +921,16 @@ def campaign_of(event: CampaignSavedV1) -> Campaign:
 
 def merge_increments(increments: Iterable[Increment]) -> list[Increment]:
     """Increments of the same counter added into one (those that cancel out dropped)."""
-    totals: dict[tuple[datetime, Metric, Dimensions], list[float]] = {}
+    merged: dict[tuple[datetime, Metric, Dimensions], Increment] = {}
     for i in increments:
-        total = totals.setdefault((i.hour, i.metric, i.dimensions), [0, 0.0])
-        total[0] += i.count
-        total[1] += i.amount
-    return [
-        Increment(hour, metric, dims, int(count), amount)
-        for (hour, metric, dims), (count, amount) in totals.items()
-        if count != 0 or abs(amount) > 1e-9
-    ]
+        key = (i.hour, i.metric, i.dimensions)
+        if (before := merged.get(key)) is None:
+            merged[key] = i  # most counters get one increment a batch: kept as it is
+        else:
+            merged[key] = Increment(
+                i.hour, i.metric, i.dimensions, before.count + i.count, before.amount + i.amount
+            )
+    return [i for i in merged.values() if i.count != 0 or abs(i.amount) > 1e-9]
 
 
 def merge_gauge(moves: Iterable[GaugeMove]) -> list[GaugeMove]:

@@ -11,8 +11,9 @@ and `reports`, the steps of each flow in `usecases`.
   facts' insert proves it (a duplicate key records the batch again, every lead looked up).
 - `counter_deltas`: what each recorded batch adds to the counters and the open-lead gauge,
   as ONE document inserted in the batch's transaction (an insert is cheap on any server;
-  an upsert per counter is not), its increments and gauge moves one JSON text each, folded into `counters` and `open_leads` by `compact`
-  (one replica at a time, in the background) and then deleted.
+  an upsert per counter is not), its increments and gauge moves one JSON text each,
+  folded into `counters` and `open_leads` by `compact` (one replica at a time, in the
+  background) and then deleted.
 - `counters`: one document per UTC hour and lead dimensions (channel, source, campaign,
   pool, rep) holding every metric counted for them, so a report reads a few documents per
   hour and never the event store; reports add the deltas not yet folded in, read in the
