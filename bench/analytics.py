@@ -10,8 +10,9 @@ latency at 10k and at 1M events (report cost must not grow with the number of ev
            of 500 in two lead-disjoint transactions), as events/s, then the compaction of
            those deltas (`--order time`: the events sorted by time, as topics deliver them);
            the ceiling is raw `insert_many` of the very same event-store documents into an
-           empty collection, 500 a call, best of three, on the same server in the same run.
-           Ratio = ingest / ceiling.
+           empty collection, 500 a call, best of three, on the same server in the same run;
+           the ingest is best of three too (each into an empty database). Ratio = ingest /
+           ceiling.
 - reports: every report over the month, `--runs` times each, p50/p95 per report, at `--small`
            events and at `--large` events, both sets loaded at once (two databases) and
            their requests interleaved (each report on one set, then on the other, the
@@ -355,7 +356,12 @@ async def ingest_part(client: Any, count: int, order: str) -> None:
         events.sort(key=lambda event: event.occurred_at)
     documents = [event_document(e) for e in events]
     ceiling = await raw_ceiling(client["raw"], documents)
-    rate, folding, _ = await ingest_rate(client, events)
+    # Best of three, as the ceiling: a 10-second phase on a shared machine varies by a
+    # third from run to run; each run records into an empty database of its own.
+    rate, folding = 0.0, 0.0
+    for _ in range(3):
+        run_rate, run_folding, _ = await ingest_rate(client, events)
+        rate, folding = max(rate, run_rate), max(folding, run_folding)
     sustained = 1 / (1 / rate + 1 / folding)
     print(
         f"  raw insert_many ceiling {ceiling:,.0f} docs/s\n  analytics ingest (consumer; "
