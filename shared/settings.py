@@ -31,8 +31,10 @@ class ServiceSettings(BaseSettings):
     """Most events handled in one batch (one transaction)."""
     consumer_batch_wait_ms: int = Field(default=5, ge=0)
     """How long an idle consumer waits for records before polling again."""
-    consumer_fetch_max_wait_ms: int = Field(default=100, ge=0)
-    """How long the broker may hold a fetch open waiting for new records."""
+    consumer_fetch_max_wait_ms: int = Field(default=500, ge=0)
+    """How long the broker may hold a fetch open waiting for new records. Records that
+    arrive end the wait at once; the wait only sets how often an idle consumer asks again
+    (100 ms: the local broker took a third of a core with an idle stack, 500 ms: 9 %)."""
     producer_linger_ms: int = Field(default=2, ge=0)
     """How long the producer gathers records into one request (fewer, larger writes)."""
     producer_max_batch_bytes: int = Field(default=262_144, ge=1024)
