@@ -24,6 +24,7 @@ steps of each flow in `usecases`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
@@ -232,6 +233,8 @@ class NurtureStore(Protocol):
         ...
 
 
+RATE_UPSERT_ATTEMPTS = 5
+"""Tries of a rate window's upsert that meets another caller's insert of the window."""
 COMMIT_TURN = "send-batches"
 """The document send batches' commits all write first (`take_commit_turn`)."""
 NEWEST_FIRST = [("enrolled_at", DESCENDING), ("triggered_at", DESCENDING)]
@@ -518,15 +521,18 @@ class MongoNurtureStore:
             "$setOnInsert": {"expires_at": window + RATE_WINDOW_KEPT},
         }
         key = {"_id": f"{channel}:{window.isoformat()}"}
-        try:
-            doc = await self._rates.find_one_and_update(
-                key, take, upsert=True, return_document=ReturnDocument.AFTER
-            )
-        except DuplicateKeyError:
-            # Two replicas opened the same second's window at once: it exists now.
-            doc = await self._rates.find_one_and_update(
-                key, take, upsert=True, return_document=ReturnDocument.AFTER
-            )
+        for attempt in range(RATE_UPSERT_ATTEMPTS):
+            try:
+                doc = await self._rates.find_one_and_update(
+                    key, take, upsert=True, return_document=ReturnDocument.AFTER
+                )
+                break
+            except DuplicateKeyError:
+                # Callers opened the same second's window at once: one inserted it, the
+                # others update it, once its insert is visible to them.
+                if attempt + 1 == RATE_UPSERT_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.001 * (attempt + 1))
         # An upsert returning the document after the update always returns one.
         before = (int(doc["taken"]) if doc is not None else wanted) - wanted
         return max(0, min(wanted, limit - before))

@@ -563,7 +563,7 @@ async def test_recent_sends_are_found_by_lead_for_the_caps(store: NurtureStore) 
 async def test_the_rate_window_grants_at_most_its_limit_across_callers(
     store: NurtureStore,
 ) -> None:
-    granted = await asyncio.gather(*(store.take_rate("sms", NOW, 3, 10) for _ in range(5)))
+    granted = await asyncio.gather(*(store.take_rate("sms", NOW, 3, 10) for _ in range(12)))
     assert sum(granted) == 10
     assert await store.take_rate("sms", NOW + timedelta(seconds=1), 3, 10) == 3
 
