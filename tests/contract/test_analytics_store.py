@@ -531,3 +531,24 @@ async def test_facts_and_deltas_an_older_analytics_wrote_are_still_read(
             pass
         assert await deltas.count_documents({}) == 0
         assert await seen() == (2, 1, 1, [])
+
+
+@pytest.mark.integration
+async def test_a_replica_never_overwrites_facts_another_replica_moved_on(
+    request: pytest.FixtureRequest,
+) -> None:
+    """Topics of one lead can be consumed by different replicas: what one replica knew of
+    a lead must not win over what another recorded since (a replica-local memory of facts
+    was tried and measured no faster: this guards any such shortcut)."""
+    async with mongo_parts(request) as parts:
+        first = MongoAnalyticsStore(parts.database, parts.ledger, clock=lambda: NOW)
+        other = MongoAnalyticsStore(parts.database, parts.ledger, clock=lambda: NOW)
+        await first.ensure_indexes()
+        await record(first)([received("shared", "ad"), assigned("shared", "r1")])
+        await record(other)([sold("shared", 40.0)])
+        await record(first)([sold("shared", 60.0), received("own")])
+        await record(first)([sold("own", 10.0)])
+        assert await counts(first, Metric.CONVERSIONS, channel="ad") == 2
+        assert await counts(first, Metric.REACHED, stage="converted") == 2  # one per lead
+        assert await counts(first, Metric.REACHED, stage="converted", channel="ad") == 1
+        assert await first.events_stored() == 6
