@@ -2,7 +2,8 @@
 MongoDB-wire server) and against its in-memory twin in tests/fakes, with the same asserts.
 
 A test module defines a `store` fixture with `params=STORE_KINDS`; `mongo_parts` gives the
-Mongo variant a fresh database and a real `EventLedger`.
+Mongo variant a fresh database and a real `EventLedger` (the `parts` fixture, for modules
+that test the Mongo store only).
 """
 
 from __future__ import annotations
@@ -59,3 +60,10 @@ async def mongo_parts(request: pytest.FixtureRequest) -> AsyncIterator[MongoPart
     finally:
         await client.drop_database(database.name)
         await client.close()
+
+
+@pytest.fixture
+async def parts(request: pytest.FixtureRequest) -> AsyncIterator[MongoParts]:
+    """`mongo_parts` as a fixture, for the modules that test a Mongo store only."""
+    async with mongo_parts(request) as made:
+        yield made

@@ -37,12 +37,6 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
         yield Subject(store, parts)
 
 
-@pytest.fixture
-async def mongo(request: pytest.FixtureRequest) -> AsyncIterator[MongoParts]:
-    async with mongo_parts(request) as parts:
-        yield parts
-
-
 def due(key: str, seconds: float, kind: str = "sla", **payload: object) -> DueWork:
     return DueWork(key, kind, NOW + timedelta(seconds=seconds), payload)
 
@@ -287,9 +281,9 @@ async def in_transaction(parts: MongoParts, work: Callable[[Session], Awaitable[
 
 
 async def test_a_timer_scheduled_in_an_aborted_transaction_does_not_exist(
-    mongo: MongoParts,
+    parts: MongoParts,
 ) -> None:
-    store = MongoDueWork(mongo.database)
+    store = MongoDueWork(parts.database)
     await store.ensure_indexes()
 
     async def schedule_then_fail(session: Session) -> None:
@@ -297,14 +291,14 @@ async def test_a_timer_scheduled_in_an_aborted_transaction_does_not_exist(
         raise RuntimeError("the state change failed")
 
     with pytest.raises(RuntimeError):
-        await in_transaction(mongo, schedule_then_fail)
+        await in_transaction(parts, schedule_then_fail)
     assert await claim(store, at=10) == []
 
 
-async def test_effects_of_a_stale_claim_roll_back_with_its_finish(mongo: MongoParts) -> None:
-    store = MongoDueWork(mongo.database)
+async def test_effects_of_a_stale_claim_roll_back_with_its_finish(parts: MongoParts) -> None:
+    store = MongoDueWork(parts.database)
     await store.ensure_indexes()
-    effects = mongo.database["effects"]
+    effects = parts.database["effects"]
     await store.schedule([due("a", 0)])
     stale = await claim(store, at=0)
     current = await claim(store, at=LEASE.total_seconds())
@@ -318,6 +312,6 @@ async def test_effects_of_a_stale_claim_roll_back_with_its_finish(mongo: MongoPa
         return work
 
     with pytest.raises(LeaseLost):
-        await in_transaction(mongo, fire(stale))
-    await in_transaction(mongo, fire(current))
+        await in_transaction(parts, fire(stale))
+    await in_transaction(parts, fire(current))
     assert await effects.find({}).to_list() == [{"_id": "a", "token": current[0].token}]

@@ -4,7 +4,6 @@ position, refilling a lost log, the inbox, and chunked `$in` look-ups."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -19,15 +18,9 @@ from leadflow.chassis.store import (
     find_in,
 )
 from shared.events import Attribution, Contact, Event, LeadReceivedV1
-from tests.contract.conftest import NOW, MongoParts, mongo_parts
+from tests.contract.conftest import NOW, MongoParts
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def parts(request: pytest.FixtureRequest) -> AsyncIterator[MongoParts]:
-    async with mongo_parts(request) as mongo:
-        yield mongo
 
 
 def received(lead_id: str) -> LeadReceivedV1:

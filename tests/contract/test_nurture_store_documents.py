@@ -4,7 +4,6 @@ both). Mongo only: the in-memory twin keeps no documents."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -17,16 +16,10 @@ from services.nurture.rules import (
 )
 from services.nurture.store import MongoNurtureStore, NurtureTransaction
 from shared.events import Event
-from tests.contract.conftest import NOW, MongoParts, mongo_parts
+from tests.contract.conftest import NOW, MongoParts
 from tests.contract.test_nurture_store import a_send
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def parts(request: pytest.FixtureRequest) -> AsyncIterator[MongoParts]:
-    async with mongo_parts(request) as made:
-        yield made
 
 
 @pytest.fixture
