@@ -782,7 +782,7 @@ class _MongoRecordingBatch:
 
 def slot_of(metric: str, extra: Mapping[str, str]) -> str:
     """A field name (no dots, no $) for one metric and its own dimensions."""
-    text = json.dumps([metric, sorted(extra.items())], separators=(",", ":"), ensure_ascii=False)
+    text = _json_text([metric, sorted(extra.items())])
     return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:24]
 
 
@@ -1047,7 +1047,7 @@ def _add_month(into: Document, stored: Document) -> None:
 
 
 def gauge_key(place: OpenPlace) -> str:
-    return json.dumps(dataclasses.astuple(place), separators=(",", ":"), ensure_ascii=False)
+    return _json_text(dataclasses.astuple(place))
 
 
 _DUE = "|"
