@@ -14,6 +14,7 @@ listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import datetime as dt
@@ -21,6 +22,7 @@ import hashlib
 import hmac
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -67,10 +69,34 @@ _WEED_SOCKET_DIR = Path("/tmp")  # noqa: S108 - where weed puts them, whatever T
 
 
 def free_port() -> int:
+    """A port free on loopback now, below the kernel's ephemeral range when it can: a port
+    from that range can become the local end of another process's outgoing connection
+    before the server meant for it binds it (seen once: SecantusDB "Address already in
+    use" as a test stack started)."""
+    low = _ephemeral_low()
+    for _ in range(100 if low > PORTS_FROM + 1000 else 0):
+        port = random.randrange(PORTS_FROM, low)  # noqa: S311 - a port, not a secret
+        if port not in _HANDED_OUT and port_free(port):
+            # Not handed out again soon: the caller may not have bound it yet.
+            _HANDED_OUT.append(port)
+            return port
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
+
+
+PORTS_FROM = 10_000
+"""The lowest port `free_port` picks (below: well-known and registered services)."""
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=1000)
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; 32768 when unreadable)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
 
 
 def port_open(port: int, host: str = LOOPBACK) -> bool:
