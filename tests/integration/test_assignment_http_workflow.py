@@ -266,7 +266,9 @@ async def test_a_lead_waits_in_the_queue_off_shift_and_goes_to_the_first_rep_on_
     start = (now + timedelta(hours=2)).replace(second=0, microsecond=0)
     end = start + timedelta(hours=1)
     if end.date() != start.date():
-        start, end = start.replace(hour=1, minute=0), start.replace(hour=2, minute=0)
+        # The hour would cross midnight: tomorrow at 01:00 instead (still ahead of now).
+        start = (now + timedelta(days=1)).replace(hour=1, minute=0, second=0, microsecond=0)
+        end = start + timedelta(hours=1)
     shift = {
         "weekday": start.weekday(),
         "start": start.strftime("%H:%M"),
