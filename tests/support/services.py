@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -16,6 +18,7 @@ from shared.settings import ServiceSettings
 from tests.support.infra import Infra
 
 S = TypeVar("S", bound=ServiceSettings)
+log = logging.getLogger(__name__)
 
 
 QUICK_JOIN = {"consumer_session_timeout_ms": 3000, "consumer_heartbeat_interval_ms": 500}
@@ -68,13 +71,33 @@ async def wait_ready(client: httpx.AsyncClient, timeout_s: float = 45.0) -> None
     raise TimeoutError(f"service not ready after {timeout_s}s: {last}")
 
 
+SLOW_SHUTDOWN_S = 20.0
+"""A shutdown still running after this long is reported with every task's stack."""
+
+
+async def report_slow_shutdown(after_s: float) -> None:
+    """Wait `after_s`, then log where every task of the loop is: what a stop waits on."""
+    await asyncio.sleep(after_s)
+    stacks = io.StringIO()
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            task.print_stack(limit=12, file=stacks)
+    log.warning("shutdown still running after %.0fs:\n%s", after_s, stacks.getvalue())
+
+
 @contextlib.asynccontextmanager
 async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            await wait_ready(client)
-            yield client
+    watchdog: asyncio.Task[None] | None = None
+    try:
+        async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
+            transport = httpx.ASGITransport(app=manager.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                await wait_ready(client)
+                yield client
+            watchdog = asyncio.create_task(report_slow_shutdown(SLOW_SHUTDOWN_S))
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
 
 
 T = TypeVar("T")

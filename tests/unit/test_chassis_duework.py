@@ -123,7 +123,9 @@ async def test_a_due_backlog_fires_in_batches_earliest_first() -> None:
 
 async def test_the_runner_sleeps_until_the_next_due_item_rather_than_its_idle_poll() -> None:
     store, firing, runner = make(utc_now, idle_poll_s=30.0)
-    due_at = utc_now() + timedelta(seconds=0.3)
+    # Whole milliseconds, as stored: a due time between two of them is due from the first.
+    soon = utc_now() + timedelta(seconds=0.3)
+    due_at = soon.replace(microsecond=soon.microsecond // 1000 * 1000)
     await store.schedule([DueWork("k", "sla", due_at)])
     async with running(runner):
         [(_, fired_at)] = await eventually(lambda: _fired(firing), bool, timeout_s=5)
