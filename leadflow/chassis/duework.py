@@ -41,6 +41,7 @@ import structlog
 from prometheus_client import Counter, Histogram
 
 from leadflow.chassis.clock import Clock
+from leadflow.chassis.tasks import stop_requested
 
 if TYPE_CHECKING:
     from leadflow.chassis.store import Session
@@ -216,7 +217,7 @@ class DueWorkRunner:
         done = self._running = asyncio.Event()
         outage_pause_s = self._idle_poll_s
         try:
-            while not self._stopping:
+            while not self._stopping and not stop_requested():
                 # Cleared before the claim, so a wake() during the round is not missed.
                 self._nudge.clear()
                 try:
@@ -374,7 +375,7 @@ class DueWorkRunner:
         await self._pause(self._idle_poll_s)
 
     async def _pause(self, seconds: float) -> None:
-        if seconds <= 0 or self._stopping:
+        if seconds <= 0 or self._stopping or stop_requested():
             return
         with contextlib.suppress(TimeoutError):  # the usual way out: nothing woke us
             await asyncio.wait_for(self._nudge.wait(), timeout=seconds)

@@ -30,6 +30,7 @@ from pydantic import TypeAdapter
 
 from leadflow.chassis.consumer import BatchPipeline, GroupMembership, HandleBatch, Record
 from leadflow.chassis.store import LogPosition
+from leadflow.chassis.tasks import stop_requested
 from shared.events import Event
 from shared.settings import ServiceSettings
 from shared.topics import ALL_TOPICS, EVENT_ON, dead_letter_topic, owned_by
@@ -290,7 +291,7 @@ class KafkaRuntime:
 
     async def connect(self, *, retry_s: float = 1.0) -> None:
         """Create topics and start the broker, retrying until Kafka answers."""
-        while True:
+        while not stop_requested():
             try:
                 created = await ensure_topics(
                     self.settings.kafka_bootstrap,

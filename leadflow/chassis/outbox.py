@@ -39,6 +39,7 @@ from leadflow.chassis.store import (
     OutboxRecord,
     furthest_positions,
 )
+from leadflow.chassis.tasks import stop_requested
 
 log = structlog.get_logger(__name__)
 
@@ -194,7 +195,7 @@ class OutboxRelay:
     async def run(self, ready: asyncio.Event) -> None:
         await ready.wait()
         backoff_s = self._poll_interval_s
-        while True:
+        while not stop_requested():
             self._wake.clear()
             try:
                 was_holding = self._lease.held()
@@ -219,7 +220,8 @@ class OutboxRelay:
                     retry_in_s=backoff_s,
                 )
                 self._next_audit = 0.0  # Kafka may come back with a shorter log
-                await asyncio.sleep(backoff_s)
+                if not stop_requested():
+                    await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, self._max_backoff_s)
                 continue
             backoff_s = self._poll_interval_s
@@ -229,6 +231,8 @@ class OutboxRelay:
             await self._idle(self._poll_interval_s)
 
     async def _idle(self, timeout_s: float) -> None:
+        if stop_requested():
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=timeout_s)
 

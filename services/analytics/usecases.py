@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from leadflow.chassis.clock import Clock
 from leadflow.chassis.consumer import OUTAGE
 from leadflow.chassis.lease import Lease
+from leadflow.chassis.tasks import stop_requested
 from services.analytics import reports
 from services.analytics.events import PARSER, RawEvent
 from services.analytics.reports import Report, ReportQuery
@@ -161,7 +162,7 @@ class CompactRollups:
         self.folded = 0
 
     async def run(self) -> None:
-        while True:
+        while not stop_requested():
             folded = 0
             asked = self._fold
             try:
@@ -181,7 +182,7 @@ class CompactRollups:
                 # would let deltas pile up unseen).
                 self._fold = max(1, asked // 2)
                 log.exception("compaction failed; trying again")
-            if folded < asked:
+            if folded < asked and not stop_requested():
                 await asyncio.sleep(self._interval_s)
 
     async def stop(self) -> None:

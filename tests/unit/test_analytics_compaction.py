@@ -6,7 +6,7 @@ import asyncio
 from typing import cast
 
 import pytest
-from pymongo.errors import ExecutionTimeout
+from pymongo.errors import AutoReconnect, ExecutionTimeout
 
 from leadflow.chassis.lease import Lease
 from services.analytics.store import AnalyticsStore
@@ -62,3 +62,35 @@ async def test_a_fold_too_big_for_the_server_is_halved_until_it_passes() -> None
     assert compactor.folded == 500
     assert server.asked[:3] == [100, 50, 25]
     assert max(n for n in server.asked if n <= server.limit) == 25
+
+
+class _ServerSwallowingTheCancel:
+    """A fold in flight when the task is cancelled ends in a connection error instead, as a
+    driver cleaning up its request may turn the cancellation into one of its own errors."""
+
+    def __init__(self) -> None:
+        self.folding = asyncio.Event()
+
+    async def compact(self, max_batches: int) -> int:
+        self.folding.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            raise AutoReconnect("connection closed while cancelling") from None
+        return max_batches
+
+
+async def test_a_cancelled_compaction_ends_even_when_the_driver_swallows_the_cancel() -> None:
+    server = _ServerSwallowingTheCancel()
+    compactor = CompactRollups(
+        cast(AnalyticsStore, server), cast(Lease, _HeldLease()), interval_s=60, max_batches=10
+    )
+    task = asyncio.create_task(compactor.run())
+    async with asyncio.timeout(5):
+        await server.folding.wait()
+    task.cancel()
+    # Without the stop check the loop logs an outage and sleeps its 60 s interval, and a
+    # shutdown awaiting it hangs.
+    async with asyncio.timeout(2):
+        await asyncio.gather(task, return_exceptions=True)
+    assert task.done()

@@ -332,3 +332,34 @@ async def test_stop_returns_after_its_grace_when_a_database_call_hangs() -> None
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+class _ClaimSwallowingTheCancel(InMemoryDueWork):
+    """A claim in flight when the task is cancelled ends in a connection error instead, as
+    a driver cleaning up its request may turn the cancellation into one of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claiming = asyncio.Event()
+
+    async def claim(self, **options: Any) -> list[ClaimedWork]:
+        self.claiming.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            raise AutoReconnect("connection closed while cancelling") from None
+        return await super().claim(**options)
+
+
+async def test_a_cancelled_runner_ends_even_when_the_driver_swallows_the_cancel() -> None:
+    store = _ClaimSwallowingTheCancel()
+    firing = Firing(store, utc_now)
+    runner = DueWorkRunner(store, kinds={"sla"}, fire=firing, clock=utc_now, idle_poll_s=30.0)
+    task = asyncio.create_task(runner.run())
+    async with asyncio.timeout(5):
+        await store.claiming.wait()
+    task.cancel()
+    # Without the stop check the runner takes the error for an outage and pauses 30 s.
+    async with asyncio.timeout(2):
+        await asyncio.gather(task, return_exceptions=True)
+    assert task.done()

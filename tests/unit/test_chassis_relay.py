@@ -232,3 +232,35 @@ async def test_offsets_given_out_again_after_a_restart_requeue_what_was_written_
     # The new record took offset 0 again: the four before it went out again (and the new
     # one with them, its batch having been written over too).
     assert kafka.published_keys() == [b"L9", b"L0", b"L1", b"L2", b"L3", b"L9"]
+
+
+class KafkaSwallowingTheCancel(FakeKafka):
+    """A publish in flight when the task is cancelled ends in a connection error instead,
+    as a client cleaning up its request may turn the cancellation into one of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.publishing = asyncio.Event()
+
+    async def publish_batch(self, messages: Sequence[Message]) -> list[LogPosition | None]:
+        self.publishing.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            raise ConnectionError("connection closed while cancelling") from None
+        return await super().publish_batch(messages)
+
+
+async def test_a_cancelled_relay_ends_even_when_the_client_swallows_the_cancel() -> None:
+    kafka = KafkaSwallowingTheCancel()
+    ready = asyncio.Event()
+    ready.set()
+    task = asyncio.create_task(relay_for(FakeOutbox(3), kafka).run(ready))
+    async with asyncio.timeout(5):
+        await kafka.publishing.wait()
+    task.cancel()
+    # Without the stop check the relay takes the error for an outage and publishes again.
+    async with asyncio.timeout(2):
+        await asyncio.gather(task, return_exceptions=True)
+    assert task.done()
+    assert kafka.sent == 0

@@ -32,6 +32,7 @@ from prometheus_client import Counter
 from leadflow.chassis.clock import Clock
 from leadflow.chassis.duework import ClaimedWork
 from leadflow.chassis.store import Session
+from leadflow.chassis.tasks import stop_requested
 from services.assignment.notifications.channels import DeliveryError, EmailSender, WebhookSender
 from services.assignment.notifications.rules import (
     Delivery,
@@ -386,7 +387,7 @@ class LiveFeed:
         self._nudge.set()
 
     async def run(self) -> None:
-        while not self._stopping:
+        while not self._stopping and not stop_requested():
             self._nudge.clear()
             if self._listeners:
                 try:

@@ -1,0 +1,20 @@
+"""Background loops and how they end.
+
+A service's background loops (the outbox relay, due work, compaction, the live feed)
+outlive any error a round meets, and end when their task is cancelled on shutdown. A
+library cleaning up a request in flight may turn the `CancelledError` it was sent into an
+error of its own, or drop it: a loop that only relied on the exception would then log it
+as an outage and run on, and the shutdown that awaits it would never end. So every such
+loop also asks `stop_requested()` each round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+def stop_requested() -> bool:
+    """Whether the running task has been asked to stop (`Task.cancel()`), whether or not
+    the `CancelledError` reached the caller."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
