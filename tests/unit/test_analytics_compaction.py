@@ -11,6 +11,7 @@ from pymongo.errors import AutoReconnect, ExecutionTimeout
 from leadflow.chassis.lease import Lease
 from services.analytics.store import AnalyticsStore
 from services.analytics.usecases import CompactRollups
+from tests.support.cancellation import CancelSwallowed
 
 pytestmark = pytest.mark.unit
 
@@ -65,18 +66,13 @@ async def test_a_fold_too_big_for_the_server_is_halved_until_it_passes() -> None
 
 
 class _ServerSwallowingTheCancel:
-    """A fold in flight when the task is cancelled ends in a connection error instead, as a
-    driver cleaning up its request may turn the cancellation into one of its own errors."""
+    """A fold in flight when the task is cancelled ends in a connection error instead."""
 
     def __init__(self) -> None:
-        self.folding = asyncio.Event()
+        self.fold = CancelSwallowed(AutoReconnect("connection closed while cancelling"))
 
     async def compact(self, max_batches: int) -> int:
-        self.folding.set()
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            raise AutoReconnect("connection closed while cancelling") from None
+        await self.fold.call()
         return max_batches
 
 
@@ -85,12 +81,6 @@ async def test_a_cancelled_compaction_ends_even_when_the_driver_swallows_the_can
     compactor = CompactRollups(
         cast(AnalyticsStore, server), cast(Lease, _HeldLease()), interval_s=60, max_batches=10
     )
-    task = asyncio.create_task(compactor.run())
-    async with asyncio.timeout(5):
-        await server.folding.wait()
-    task.cancel()
     # Without the stop check the loop logs an outage and sleeps its 60 s interval, and a
     # shutdown awaiting it hangs.
-    async with asyncio.timeout(2):
-        await asyncio.gather(task, return_exceptions=True)
-    assert task.done()
+    await server.fold.cancel_once_started(asyncio.create_task(compactor.run()))

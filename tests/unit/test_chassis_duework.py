@@ -17,6 +17,7 @@ from pymongo.errors import AutoReconnect
 from leadflow.chassis.duework import ClaimedWork, DueWork, DueWorkRunner, LeaseLost
 from shared.events import utc_now
 from tests.fakes.duework import InMemoryDueWork
+from tests.support.cancellation import CancelSwallowed
 from tests.support.services import eventually
 
 pytestmark = pytest.mark.unit
@@ -335,19 +336,14 @@ async def test_stop_returns_after_its_grace_when_a_database_call_hangs() -> None
 
 
 class _ClaimSwallowingTheCancel(InMemoryDueWork):
-    """A claim in flight when the task is cancelled ends in a connection error instead, as
-    a driver cleaning up its request may turn the cancellation into one of its own."""
+    """A claim in flight when the task is cancelled ends in a connection error instead."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.claiming = asyncio.Event()
+        self.claiming = CancelSwallowed(AutoReconnect("connection closed while cancelling"))
 
     async def claim(self, **options: Any) -> list[ClaimedWork]:
-        self.claiming.set()
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            raise AutoReconnect("connection closed while cancelling") from None
+        await self.claiming.call()
         return await super().claim(**options)
 
 
@@ -355,11 +351,5 @@ async def test_a_cancelled_runner_ends_even_when_the_driver_swallows_the_cancel(
     store = _ClaimSwallowingTheCancel()
     firing = Firing(store, utc_now)
     runner = DueWorkRunner(store, kinds={"sla"}, fire=firing, clock=utc_now, idle_poll_s=30.0)
-    task = asyncio.create_task(runner.run())
-    async with asyncio.timeout(5):
-        await store.claiming.wait()
-    task.cancel()
     # Without the stop check the runner takes the error for an outage and pauses 30 s.
-    async with asyncio.timeout(2):
-        await asyncio.gather(task, return_exceptions=True)
-    assert task.done()
+    await store.claiming.cancel_once_started(asyncio.create_task(runner.run()))
