@@ -17,6 +17,8 @@ from typing import Generic, TypeVar
 
 import structlog
 
+from leadflow.chassis.tasks import cancel_and_wait, stop_requested
+
 log = structlog.get_logger(__name__)
 
 I = TypeVar("I")  # noqa: E741 - the item type
@@ -54,16 +56,14 @@ class GroupCommit(Generic[I, R]):
         if self._worker is not None and not self._worker.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._queue.join(), timeout=timeout_s)
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+            await cancel_and_wait([self._worker])
         while not self._queue.empty():  # not committed in time: each caller is told
             _, future = self._queue.get_nowait()
             if not future.done():
                 future.set_exception(StoppingError(f"{self._name} stopped"))
 
     async def _run(self) -> None:
-        while True:
+        while not stop_requested():
             batch = [await self._queue.get()]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())

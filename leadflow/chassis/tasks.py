@@ -11,6 +11,12 @@ loop also asks `stop_requested()` each round.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger(__name__)
 
 
 def stop_requested() -> bool:
@@ -18,3 +24,18 @@ def stop_requested() -> bool:
     the `CancelledError` reached the caller."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel `tasks` and wait until each has ended. A task that ended in an error other
+    than its cancellation has it logged; a cancellation of the caller itself still reaches
+    the caller (awaiting a task under `suppress(CancelledError)` would swallow it)."""
+    waiting = list(tasks)
+    for task in waiting:
+        task.cancel()
+    if not waiting:
+        return
+    await asyncio.wait(waiting)
+    for task in waiting:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", task=task.get_name(), error=repr(task.exception()))

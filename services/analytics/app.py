@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from fastapi import FastAPI
 
@@ -11,6 +10,7 @@ from leadflow import __version__
 from leadflow.chassis.app import ServiceChassis
 from leadflow.chassis.clock import Clock, system_clock
 from leadflow.chassis.lease import Lease
+from leadflow.chassis.tasks import cancel_and_wait
 from services.analytics import api
 from services.analytics.handlers import register_handlers
 from services.analytics.settings import Settings
@@ -38,10 +38,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         background.append(asyncio.create_task(compactor.run(), name="analytics-compaction"))
 
     async def shutdown() -> None:
-        for task in background:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(background)
         await compactor.stop()
 
     return chassis.build_app(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from fastapi import FastAPI
 
@@ -11,6 +10,7 @@ from leadflow import __version__
 from leadflow.chassis.app import ServiceChassis
 from leadflow.chassis.clock import Clock, system_clock
 from leadflow.chassis.duework import DueWorkRunner
+from leadflow.chassis.tasks import cancel_and_wait
 from services.assignment import api
 from services.assignment.handlers import register_handlers
 from services.assignment.notifications import api as notifications_api
@@ -51,10 +51,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
     async def shutdown() -> None:
         await notifications.stop()
         await runner.stop()
-        for task in tasks:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*tasks)
+        await cancel_and_wait(tasks)
 
     return chassis.build_app(
         title="leadflow assignment",

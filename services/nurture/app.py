@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from leadflow.chassis.app import ServiceChassis
 from leadflow.chassis.clock import Clock, system_clock
 from leadflow.chassis.config_cache import VersionedCache
 from leadflow.chassis.duework import DueWorkRunner
+from leadflow.chassis.tasks import cancel_and_wait
 from services.nurture import api
 from services.nurture.channels.email import (
     DkimKey,
@@ -187,10 +187,7 @@ def create_app(
     async def shutdown() -> None:
         await webhooks.stop()  # status reports still queued are stored first
         await runner.stop()
-        for task in tasks:
-            task.cancel()  # a no-op once the runner returned; ends it if a call hung
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)  # a no-op once the runner returned; ends a hung call
         for sender in (senders.email, senders.sms):
             close = getattr(sender, "close", None)
             if close is not None:

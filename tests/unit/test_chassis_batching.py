@@ -9,6 +9,7 @@ import pytest
 
 from leadflow.chassis.batching import GroupCommit, StoppingError
 from leadflow.chassis.config_cache import VersionedCache
+from tests.support.cancellation import CancelSwallowed
 
 pytestmark = pytest.mark.unit
 
@@ -124,3 +125,22 @@ async def test_a_change_made_while_the_configuration_is_being_read_is_seen_next(
     release.set()
     assert await first == "config v1"
     assert await cache.get() == "config v2"
+
+
+async def test_stopping_ends_even_when_the_commit_in_flight_swallows_the_cancel() -> None:
+    commit_in_flight = CancelSwallowed(ConnectionError("connection closed while cancelling"))
+
+    async def commit(items: list[int]) -> Sequence[int | Exception]:
+        await commit_in_flight.call()
+        return items
+
+    group = GroupCommit(commit, max_batch=10, name="test")
+    request = asyncio.create_task(group.submit(1))
+    async with asyncio.timeout(5):
+        await commit_in_flight.started.wait()
+    # Not committed within 0.1 s: the worker is cancelled. Without the stop check it takes
+    # the error for a failed commit and waits for the next request for ever.
+    async with asyncio.timeout(2):
+        await group.stop(timeout_s=0.1)
+    with pytest.raises(ConnectionError):
+        await request
