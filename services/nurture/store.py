@@ -48,6 +48,7 @@ from services.nurture.rules import (
     SEND_KIND,
     AlreadyEnrolledError,
     Enrollment,
+    EnrollmentMovedMeanwhileError,
     EnrollmentStatus,
     LeadContact,
     LeadScore,
@@ -63,6 +64,7 @@ from services.nurture.rules import (
     SkipCondition,
     Step,
     StepAnchor,
+    StepMove,
     StopReason,
     send_key,
 )
@@ -118,6 +120,17 @@ class NurtureTransaction(Protocol):
 
     async def enrollments(self, enrollment_ids: Collection[str]) -> dict[str, Enrollment]:
         """These enrollments by id (one query); unknown ids are left out."""
+        ...
+
+    async def move_on(self, moves: Sequence[StepMove]) -> None:
+        """Store each move without reading the enrollment again: by `_id`, only the fields
+        that differ from `before`, and each step's timer scheduled or cancelled as `save`
+        does. For a caller that finishes the step's claimed timer in this transaction and
+        read `before` after claiming it: every enrollment write schedules or cancels its
+        current step's timer (`save`, archiving), which voids that claim (the finish raises
+        LeaseLost), so what is stored is still `before`. Raises
+        EnrollmentMovedMeanwhileError if one is not stored at all (the transaction must
+        then abort: some of the writes may have landed)."""
         ...
 
     async def finish(self, claimed: Sequence[ClaimedWork]) -> None:
@@ -589,6 +602,25 @@ class _MongoNurtureTransaction:
     async def finish(self, claimed: Sequence[ClaimedWork]) -> None:
         await self._store.due.finish(claimed, session=self._session)
 
+    async def move_on(self, moves: Sequence[StepMove]) -> None:
+        store, session = self._store, self._session
+        # By `_id` alone: any other field in the filter takes SecantusDB off its `_id`
+        # point look-up (measured: twice the time of the bulk replace it replaces). No
+        # change since `before` was read is possible here: see the Protocol.
+        writes = [
+            UpdateOne({"_id": move.before.enrollment_id}, change)
+            for move in moves
+            if (change := enrollment_change(move.before, move.after))
+        ]
+        if writes:
+            result = await store._enrollments.bulk_write(writes, ordered=False, session=session)
+            if result.matched_count != len(writes):
+                # Which ones a bulk write does not tell; the caller reads them again.
+                raise EnrollmentMovedMeanwhileError([m.before.enrollment_id for m in moves])
+        due, done = step_timers([move.after for move in moves])
+        await store.due.cancel(done, session=session)
+        await store.due.schedule(due, session=session)
+
     async def take_commit_turn(self) -> None:
         await self._store._turns.update_one(
             {"_id": COMMIT_TURN}, {"$inc": {"turn": 1}}, session=self._session
@@ -873,6 +905,20 @@ def enrollment_document(enrollment: Enrollment) -> Document:
     else:
         del doc["engaged"]
     return doc
+
+
+def enrollment_change(before: Enrollment, after: Enrollment) -> Document:
+    """The update that turns `before`'s document into `after`'s: `$set` of the fields
+    that differ, `$unset` of those that became None (or empty); {} when none did."""
+    old, new = enrollment_document(before), enrollment_document(after)
+    changed = {name: value for name, value in new.items() if old.get(name) != value}
+    gone = {name: "" for name in old if name not in new}
+    change: Document = {}
+    if changed:
+        change["$set"] = changed
+    if gone:
+        change["$unset"] = gone
+    return change
 
 
 def enrollment_from_document(doc: Document) -> Enrollment:

@@ -16,6 +16,7 @@ from services.nurture.rules import (
     SEND_KIND,
     AlreadyEnrolledError,
     Enrollment,
+    EnrollmentMovedMeanwhileError,
     EnrollmentStatus,
     LeadContact,
     LeadScore,
@@ -31,6 +32,7 @@ from services.nurture.rules import (
     SkipCondition,
     Step,
     StepAnchor,
+    StepMove,
     StopReason,
     send_key,
 )
@@ -488,6 +490,56 @@ async def test_saving_an_enrollment_schedules_its_step_and_stopping_cancels_it(
     )
     await save(store, NurtureChanges(changed=(ended,)))
     assert await due_keys(store) == {}
+
+
+async def move_on(store: NurtureStore, *moves: StepMove) -> None:
+    async def work(transaction: NurtureTransaction) -> tuple[None, list[Event]]:
+        await transaction.move_on(moves)
+        return None, []
+
+    await store.commit(work)
+
+
+async def test_a_step_move_writes_only_what_moved_and_keeps_a_change_made_meanwhile(
+    store: NurtureStore,
+) -> None:
+    read = enrollment("mover", "e-mover")
+    await save(store, NurtureChanges(started=(read,)))
+    # Engaged while the step was being sent, by a write that left the step alone.
+    engaged = dataclasses.replace(read, engaged=("opened:0",))
+    await save(store, NurtureChanges(changed=(engaged,)))
+
+    after = dataclasses.replace(read, current_step=1, last_sent_at=NOW, next_send_at=LATER)
+    await move_on(store, StepMove(read, after))
+
+    [now] = await active_of(store, "mover")
+    assert now == dataclasses.replace(after, engaged=("opened:0",))
+    # The next step's timer is scheduled (the sent one's is finished by the commit).
+    assert (await due_keys(store))[send_key("e-mover", 1)] == LATER
+
+    done = dataclasses.replace(
+        now, current_step=2, status=EnrollmentStatus.COMPLETED, next_send_at=None, stopped_at=LATER
+    )
+    await move_on(store, StepMove(now, done))
+    assert await active_of(store, "mover") == []
+    assert await store.latest_enrollment("mover") == done
+
+
+async def test_a_step_move_of_an_enrollment_not_stored_writes_nothing(
+    store: NurtureStore,
+) -> None:
+    first, missing = enrollment("one", "e-one"), enrollment("two", "e-two")
+    await save(store, NurtureChanges(started=(first,)))
+
+    with pytest.raises(EnrollmentMovedMeanwhileError):
+        await move_on(
+            store,
+            StepMove(first, dataclasses.replace(first, current_step=1, next_send_at=LATER)),
+            StepMove(missing, dataclasses.replace(missing, current_step=1, next_send_at=LATER)),
+        )
+    assert await store.latest_enrollment("one") == first
+    assert await store.latest_enrollment("two") is None
+    assert await due_keys(store) == {send_key("e-one", 0): first.next_send_at}
 
 
 async def test_archiving_stops_its_active_enrollments_at_once_and_cancels_their_timers(

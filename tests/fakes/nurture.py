@@ -18,6 +18,7 @@ from leadflow.chassis.duework import ClaimedWork
 from services.nurture.rules import (
     AlreadyEnrolledError,
     Enrollment,
+    EnrollmentMovedMeanwhileError,
     EnrollmentStatus,
     LeadContact,
     LeadScore,
@@ -29,6 +30,7 @@ from services.nurture.rules import (
     SequenceNotFoundError,
     SequenceRecord,
     SequenceStatus,
+    StepMove,
     StopReason,
     allowed_channels,
     send_key,
@@ -294,6 +296,24 @@ class _InMemoryNurtureTransaction:
 
     async def finish(self, claimed: Sequence[ClaimedWork]) -> None:
         await self._tables.due.finish(claimed)
+
+    async def move_on(self, moves: Sequence[StepMove]) -> None:
+        tables = self._tables
+        for move in moves:
+            before = move.before
+            stored = tables.enrollments.get(before.enrollment_id)
+            if stored is None:
+                raise EnrollmentMovedMeanwhileError([before.enrollment_id])
+            # Only what the move changed: a field changed meanwhile (engaged) stays.
+            moved = {
+                f.name: getattr(move.after, f.name)
+                for f in dataclasses.fields(before)
+                if getattr(move.after, f.name) != getattr(before, f.name)
+            }
+            tables.enrollments[before.enrollment_id] = dataclasses.replace(stored, **moved)
+        due, done = step_timers([move.after for move in moves])
+        await tables.due.cancel(done)
+        await tables.due.schedule(due)
 
     async def take_commit_turn(self) -> None:
         return  # one transaction at a time here
