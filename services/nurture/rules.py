@@ -251,6 +251,15 @@ class AlreadyEnrolledError(Exception):
         )
 
 
+class EnrollmentMovedMeanwhileError(Exception):
+    """A step's move was decided from an enrollment that is no longer stored as it was
+    read: nothing of the transaction is written."""
+
+    def __init__(self, enrollment_ids: Collection[str]) -> None:
+        super().__init__(f"enrollments moved since they were read: {sorted(enrollment_ids)}")
+        self.enrollment_ids = frozenset(enrollment_ids)
+
+
 class SequenceNotEnrollingError(Exception):
     def __init__(self, sequence_id: str, status: SequenceStatus) -> None:
         super().__init__(f"sequence '{sequence_id}' is {status.value}: it enrolls nobody")
@@ -902,6 +911,15 @@ class NurtureChanges:
     """Enrollments that existed before and changed (replanned or stopped), as they are now."""
     not_enrolled: tuple[tuple[str, str], ...] = ()
     """(lead_id, why) of each trigger that enrolled nobody."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepMove:
+    """An enrollment moved past (or re-planned at) its current step, decided from
+    `before` as it was read after its step's timer was claimed."""
+
+    before: Enrollment
+    after: Enrollment
 
 
 def sequences_needed(events: Iterable[Event], active: Iterable[Enrollment]) -> set[str]:

@@ -8,9 +8,12 @@ One batch of claimed timers goes through three phases:
 2. **Send**: each message to send first gets its send record (`_id` = the step's send key,
    inserted outside any transaction). A key another replica reserved is never sent again,
    so no number of replicas or restarts sends a step twice.
-3. **Commit** (one transaction): the enrollments as they are now are moved on (or their
-   step re-planned), `MessageSentV1` / `MessageFailedV1` go to the outbox, and the timers
-   are finished. Refusals are written into the send records at the same time, outside the
+3. **Commit** (one transaction): the timers are finished, the enrollments are moved on
+   (or their step re-planned) from their state as read when deciding, without reading them
+   again (a change since then would have voided the timer's claim: see
+   `NurtureTransaction.move_on`), and `MessageSentV1` / `MessageFailedV1` go to the
+   outbox. A batch with a replayed step commits from the enrollments read again in the
+   transaction. Refusals are written into the send records at the same time, outside the
    transaction; accepted messages' answers only if the commit fails. If a timer was taken
    over meanwhile, the transaction aborts (LeaseLost); the replica that fires it next
    finds the send record with its answer and publishes what happened instead of sending
@@ -49,6 +52,7 @@ from services.nurture.channels.rules import SmsRecipient
 from services.nurture.channels.sms import OutboundSms
 from services.nurture.rules import (
     Enrollment,
+    EnrollmentMovedMeanwhileError,
     EnrollmentStatus,
     LeadContact,
     NurtureChanges,
@@ -59,13 +63,14 @@ from services.nurture.rules import (
     SequenceRecord,
     Step,
     StepDecision,
+    StepMove,
     StepOutcome,
     after_step,
     decide_step,
     retry_delay,
     stopped,
 )
-from services.nurture.store import NurtureStore, NurtureTransaction
+from services.nurture.store import NurtureStore, NurtureTransaction, RateWanted
 from services.nurture.templates import RenderError, render, template_context
 from services.nurture.usecases import Sequences
 from shared.events import (
@@ -510,14 +515,15 @@ class SendDueSteps:
             for channel, waiting in wanting.items()
             if (limit := self._settings.rate_per_second.get(channel)) is not None
         }
-        granted = await asyncio.gather(
-            *(
-                self._store.take_rate(channel, now, len(waiting), limit)
+        granted = await self._store.take_rates(
+            now,
+            {
+                channel: RateWanted(len(waiting), limit)
                 for channel, (waiting, limit) in limited.items()
-            )
+            },
         )
-        for (waiting, _), taken in zip(limited.values(), granted, strict=True):
-            for item in waiting[taken:]:
+        for channel, (waiting, _) in limited.items():
+            for item in waiting[granted.get(channel, 0) :]:
                 _defer(item, now.replace(microsecond=0) + timedelta(seconds=1), "rate limit")
 
     async def _reserve(self, items: Sequence[_Item]) -> None:
@@ -659,6 +665,66 @@ class SendDueSteps:
                     sent.committed.set_exception(RuntimeError("commit abandoned"))
 
     async def _commit_batches(self, batch: list[ClaimedWork], items: Sequence[_Item]) -> None:
+        moves = self._moves_as_decided(items)
+        if moves is not None:
+            try:
+                await self._commit_as_decided(batch, items, moves)
+            except EnrollmentMovedMeanwhileError as moved:
+                # Not stored as read (the store's guarantees say it cannot happen): commit
+                # again from the enrollments as they are now.
+                log.warning(
+                    "enrollments not stored as read; committing from a re-read",
+                    enrollment_ids=sorted(moved.enrollment_ids)[:10],
+                )
+            else:
+                return
+        await self._commit_reading(batch, items)
+
+    def _moves_as_decided(self, items: Sequence[_Item]) -> list[StepMove] | None:
+        """Each item's move from its enrollment as read when deciding, or None when the
+        commit must read the enrollments again: a replayed step (whose own attempt may
+        have committed after all), an enrollment missing, not at the step or in the batch
+        twice."""
+        now = self._clock()
+        moves: list[StepMove] = []
+        seen: set[str] = set()
+        for item in items:
+            enrollment = item.enrollment
+            if (
+                item.replayed
+                or enrollment is None
+                or item.record is None
+                or item.enrollment_id in seen
+                or enrollment.current_step != item.step
+                or enrollment.status is not EnrollmentStatus.ACTIVE
+            ):
+                return None
+            seen.add(item.enrollment_id)
+            moved = self._moved(item, _outcome(item), enrollment, item.lead, now)
+            if moved is not None and moved != enrollment:
+                moves.append(StepMove(enrollment, moved))
+        return moves
+
+    async def _commit_as_decided(
+        self, batch: list[ClaimedWork], items: Sequence[_Item], moves: Sequence[StepMove]
+    ) -> None:
+        """Commit the moves decided from the enrollments as read before sending, reading
+        none again. The timers are finished first: a claim voided by an enrollment write
+        since it was taken raises LeaseLost there, before anything is moved."""
+
+        async def commit(transaction: NurtureTransaction) -> tuple[None, list[Event]]:
+            await transaction.take_commit_turn()
+            now = self._clock()
+            # Timers first: finishing a claimed one then rescheduling its key is a new item.
+            await transaction.finish(batch)
+            await transaction.move_on(moves)
+            return None, [event for item in items for event in _events_of(item, now)]
+
+        await self._store.commit(commit)
+        for item in items:
+            STEPS_HANDLED.labels(item.channel or "-", _outcome(item)).inc()
+
+    async def _commit_reading(self, batch: list[ClaimedWork], items: Sequence[_Item]) -> None:
         # From the enrollments as they are in the transaction. (Checking each write against
         # the enrollment as read when deciding was tried: its bulk replace took ~8x as long
         # on SecantusDB, likely as the whole-document filter is served from an index on a
@@ -681,12 +747,7 @@ class SendDueSteps:
                 events += _events_of(item, now)
                 outcome = _outcome(item)
                 STEPS_HANDLED.labels(item.channel or "-", outcome).inc()
-                if (
-                    enrollment is None
-                    or item.record is None
-                    or enrollment.current_step != item.step
-                    or enrollment.status is not EnrollmentStatus.ACTIVE
-                ):
+                if enrollment is None or item.record is None or not at_step:
                     continue  # moved on meanwhile (stopped, replanned): its new state stands
                 moved = self._moved(
                     # The lead as read when deciding (its zone plans the next step): a

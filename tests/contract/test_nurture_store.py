@@ -16,6 +16,7 @@ from services.nurture.rules import (
     SEND_KIND,
     AlreadyEnrolledError,
     Enrollment,
+    EnrollmentMovedMeanwhileError,
     EnrollmentStatus,
     LeadContact,
     LeadScore,
@@ -31,6 +32,7 @@ from services.nurture.rules import (
     SkipCondition,
     Step,
     StepAnchor,
+    StepMove,
     StopReason,
     send_key,
 )
@@ -40,6 +42,7 @@ from services.nurture.store import (
     MongoNurtureStore,
     NurtureStore,
     NurtureTransaction,
+    RateWanted,
 )
 from services.nurture.usecases import ApplyLeadEvents, EnrollByHand, Sequences
 from shared.events import (
@@ -490,6 +493,56 @@ async def test_saving_an_enrollment_schedules_its_step_and_stopping_cancels_it(
     assert await due_keys(store) == {}
 
 
+async def move_on(store: NurtureStore, *moves: StepMove) -> None:
+    async def work(transaction: NurtureTransaction) -> tuple[None, list[Event]]:
+        await transaction.move_on(moves)
+        return None, []
+
+    await store.commit(work)
+
+
+async def test_a_step_move_writes_only_what_moved_and_keeps_a_change_made_meanwhile(
+    store: NurtureStore,
+) -> None:
+    read = enrollment("mover", "e-mover")
+    await save(store, NurtureChanges(started=(read,)))
+    # Engaged while the step was being sent, by a write that left the step alone.
+    engaged = dataclasses.replace(read, engaged=("opened:0",))
+    await save(store, NurtureChanges(changed=(engaged,)))
+
+    after = dataclasses.replace(read, current_step=1, last_sent_at=NOW, next_send_at=LATER)
+    await move_on(store, StepMove(read, after))
+
+    [now] = await active_of(store, "mover")
+    assert now == dataclasses.replace(after, engaged=("opened:0",))
+    # The next step's timer is scheduled (the sent one's is finished by the commit).
+    assert (await due_keys(store))[send_key("e-mover", 1)] == LATER
+
+    done = dataclasses.replace(
+        now, current_step=2, status=EnrollmentStatus.COMPLETED, next_send_at=None, stopped_at=LATER
+    )
+    await move_on(store, StepMove(now, done))
+    assert await active_of(store, "mover") == []
+    assert await store.latest_enrollment("mover") == done
+
+
+async def test_a_step_move_of_an_enrollment_not_stored_writes_nothing(
+    store: NurtureStore,
+) -> None:
+    first, missing = enrollment("one", "e-one"), enrollment("two", "e-two")
+    await save(store, NurtureChanges(started=(first,)))
+
+    with pytest.raises(EnrollmentMovedMeanwhileError):
+        await move_on(
+            store,
+            StepMove(first, dataclasses.replace(first, current_step=1, next_send_at=LATER)),
+            StepMove(missing, dataclasses.replace(missing, current_step=1, next_send_at=LATER)),
+        )
+    assert await store.latest_enrollment("one") == first
+    assert await store.latest_enrollment("two") is None
+    assert await due_keys(store) == {send_key("e-one", 0): first.next_send_at}
+
+
 async def test_archiving_stops_its_active_enrollments_at_once_and_cancels_their_timers(
     store: NurtureStore,
 ) -> None:
@@ -563,9 +616,22 @@ async def test_recent_sends_are_found_by_lead_for_the_caps(store: NurtureStore) 
 async def test_the_rate_window_grants_at_most_its_limit_across_callers(
     store: NurtureStore,
 ) -> None:
-    granted = await asyncio.gather(*(store.take_rate("sms", NOW, 3, 10) for _ in range(12)))
-    assert sum(granted) == 10
-    assert await store.take_rate("sms", NOW + timedelta(seconds=1), 3, 10) == 3
+    wanted = {"sms": RateWanted(3, 10)}
+    granted = await asyncio.gather(*(store.take_rates(NOW, wanted) for _ in range(12)))
+    assert sum(g["sms"] for g in granted) == 10
+    assert await store.take_rates(NOW + timedelta(seconds=1), wanted) == {"sms": 3}
+
+
+async def test_each_channel_has_its_own_limit_in_a_shared_window(store: NurtureStore) -> None:
+    both = {"email": RateWanted(4, 5), "sms": RateWanted(2, 3)}
+    granted = await asyncio.gather(*(store.take_rates(NOW, both) for _ in range(3)))
+    assert sum(g["email"] for g in granted) == 5
+    assert sum(g["sms"] for g in granted) == 3
+    # A channel one caller does not ask for is not charged.
+    assert await store.take_rates(NOW, {"email": RateWanted(0, 5), "sms": RateWanted(1, 9)}) == {
+        "email": 0,
+        "sms": 1,
+    }
 
 
 async def test_scores_are_kept_per_lead(store: NurtureStore) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -18,6 +18,7 @@ from leadflow.chassis.duework import ClaimedWork
 from services.nurture.rules import (
     AlreadyEnrolledError,
     Enrollment,
+    EnrollmentMovedMeanwhileError,
     EnrollmentStatus,
     LeadContact,
     LeadScore,
@@ -29,6 +30,7 @@ from services.nurture.rules import (
     SequenceNotFoundError,
     SequenceRecord,
     SequenceStatus,
+    StepMove,
     StopReason,
     allowed_channels,
     send_key,
@@ -38,6 +40,7 @@ from services.nurture.store import (
     BatchWork,
     ContactFilter,
     EnrollmentFilter,
+    RateWanted,
     Work,
     step_timers,
 )
@@ -240,13 +243,16 @@ class InMemoryNurtureStore:
                 error=record.error,
             )
 
-    async def take_rate(self, channel: str, second: datetime, wanted: int, limit: int) -> int:
-        if wanted <= 0:
-            return 0
-        window = f"{channel}:{second.replace(microsecond=0).isoformat()}"
-        before = self.rates[window]
-        self.rates[window] += wanted
-        return max(0, min(wanted, limit - before))
+    async def take_rates(
+        self, second: datetime, wanted: Mapping[str, RateWanted]
+    ) -> dict[str, int]:
+        granted: dict[str, int] = {}
+        for channel, want in wanted.items():
+            window = f"{channel}:{second.replace(microsecond=0).isoformat()}"
+            before = self.rates[window]
+            self.rates[window] += max(0, want.count)
+            granted[channel] = max(0, min(want.count, want.limit - before))
+        return granted
 
     # --- enrollments ----------------------------------------------------------------------
 
@@ -294,6 +300,24 @@ class _InMemoryNurtureTransaction:
 
     async def finish(self, claimed: Sequence[ClaimedWork]) -> None:
         await self._tables.due.finish(claimed)
+
+    async def move_on(self, moves: Sequence[StepMove]) -> None:
+        tables = self._tables
+        for move in moves:
+            before = move.before
+            stored = tables.enrollments.get(before.enrollment_id)
+            if stored is None:
+                raise EnrollmentMovedMeanwhileError([before.enrollment_id])
+            # Only what the move changed: a field changed meanwhile (engaged) stays.
+            moved = {
+                f.name: getattr(move.after, f.name)
+                for f in dataclasses.fields(before)
+                if getattr(move.after, f.name) != getattr(before, f.name)
+            }
+            tables.enrollments[before.enrollment_id] = dataclasses.replace(stored, **moved)
+        due, done = step_timers([move.after for move in moves])
+        await tables.due.cancel(done)
+        await tables.due.schedule(due)
 
     async def take_commit_turn(self) -> None:
         return  # one transaction at a time here

@@ -238,6 +238,24 @@ async def test_an_engagement_recorded_while_the_message_is_sent_is_kept(world: W
     assert enrollment.next_send_at == MONDAY_10_SEOUL + timedelta(hours=24)
 
 
+async def test_a_batch_reads_its_enrollments_once_and_moves_them_on(world: World) -> None:
+    """The commit moves each enrollment on from its state as read when deciding (a change
+    since then voids the timer's claim), reading none again."""
+    for lead_id in ("m1", "m2"):
+        await world.lead(lead_id)
+    sequence_id = await world.sequence(email(0), email(24))
+    for lead_id in ("m1", "m2"):
+        await world.enroll(lead_id, sequence_id)
+    reads = world.store.reads["enrollments"]
+    assert await world.run() == 2
+    assert world.store.reads["enrollments"] == reads + 1
+    assert len(world.published(MessageSentV1)) == 2
+    for lead_id in ("m1", "m2"):
+        enrollment = await world.enrollment(lead_id)
+        assert (enrollment.current_step, enrollment.last_sent_at) == (1, MONDAY_10_SEOUL)
+        assert enrollment.next_send_at == MONDAY_10_SEOUL + timedelta(hours=24)
+
+
 async def claimed_twice(world: World) -> tuple[list[ClaimedWork], list[ClaimedWork]]:
     """The due sends claimed by one replica ("a"), then again by another ("b") once the
     first one's 30 s lease has lapsed."""
