@@ -70,7 +70,7 @@ from services.nurture.rules import (
     retry_delay,
     stopped,
 )
-from services.nurture.store import NurtureStore, NurtureTransaction, RateWanted
+from services.nurture.store import NurtureStore, NurtureTransaction
 from services.nurture.templates import RenderError, render, template_context
 from services.nurture.usecases import Sequences
 from shared.events import (
@@ -515,15 +515,14 @@ class SendDueSteps:
             for channel, waiting in wanting.items()
             if (limit := self._settings.rate_per_second.get(channel)) is not None
         }
-        granted = await self._store.take_rates(
-            now,
-            {
-                channel: RateWanted(len(waiting), limit)
+        granted = await asyncio.gather(
+            *(
+                self._store.take_rate(channel, now, len(waiting), limit)
                 for channel, (waiting, limit) in limited.items()
-            },
+            )
         )
-        for channel, (waiting, _) in limited.items():
-            for item in waiting[granted.get(channel, 0) :]:
+        for (waiting, _), taken in zip(limited.values(), granted, strict=True):
+            for item in waiting[taken:]:
                 _defer(item, now.replace(microsecond=0) + timedelta(seconds=1), "rate limit")
 
     async def _reserve(self, items: Sequence[_Item]) -> None:

@@ -25,7 +25,7 @@ steps of each flow in `usecases`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -229,11 +229,9 @@ class NurtureStore(Protocol):
         """Write the provider's answer into each record (status, provider id, error)."""
         ...
 
-    async def take_rates(
-        self, second: datetime, wanted: Mapping[str, RateWanted]
-    ) -> dict[str, int]:
-        """Reserve, per channel, up to `count` of the `limit` sends it may make in `second`,
-        across replicas (all channels in one request); how many each was granted."""
+    async def take_rate(self, channel: str, second: datetime, wanted: int, limit: int) -> int:
+        """Reserve up to `wanted` of the `limit` sends `channel` may make in `second`, across
+        replicas; how many were granted."""
         ...
 
     # --- enrollments (reads) --------------------------------------------------------------
@@ -527,19 +525,15 @@ class MongoNurtureStore:
                 ordered=False,
             )
 
-    async def take_rates(
-        self, second: datetime, wanted: Mapping[str, RateWanted]
-    ) -> dict[str, int]:
-        asked = {channel: want for channel, want in wanted.items() if want.count > 0}
-        if not asked:
-            return {channel: 0 for channel in wanted}
+    async def take_rate(self, channel: str, second: datetime, wanted: int, limit: int) -> int:
+        if wanted <= 0:
+            return 0
         window = second.replace(microsecond=0)
-        # Every channel's count of a second in one document: one request a batch.
         take = {
-            "$inc": {f"taken.{channel}": want.count for channel, want in asked.items()},
+            "$inc": {"taken": wanted},
             "$setOnInsert": {"expires_at": window + RATE_WINDOW_KEPT},
         }
-        key = {"_id": f"{RATE_WINDOW_PREFIX}{window.isoformat()}"}
+        key = {"_id": f"{channel}:{window.isoformat()}"}
         for attempt in range(RATE_UPSERT_ATTEMPTS):
             try:
                 doc = await self._rates.find_one_and_update(
@@ -553,12 +547,8 @@ class MongoNurtureStore:
                     raise
                 await asyncio.sleep(0.001 * (attempt + 1))
         # An upsert returning the document after the update always returns one.
-        taken = (doc or {}).get("taken", {})
-        granted = {channel: 0 for channel in wanted}
-        for channel, want in asked.items():
-            before = int(taken.get(channel, want.count)) - want.count
-            granted[channel] = max(0, min(want.count, want.limit - before))
-        return granted
+        before = (int(doc["taken"]) if doc is not None else wanted) - wanted
+        return max(0, min(wanted, limit - before))
 
     # --- enrollments ----------------------------------------------------------------------
 
@@ -740,17 +730,6 @@ def step_timers(enrollments: Sequence[Enrollment]) -> tuple[list[DueWork], list[
 
 
 RATE_WINDOW_KEPT = timedelta(minutes=1)
-RATE_WINDOW_PREFIX = "second:"
-"""A second's rate window: `{_id: "second:<iso>", taken: {<channel>: n}}`. (Windows of one
-channel each, `<channel>:<iso>`, were written before; they expire within a minute.)"""
-
-
-@dataclass(frozen=True, slots=True)
-class RateWanted:
-    """Sends a batch wants to make on a channel in one second, and the channel's limit."""
-
-    count: int
-    limit: int
 
 
 # --- documents ----------------------------------------------------------------------------

@@ -42,7 +42,6 @@ from services.nurture.store import (
     MongoNurtureStore,
     NurtureStore,
     NurtureTransaction,
-    RateWanted,
 )
 from services.nurture.usecases import ApplyLeadEvents, EnrollByHand, Sequences
 from shared.events import (
@@ -616,22 +615,9 @@ async def test_recent_sends_are_found_by_lead_for_the_caps(store: NurtureStore) 
 async def test_the_rate_window_grants_at_most_its_limit_across_callers(
     store: NurtureStore,
 ) -> None:
-    wanted = {"sms": RateWanted(3, 10)}
-    granted = await asyncio.gather(*(store.take_rates(NOW, wanted) for _ in range(12)))
-    assert sum(g["sms"] for g in granted) == 10
-    assert await store.take_rates(NOW + timedelta(seconds=1), wanted) == {"sms": 3}
-
-
-async def test_each_channel_has_its_own_limit_in_a_shared_window(store: NurtureStore) -> None:
-    both = {"email": RateWanted(4, 5), "sms": RateWanted(2, 3)}
-    granted = await asyncio.gather(*(store.take_rates(NOW, both) for _ in range(3)))
-    assert sum(g["email"] for g in granted) == 5
-    assert sum(g["sms"] for g in granted) == 3
-    # A channel one caller does not ask for is not charged.
-    assert await store.take_rates(NOW, {"email": RateWanted(0, 5), "sms": RateWanted(1, 9)}) == {
-        "email": 0,
-        "sms": 1,
-    }
+    granted = await asyncio.gather(*(store.take_rate("sms", NOW, 3, 10) for _ in range(12)))
+    assert sum(granted) == 10
+    assert await store.take_rate("sms", NOW + timedelta(seconds=1), 3, 10) == 3
 
 
 async def test_scores_are_kept_per_lead(store: NurtureStore) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -40,7 +40,6 @@ from services.nurture.store import (
     BatchWork,
     ContactFilter,
     EnrollmentFilter,
-    RateWanted,
     Work,
     step_timers,
 )
@@ -243,16 +242,13 @@ class InMemoryNurtureStore:
                 error=record.error,
             )
 
-    async def take_rates(
-        self, second: datetime, wanted: Mapping[str, RateWanted]
-    ) -> dict[str, int]:
-        granted: dict[str, int] = {}
-        for channel, want in wanted.items():
-            window = f"{channel}:{second.replace(microsecond=0).isoformat()}"
-            before = self.rates[window]
-            self.rates[window] += max(0, want.count)
-            granted[channel] = max(0, min(want.count, want.limit - before))
-        return granted
+    async def take_rate(self, channel: str, second: datetime, wanted: int, limit: int) -> int:
+        if wanted <= 0:
+            return 0
+        window = f"{channel}:{second.replace(microsecond=0).isoformat()}"
+        before = self.rates[window]
+        self.rates[window] += wanted
+        return max(0, min(wanted, limit - before))
 
     # --- enrollments ----------------------------------------------------------------------
 
