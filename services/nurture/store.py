@@ -24,7 +24,7 @@ steps of each flow in `usecases`.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
@@ -246,8 +246,6 @@ class NurtureStore(Protocol):
         ...
 
 
-RATE_UPSERT_ATTEMPTS = 5
-"""Tries of a rate window's upsert that meets another caller's insert of the window."""
 COMMIT_TURN = "send-batches"
 """The document send batches' commits all write first (`take_commit_turn`)."""
 NEWEST_FIRST = [("enrolled_at", DESCENDING), ("triggered_at", DESCENDING)]
@@ -529,25 +527,24 @@ class MongoNurtureStore:
         if wanted <= 0:
             return 0
         window = second.replace(microsecond=0)
-        take = {
-            "$inc": {"taken": wanted},
-            "$setOnInsert": {"expires_at": window + RATE_WINDOW_KEPT},
-        }
         key = {"_id": f"{channel}:{window.isoformat()}"}
-        for attempt in range(RATE_UPSERT_ATTEMPTS):
-            try:
-                doc = await self._rates.find_one_and_update(
-                    key, take, upsert=True, return_document=ReturnDocument.AFTER
+        take = {"$inc": {"taken": wanted}}
+        # No upsert: SecantusDB lets callers upserting a new document at once each create it,
+        # each then seeing only its own increment (docs/LOCAL_INFRA_FINDINGS.md §5), so a
+        # window's limit was granted more than once. The window is inserted on its own,
+        # where the unique `_id` does hold, and only ever incremented.
+        doc = await self._rates.find_one_and_update(key, take, return_document=ReturnDocument.AFTER)
+        if doc is None:
+            with contextlib.suppress(DuplicateKeyError):  # another caller opened it first
+                await self._rates.insert_one(
+                    {**key, "taken": 0, "expires_at": window + RATE_WINDOW_KEPT}
                 )
-                break
-            except DuplicateKeyError:
-                # Callers opened the same second's window at once: one inserted it, the
-                # others update it, once its insert is visible to them.
-                if attempt + 1 == RATE_UPSERT_ATTEMPTS:
-                    raise
-                await asyncio.sleep(0.001 * (attempt + 1))
-        # An upsert returning the document after the update always returns one.
-        before = (int(doc["taken"]) if doc is not None else wanted) - wanted
+            doc = await self._rates.find_one_and_update(
+                key, take, return_document=ReturnDocument.AFTER
+            )
+        if doc is None:
+            raise RuntimeError(f"rate window {key['_id']} vanished as it was opened")
+        before = int(doc["taken"]) - wanted
         return max(0, min(wanted, limit - before))
 
     # --- enrollments ----------------------------------------------------------------------
