@@ -35,6 +35,7 @@ from leadflow.chassis.store import (
     connect,
     ping,
 )
+from leadflow.chassis.tasks import cancel_and_wait
 from shared.events import utc_now
 from shared.logging import configure_logging
 from shared.settings import ServiceSettings
@@ -171,9 +172,7 @@ class ServiceChassis:
         finally:
             if shutdown is not None:
                 await shutdown()  # the service's own work first, while its parts still run
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await cancel_and_wait(self._tasks)
             with contextlib.suppress(PyMongoError):  # otherwise it lapses within its ttl
                 await self.relay.stop()
             started = time.perf_counter()
