@@ -89,6 +89,7 @@ from services.nurture.sending import (
     SmsSender,
     message_id_of,
 )
+from services.nurture.settings import Settings as NurtureSettings
 from services.nurture.store import MongoNurtureStore, contact_document, enrollment_document
 from services.nurture.usecases import Sequences
 from shared.events import Consent, Contact, utc_now
@@ -132,6 +133,7 @@ class ReplicaConfig:
     concurrency: int
     smtp_connections: int
     in_flight: int
+    lookahead_s: float
     profile_to: str | None = None
 
 
@@ -308,6 +310,7 @@ async def _run_replica(
         lease_s=60,
         idle_poll_s=0.25,
         in_flight=config.in_flight,
+        lookahead_s=config.lookahead_s,
     )
     await client.admin.command("ping")
     task = asyncio.create_task(runner.run())
@@ -513,6 +516,7 @@ async def bench(infra: LocalInfra, args: argparse.Namespace) -> dict[str, Any]:
             concurrency=args.concurrency,
             smtp_connections=args.smtp_connections,
             in_flight=args.in_flight,
+            lookahead_s=args.lookahead,
             profile_to=str(Path(args.profile) / f"replica-r{n}.prof") if args.profile else None,
         )
         for n in range(args.replicas)
@@ -575,6 +579,7 @@ async def bench(infra: LocalInfra, args: argparse.Namespace) -> dict[str, Any]:
         "replicas": args.replicas,
         "batch": args.batch,
         "in_flight": args.in_flight,
+        "lookahead_s": args.lookahead,
         "storage": args.storage,
         "seeded_in_s": round(seeded_in, 1),
         "seed_margin_s": round(margin_s, 1),
@@ -618,6 +623,12 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=2, choices=[1, 2, 3])
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--in-flight", type=int, default=2, help="batches in flight a replica")
+    parser.add_argument(
+        "--lookahead",
+        type=float,
+        default=NurtureSettings.model_fields["scheduler_lookahead_s"].default,
+        help="seconds before their due time steps are claimed (the service's default)",
+    )
     parser.add_argument("--concurrency", type=int, default=32, help="sends in flight a replica")
     parser.add_argument("--smtp-connections", type=int, default=8, help="per replica")
     parser.add_argument("--deadline", type=float, default=120.0, help="seconds past the last due")

@@ -23,6 +23,10 @@ runs a `DueWorkRunner` over the kinds it handles:
   made one at a time; each batch fires, commits and is isolated on its own.
 - **On time.** The runner sleeps until the earliest due item or `idle_poll_s`, whichever is
   first; `wake()` cuts the sleep short when something sooner was scheduled in this process.
+- **Ahead of time.** With `lookahead_s` above 0 the runner claims items that fall due within
+  that long, so a `fire` with work to do before an item's effect (reads, decisions) does it
+  while the item is not due yet and takes the effect at `due_at`. Such a `fire` must not take
+  any item's effect before its `due_at`: it gets items that are not due yet.
   A crash loses nothing: the items stay in the collection and are claimed again once the
   dead replica's lease lapses (`lease_s`), or at once when it was never claimed.
 """
@@ -186,11 +190,14 @@ class DueWorkRunner:
         max_attempts: int = 5,
         max_backoff_s: float = 3600.0,
         in_flight: int = 1,
+        lookahead_s: float = 0.0,
     ) -> None:
         if not kinds:
             raise ValueError("a runner needs at least one kind")
         if in_flight < 1:
             raise ValueError("a runner fires at least one batch at a time")
+        if not 0 <= lookahead_s < lease_s:
+            raise ValueError("the look-ahead is at least 0 and shorter than the lease")
         self._store = store
         self._kinds = frozenset(kinds)
         self._fire = fire
@@ -205,6 +212,7 @@ class DueWorkRunner:
         self._stopping = False
         self._running: asyncio.Event | None = None
         self._in_flight = in_flight
+        self._lookahead = timedelta(seconds=lookahead_s)
         self._firing: set[asyncio.Task[None]] = set()
         self._fire_failure: Exception | None = None
         """A batch fired in the background hit an outage: the next round pauses for it."""
@@ -275,7 +283,7 @@ class DueWorkRunner:
     async def _claim(self) -> list[ClaimedWork]:
         return await self._store.claim(
             kinds=self._kinds,
-            now=self._clock(),
+            now=self._clock() + self._lookahead,
             limit=self._batch_size,
             lease=self._lease,
             token=uuid.uuid4().hex,
@@ -362,7 +370,8 @@ class DueWorkRunner:
         return float(min(self._retry_backoff_s * 2**attempts, self._max_backoff_s))
 
     async def _sleep_until_due(self) -> None:
-        now = self._clock()
+        # Until the next item is within the look-ahead: "now" is that far on.
+        now = self._clock() + self._lookahead
         # Narrow windows first: a store may read every item in the window to find the
         # earliest, and with timers due every few milliseconds the first one answers.
         for horizon_s in (*(h for h in _PROBES_S if h < self._idle_poll_s), self._idle_poll_s):

@@ -174,6 +174,7 @@ def create_app(
         lease_s=settings.scheduler_lease_s,
         idle_poll_s=settings.scheduler_idle_poll_s,
         in_flight=settings.scheduler_batches_in_flight,
+        lookahead_s=settings.scheduler_lookahead_s,
     )
     tasks: list[asyncio.Task[None]] = []
 

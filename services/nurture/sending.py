@@ -21,6 +21,10 @@ One batch of claimed timers goes through three phases:
 
 Each phase makes a fixed number of round trips per batch, not per message; reads and
 writes that do not depend on each other go out together.
+
+Steps may be claimed before they fall due (the runner's look-ahead): each is decided as of
+its due time (send window, quiet hours, caps, the rate's second) and handed to its provider
+no earlier than that, so the reads and decisions are done by the time it is due.
 """
 
 from __future__ import annotations
@@ -250,6 +254,9 @@ class _Item:
     replayed: bool = False
     """Sent (or failed) by an earlier attempt that did not commit: published now, unless
     that attempt's commit did happen after all (the enrollment moved on)."""
+    at: datetime = datetime.min
+    """The moment this step is decided for and sent at: its due time, or when it was
+    decided if that was later (set by `_decide`)."""
 
     @property
     def key(self) -> str:
@@ -387,14 +394,15 @@ class SendDueSteps:
             record = catalog.get(enrollment.sequence_id) if enrollment else None
             lead = contacts.get(enrollment.lead_id) if enrollment else None
             item = _Item(claimed, enrollment_id, step, enrollment, record, lead, _DROP)
+            item.at = max(now, claimed.work.due_at)
             item.decision = self._decision(
                 item, found.get(claimed.work.key), sent_times, now, catalog
             )
             if item.decision.outcome is StepOutcome.SEND and enrollment is not None:
-                self._prepare(item, now)
+                self._prepare(item)
                 if item.channel is not None and item.failure is None:
                     # Later steps in this batch count this one against the caps.
-                    sent_times[enrollment.lead_id, item.channel].append(now)
+                    sent_times[enrollment.lead_id, item.channel].append(item.at)
             items.append(item)
         return items
 
@@ -417,7 +425,7 @@ class SendDueSteps:
             item.record,
             item.lead,
             due_at=item.claimed.work.due_at,
-            now=now,
+            now=item.at,
             policy=self._settings.policy,
             default_timezone=self._settings.default_timezone,
             sent=sent,
@@ -443,7 +451,7 @@ class SendDueSteps:
             item.failure = known.error or "failed"
         return StepDecision(StepOutcome.SEND, "recorded before")
 
-    def _prepare(self, item: _Item, now: datetime) -> None:
+    def _prepare(self, item: _Item) -> None:
         enrollment, record, lead = item.enrollment, item.record, item.lead
         if enrollment is None or record is None or lead is None or item.send is not None:
             return
@@ -471,7 +479,7 @@ class SendDueSteps:
             step=item.step,
             channel=step.channel,
             status=SendStatus.SENDING,
-            reserved_at=now,
+            reserved_at=item.at,
         )
 
     # --- 2. send ------------------------------------------------------------------------------
@@ -505,25 +513,25 @@ class SendDueSteps:
                 item.message = item.send = None
 
     async def _limit_rate(self, items: Sequence[_Item]) -> None:
-        now = self._clock()
-        wanting: dict[str, list[_Item]] = defaultdict(list)
+        """Each message counts against its channel's rate in the second it is sent in."""
+        wanting: dict[tuple[str, datetime], list[_Item]] = defaultdict(list)
         for item in items:
             if item.message is not None and item.channel is not None:
-                wanting[item.channel].append(item)
+                wanting[item.channel, item.at.replace(microsecond=0)].append(item)
         limited = {
-            channel: (waiting, limit)
-            for channel, waiting in wanting.items()
-            if (limit := self._settings.rate_per_second.get(channel)) is not None
+            window: (waiting, limit)
+            for window, waiting in wanting.items()
+            if (limit := self._settings.rate_per_second.get(window[0])) is not None
         }
         granted = await asyncio.gather(
             *(
-                self._store.take_rate(channel, now, len(waiting), limit)
-                for channel, (waiting, limit) in limited.items()
+                self._store.take_rate(channel, second, len(waiting), limit)
+                for (channel, second), (waiting, limit) in limited.items()
             )
         )
-        for (waiting, _), taken in zip(limited.values(), granted, strict=True):
+        for ((_, second), (waiting, _)), taken in zip(limited.items(), granted, strict=True):
             for item in waiting[taken:]:
-                _defer(item, now.replace(microsecond=0) + timedelta(seconds=1), "rate limit")
+                _defer(item, second + timedelta(seconds=1), "rate limit")
 
     async def _reserve(self, items: Sequence[_Item]) -> None:
         wanted = [i.send for i in items if i.message is not None and i.send is not None]
@@ -546,6 +554,9 @@ class SendDueSteps:
         message, send = item.message, item.send
         if message is None or send is None:
             return
+        early = (item.at - self._clock()).total_seconds()
+        if early > 0:  # claimed ahead of time: not handed over before it is due
+            await asyncio.sleep(early)
         now = self._clock()
         try:
             async with self._slots:

@@ -84,6 +84,11 @@ class Settings(ServiceSettings):
     scheduler_batches_in_flight: int = Field(default=2, ge=1, le=16)
     """Batches one replica has in hand at once: the next is claimed and decided while the
     earlier ones wait on the providers; their commits still go one at a time."""
+    scheduler_lookahead_s: float = Field(default=2.0, ge=0, le=10)
+    """Steps are claimed this long before they fall due, read and decided (as of their due
+    time) meanwhile, and handed to the provider when due: they leave on time although a
+    batch's reads take a while. Also how early a lead's opt-out must be stored to stop a
+    step already claimed (the channels' opt-outs are checked when it is claimed)."""
     send_max_lateness_s: float = Field(default=6 * 3600.0, gt=0)
     """After downtime, steps due longer ago than this are skipped, not sent late."""
     send_concurrency: int = Field(default=32, ge=1, le=1000)

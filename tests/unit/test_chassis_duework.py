@@ -101,6 +101,31 @@ async def test_an_item_fires_once_when_due_and_not_before() -> None:
     assert store.items == {}
 
 
+async def test_with_a_look_ahead_items_are_claimed_that_long_before_they_fall_due() -> None:
+    clock = MovableClock()
+    store, firing, runner = make(clock, lookahead_s=2.0)
+    await store.schedule(
+        [
+            DueWork("soon", "sla", NOW + timedelta(seconds=1.5)),
+            DueWork("later", "sla", NOW + timedelta(seconds=3)),
+        ]
+    )
+    async with running(runner):
+        await fired_keys(firing, ["soon"])  # the clock has not moved
+        await asyncio.sleep(0.2)  # many idle polls
+        assert firing.keys() == ["soon"]
+        clock.advance(1.0)
+        await fired_keys(firing, ["soon", "later"])
+    assert firing.fired == [("soon", NOW), ("later", NOW + timedelta(seconds=1))]
+
+
+def test_a_look_ahead_must_be_shorter_than_the_lease() -> None:
+    with pytest.raises(ValueError, match="look-ahead"):
+        make(MovableClock(), lookahead_s=30.0, lease_s=30.0)
+    with pytest.raises(ValueError, match="look-ahead"):
+        make(MovableClock(), lookahead_s=-1.0)
+
+
 async def test_items_of_other_kinds_are_left_alone() -> None:
     clock = MovableClock()
     store, firing, runner = make(clock, kinds={"sla"})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -83,6 +84,20 @@ class Clock:
         return self.now
 
 
+class RunningClock(Clock):
+    """Stands still until `start()`, then runs with real time from `now`."""
+
+    started: float | None = None
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self) -> datetime:
+        if self.started is None:
+            return self.now
+        return self.now + timedelta(seconds=time.monotonic() - self.started)
+
+
 POLICY = SendPolicy(
     max_lateness=timedelta(hours=6),
     quiet_hours=QuietHours(21, 8),
@@ -128,7 +143,12 @@ class World:
             opt_outs=self.channels,
         )
         return DueWorkRunner(
-            self.store.due, kinds={SEND_KIND}, fire=send, clock=self.clock, lease_s=30
+            self.store.due,
+            kinds={SEND_KIND},
+            fire=send,
+            clock=self.clock,
+            lease_s=30,
+            lookahead_s=float(settings.pop("lookahead_s", 0.0)),  # type: ignore[arg-type]
         )
 
     async def lead(self, lead_id: str, *, phone: str | None = None) -> None:
@@ -524,3 +544,52 @@ async def test_editing_a_live_sequence_keeps_enrolled_leads_on_their_version(
         "Hi Dana",
         "Hi Dana",
     ]
+
+
+async def _handed_over_at(world: World) -> list[datetime]:
+    """When each email reaches its provider, on the world's clock."""
+    times: list[datetime] = []
+
+    async def record() -> None:
+        times.append(world.clock())
+
+    world.email.meanwhile = record
+    return times
+
+
+async def test_a_step_claimed_ahead_of_time_is_sent_when_due_not_before() -> None:
+    world = World(clock=RunningClock())
+    due = MONDAY_10_SEOUL
+    await world.lead("a")
+    await world.enroll("a", await world.sequence(email(0)))
+    handed_over = await _handed_over_at(world)
+    world.clock.now = due - timedelta(seconds=0.5)
+    world.clock.start()  # type: ignore[attr-defined]
+
+    assert await world.replica(lookahead_s=1.0).run_once() == 1  # claimed before it is due
+    [at] = handed_over
+    assert due <= at < due + timedelta(seconds=5)
+    [sent] = world.published(MessageSentV1)
+    assert sent.due_at == due <= sent.occurred_at
+
+
+async def test_steps_claimed_ahead_count_against_the_rate_of_the_second_they_go_in() -> None:
+    """Two steps due a second apart, claimed together before either is due: each takes its
+    own second's one send, neither is deferred."""
+    world = World(clock=RunningClock())
+    world.rate["email"] = 1
+    first = MONDAY_10_SEOUL
+    sequence_id = await world.sequence(email(0))
+    for lead_id, due in (("a", first), ("b", first + timedelta(seconds=1))):
+        world.clock.now = due
+        await world.lead(lead_id)
+        await world.enroll(lead_id, sequence_id)
+    handed_over = await _handed_over_at(world)
+    world.clock.now = first - timedelta(seconds=0.3)
+    world.clock.start()  # type: ignore[attr-defined]
+
+    assert await world.replica(lookahead_s=2.0).run_once() == 2
+    assert [m.lead_id for m in world.email.sent] == ["a", "b"]
+    assert first <= handed_over[0] < first + timedelta(seconds=1)
+    assert first + timedelta(seconds=1) <= handed_over[1]
+    assert len(world.published(MessageSentV1)) == 2
