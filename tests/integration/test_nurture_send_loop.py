@@ -467,6 +467,34 @@ async def test_after_downtime_late_steps_within_the_limit_go_and_older_ones_are_
         assert mails_to(mail_sink, f"{skipped_lead}@example.com") == []
 
 
+async def test_a_step_claimed_before_it_falls_due_reaches_the_mail_server_when_due(
+    infra: Infra, run_id: str, keys: Keys, mail_sink: MailSink, twilio: FakeTwilio
+) -> None:
+    """The scheduler claims and prepares steps up to its look-ahead before they fall due;
+    the message still leaves at its due time, never before."""
+    clock = ShiftedClock()
+    name = "ahead"
+    enrolling = await new_nurture_settings(
+        infra, run_id, mail_sink, twilio, name, scheduler_enabled=False
+    )
+    async with serve(create_app(enrolling, clock=clock)) as client:
+        before = Nurture(client, clock, keys, infra)
+        lead_id = await before.known_lead()
+        sequence_id = await before.sequence(EMAIL_NOW)
+        clock.offset = timedelta(seconds=5)  # enrolled "5 s from now": due then
+        await before.enroll([lead_id], sequence_id)
+        due = datetime.fromisoformat((await before.enrollment(lead_id))["next_send_at"])
+    clock.offset = timedelta(0)
+
+    sending = nurture_settings(infra, run_id, mail_sink, twilio, name, scheduler_lookahead_s=2.0)
+    async with serve(create_app(sending, clock=clock)):
+        [mail] = await eventually(
+            lambda: _async(mails_to(mail_sink, f"{lead_id}@example.com")), bool, timeout_s=30
+        )
+    arrived = datetime.fromisoformat(mail.received_at)
+    assert due <= arrived < due + timedelta(seconds=10), (due, arrived)
+
+
 async def test_a_warmed_lead_is_handed_back_and_assignment_routes_it_to_sales(
     nurture: Nurture, assignment: httpx.AsyncClient, infra: Infra
 ) -> None:
