@@ -1,4 +1,4 @@
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.nurture.rules import is_time_zone
@@ -89,6 +89,17 @@ class Settings(ServiceSettings):
     time) meanwhile, and handed to the provider when due: they leave on time although a
     batch's reads take a while. Also how early a lead's opt-out must be stored to stop a
     step already claimed (the channels' opt-outs are checked when it is claimed)."""
+
+    @model_validator(mode="after")
+    def _claims_ahead_within_the_lease(self) -> "Settings":
+        if self.scheduler_lookahead_s >= self.scheduler_lease_s:
+            raise ValueError(
+                f"scheduler_lookahead_s ({self.scheduler_lookahead_s}) must be shorter than "
+                f"scheduler_lease_s ({self.scheduler_lease_s}): a step claimed ahead is held "
+                "under its lease until it is sent"
+            )
+        return self
+
     send_max_lateness_s: float = Field(default=6 * 3600.0, gt=0)
     """After downtime, steps due longer ago than this are skipped, not sent late."""
     send_concurrency: int = Field(default=32, ge=1, le=1000)

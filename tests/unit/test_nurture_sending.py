@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 
 from leadflow.chassis.config_cache import VersionedCache
 from leadflow.chassis.duework import ClaimedWork, DueWorkRunner, LeaseLost
@@ -37,6 +38,7 @@ from services.nurture.rules import (
     Step,
 )
 from services.nurture.sending import SendDueSteps, Senders, SendSettings
+from services.nurture.settings import Settings as NurtureSettings
 from services.nurture.store import EnrollmentFilter, NurtureTransaction
 from services.nurture.usecases import ApplyLeadEvents, EnrollByHand, Sequences
 from shared.events import (
@@ -593,3 +595,12 @@ async def test_steps_claimed_ahead_count_against_the_rate_of_the_second_they_go_
     assert first <= handed_over[0] < first + timedelta(seconds=1)
     assert first + timedelta(seconds=1) <= handed_over[1]
     assert len(world.published(MessageSentV1)) == 2
+
+
+def test_a_look_ahead_not_shorter_than_the_lease_is_refused_at_start_up() -> None:
+    with pytest.raises(ValidationError) as refused:
+        NurtureSettings(scheduler_lookahead_s=5, scheduler_lease_s=5)
+    assert "scheduler_lookahead_s (5.0) must be shorter than scheduler_lease_s" in str(
+        refused.value
+    )
+    assert NurtureSettings(scheduler_lookahead_s=4, scheduler_lease_s=5).scheduler_lookahead_s == 4
