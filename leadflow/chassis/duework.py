@@ -23,12 +23,12 @@ runs a `DueWorkRunner` over the kinds it handles:
   made one at a time; each batch fires, commits and is isolated on its own.
 - **On time.** The runner sleeps until the earliest due item or `idle_poll_s`, whichever is
   first; `wake()` cuts the sleep short when something sooner was scheduled in this process.
+  A crash loses nothing: the items stay in the collection and are claimed again once the
+  dead replica's lease lapses (`lease_s`), or at once when it was never claimed.
 - **Ahead of time.** With `lookahead_s` above 0 the runner claims items that fall due within
   that long, so a `fire` with work to do before an item's effect (reads, decisions) does it
   while the item is not due yet and takes the effect at `due_at`. Such a `fire` must not take
   any item's effect before its `due_at`: it gets items that are not due yet.
-  A crash loses nothing: the items stay in the collection and are claimed again once the
-  dead replica's lease lapses (`lease_s`), or at once when it was never claimed.
 """
 
 from __future__ import annotations

@@ -241,6 +241,9 @@ class _Item:
     record: SequenceRecord | None
     lead: LeadContact | None
     decision: StepDecision
+    at: datetime
+    """The moment this step is decided for and sent at: its due time, or when it was
+    decided if that was later."""
     channel: Channel | None = None
     message: OutboundEmail | OutboundSms | None = None
     send: SendRecord | None = None
@@ -254,9 +257,6 @@ class _Item:
     replayed: bool = False
     """Sent (or failed) by an earlier attempt that did not commit: published now, unless
     that attempt's commit did happen after all (the enrollment moved on)."""
-    at: datetime = datetime.min
-    """The moment this step is decided for and sent at: its due time, or when it was
-    decided if that was later (set by `_decide`)."""
 
     @property
     def key(self) -> str:
@@ -393,8 +393,8 @@ class SendDueSteps:
             enrollment = enrollments.get(enrollment_id)
             record = catalog.get(enrollment.sequence_id) if enrollment else None
             lead = contacts.get(enrollment.lead_id) if enrollment else None
-            item = _Item(claimed, enrollment_id, step, enrollment, record, lead, _DROP)
-            item.at = max(now, claimed.work.due_at)
+            at = max(now, claimed.work.due_at)
+            item = _Item(claimed, enrollment_id, step, enrollment, record, lead, _DROP, at)
             item.decision = self._decision(
                 item, found.get(claimed.work.key), sent_times, now, catalog
             )
@@ -705,8 +705,7 @@ class SendDueSteps:
                 or enrollment is None
                 or item.record is None
                 or item.enrollment_id in seen
-                or enrollment.current_step != item.step
-                or enrollment.status is not EnrollmentStatus.ACTIVE
+                or not _at_its_step(enrollment, item)
             ):
                 return None
             seen.add(item.enrollment_id)
@@ -747,11 +746,7 @@ class SendDueSteps:
             events: list[Event] = []
             for item in items:
                 enrollment = changed.get(item.enrollment_id) or current.get(item.enrollment_id)
-                at_step = (
-                    enrollment is not None
-                    and enrollment.current_step == item.step
-                    and enrollment.status is EnrollmentStatus.ACTIVE
-                )
+                at_step = enrollment is not None and _at_its_step(enrollment, item)
                 if item.replayed and not at_step:
                     continue  # its own attempt committed (and published) after all
                 events += _events_of(item, now)
@@ -830,6 +825,11 @@ class _SentBatch:
 
 _DROP = StepDecision(StepOutcome.DROP)
 S = TypeVar("S", EmailSender, SmsSender)
+
+
+def _at_its_step(enrollment: Enrollment, item: _Item) -> bool:
+    """Whether `enrollment` is still active at the step `item` fired."""
+    return enrollment.current_step == item.step and enrollment.status is EnrollmentStatus.ACTIVE
 
 
 def _defer(item: _Item, at: datetime, why: str) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -228,6 +229,25 @@ async def _async(value: Any) -> Any:
     return value
 
 
+@asynccontextmanager
+async def scheduler_down(
+    infra: Infra,
+    run_id: str,
+    keys: Keys,
+    sink: MailSink,
+    twilio: FakeTwilio,
+    *,
+    name: str,
+    clock: ShiftedClock,
+) -> AsyncIterator[Nurture]:
+    """A nurture of its own (`name`) whose send loop is not running: marketing's API only."""
+    settings = await new_nurture_settings(
+        infra, run_id, sink, twilio, name, scheduler_enabled=False
+    )
+    async with serve(create_app(settings, clock=clock)) as client:
+        yield Nurture(client, clock, keys, infra)
+
+
 async def inbound_text(nurture: Nurture, twilio: FakeTwilio, phone: str, body: str) -> None:
     """A text from `phone`, posted by Twilio, signed, to nurture's inbound webhook."""
     params = {"MessageSid": f"SM{uuid.uuid4().hex}", "From": phone, "Body": body}
@@ -440,11 +460,9 @@ async def test_after_downtime_late_steps_within_the_limit_go_and_older_ones_are_
 ) -> None:
     clock = ShiftedClock()
     name = "catch-up"
-    down = await new_nurture_settings(
-        infra, run_id, mail_sink, twilio, name, scheduler_enabled=False
-    )
-    async with serve(create_app(down, clock=clock)) as client:
-        before = Nurture(client, clock, keys, infra)
+    async with scheduler_down(
+        infra, run_id, keys, mail_sink, twilio, name=name, clock=clock
+    ) as before:
         skipped_lead, sent_lead = await before.known_lead(), await before.known_lead()
         at_once = await before.sequence({**EMAIL_NOW, "subject": "Too late"})
         in_two_hours = await before.sequence(
@@ -474,11 +492,9 @@ async def test_a_step_claimed_before_it_falls_due_reaches_the_mail_server_when_d
     the message still leaves at its due time, never before."""
     clock = ShiftedClock()
     name = "ahead"
-    enrolling = await new_nurture_settings(
-        infra, run_id, mail_sink, twilio, name, scheduler_enabled=False
-    )
-    async with serve(create_app(enrolling, clock=clock)) as client:
-        before = Nurture(client, clock, keys, infra)
+    async with scheduler_down(
+        infra, run_id, keys, mail_sink, twilio, name=name, clock=clock
+    ) as before:
         lead_id = await before.known_lead()
         sequence_id = await before.sequence(EMAIL_NOW)
         clock.offset = timedelta(seconds=5)  # enrolled "5 s from now": due then
