@@ -10,9 +10,11 @@ latency at 10k and at 1M events (report cost must not grow with the number of ev
            of 500 in two lead-disjoint transactions), as events/s, then the compaction of
            those deltas (`--order time`: the events sorted by time, as topics deliver them);
            the ceiling is raw `insert_many` of the very same event-store documents into an
-           empty collection, 500 a call, best of three, on the same server in the same run;
-           the ingest is best of three too (each into an empty database). Ratio = ingest /
-           ceiling.
+           empty collection, 500 a call, on the same server. Ceiling and ingest take turns,
+           `--rounds` times (each ingest into an empty database, dropped after), and the
+           ratio is the median of the rounds' ingest / ceiling. The CPU the server and this
+           process spend per document and per event is read from /proc around each phase,
+           and turned into what each side alone would allow (see `ingest_part`).
 - reports: every report over the month, `--runs` times each, p50/p95 per report, at `--small`
            events and at `--large` events, both sets loaded at once (two databases) and
            their requests interleaved (each report on one set, then on the other, the
@@ -36,12 +38,16 @@ import random
 import statistics
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from local_mongo import run_on_local_mongo  # one local SecantusDB per run, as the other benches
+from local_mongo import (  # one local SecantusDB per run, as the other benches
+    cpu_seconds,
+    run_on_local_mongo,
+)
 from pymongo.errors import BulkWriteError
 
 from services.analytics.reports import ReportQuery
@@ -203,37 +209,65 @@ def bench_ledger(client: Any, database: Any) -> Any:
     )
 
 
-async def raw_ceiling(database: Any, documents: list[dict[str, Any]]) -> float:
-    """Documents/s of plain insert_many, 500 a call, into an empty collection (best of 3)."""
-    best = 0.0
-    for attempt in range(3):
-        collection = database[f"raw_{attempt}_{uuid.uuid4().hex[:6]}"]
-        started = time.perf_counter()
+@dataclass(frozen=True)
+class Phase:
+    """One timed phase: units (documents or events) a second, and the CPU seconds the
+    database server and this process (the client) spent per unit, in microseconds."""
+
+    rate: float
+    server_us: float
+    client_us: float
+
+
+async def timed(units: int, server_pid: int | None, run: Callable[[], Awaitable[Any]]) -> Phase:
+    server, client, started = cpu_seconds(server_pid), time.process_time(), time.perf_counter()
+    await run()
+    wall = time.perf_counter() - started
+    return Phase(
+        rate=units / wall,
+        server_us=1e6 * (cpu_seconds(server_pid) - server) / units,
+        client_us=1e6 * (time.process_time() - client) / units,
+    )
+
+
+async def raw_ceiling(
+    database: Any, documents: list[dict[str, Any]], server_pid: int | None = None
+) -> Phase:
+    """Plain insert_many of `documents`, 500 a call, into an empty collection."""
+    collection = database[f"raw_{uuid.uuid4().hex[:6]}"]
+
+    async def insert() -> None:
         for i in range(0, len(documents), BATCH):
             await collection.insert_many(documents[i : i + BATCH], ordered=False)
-        best = max(best, len(documents) / (time.perf_counter() - started))
-        await collection.drop()
-    return best
+
+    phase = await timed(len(documents), server_pid, insert)
+    await collection.drop()
+    return phase
 
 
-async def ingest_rate(client: Any, events: list[Event]) -> tuple[float, float, MongoAnalyticsStore]:
-    """Events/s recorded by the consumer's use case, then events/s of folding the
-    recorded batches' deltas into the roll-ups (what the background compaction does)."""
-    database = client[f"ingest_{uuid.uuid4().hex[:6]}"]
+async def ingest_rate(
+    client: Any, events: list[Event], server_pid: int | None = None, *, name: str | None = None
+) -> tuple[Phase, float, MongoAnalyticsStore]:
+    """The consumer's use case recording `events` into an empty database (`name`), then
+    events/s of folding the recorded batches' deltas into the roll-ups (what the
+    background compaction does)."""
+    database = client[name or f"ingest_{uuid.uuid4().hex[:6]}"]
     ledger = bench_ledger(client, database)
     await ledger.ensure_indexes()
     store = MongoAnalyticsStore(database, ledger, clock=lambda: NOW)
     await store.ensure_indexes()
     record = RecordEvents(store, clock=lambda: NOW)
-    started = time.perf_counter()
-    for i in range(0, len(events), BATCH):
-        await record(events[i : i + BATCH])
-    recorded = time.perf_counter() - started
+
+    async def ingest() -> None:
+        for i in range(0, len(events), BATCH):
+            await record(events[i : i + BATCH])
+
+    phase = await timed(len(events), server_pid, ingest)
     started = time.perf_counter()
     while await store.compact(max_batches=COMPACTION_BATCHES):
         pass
     folded = time.perf_counter() - started
-    return len(events) / recorded, len(events) / folded, store
+    return phase, len(events) / folded, store
 
 
 async def bulk_loaded(client: Any, count: int) -> tuple[MongoAnalyticsStore, float]:
@@ -341,33 +375,70 @@ async def bench(mongo_url: str, args: argparse.Namespace) -> None:
     client = connect(mongo_url, app_name="bench")
     try:
         if args.only != "reports":
-            await ingest_part(client, args.ingest, args.order)
+            await ingest_part(client, args.ingest, args.order, args.rounds, args.mongo_pid)
         if args.only != "ingest":
             await reports_part(client, args)
     finally:
         await client.close()
 
 
-async def ingest_part(client: Any, count: int, order: str) -> None:
-    print(f"ingest: {count:,} events, batches of {BATCH}, in {order} order")
+async def ingest_part(
+    client: Any, count: int, order: str, rounds: int, server_pid: int | None
+) -> None:
+    print(f"ingest: {count:,} events, batches of {BATCH}, in {order} order, {rounds} rounds")
     events = list(events_for(count))
     if order == "time":
         # As the topics deliver them: each lead's events spread over many batches.
         events.sort(key=lambda event: event.occurred_at)
     documents = [event_document(e) for e in events]
-    ceiling = await raw_ceiling(client["raw"], documents)
-    # Best of three, as the ceiling: a 10-second phase on a shared machine varies by a
-    # third from run to run; each run records into an empty database of its own.
-    rate, folding = 0.0, 0.0
-    for _ in range(3):
-        run_rate, run_folding, _ = await ingest_rate(client, events)
-        rate, folding = max(rate, run_rate), max(folding, run_folding)
-    sustained = 1 / (1 / rate + 1 / folding)
+    # Ceiling and ingest take turns, round after round, so both meet the same machine: a
+    # 5-second phase on this shared machine varies by half from one minute to the next.
+    ceilings: list[Phase] = []
+    ingests: list[Phase] = []
+    foldings: list[float] = []
     print(
-        f"  raw insert_many ceiling {ceiling:,.0f} docs/s\n  analytics ingest (consumer; "
-        f"reports include it at once) {rate:,.0f} events/s, ratio {rate / ceiling:.2f} "
-        f"(goal >= 0.6)\n  compaction of those batches {folding:,.0f} events/s; ingest and "
-        f"compaction back to back {sustained:,.0f} events/s, ratio {sustained / ceiling:.2f}"
+        "  round  ceiling docs/s  ingest events/s  ratio   server CPU µs: a doc / an event"
+        "   client CPU µs an event"
+    )
+    for number in range(1, rounds + 1):
+        ceiling = await raw_ceiling(client["raw"], documents, server_pid)
+        name = f"ingest_{number}"
+        ingest, folding, _ = await ingest_rate(client, events, server_pid, name=name)
+        await client.drop_database(name)  # each round meets a server as empty as the first
+        ceilings.append(ceiling)
+        ingests.append(ingest)
+        foldings.append(folding)
+        print(
+            f"  {number:>5}  {ceiling.rate:>14,.0f}  {ingest.rate:>15,.0f}  "
+            f"{ingest.rate / ceiling.rate:>5.2f}   {ceiling.server_us:>12.0f} / "
+            f"{ingest.server_us:<8.0f}   {ingest.client_us:>10.0f}"
+        )
+    ratio = statistics.median(i.rate / c.rate for c, i in zip(ceilings, ingests, strict=True))
+    best_ceiling = max(c.rate for c in ceilings)
+    best_ingest = max(i.rate for i in ingests)
+    folding = max(foldings)
+    sustained = 1 / (1 / best_ingest + 1 / folding)
+    # What each side alone would allow. The server: a ceiling keeps it busy, so an ingest
+    # bound by the server alone would reach ceiling x (its CPU a doc / its CPU an event).
+    # The client: one event's CPU of this process against one document's time at the
+    # ceiling. Side by side they add up (one waits for the other); fully overlapped
+    # the smaller bound is the ratio.
+    server_bound = statistics.median(
+        c.server_us / i.server_us for c, i in zip(ceilings, ingests, strict=True)
+    )
+    client_bound = statistics.median(
+        1e6 / c.rate / i.client_us for c, i in zip(ceilings, ingests, strict=True)
+    )
+    print(
+        f"  raw insert_many ceiling {best_ceiling:,.0f} docs/s (best round)\n"
+        f"  analytics ingest (consumer; reports include it at once) {best_ingest:,.0f} "
+        f"events/s (best round)\n"
+        f"  ratio, median of the rounds {ratio:.2f} (best/best "
+        f"{best_ingest / best_ceiling:.2f}; goal >= 0.6)\n"
+        f"  bounds: the server alone {server_bound:.2f}, the client alone {client_bound:.2f}; "
+        f"one after the other {1 / (1 / server_bound + 1 / client_bound):.2f}\n"
+        f"  compaction of those batches {folding:,.0f} events/s; ingest and compaction "
+        f"back to back {sustained:,.0f} events/s, ratio {sustained / best_ceiling:.2f}"
     )
 
 
@@ -403,6 +474,9 @@ async def reports_part(client: Any, args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ingest", type=int, default=20_000, help="events through ingest")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="ingest rounds (a ceiling, then an ingest)"
+    )
     parser.add_argument("--small", type=int, default=10_000, help="events, small report set")
     parser.add_argument("--large", type=int, default=1_000_000, help="events, large report set")
     parser.add_argument("--runs", type=int, default=15, help="runs of each report")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Coroutine
@@ -19,7 +20,8 @@ def run_on_local_mongo(
     bench: Callable[[str, argparse.Namespace], Coroutine[Any, Any, None]],
 ) -> None:
     """Start SecantusDB on 127.0.0.1 (on disk unless `args.storage == "memory"`), run
-    `bench(mongo_url, args)` against it, then stop it and delete its data."""
+    `bench(mongo_url, args)` against it, then stop it and delete its data. The server's
+    process id is `args.mongo_pid` (for `cpu_seconds`)."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"leadflow-bench-{name}-"))
     infra = LocalInfra(
         data_dir=data_dir,
@@ -30,9 +32,18 @@ def run_on_local_mongo(
         start_kafka=False,
     )
     infra.start()
+    args.mongo_pid = infra.mongo.pid if infra.mongo else None
     try:
         print(f"SecantusDB on {infra.mongo_url} ({args.storage})", flush=True)
         asyncio.run(bench(infra.mongo_url, args))
     finally:
         infra.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """CPU seconds (user + system, all threads) process `pid` has used so far."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
