@@ -10,11 +10,11 @@ latency at 10k and at 1M events (report cost must not grow with the number of ev
            of 500 in two lead-disjoint transactions), as events/s, then the compaction of
            those deltas (`--order time`: the events sorted by time, as topics deliver them);
            the ceiling is raw `insert_many` of the very same event-store documents into an
-           empty collection, 500 a call, on the same server. Ceiling and ingest take turns,
-           `--rounds` times (each ingest into an empty database, dropped after), and the
-           ratio is the median of the rounds' ingest / ceiling. The CPU the server and this
-           process spend per document and per event is read from /proc around each phase,
-           and turned into what each side alone would allow (see `ingest_part`).
+           empty collection, 500 a call. Ceiling and ingest take turns, `--rounds` times,
+           each on a server started for it alone (the server slows as its history grows),
+           and the ratio is the median of the rounds' ingest / ceiling. The CPU the server
+           and this process spend per document and per event is read from /proc around
+           each phase, and turned into what each side alone would allow (`ingest_part`).
 - reports: every report over the month, `--runs` times each, p50/p95 per report, at `--small`
            events and at `--large` events, both sets loaded at once (two databases) and
            their requests interleaved (each report on one set, then on the other, the
@@ -41,11 +41,12 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from local_mongo import (  # one local SecantusDB per run, as the other benches
     cpu_seconds,
+    local_mongo,
     run_on_local_mongo,
 )
 from pymongo.errors import BulkWriteError
@@ -90,6 +91,7 @@ REPS = tuple(f"rep-{i}" for i in range(12))
 POOLS = ("north", "south", "online")
 CAMPAIGNS = (None, "spring", "flyers", "meta-june")
 BATCH = 500
+T = TypeVar("T")
 
 
 def events_for(count: int, seed: int = 1) -> Iterator[Event]:
@@ -246,12 +248,12 @@ async def raw_ceiling(
 
 
 async def ingest_rate(
-    client: Any, events: list[Event], server_pid: int | None = None, *, name: str | None = None
+    client: Any, events: list[Event], server_pid: int | None = None
 ) -> tuple[Phase, float, MongoAnalyticsStore]:
-    """The consumer's use case recording `events` into an empty database (`name`), then
-    events/s of folding the recorded batches' deltas into the roll-ups (what the
-    background compaction does)."""
-    database = client[name or f"ingest_{uuid.uuid4().hex[:6]}"]
+    """The consumer's use case recording `events` into an empty database, then events/s
+    of folding the recorded batches' deltas into the roll-ups (what the background
+    compaction does)."""
+    database = client[f"ingest_{uuid.uuid4().hex[:6]}"]
     ledger = bench_ledger(client, database)
     await ledger.ensure_indexes()
     store = MongoAnalyticsStore(database, ledger, clock=lambda: NOW)
@@ -375,24 +377,46 @@ async def bench(mongo_url: str, args: argparse.Namespace) -> None:
     client = connect(mongo_url, app_name="bench")
     try:
         if args.only != "reports":
-            await ingest_part(client, args.ingest, args.order, args.rounds, args.mongo_pid)
+            await ingest_part(args.ingest, args.order, args.rounds, args.storage)
         if args.only != "ingest":
             await reports_part(client, args)
     finally:
         await client.close()
 
 
-async def ingest_part(
-    client: Any, count: int, order: str, rounds: int, server_pid: int | None
-) -> None:
+async def on_fresh_server(storage: str, phase: Callable[[Any, int | None], Awaitable[T]]) -> T:
+    """`phase(client, server_pid)` on a SecantusDB started for it alone: the server slows
+    as its history grows (over eight identical ceiling rounds on one server, 22.9k ->
+    12.3k docs/s; a ceiling right after an ingest, at a third of the one before it), so
+    every phase meets a server as new as the others'."""
+    from leadflow.chassis.store import connect  # noqa: PLC0415
+
+    with local_mongo("analytics-ingest", storage) as infra:
+        client = connect(infra.mongo_url, app_name="bench")
+        try:
+            return await phase(client, infra.mongo.pid if infra.mongo else None)
+        finally:
+            await client.close()
+
+
+async def ingest_part(count: int, order: str, rounds: int, storage: str) -> None:
     print(f"ingest: {count:,} events, batches of {BATCH}, in {order} order, {rounds} rounds")
     events = list(events_for(count))
     if order == "time":
         # As the topics deliver them: each lead's events spread over many batches.
         events.sort(key=lambda event: event.occurred_at)
     documents = [event_document(e) for e in events]
-    # Ceiling and ingest take turns, round after round, so both meet the same machine and
-    # the same server: either varies by half from one minute to the next.
+
+    async def ceiling_phase(client: Any, pid: int | None) -> Phase:
+        return await raw_ceiling(client["raw"], documents, pid)
+
+    async def ingest_phase(client: Any, pid: int | None) -> tuple[Phase, float]:
+        ingest, folding, _ = await ingest_rate(client, events, pid)
+        return ingest, folding
+
+    # Ceiling and ingest take turns, round after round (which goes first turning every
+    # round), so both meet the same machine: a phase varies by half from one minute to
+    # the next on this shared machine.
     ceilings: list[Phase] = []
     ingests: list[Phase] = []
     foldings: list[float] = []
@@ -401,16 +425,11 @@ async def ingest_part(
         "   client CPU µs an event"
     )
     for number in range(1, rounds + 1):
-        name = f"ingest_{number}"
-        # The server slows down as its history grows (its oplog is pruned from 100,000
-        # entries on): which phase goes first turns every round, so neither always meets
-        # the fuller server.
         if number % 2:
-            ceiling = await raw_ceiling(client["raw"], documents, server_pid)
-        ingest, folding, _ = await ingest_rate(client, events, server_pid, name=name)
-        await client.drop_database(name)
+            ceiling = await on_fresh_server(storage, ceiling_phase)
+        ingest, folding = await on_fresh_server(storage, ingest_phase)
         if not number % 2:
-            ceiling = await raw_ceiling(client["raw"], documents, server_pid)
+            ceiling = await on_fresh_server(storage, ceiling_phase)
         ceilings.append(ceiling)
         ingests.append(ingest)
         foldings.append(folding)
