@@ -40,7 +40,7 @@ from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
 import structlog
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from leadflow.chassis.clock import Clock
 from leadflow.chassis.duework import ClaimedWork
@@ -88,6 +88,13 @@ log = structlog.get_logger(__name__)
 
 STEPS_HANDLED = Counter(
     "leadflow_nurture_steps_total", "Due steps by outcome", ["channel", "outcome"]
+)
+
+SEND_DELAY = Histogram(
+    "leadflow_nurture_send_delay_seconds",
+    "From the time a step was due (or put off to) to the provider accepting its message",
+    ["channel"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 15, 60, 300, 3600),
 )
 
 CAP_HISTORY = timedelta(days=8)
@@ -599,6 +606,10 @@ class SendDueSteps:
             item.send = dataclasses.replace(
                 send, status=SendStatus.SENT, sent_at=now, provider_id=provider_id
             )
+            # What marketing sees: the message's delay at the provider, not the batch's
+            # commit (the due-work runner's lateness, later by the database's time).
+            accepted_after = self._clock() - item.claimed.work.due_at
+            SEND_DELAY.labels(item.channel or "-").observe(max(0.0, accepted_after.total_seconds()))
             return
         item.send = dataclasses.replace(send, status=SendStatus.FAILED, error=item.failure)
 

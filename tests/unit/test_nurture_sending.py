@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from leadflow.chassis.config_cache import VersionedCache
@@ -595,6 +596,38 @@ async def test_steps_claimed_ahead_count_against_the_rate_of_the_second_they_go_
     assert first <= handed_over[0] < first + timedelta(seconds=1)
     assert first + timedelta(seconds=1) <= handed_over[1]
     assert len(world.published(MessageSentV1)) == 2
+
+
+def _send_delays(channel: str) -> tuple[float, float]:
+    """How many sends `leadflow_nurture_send_delay_seconds` counted so far, and their sum."""
+    labels = {"channel": channel}
+    count = REGISTRY.get_sample_value("leadflow_nurture_send_delay_seconds_count", labels)
+    total = REGISTRY.get_sample_value("leadflow_nurture_send_delay_seconds_sum", labels)
+    return count or 0.0, total or 0.0
+
+
+async def test_the_send_delay_metric_is_the_time_from_due_to_the_provider(world: World) -> None:
+    """A step sent 90 s after it fell due (the service was down) counts 90 s; one claimed
+    ahead and handed over at its due time counts (almost) nothing."""
+    await world.lead("late")
+    await world.enroll("late", await world.sequence(email(0)))
+    before_count, before_sum = _send_delays("email")
+    world.clock.now = MONDAY_10_SEOUL + timedelta(seconds=90)
+
+    assert await world.run() == 1
+    count, total = _send_delays("email")
+    assert count - before_count == 1
+    assert total - before_sum == pytest.approx(90.0)
+
+    ahead = World(clock=RunningClock())
+    await ahead.lead("on-time")
+    await ahead.enroll("on-time", await ahead.sequence(email(0)))
+    ahead.clock.now = MONDAY_10_SEOUL - timedelta(seconds=0.5)
+    ahead.clock.start()  # type: ignore[attr-defined]
+    assert await ahead.replica(lookahead_s=1.0).run_once() == 1
+    after_count, after_sum = _send_delays("email")
+    assert after_count - count == 1
+    assert 0.0 <= after_sum - total < 1.0
 
 
 def test_a_look_ahead_not_shorter_than_the_lease_is_refused_at_start_up() -> None:
