@@ -8,13 +8,15 @@ latency at 10k and at 1M events (report cost must not grow with the number of ev
            losses, satisfaction) recorded by analytics' own use case (`RecordEvents` on the
            MongoDB store: event store + inbox, lead facts, counter and gauge deltas, batches
            of 500 in two lead-disjoint transactions), as events/s, then the compaction of
-           those deltas (`--order time`: the events sorted by time, as topics deliver them);
-           the ceiling is raw `insert_many` of the very same event-store documents into an
-           empty collection, 500 a call. Ceiling and ingest take turns, `--rounds` times,
-           each on a server started for it alone (the server slows as its history grows),
-           and the ratio is the median of the rounds' ingest / ceiling. The CPU the server
-           and this process spend per document and per event is read from /proc around
-           each phase, and turned into what each side alone would allow (`ingest_part`).
+           those deltas (`--order time`: the events sorted by time, as topics deliver them),
+           by 1 and by 2 replica processes (`--replicas`; deployed: 2), each consuming the
+           leads of its partitions. The ceiling is raw `insert_many` of the very same
+           event-store documents, 500 a call, by as many processes. Ceiling and ingest take
+           turns, `--rounds` times, each on a server started for it alone (the server slows
+           as its history grows); a ratio is the ingest against the round's best ceiling,
+           and its median over the rounds is reported. The CPU the server and the processes
+           spend per document and per event is read from /proc around each phase, and
+           turned into what each side alone would allow (`ingest_part`).
 - reports: every report over the month, `--runs` times each, p50/p95 per report, at `--small`
            events and at `--large` events, both sets loaded at once (two databases) and
            their requests interleaved (each report on one set, then on the other, the
@@ -34,14 +36,18 @@ One MongoDB-wire server process of its own (SecantusDB, `--storage memory` by de
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
+import multiprocessing
 import random
 import statistics
 import time
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from local_mongo import (  # one local SecantusDB per run, as the other benches
@@ -91,7 +97,6 @@ REPS = tuple(f"rep-{i}" for i in range(12))
 POOLS = ("north", "south", "online")
 CAMPAIGNS = (None, "spring", "flyers", "meta-june")
 BATCH = 500
-T = TypeVar("T")
 
 
 def events_for(count: int, seed: int = 1) -> Iterator[Event]:
@@ -232,21 +237,6 @@ async def timed(units: int, server_pid: int | None, run: Callable[[], Awaitable[
     )
 
 
-async def raw_ceiling(
-    database: Any, documents: list[dict[str, Any]], server_pid: int | None = None
-) -> Phase:
-    """Plain insert_many of `documents`, 500 a call, into an empty collection."""
-    collection = database[f"raw_{uuid.uuid4().hex[:6]}"]
-
-    async def insert() -> None:
-        for i in range(0, len(documents), BATCH):
-            await collection.insert_many(documents[i : i + BATCH], ordered=False)
-
-    phase = await timed(len(documents), server_pid, insert)
-    await collection.drop()
-    return phase
-
-
 async def ingest_rate(
     client: Any, events: list[Event], server_pid: int | None = None
 ) -> tuple[Phase, float, MongoAnalyticsStore]:
@@ -377,94 +367,207 @@ async def bench(mongo_url: str, args: argparse.Namespace) -> None:
     client = connect(mongo_url, app_name="bench")
     try:
         if args.only != "reports":
-            await ingest_part(args.ingest, args.order, args.rounds, args.storage)
+            await ingest_part(args.ingest, args.order, args.rounds, args.storage, args.replicas)
         if args.only != "ingest":
             await reports_part(client, args)
     finally:
         await client.close()
 
 
-async def on_fresh_server(storage: str, phase: Callable[[Any, int | None], Awaitable[T]]) -> T:
-    """`phase(client, server_pid)` on a SecantusDB started for it alone: the server slows
-    as its history grows (over eight identical ceiling rounds on one server, 22.9k ->
-    12.3k docs/s; a ceiling right after an ingest, at a third of the one before it), so
-    every phase meets a server as new as the others'."""
-    from leadflow.chassis.store import connect  # noqa: PLC0415
-
-    with local_mongo("analytics-ingest", storage) as infra:
-        client = connect(infra.mongo_url, app_name="bench")
-        try:
-            return await phase(client, infra.mongo.pid if infra.mongo else None)
-        finally:
-            await client.close()
+def replica_share(events: list[Event], replicas: int, index: int) -> list[Event]:
+    """The events replica `index` of `replicas` consumes: Kafka keys them by lead, so a
+    lead's events are on one partition, and the partitions are shared among replicas."""
+    return [e for e in events if zlib.crc32(e.lead_id.encode()) % replicas == index]
 
 
-async def ingest_part(count: int, order: str, rounds: int, storage: str) -> None:
-    print(f"ingest: {count:,} events, batches of {BATCH}, in {order} order, {rounds} rounds")
+def bench_events(count: int, order: str) -> list[Event]:
     events = list(events_for(count))
     if order == "time":
         # As the topics deliver them: each lead's events spread over many batches.
         events.sort(key=lambda event: event.occurred_at)
-    documents = [event_document(e) for e in events]
+    return events
 
-    async def ceiling_phase(client: Any, pid: int | None) -> Phase:
-        return await raw_ceiling(client["raw"], documents, pid)
 
-    async def ingest_phase(client: Any, pid: int | None) -> tuple[Phase, float]:
-        ingest, folding, _ = await ingest_rate(client, events, pid)
-        return ingest, folding
+@dataclass(frozen=True)
+class Job:
+    """What one process of a phase does: `kind` "raw" (its share of the event-store
+    documents, plain `insert_many`) or "ingest" (its share recorded by `RecordEvents`)."""
 
+    kind: str
+    mongo_url: str
+    count: int
+    order: str
+    replicas: int
+    index: int
+
+
+def replica_process(job: Job, start: Any, results: Any) -> None:
+    """A process of a phase: waits at `start` (a barrier) so that all begin together, and
+    puts (began, ended, its CPU seconds, events) on `results`."""
+    asyncio.run(_replica(job, start, results))
+
+
+async def _replica(job: Job, start: Any, results: Any) -> None:
+    from leadflow.chassis.store import connect  # noqa: PLC0415
+
+    mine = replica_share(bench_events(job.count, job.order), job.replicas, job.index)
+    client = connect(job.mongo_url, app_name=f"bench-{job.kind}-{job.index}")
+    try:
+        database = client[job.kind]
+        if job.kind == "raw":
+            documents = [event_document(e) for e in mine]
+
+            async def work() -> None:
+                for i in range(0, len(documents), BATCH):
+                    await database["raw"].insert_many(documents[i : i + BATCH], ordered=False)
+
+        else:
+            store = MongoAnalyticsStore(database, bench_ledger(client, database), clock=lambda: NOW)
+            record = RecordEvents(store, clock=lambda: NOW)
+
+            async def work() -> None:
+                for i in range(0, len(mine), BATCH):
+                    await record(mine[i : i + BATCH])
+
+        await client.admin.command("ping")  # connected before the clock starts
+        await asyncio.to_thread(start.wait, PHASE_TIMEOUT_S)
+        cpu, began = time.process_time(), time.perf_counter()
+        await work()
+        results.put((began, time.perf_counter(), time.process_time() - cpu, len(mine)))
+    finally:
+        await client.close()
+
+
+PHASE_TIMEOUT_S = 600.0
+
+
+def run_replicas(job: Job, server_pid: int | None) -> Phase:
+    """`job.replicas` processes of `job` at once; perf_counter is the system's monotonic
+    clock, the same in every process, so the phase lasts from the first start to the
+    last end."""
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(job.replicas + 1), context.Queue()
+    processes = [
+        context.Process(
+            target=replica_process,
+            args=(dataclasses.replace(job, index=index), start, results),
+        )
+        for index in range(job.replicas)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        start.wait(PHASE_TIMEOUT_S)
+        server = cpu_seconds(server_pid)
+        done = [results.get(timeout=PHASE_TIMEOUT_S) for _ in processes]
+        server = cpu_seconds(server_pid) - server
+    finally:
+        for process in processes:
+            process.join(timeout=PHASE_TIMEOUT_S)
+            if process.is_alive():
+                process.kill()
+    events = sum(d[3] for d in done)
+    wall = max(d[1] for d in done) - min(d[0] for d in done)
+    return Phase(
+        rate=events / wall,
+        server_us=1e6 * server / events,
+        client_us=1e6 * sum(d[2] for d in done) / events,
+    )
+
+
+async def phase_on_fresh_server(job: Job, storage: str) -> tuple[Phase, float]:
+    """`job` on a SecantusDB started for it alone: the server slows as its history grows
+    (over eight identical ceiling rounds on one server, 22.9k -> 12.3k docs/s; a ceiling
+    right after an ingest, at a third of the one before it), so every phase meets a
+    server as new as the others'. With the ingest, the events/s of folding its deltas
+    into the roll-ups after it (what the background compaction does; else 0)."""
+    from leadflow.chassis.store import connect  # noqa: PLC0415
+
+    with local_mongo("analytics-ingest", storage) as infra:
+        pid = infra.mongo.pid if infra.mongo else None
+        client = connect(infra.mongo_url, app_name="bench")
+        try:
+            database = client[job.kind]
+            ledger = bench_ledger(client, database)
+            store = MongoAnalyticsStore(database, ledger, clock=lambda: NOW)
+            if job.kind == "ingest":
+                await ledger.ensure_indexes()
+                await store.ensure_indexes()
+            phase = await asyncio.to_thread(
+                run_replicas, dataclasses.replace(job, mongo_url=infra.mongo_url), pid
+            )
+            if job.kind != "ingest":
+                return phase, 0.0
+            started = time.perf_counter()
+            while await store.compact(max_batches=COMPACTION_BATCHES):
+                pass
+            return phase, job.count / (time.perf_counter() - started)
+        finally:
+            await client.close()
+
+
+async def ingest_part(
+    count: int, order: str, rounds: int, storage: str, replica_counts: list[int]
+) -> None:
+    print(
+        f"ingest: {count:,} events, batches of {BATCH}, in {order} order, {rounds} rounds, "
+        f"{' and '.join(map(str, replica_counts))} replica processes"
+    )
     # Ceiling and ingest take turns, round after round (which goes first turning every
     # round), so both meet the same machine: a phase varies by half from one minute to
-    # the next on this shared machine.
-    ceilings: list[Phase] = []
-    ingests: list[Phase] = []
+    # the next on this shared machine. The ceiling runs with as many processes as the
+    # ingest it is compared with, and each ratio is taken against the round's best
+    # ceiling, whichever number of processes gave it.
+    results: dict[int, list[tuple[Phase, Phase, float]]] = {n: [] for n in replica_counts}
     foldings: list[float] = []
     print(
-        "  round  ceiling docs/s  ingest events/s  ratio   server CPU µs: a doc / an event"
-        "   client CPU µs an event"
+        "  round  replicas  ceiling docs/s  ingest events/s  ratio   server CPU µs: a doc / "
+        "an event   client CPU µs an event"
     )
     for number in range(1, rounds + 1):
-        if number % 2:
-            ceiling = await on_fresh_server(storage, ceiling_phase)
-        ingest, folding = await on_fresh_server(storage, ingest_phase)
-        if not number % 2:
-            ceiling = await on_fresh_server(storage, ceiling_phase)
-        ceilings.append(ceiling)
-        ingests.append(ingest)
-        foldings.append(folding)
-        print(
-            f"  {number:>5}  {ceiling.rate:>14,.0f}  {ingest.rate:>15,.0f}  "
-            f"{ingest.rate / ceiling.rate:>5.2f}   {ceiling.server_us:>12.0f} / "
-            f"{ingest.server_us:<8.0f}   {ingest.client_us:>10.0f}"
-        )
-    ratio = statistics.median(i.rate / c.rate for c, i in zip(ceilings, ingests, strict=True))
-    best_ceiling = max(c.rate for c in ceilings)
-    best_ingest = max(i.rate for i in ingests)
+        kinds = ("raw", "ingest") if number % 2 else ("ingest", "raw")
+        measured: dict[int, dict[str, Phase]] = {}
+        for replicas in replica_counts if number % 2 else replica_counts[::-1]:
+            for kind in kinds:
+                job = Job(kind, "", count, order, replicas, 0)
+                phase, folding = await phase_on_fresh_server(job, storage)
+                measured.setdefault(replicas, {})[kind] = phase
+                if folding:
+                    foldings.append(folding)
+        best = max(m["raw"].rate for m in measured.values())
+        for replicas in replica_counts:
+            ceiling, ingest = measured[replicas]["raw"], measured[replicas]["ingest"]
+            results[replicas].append((ceiling, ingest, ingest.rate / best))
+            print(
+                f"  {number:>5}  {replicas:>8}  {ceiling.rate:>14,.0f}  {ingest.rate:>15,.0f}  "
+                f"{ingest.rate / best:>5.2f}   {ceiling.server_us:>12.0f} / "
+                f"{ingest.server_us:<8.0f}   {ingest.client_us:>10.0f}"
+            )
     folding = max(foldings)
-    sustained = 1 / (1 / best_ingest + 1 / folding)
-    # What each side alone would allow. The server: a ceiling keeps it busy, so an ingest
-    # bound by the server alone would reach ceiling x (its CPU a doc / its CPU an event).
-    # The client: one event's CPU of this process against one document's time at the
-    # ceiling. Side by side they add up (one waits for the other); fully overlapped
-    # the smaller bound is the ratio.
-    server_bound = statistics.median(
-        c.server_us / i.server_us for c, i in zip(ceilings, ingests, strict=True)
-    )
-    client_bound = statistics.median(
-        1e6 / c.rate / i.client_us for c, i in zip(ceilings, ingests, strict=True)
-    )
-    print(
-        f"  raw insert_many ceiling {best_ceiling:,.0f} docs/s (best round)\n"
-        f"  analytics ingest (consumer; reports include it at once) {best_ingest:,.0f} "
-        f"events/s (best round)\n"
-        f"  ratio, median of the rounds {ratio:.2f} (best/best "
-        f"{best_ingest / best_ceiling:.2f}; goal >= 0.6)\n"
-        f"  bounds: the server alone {server_bound:.2f}, the client alone {client_bound:.2f}; "
-        f"one after the other {1 / (1 / server_bound + 1 / client_bound):.2f}\n"
-        f"  compaction of those batches {folding:,.0f} events/s; ingest and compaction "
-        f"back to back {sustained:,.0f} events/s, ratio {sustained / best_ceiling:.2f}"
-    )
+    for replicas, rows in results.items():
+        ratio = statistics.median(r for _, _, r in rows)
+        best_ingest = max(i.rate for _, i, _ in rows)
+        # What each side alone would allow. The server: a ceiling keeps it busy, so an
+        # ingest bound by the server alone would reach ceiling x (its CPU a doc / its CPU
+        # an event). The client (one replica): one event's CPU of the replica against
+        # one document's time at the ceiling. One after the other they add up (one waits
+        # for the other); fully overlapped, the smaller bound is the ratio.
+        server_bound = statistics.median(c.server_us / i.server_us for c, i, _ in rows)
+        line = (
+            f"  {replicas} replica(s): ingest {best_ingest:,.0f} events/s (best round), "
+            f"ratio, median of the rounds {ratio:.2f} (goal >= 0.6); the server alone "
+            f"would allow {server_bound:.2f}"
+        )
+        if replicas == 1:
+            client_bound = statistics.median(1e6 / c.rate / i.client_us for c, i, _ in rows)
+            both = 1 / (1 / server_bound + 1 / client_bound)
+            line += f", the client alone {client_bound:.2f}, one after the other {both:.2f}"
+            sustained = 1 / (1 / best_ingest + 1 / folding)
+            line += (
+                f"\n  compaction of those batches {folding:,.0f} events/s; ingest and "
+                f"compaction back to back on one replica {sustained:,.0f} events/s"
+            )
+        print(line)
 
 
 async def reports_part(client: Any, args: argparse.Namespace) -> None:
@@ -501,6 +604,13 @@ if __name__ == "__main__":
     parser.add_argument("--ingest", type=int, default=20_000, help="events through ingest")
     parser.add_argument(
         "--rounds", type=int, default=4, help="ingest rounds (a ceiling and an ingest each)"
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="ingest replica processes (and ceiling processes) to measure; deployed: 2",
     )
     parser.add_argument("--small", type=int, default=10_000, help="events, small report set")
     parser.add_argument("--large", type=int, default=1_000_000, help="events, large report set")
