@@ -218,8 +218,9 @@ def bench_ledger(client: Any, database: Any) -> Any:
 
 @dataclass(frozen=True)
 class Phase:
-    """One timed phase: units (documents or events) a second, and the CPU seconds the
-    database server and this process (the client) spent per unit, in microseconds."""
+    """One timed phase: units (documents or events) a second, and the CPU the database
+    server and the client (this process, or all the phase's replica processes together)
+    spent per unit, in microseconds."""
 
     rate: float
     server_us: float
