@@ -44,17 +44,17 @@ import statistics
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from local_mongo import (  # one local SecantusDB per run, as the other benches
-    cpu_seconds,
     local_mongo,
     run_on_local_mongo,
 )
+from procstat import cpu_seconds
 from pymongo.errors import BulkWriteError
 
 from services.analytics.reports import ReportQuery
@@ -227,40 +227,20 @@ class Phase:
     client_us: float
 
 
-async def timed(units: int, server_pid: int | None, run: Callable[[], Awaitable[Any]]) -> Phase:
-    server, client, started = cpu_seconds(server_pid), time.process_time(), time.perf_counter()
-    await run()
-    wall = time.perf_counter() - started
-    return Phase(
-        rate=units / wall,
-        server_us=1e6 * (cpu_seconds(server_pid) - server) / units,
-        client_us=1e6 * (time.process_time() - client) / units,
-    )
-
-
-async def ingest_rate(
-    client: Any, events: list[Event], server_pid: int | None = None
-) -> tuple[Phase, float, MongoAnalyticsStore]:
-    """The consumer's use case recording `events` into an empty database, then events/s
-    of folding the recorded batches' deltas into the roll-ups (what the background
-    compaction does)."""
+async def recorded_store(client: Any, events: list[Event]) -> MongoAnalyticsStore:
+    """A store into which the consumer's use case recorded `events` (an empty database
+    first), its deltas folded into the roll-ups."""
     database = client[f"ingest_{uuid.uuid4().hex[:6]}"]
     ledger = bench_ledger(client, database)
     await ledger.ensure_indexes()
     store = MongoAnalyticsStore(database, ledger, clock=lambda: NOW)
     await store.ensure_indexes()
     record = RecordEvents(store, clock=lambda: NOW)
-
-    async def ingest() -> None:
-        for i in range(0, len(events), BATCH):
-            await record(events[i : i + BATCH])
-
-    phase = await timed(len(events), server_pid, ingest)
-    started = time.perf_counter()
+    for i in range(0, len(events), BATCH):
+        await record(events[i : i + BATCH])
     while await store.compact(max_batches=COMPACTION_BATCHES):
         pass
-    folded = time.perf_counter() - started
-    return phase, len(events) / folded, store
+    return store
 
 
 async def bulk_loaded(client: Any, count: int) -> tuple[MongoAnalyticsStore, float]:
@@ -486,19 +466,17 @@ async def phase_on_fresh_server(job: Job, storage: str) -> tuple[Phase, float]:
 
     with local_mongo("analytics-ingest", storage) as infra:
         pid = infra.mongo.pid if infra.mongo else None
+        job = dataclasses.replace(job, mongo_url=infra.mongo_url)
+        if job.kind != "ingest":
+            return await asyncio.to_thread(run_replicas, job, pid), 0.0
         client = connect(infra.mongo_url, app_name="bench")
         try:
             database = client[job.kind]
             ledger = bench_ledger(client, database)
             store = MongoAnalyticsStore(database, ledger, clock=lambda: NOW)
-            if job.kind == "ingest":
-                await ledger.ensure_indexes()
-                await store.ensure_indexes()
-            phase = await asyncio.to_thread(
-                run_replicas, dataclasses.replace(job, mongo_url=infra.mongo_url), pid
-            )
-            if job.kind != "ingest":
-                return phase, 0.0
+            await ledger.ensure_indexes()
+            await store.ensure_indexes()
+            phase = await asyncio.to_thread(run_replicas, job, pid)
             started = time.perf_counter()
             while await store.compact(max_batches=COMPACTION_BATCHES):
                 pass
@@ -576,7 +554,7 @@ async def reports_part(client: Any, args: argparse.Namespace) -> None:
     small, _ = await bulk_loaded(client, args.small)
     if args.check:
         check = ReportQuery(MONTH, date(2026, 5, 31), ZoneInfo("UTC"), {}, now=NOW)
-        _, _, same_events = await ingest_rate(client, list(events_for(args.small)))
+        same_events = await recorded_store(client, list(events_for(args.small)))
         via_ingest = (await BuildReport(same_events)("monthly", check)).figures
         via_bulk = (await BuildReport(small)("monthly", check)).figures
         assert via_ingest == via_bulk, (via_ingest, via_bulk)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Coroutine, Iterator
@@ -42,16 +41,8 @@ def run_on_local_mongo(
     bench: Callable[[str, argparse.Namespace], Coroutine[Any, Any, None]],
 ) -> None:
     """Run `bench(mongo_url, args)` against a `local_mongo` of `args.storage`. The
-    server's process id is `args.mongo_pid` (for `cpu_seconds`)."""
+    server's process id is `args.mongo_pid` (for `procstat.cpu_seconds`)."""
     with local_mongo(name, args.storage) as infra:
         args.mongo_pid = infra.mongo.pid if infra.mongo else None
         print(f"SecantusDB on {infra.mongo_url} ({args.storage})", flush=True)
         asyncio.run(bench(infra.mongo_url, args))
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """CPU seconds (user + system, all threads) process `pid` has used so far."""
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

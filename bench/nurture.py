@@ -52,6 +52,7 @@ from typing import Any
 import httpx
 import structlog
 from nurture_sinks import arrivals_at, sinks_ceiling_at  # the ceiling, as 9A measures it
+from procstat import cpu_seconds
 from pymongo import InsertOne, monitoring
 
 from leadflow.chassis.config_cache import VersionedCache
@@ -398,15 +399,6 @@ def _say(what: str) -> None:
     print(f"[{time.monotonic() - _STARTED:7.1f} s] {what}", flush=True)
 
 
-def _cpu_s(pid: int | None) -> float:
-    """CPU seconds (user + system) a process has used so far; 0 when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class _Watch:
     """The load average and each process's CPU seconds while the steps fall due."""
@@ -421,9 +413,9 @@ class _Watch:
     def sample(self) -> None:
         self.loads.append(os.getloadavg()[0])
         if not self.cpu_before:
-            self.cpu_before = {name: _cpu_s(pid) for name, pid in self.pids.items()}
+            self.cpu_before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
             self.started = time.monotonic()
-        self.cpu_after = {name: _cpu_s(pid) for name, pid in self.pids.items()}
+        self.cpu_after = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         self.seconds = time.monotonic() - self.started
 
     def report(self) -> dict[str, Any]:

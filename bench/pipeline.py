@@ -46,6 +46,7 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from procstat import cpu_seconds
 from pymongo import AsyncMongoClient, UpdateOne
 
 from leadflow.chassis.auth import Role
@@ -212,13 +213,6 @@ def resident_kb(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    with contextlib.suppress(OSError), Path(f"/proc/{pid}/stat").open() as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks
-    return 0.0
 
 
 def processes(bench: Stack) -> dict[str, int]:
