@@ -7,16 +7,18 @@ latency at 10k and at 1M events (report cost must not grow with the number of ev
 - ingest:  N events of a realistic mix (lead received, assigned, calls, visits, sales,
            losses, satisfaction) recorded by analytics' own use case (`RecordEvents` on the
            MongoDB store: event store + inbox, lead facts, counter and gauge deltas, batches
-           of 500 in two lead-disjoint transactions), as events/s, then the compaction of
-           those deltas (`--order time`: the events sorted by time, as topics deliver them),
-           by 1 and by 2 replica processes (`--replicas`; deployed: 2), each consuming the
-           leads of its partitions. The ceiling is raw `insert_many` of the very same
-           event-store documents, 500 a call, by as many processes. Ceiling and ingest take
-           turns, `--rounds` times, each on a server started for it alone (the server slows
-           as its history grows); a ratio is the ingest against the round's best ceiling,
-           and its median over the rounds is reported. The CPU the server and the processes
-           spend per document and per event is read from /proc around each phase, and
-           turned into what each side alone would allow (`ingest_part`).
+           of 500, each in `RECORD_PARTS` lead-disjoint transactions at once), as events/s,
+           then the compaction of those deltas (`--order time`: the events sorted by time,
+           as topics deliver them), by each setup of `--replicas` (default `1 2 2x1`: one
+           replica recording in 2 parts, two replicas in 2 parts, two in 1; deployed: 2
+           replicas), each replica consuming the leads of its partitions. The ceiling is raw
+           `insert_many` of the very same event-store documents, 500 a call, by as many
+           processes. Ceiling and ingest take turns, `--rounds` times, each on a server
+           started for it alone (the server slows as its history grows); a ratio is the
+           ingest against the round's best ceiling, and its median over the rounds is
+           reported. The CPU the server and the processes spend per document and per event
+           is read from /proc around each phase, and turned into what each side alone
+           would allow (`ingest_part`).
 - reports: every report over the month, `--runs` times each, p50/p95 per report, at `--small`
            events and at `--large` events, both sets loaded at once (two databases) and
            their requests interleaved (each report on one set, then on the other, the
@@ -380,6 +382,7 @@ class Job:
     order: str
     replicas: int
     index: int
+    parts: int = 2
 
 
 def replica_process(job: Job, start: Any, results: Any) -> None:
@@ -404,7 +407,7 @@ async def _replica(job: Job, start: Any, results: Any) -> None:
 
         else:
             store = MongoAnalyticsStore(database, bench_ledger(client, database), clock=lambda: NOW)
-            record = RecordEvents(store, clock=lambda: NOW)
+            record = RecordEvents(store, clock=lambda: NOW, parts=job.parts)
 
             async def work() -> None:
                 for i in range(0, len(mine), BATCH):
@@ -485,45 +488,67 @@ async def phase_on_fresh_server(job: Job, storage: str) -> tuple[Phase, float]:
             await client.close()
 
 
+@dataclass(frozen=True)
+class Setup:
+    """How the ingest is deployed for a measurement: replica processes, and the parts
+    (transactions at once) each records a batch in (`RECORD_PARTS`)."""
+
+    replicas: int
+    parts: int = 2
+
+    @classmethod
+    def parse(cls, text: str) -> Setup:
+        replicas, _, parts = text.partition("x")
+        return cls(int(replicas), int(parts or 2))
+
+    def __str__(self) -> str:
+        return f"{self.replicas}x{self.parts}"
+
+
 async def ingest_part(
-    count: int, order: str, rounds: int, storage: str, replica_counts: list[int]
+    count: int, order: str, rounds: int, storage: str, setups: list[Setup]
 ) -> None:
     print(
         f"ingest: {count:,} events, batches of {BATCH}, in {order} order, {rounds} rounds, "
-        f"{' and '.join(map(str, replica_counts))} replica processes"
+        f"replica processes x parts: {' '.join(map(str, setups))}"
     )
     # Ceiling and ingest take turns, round after round (which goes first turning every
     # round), so both meet the same machine: a phase varies by half from one minute to
     # the next on this shared machine. The ceiling runs with as many processes as the
     # ingest it is compared with, and each ratio is taken against the round's best
     # ceiling, whichever number of processes gave it.
-    results: dict[int, list[tuple[Phase, Phase, float]]] = {n: [] for n in replica_counts}
+    results: dict[Setup, list[tuple[Phase, Phase, float]]] = {s: [] for s in setups}
     foldings: list[float] = []
     print(
-        "  round  replicas  ceiling docs/s  ingest events/s  ratio   server CPU µs: a doc / "
+        "  round  setup  ceiling docs/s  ingest events/s  ratio   server CPU µs: a doc / "
         "an event   client CPU µs an event"
     )
     for number in range(1, rounds + 1):
-        kinds = ("raw", "ingest") if number % 2 else ("ingest", "raw")
-        measured: dict[int, dict[str, Phase]] = {}
-        for replicas in replica_counts if number % 2 else replica_counts[::-1]:
-            for kind in kinds:
-                job = Job(kind, "", count, order, replicas, 0)
+        ceilings: dict[int, Phase] = {}
+        ingests: dict[Setup, Phase] = {}
+        for setup in setups if number % 2 else setups[::-1]:
+            raw = setup.replicas not in ceilings
+            kinds = ("raw", "ingest") if number % 2 else ("ingest", "raw")
+            for kind in kinds if raw else ("ingest",):
+                job = Job(kind, "", count, order, setup.replicas, 0, setup.parts)
                 phase, folding = await phase_on_fresh_server(job, storage)
-                measured.setdefault(replicas, {})[kind] = phase
+                if kind == "raw":
+                    ceilings[setup.replicas] = phase
+                else:
+                    ingests[setup] = phase
                 if folding:
                     foldings.append(folding)
-        best = max(m["raw"].rate for m in measured.values())
-        for replicas in replica_counts:
-            ceiling, ingest = measured[replicas]["raw"], measured[replicas]["ingest"]
-            results[replicas].append((ceiling, ingest, ingest.rate / best))
+        best = max(c.rate for c in ceilings.values())
+        for setup in setups:
+            ceiling, ingest = ceilings[setup.replicas], ingests[setup]
+            results[setup].append((ceiling, ingest, ingest.rate / best))
             print(
-                f"  {number:>5}  {replicas:>8}  {ceiling.rate:>14,.0f}  {ingest.rate:>15,.0f}  "
+                f"  {number:>5}  {setup!s:>5}  {ceiling.rate:>14,.0f}  {ingest.rate:>15,.0f}  "
                 f"{ingest.rate / best:>5.2f}   {ceiling.server_us:>12.0f} / "
                 f"{ingest.server_us:<8.0f}   {ingest.client_us:>10.0f}"
             )
     folding = max(foldings)
-    for replicas, rows in results.items():
+    for setup, rows in results.items():
         ratio = statistics.median(r for _, _, r in rows)
         best_ingest = max(i.rate for _, i, _ in rows)
         # What each side alone would allow. The server: a ceiling keeps it busy, so an
@@ -533,11 +558,11 @@ async def ingest_part(
         # for the other); fully overlapped, the smaller bound is the ratio.
         server_bound = statistics.median(c.server_us / i.server_us for c, i, _ in rows)
         line = (
-            f"  {replicas} replica(s): ingest {best_ingest:,.0f} events/s (best round), "
-            f"ratio, median of the rounds {ratio:.2f} (goal >= 0.6); the server alone "
-            f"would allow {server_bound:.2f}"
+            f"  {setup.replicas} replica(s), {setup.parts} part(s): ingest {best_ingest:,.0f} "
+            f"events/s (best round), ratio, median of the rounds {ratio:.2f} (goal >= 0.6); "
+            f"the server alone would allow {server_bound:.2f}"
         )
-        if replicas == 1:
+        if setup.replicas == 1:
             client_bound = statistics.median(1e6 / c.rate / i.client_us for c, i, _ in rows)
             both = 1 / (1 / server_bound + 1 / client_bound)
             line += f", the client alone {client_bound:.2f}, one after the other {both:.2f}"
@@ -586,10 +611,11 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--replicas",
-        type=int,
+        type=Setup.parse,
         nargs="+",
-        default=[1, 2],
-        help="ingest replica processes (and ceiling processes) to measure; deployed: 2",
+        default=[Setup(1), Setup(2), Setup(2, 1)],
+        help="ingest setups to measure, each R (replica processes, and as many ceiling "
+        "processes) or RxP (and P parts a batch, RECORD_PARTS; default 2); deployed: 2",
     )
     parser.add_argument("--small", type=int, default=10_000, help="events, small report set")
     parser.add_argument("--large", type=int, default=1_000_000, help="events, large report set")

@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
     store = MongoAnalyticsStore(
         chassis.database, chassis.ledger, clock=clock, month_zone=settings.report_timezone
     )
-    register_handlers(chassis, RecordEvents(store, clock=clock))
+    register_handlers(chassis, RecordEvents(store, clock=clock, parts=settings.record_parts))
     lease = Lease(
         chassis.leases, "analytics-compaction", ttl_s=settings.outbox_lease_s, clock=clock
     )

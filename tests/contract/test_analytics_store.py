@@ -79,8 +79,8 @@ def sold(lead_id: str, revenue: float, at: datetime = NOW) -> LeadConvertedV1:
     return LeadConvertedV1(lead_id=lead_id, rep_id="r1", occurred_at=at, revenue=revenue)
 
 
-def record(store: AnalyticsStore) -> RecordEvents:
-    return RecordEvents(store, clock=lambda: NOW)
+def record(store: AnalyticsStore, parts: int = 2) -> RecordEvents:
+    return RecordEvents(store, clock=lambda: NOW, parts=parts)
 
 
 async def counts(store: AnalyticsStore, metric: Metric, **filters: str) -> int:
@@ -88,22 +88,27 @@ async def counts(store: AnalyticsStore, metric: Metric, **filters: str) -> int:
     return sum(b.count for b in buckets)
 
 
-async def test_a_batch_is_recorded_once_even_when_delivered_again(store: AnalyticsStore) -> None:
+@pytest.mark.parametrize("parts", [1, 2])
+async def test_a_batch_is_recorded_once_even_when_delivered_again(
+    store: AnalyticsStore, parts: int
+) -> None:
     batch: list[Event] = [received("a"), received("b"), assigned("a", "r1")]
-    assert await record(store)(batch) == 3
-    assert await record(store)(batch) == 0  # redelivered: nothing new
-    assert await record(store)([*batch, received("c")]) == 1  # only the new one
+    assert await record(store, parts)(batch) == 3
+    assert await record(store, parts)(batch) == 0  # redelivered: nothing new
+    assert await record(store, parts)([*batch, received("c")]) == 1  # only the new one
     assert await counts(store, Metric.LEADS_RECEIVED) == 3
     assert await counts(store, Metric.REACHED, stage="assigned") == 1
     assert await counts(store, Metric.ASSIGNMENTS) == 1
 
 
+@pytest.mark.parametrize("parts", [1, 2])
 async def test_a_batch_recorded_by_two_replicas_at_once_counts_once(
-    store: AnalyticsStore,
+    store: AnalyticsStore, parts: int
 ) -> None:
     batch: list[Event] = [received("x1"), received("x2", "ad"), assigned("x1", "r1")]
     batch += [sold("x1", 40.0), assigned("x2", "r2")]
-    first, second = await asyncio.gather(record(store)(batch), record(store)(batch))
+    replicas = record(store, parts), record(store, parts)
+    first, second = await asyncio.gather(replicas[0](batch), replicas[1](batch))
     assert first + second == 5  # each event recorded by one of them (a part each, or all)
     assert await counts(store, Metric.LEADS_RECEIVED) == 2
     assert await counts(store, Metric.ASSIGNMENTS) == 2
