@@ -9,9 +9,10 @@ latency at 10k and at 1M events (report cost must not grow with the number of ev
            MongoDB store: event store + inbox, lead facts, counter and gauge deltas, batches
            of 500, each in `RECORD_PARTS` lead-disjoint transactions at once), as events/s,
            then the compaction of those deltas (`--order time`: the events sorted by time,
-           as topics deliver them), by each setup of `--replicas` (default `1 2 2x1`: one
-           replica recording in 2 parts, two replicas in 2 parts, two in 1; deployed: 2
-           replicas), each replica consuming the leads of its partitions. The ceiling is raw
+           as topics deliver them), by each setup of `--replicas` (default `1 2`: one and
+           two replica processes, a transaction a batch; `2x2`: two replicas recording
+           in 2 parts; deployed: 2 replicas), each replica consuming the leads of its
+           partitions. The ceiling is raw
            `insert_many` of the very same event-store documents, 500 a call, by as many
            processes. Ceiling and ingest take turns, `--rounds` times, each on a server
            started for it alone (the server slows as its history grows); a ratio is the
@@ -382,7 +383,7 @@ class Job:
     order: str
     replicas: int
     index: int
-    parts: int = 2
+    parts: int = 1
 
 
 def replica_process(job: Job, start: Any, results: Any) -> None:
@@ -494,12 +495,12 @@ class Setup:
     (transactions at once) each records a batch in (`RECORD_PARTS`)."""
 
     replicas: int
-    parts: int = 2
+    parts: int = 1
 
     @classmethod
     def parse(cls, text: str) -> Setup:
         replicas, _, parts = text.partition("x")
-        return cls(int(replicas), int(parts or 2))
+        return cls(int(replicas), int(parts or 1))
 
     def __str__(self) -> str:
         return f"{self.replicas}x{self.parts}"
@@ -613,9 +614,9 @@ if __name__ == "__main__":
         "--replicas",
         type=Setup.parse,
         nargs="+",
-        default=[Setup(1), Setup(2), Setup(2, 1)],
+        default=[Setup(1), Setup(2)],
         help="ingest setups to measure, each R (replica processes, and as many ceiling "
-        "processes) or RxP (and P parts a batch, RECORD_PARTS; default 2); deployed: 2",
+        "processes) or RxP (and P parts a batch, RECORD_PARTS; default 1); deployed: 2",
     )
     parser.add_argument("--small", type=int, default=10_000, help="events, small report set")
     parser.add_argument("--large", type=int, default=1_000_000, help="events, large report set")

@@ -21,8 +21,9 @@ class Settings(ServiceSettings):
     compaction_interval_s: float = Field(default=1.0, gt=0)
     """How often recorded batches' counter deltas are folded into the roll-ups (at once
     while batches wait); reports add the ones not folded yet, so this is not a delay."""
-    record_parts: int = Field(default=2, ge=1, le=8)
+    record_parts: int = Field(default=1, ge=1, le=8)
     """Transactions a consumed batch is recorded in at once, split by lead: with 2, a
     replica tallies one part while the database writes the other. Measured on the local
-    server (docs/BENCHMARKS.md): 2 is best for one replica; with several replicas on one
-    database they overlap each other and 1 (fewer transactions at once) did better."""
+    server (docs/BENCHMARKS.md): with two replicas 1 part did better than 2 (the replicas
+    overlap each other; fewer transactions at once cost the server less an event), with
+    one replica the two were within the noise."""

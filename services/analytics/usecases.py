@@ -54,7 +54,7 @@ folding many at once is what lets compaction keep up with the ingest."""
 class RecordEvents:
     """Store each consumed event once and move the roll-ups it implies."""
 
-    def __init__(self, store: AnalyticsStore, *, clock: Clock, parts: int = 2) -> None:
+    def __init__(self, store: AnalyticsStore, *, clock: Clock, parts: int = 1) -> None:
         self._store = store
         self._clock = clock
         self._parts = parts
@@ -62,10 +62,10 @@ class RecordEvents:
     async def __call__(self, events: Sequence[Event]) -> int:
         """Record a batch; returns how many events were new.
 
-        The batch is split by lead into `parts` that are recorded at once, each in one
-        transaction of its own: while the database writes one part, this process tallies
-        the next (two cores rather than one). A lead's events stay in one part, in order,
-        and each part is recognised on a replay by itself, so a part committed before a
+        The batch is recorded in one transaction, or split by lead into `parts` recorded
+        at once, each in one transaction of its own (while the database writes one part,
+        this process tallies the next). A lead's events stay in one part, in order, and
+        each part is recognised on a replay by itself, so a part committed before a
         failure is not counted again when the batch is delivered again."""
         parts = split_by_lead(events, self._parts)
         # Every part finished (committed or rolled back) before a failure is raised: the

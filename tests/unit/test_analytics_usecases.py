@@ -78,7 +78,7 @@ class _FailsOnce(InMemoryAnalyticsStore):
 
 async def test_a_part_that_failed_is_recorded_on_redelivery_and_the_other_counted_once() -> None:
     store = _FailsOnce("b")
-    record = RecordEvents(store, clock=lambda: NOW)
+    record = RecordEvents(store, clock=lambda: NOW, parts=2)
     batch = life("a") + life("b")
     with pytest.raises(ConnectionError):
         await record(batch)
