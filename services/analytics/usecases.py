@@ -104,10 +104,12 @@ class RecordEvents:
 def split_by_lead(events: Sequence[Event], parts: int) -> list[list[Event]]:
     """`events` in at most `parts` non-empty parts of about equal size, each lead's (and
     each campaign's) events all in one part, in their order."""
+    if parts <= 1:
+        return [list(events)] if events else []
     by_lead: dict[str, list[Event]] = {}
     for event in events:
         by_lead.setdefault(event.lead_id, []).append(event)
-    split: list[list[Event]] = [[] for _ in range(max(1, parts))]
+    split: list[list[Event]] = [[] for _ in range(parts)]
     for lead_events in sorted(by_lead.values(), key=len, reverse=True):
         min(split, key=len).extend(lead_events)
     return [part for part in split if part]

@@ -107,8 +107,7 @@ async def test_a_batch_recorded_by_two_replicas_at_once_counts_once(
 ) -> None:
     batch: list[Event] = [received("x1"), received("x2", "ad"), assigned("x1", "r1")]
     batch += [sold("x1", 40.0), assigned("x2", "r2")]
-    replicas = record(store, parts), record(store, parts)
-    first, second = await asyncio.gather(replicas[0](batch), replicas[1](batch))
+    first, second = await asyncio.gather(record(store, parts)(batch), record(store, parts)(batch))
     assert first + second == 5  # each event recorded by one of them (a part each, or all)
     assert await counts(store, Metric.LEADS_RECEIVED) == 2
     assert await counts(store, Metric.ASSIGNMENTS) == 2
