@@ -15,6 +15,7 @@ from leadflow.chassis.auth import Role
 from services.intake.app import create_app
 from services.intake.settings import Settings
 from tests.conftest import Keys
+from tests.support import contacts
 from tests.support.infra import Infra
 from tests.support.services import serve, settings_for
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 def unique_phone() -> str:
-    return f"+1415555{uuid.uuid4().int % 10_000:04d}"
+    return contacts.unique_phone("+1415555")
 
 
 async def test_posted_lead_is_stored_normalised(intake: httpx.AsyncClient, keys: Keys) -> None:

@@ -21,6 +21,7 @@ from services.intake.settings import Settings
 from shared.events import LeadReceivedV1
 from shared.topics import topic_for
 from tests.conftest import Keys
+from tests.support import contacts
 from tests.support.fake_graph import FakeGraph, serve_fake_graph
 from tests.support.infra import Infra
 from tests.support.kafka import read_all
@@ -100,7 +101,7 @@ def new_leadgen_id() -> int:
 
 
 def unique_phone() -> str:
-    return f"+1650555{uuid.uuid4().int % 10_000:04d}"
+    return contacts.unique_phone("+1650555")
 
 
 def unique_email(tag: str) -> str:
