@@ -419,8 +419,9 @@ class _Work:
     increments: list[Increment] = field(default_factory=list)
     forget_personal_data: bool = False
     stage_and_touch: dict[str, Any] = field(default_factory=dict)
-    """`reached` and `last_touch_at` as the event leaves them, copied into `facts` once
-    at its end (they change no counter's dimensions): a copy of the facts fewer."""
+    """`reached` and `last_touch_at` as the event leaves them, copied into the facts by
+    `settle` with the rest (they change no counter's dimensions): a copy of the facts
+    fewer."""
 
 
 def _lead_dims(facts: LeadFacts, **extra: str) -> Dimensions:
@@ -679,8 +680,6 @@ def tally_event(event: Event, facts: LeadFacts) -> _Work:  # noqa: PLR0912, PLR0
             work.forget_personal_data = True
         case _:
             pass
-    if work.stage_and_touch:
-        work.facts = replace(work.facts, **work.stage_and_touch)
     return work
 
 
@@ -691,17 +690,33 @@ def _nurture_dims(facts: LeadFacts, sequence: str | None, step: int | None) -> t
     return sequence or facts.sequence or UNKNOWN, NONE if step is None else str(step)
 
 
-def open_key(facts: LeadFacts) -> OpenKey | None:
+_STAGES_LAST_FIRST = STAGES[::-1]
+
+
+def open_key(
+    facts: LeadFacts,
+    *,
+    reached: Mapping[str, datetime] | None = None,
+    last_touch_at: datetime | None = None,
+) -> OpenKey | None:
     """The lead's place among open leads, None when it is not open: an open lead is
-    assigned and was not converted, lost or sent to nurture after its last assignment."""
+    assigned and was not converted, lost or sent to nurture after its last assignment.
+    `reached` and `last_touch_at`: the facts' own unless given (an event's, not yet
+    copied into them)."""
     if facts.is_test or facts.last_assigned_at is None:
         return None
     if facts.last_closed_at is not None and facts.last_closed_at >= facts.last_assigned_at:
         return None
-    stage = next((s for s in reversed(STAGES) if s in facts.reached), "assigned")
-    awaiting_contact = "contacted" not in facts.reached
+    if reached is None:
+        reached = facts.reached
+    stage = "assigned"
+    for furthest in _STAGES_LAST_FIRST:
+        if furthest in reached:
+            stage = furthest
+            break
+    awaiting_contact = "contacted" not in reached
     received = facts.received_at or facts.last_assigned_at
-    touched = facts.last_touch_at or received
+    touched = last_touch_at or facts.last_touch_at or received
     return OpenKey(
         channel=facts.channel or UNKNOWN,
         source=facts.source or UNKNOWN,
@@ -767,6 +782,17 @@ def pending_increment(entry: Sequence[Any]) -> Increment:
     )
 
 
+def _gauge_moves(old: OpenKey | None, new: OpenKey | None) -> list[GaugeMove]:
+    """A lead's place among open leads went from `old` to `new` (None: not open)."""
+    moves: list[GaugeMove] = []
+    if new != old:
+        if old is not None:
+            moves.append(GaugeMove(old, -1))
+        if new is not None:
+            moves.append(GaugeMove(new, 1))
+    return moves
+
+
 def settle(before: LeadFacts, work: _Work) -> tuple[LeadFacts, list[Increment], list[GaugeMove]]:
     """Turn one event's work into what is counted: nothing for a test lead; increments
     counted before the lead's attribution and home pool were known are remembered
@@ -797,15 +823,18 @@ def settle(before: LeadFacts, work: _Work) -> tuple[LeadFacts, list[Increment], 
                     increments.append(new)
         if not _complete(facts):
             pending = (*moved, *work.increments)[-PENDING_MAX:]
-    gauge: list[GaugeMove] = []
-    new_key = open_key(facts)
-    if new_key != before.open_key:
-        if before.open_key is not None:
-            gauge.append(GaugeMove(before.open_key, -1))
-        if new_key is not None:
-            gauge.append(GaugeMove(new_key, 1))
-    if pending != facts.pending or new_key != facts.open_key:
-        facts = _replace(facts, pending=pending, open_key=new_key)
+    # The event's stages and last touch join the facts here, in the one copy of them.
+    changes = work.stage_and_touch
+    new_key = open_key(
+        facts, reached=changes.get("reached"), last_touch_at=changes.get("last_touch_at")
+    )
+    gauge = _gauge_moves(before.open_key, new_key)
+    if pending != facts.pending:
+        changes["pending"] = pending
+    if new_key != facts.open_key:
+        changes["open_key"] = new_key
+    if changes:
+        facts = _replace(facts, **changes)
     return facts, increments, gauge
 
 
