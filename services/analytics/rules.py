@@ -824,17 +824,20 @@ def settle(before: LeadFacts, work: _Work) -> tuple[LeadFacts, list[Increment], 
         if not _complete(facts):
             pending = (*moved, *work.increments)[-PENDING_MAX:]
     # The event's stages and last touch join the facts here, in the one copy of them.
-    changes = work.stage_and_touch
+    stage_and_touch = work.stage_and_touch
     new_key = open_key(
-        facts, reached=changes.get("reached"), last_touch_at=changes.get("last_touch_at")
+        facts,
+        reached=stage_and_touch.get("reached"),
+        last_touch_at=stage_and_touch.get("last_touch_at"),
     )
     gauge = _gauge_moves(before.open_key, new_key)
+    settled: dict[str, Any] = {}
     if pending != facts.pending:
-        changes["pending"] = pending
+        settled["pending"] = pending
     if new_key != facts.open_key:
-        changes["open_key"] = new_key
-    if changes:
-        facts = _replace(facts, **changes)
+        settled["open_key"] = new_key
+    if stage_and_touch or settled:
+        facts = _replace(facts, **stage_and_touch, **settled)
     return facts, increments, gauge
 
 
