@@ -19,16 +19,14 @@ adds the moves up per place (lead dimensions and stage), days and deadlines coun
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
-import operator
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.analytics.events import RawEvent
 from shared.events import (
@@ -139,14 +137,17 @@ def hour_of(instant: datetime) -> datetime:
     return instant.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-@dataclass(frozen=True, slots=True)
-class Increment:
-    """Add `count` (and `amount`: money, seconds) to one counter for one UTC hour."""
+class Increment(NamedTuple):
+    """Add `count` (and `amount`: money, seconds) to one counter for one UTC hour.
+
+    Tuples, as the other values the tally makes by the thousand (`OpenKey`, `GaugeMove`,
+    `LeadFacts`): built, compared and hashed in C, where a frozen dataclass runs Python
+    code for each field (a fifth of the tally's CPU)."""
 
     hour: datetime
     metric: Metric
     dimensions: Dimensions = ()
-    count: int = 1
+    count: int = 1  # type: ignore[assignment]  # the counter's count, not tuple.count
     amount: float = 0.0
 
 
@@ -169,8 +170,7 @@ def hour_from_key(key: str) -> datetime:
     return datetime(int(key[0:4]), int(key[5:7]), int(key[8:10]), int(key[11:13]), tzinfo=UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class OpenKey:
+class OpenKey(NamedTuple):
     """Where an open lead stands now: one gauge counter per distinct place."""
 
     channel: str
@@ -185,14 +185,13 @@ class OpenKey:
     """The first-response deadline while the lead waits for its first contact, else ""."""
 
     def as_dimensions(self) -> Dimensions:
-        return tuple(sorted(dataclasses.asdict(self).items()))
+        return tuple(sorted(self._asdict().items()))
 
     def place(self) -> OpenPlace:
         return OpenPlace(self.channel, self.source, self.campaign, self.pool, self.rep, self.stage)
 
 
-@dataclass(frozen=True, slots=True)
-class OpenPlace:
+class OpenPlace(NamedTuple):
     """The lead dimensions and stage of open leads: the gauge keeps one entry per place, so
     a report reads as many as there are places in use, whatever the number of leads."""
 
@@ -309,14 +308,12 @@ def open_leads_at(moves: Iterable[tuple[OpenKey, int]]) -> list[OpenLeads]:
     return sums.places()
 
 
-@dataclass(frozen=True, slots=True)
-class GaugeMove:
+class GaugeMove(NamedTuple):
     key: OpenKey
-    count: int
+    count: int  # type: ignore[assignment]  # leads moved, not tuple.count
 
 
-@dataclass(frozen=True, slots=True)
-class LeadFacts:
+class LeadFacts(NamedTuple):
     """What analytics remembers about one lead."""
 
     lead_id: str
@@ -332,8 +329,9 @@ class LeadFacts:
     first_contact_at: datetime | None = None
     is_test: bool = False
     erased: bool = False
-    reached: Mapping[str, datetime] = field(default_factory=dict)
-    """Funnel stage -> when the lead first reached it."""
+    reached: Mapping[str, datetime] = {}
+    """Funnel stage -> when the lead first reached it (a new mapping for every change:
+    the default is one shared empty dict)."""
     last_assigned_at: datetime | None = None
     last_closed_at: datetime | None = None
     """When it was last converted, lost or routed to nurture (it leaves the sales floor)."""
@@ -350,19 +348,17 @@ class LeadFacts:
     open_key: OpenKey | None = None
 
 
-_FACT_FIELDS = tuple(f.name for f in dataclasses.fields(LeadFacts))
-_FACT_VALUES = operator.attrgetter(*_FACT_FIELDS)
-_FACT_INDEX = {name: i for i, name in enumerate(_FACT_FIELDS)}
+_FACT_INDEX = {name: i for i, name in enumerate(LeadFacts._fields)}
+_new_facts = functools.partial(tuple.__new__, LeadFacts)
 
 
 def _replace(facts: LeadFacts, **changes: Any) -> LeadFacts:
-    """`dataclasses.replace` for facts, without its per-call field inspection: the tally
-    makes a few of these per event (every field read at once, then the generated
-    `__init__`: a loop over the fields here was a fifth of the tally's CPU)."""
-    values = list(_FACT_VALUES(facts))
+    """`facts._replace`, without its keyword checks: the tally makes one or two of these
+    an event."""
+    values = list(facts)
     for name, value in changes.items():
         values[_FACT_INDEX[name]] = value
-    return LeadFacts(*values)
+    return _new_facts(values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +412,8 @@ class _Work:
     """The changes of one event, gathered while it is tallied."""
 
     facts: LeadFacts
+    hour: datetime
+    """The event's hour: every counter it moves is of that hour."""
     increments: list[Increment] = field(default_factory=list)
     forget_personal_data: bool = False
     stage_and_touch: dict[str, Any] = field(default_factory=dict)
@@ -466,13 +464,12 @@ def _reach(work: _Work, stage: str, at: datetime, *, rep: str | None = None) -> 
     work.stage_and_touch["reached"] = {**reached, stage: at}
     who = {} if rep is None else {"rep": rep or NONE}
     work.increments.append(
-        Increment(hour_of(at), Metric.REACHED, _lead_dims(work.facts, stage=stage, **who))
+        Increment(work.hour, Metric.REACHED, _lead_dims(work.facts, stage=stage, **who))
     )
 
 
 def _count(
     work: _Work,
-    at: datetime,
     metric: Metric,
     *,
     amount: float = 0.0,
@@ -482,9 +479,7 @@ def _count(
     """Count one for the lead; `rep` credits the rep who did it rather than the owner."""
     if rep is not None:
         extra["rep"] = rep or NONE
-    work.increments.append(
-        Increment(hour_of(at), metric, _lead_dims(work.facts, **extra), 1, amount)
-    )
+    work.increments.append(Increment(work.hour, metric, _lead_dims(work.facts, **extra), 1, amount))
 
 
 def _touch(work: _Work, at: datetime) -> None:
@@ -496,7 +491,8 @@ def _touch(work: _Work, at: datetime) -> None:
 def tally_event(event: Event, facts: LeadFacts) -> _Work:  # noqa: PLR0912, PLR0915 - one case per event type
     """What `event` changes, given what is known about its lead so far."""
     at = event.occurred_at
-    work = _Work(facts)
+    hour = hour_of(at)
+    work = _Work(facts, hour)
     replace = _replace
     match event:
         case LeadReceivedV1(attribution=attribution) if facts.received_at is None:
@@ -510,14 +506,12 @@ def tally_event(event: Event, facts: LeadFacts) -> _Work:  # noqa: PLR0912, PLR0
             )
             # An arrival precedes any rep: counted with no rep.
             _touch(work, at)
-            _count(work, at, Metric.INQUIRIES, rep=NONE)
-            _count(work, at, Metric.LEADS_RECEIVED, rep=NONE)
+            _count(work, Metric.INQUIRIES, rep=NONE)
+            _count(work, Metric.LEADS_RECEIVED, rep=NONE)
             _reach(work, "received", at, rep=NONE)
             if attribution.channel == "walk_in":
                 kept = bool(event.contact.phone or event.contact.email)
-                _count(
-                    work, at, Metric.WALK_IN_LEADS, rep=NONE, contact_kept="yes" if kept else "no"
-                )
+                _count(work, Metric.WALK_IN_LEADS, rep=NONE, contact_kept="yes" if kept else "no")
         case LeadReceivedV1(attribution=attribution) | LeadMergedV1(attribution=attribution):
             # A repeat inquiry (or the lead received again): an inquiry, credited where it
             # came from this time; the lead keeps its first attribution.
@@ -529,7 +523,7 @@ def tally_event(event: Event, facts: LeadFacts) -> _Work:  # noqa: PLR0912, PLR0
             )
             if not event.is_test:
                 work.increments.append(
-                    Increment(hour_of(at), Metric.INQUIRIES, _lead_dims(again, rep=NONE))
+                    Increment(hour, Metric.INQUIRIES, _lead_dims(again, rep=NONE))
                 )
             _touch(work, at)
         case LeadAssignedV1(rep_id=rep_id, pool_id=pool_id):
@@ -541,26 +535,25 @@ def tally_event(event: Event, facts: LeadFacts) -> _Work:  # noqa: PLR0912, PLR0
                 last_assigned_at=max(filter(None, (facts.last_assigned_at, at))),
                 sla_due_at=event.sla_due_at or facts.sla_due_at,
             )
-            _count(work, at, Metric.ASSIGNMENTS, how=event.how)
+            _count(work, Metric.ASSIGNMENTS, how=event.how)
             _reach(work, "assigned", at)
         case LeadQueuedV1(pool_id=pool_id):
             work.facts = replace(facts, pool=facts.pool or pool_id, current_pool=pool_id)
-            _count(work, at, Metric.QUEUED)
+            _count(work, Metric.QUEUED)
         case LeadReturnedToPoolV1(rep_id=rep_id, pool_id=pool_id):
             work.facts = replace(facts, current_pool=pool_id or facts.current_pool)
-            _count(work, at, Metric.RETURNED_TO_POOL, by=rep_id)
+            _count(work, Metric.RETURNED_TO_POOL, by=rep_id)
         case LeadRejectedByRepV1(rep_id=rep_id):
-            _count(work, at, Metric.REJECTED_BY_REP, by=rep_id)
+            _count(work, Metric.REJECTED_BY_REP, by=rep_id)
         case LeadRoutedToNurtureV1():
             work.facts = replace(
                 facts, last_closed_at=max(filter(None, (facts.last_closed_at, at)))
             )
-            _count(work, at, Metric.ROUTED_TO_NURTURE, reason=event.reason[:REASON_MAX])
+            _count(work, Metric.ROUTED_TO_NURTURE, reason=event.reason[:REASON_MAX])
         case ActivityLoggedV1(rep_id=rep_id, activity=activity):
             work.facts = replace(facts, rep=facts.rep or rep_id)
             _count(
                 work,
-                at,
                 Metric.ACTIVITIES,
                 rep=rep_id,
                 activity=activity,
@@ -575,7 +568,6 @@ def tally_event(event: Event, facts: LeadFacts) -> _Work:  # noqa: PLR0912, PLR0
                 seconds = None if arrived is None else (at - arrived).total_seconds()
                 _count(
                     work,
-                    at,
                     Metric.FIRST_CONTACTS,
                     amount=seconds or 0.0,
                     rep=rep_id,
@@ -587,22 +579,21 @@ def tally_event(event: Event, facts: LeadFacts) -> _Work:  # noqa: PLR0912, PLR0
             work.facts = replace(facts, pool=facts.pool or pool_id)
             breached = replace(work.facts, rep=rep_id)
             work.increments.append(
-                Increment(hour_of(at), Metric.SLA_BREACHES, _lead_dims(breached, sla=event.sla))
+                Increment(hour, Metric.SLA_BREACHES, _lead_dims(breached, sla=event.sla))
             )
         case VisitScheduledV1(rep_id=rep_id):
-            _count(work, at, Metric.VISITS_SCHEDULED, rep=rep_id)
+            _count(work, Metric.VISITS_SCHEDULED, rep=rep_id)
             _reach(work, "visit_scheduled", at, rep=rep_id)
             _touch(work, at)
         case VisitCheckedInV1(walk_in=walk_in, rep_id=rep_id):
-            _count(work, at, Metric.VISITS, rep=rep_id, walk_in="yes" if walk_in else "no")
+            _count(work, Metric.VISITS, rep=rep_id, walk_in="yes" if walk_in else "no")
             _reach(work, "visited", at, rep=rep_id)
             _touch(work, at)
         case SatisfactionRecordedV1(score=score, rep_id=rep_id):
-            _count(work, at, Metric.SATISFACTION, rep=rep_id, score=str(score))
+            _count(work, Metric.SATISFACTION, rep=rep_id, score=str(score))
         case OpportunityOpenedV1(amount=amount, currency=currency, stage=stage, rep_id=rep_id):
             _count(
                 work,
-                at,
                 Metric.OPPORTUNITIES,
                 amount=amount,
                 rep=rep_id,
@@ -619,19 +610,15 @@ def tally_event(event: Event, facts: LeadFacts) -> _Work:  # noqa: PLR0912, PLR0
             )
             sale = replace(work.facts, rep=rep_id)
             work.increments.append(
-                Increment(
-                    hour_of(at), Metric.CONVERSIONS, _lead_dims(sale, currency=currency), 1, revenue
-                )
+                Increment(hour, Metric.CONVERSIONS, _lead_dims(sale, currency=currency), 1, revenue)
             )
             if facts.converted_at is None:
-                work.increments.append(
-                    Increment(hour_of(at), Metric.LEADS_CONVERTED, _lead_dims(sale))
-                )
+                work.increments.append(Increment(hour, Metric.LEADS_CONVERTED, _lead_dims(sale)))
                 if facts.enrolled_at is not None:
                     seq, step_ = _nurture_dims(facts, None, None)
                     work.increments.append(
                         Increment(
-                            hour_of(at),
+                            hour,
                             Metric.CONVERTED_AFTER_NURTURE,
                             _lead_dims(sale, currency=currency, sequence=seq, step=step_),
                             1,
@@ -648,33 +635,31 @@ def tally_event(event: Event, facts: LeadFacts) -> _Work:  # noqa: PLR0912, PLR0
             )
             work.facts = lost
             reason = (event.reason or NONE)[:REASON_MAX]
-            _count(work, at, Metric.LOSSES, level=str(level), reason=reason)
+            _count(work, Metric.LOSSES, level=str(level), reason=reason)
             if facts.lost_at is None:
-                _count(work, at, Metric.LEADS_LOST, level=str(level))
+                _count(work, Metric.LEADS_LOST, level=str(level))
         case LeadEnrolledV1(sequence_id=sequence_id):
             work.facts = replace(facts, enrolled_at=facts.enrolled_at or at, sequence=sequence_id)
             if facts.enrolled_at is None:
-                _count(work, at, Metric.LEADS_ENROLLED, sequence=sequence_id)
+                _count(work, Metric.LEADS_ENROLLED, sequence=sequence_id)
         case MessageSentV1(sequence_id=sequence_id, step=step, channel=channel):
             work.facts = replace(facts, sequence=sequence_id, step=step)
-            _count(
-                work, at, Metric.MESSAGES_SENT, sequence=sequence_id, step=str(step), medium=channel
-            )
+            _count(work, Metric.MESSAGES_SENT, sequence=sequence_id, step=str(step), medium=channel)
         case MessageStatusUpdatedV1(status=status):
             seq, step_ = _nurture_dims(facts, event.sequence_id, event.step)
-            _count(work, at, Metric.MESSAGE_STATUS, status=status, sequence=seq, step=step_)
+            _count(work, Metric.MESSAGE_STATUS, status=status, sequence=seq, step=step_)
         case MessageFailedV1(sequence_id=sequence_id, step=step):
-            _count(work, at, Metric.MESSAGES_FAILED, sequence=sequence_id, step=str(step))
+            _count(work, Metric.MESSAGES_FAILED, sequence=sequence_id, step=str(step))
         case EngagementRecordedV1(kind=kind):
             seq, step_ = _nurture_dims(facts, event.sequence_id, event.step)
-            _count(work, at, Metric.ENGAGEMENTS, kind=kind, sequence=seq, step=step_)
+            _count(work, Metric.ENGAGEMENTS, kind=kind, sequence=seq, step=step_)
             _touch(work, at)
         case LeadOptedOutV1(channel=channel):
             seq, step_ = _nurture_dims(facts, event.sequence_id, None)
-            _count(work, at, Metric.OPTED_OUT, medium=channel, sequence=seq, step=step_)
+            _count(work, Metric.OPTED_OUT, medium=channel, sequence=seq, step=step_)
         case LeadRequalifiedV1():
             seq, step_ = _nurture_dims(facts, event.sequence_id, None)
-            _count(work, at, Metric.REQUALIFIED, sequence=seq, step=step_)
+            _count(work, Metric.REQUALIFIED, sequence=seq, step=step_)
         case LeadErasedV1():
             work.facts = replace(facts, erased=True)
             work.forget_personal_data = True
@@ -793,21 +778,31 @@ def _gauge_moves(old: OpenKey | None, new: OpenKey | None) -> list[GaugeMove]:
     return moves
 
 
-def settle(before: LeadFacts, work: _Work) -> tuple[LeadFacts, list[Increment], list[GaugeMove]]:
+def settle(
+    before: LeadFacts, work: _Work, held: int = 0
+) -> tuple[LeadFacts, list[Increment], list[GaugeMove], int]:
     """Turn one event's work into what is counted: nothing for a test lead; increments
     counted before the lead's attribution and home pool were known are remembered
-    (`pending`) and moved once both are, whatever order the events came in."""
+    (`pending`) and moved once both are, whatever order the events came in.
+
+    `held`: how many of the last of `before.pending` this batch has not counted yet. An
+    incomplete lead's increments are held back until the lead is complete or the batch
+    ends (`tally_batch` counts them then, as they are): counting them at once and moving
+    them a few events later (the lead's assignment follows its arrival) made the same
+    sums with three increments instead of one. Returns the facts, the increments to count,
+    the gauge moves and how many of the facts' pending increments are held."""
     facts = work.facts
     increments: list[Increment] = []
     pending: tuple[Increment, ...] = ()
+    counted = before.pending[: len(before.pending) - held]
+    held_after = 0
     if facts.is_test:
         # Known to be a test lead only now: take back what its earlier events counted.
-        for old in before.pending:
+        for old in counted:
             increments.append(
                 Increment(old.hour, old.metric, old.dimensions, -old.count, -old.amount)
             )
     else:
-        increments.extend(work.increments)
         learned = (before.received_at is None and facts.received_at is not None) or (
             before.pool is None and facts.pool is not None
         )
@@ -815,14 +810,18 @@ def settle(before: LeadFacts, work: _Work) -> tuple[LeadFacts, list[Increment], 
         if learned and before.pending:
             # Move what was counted before to where the lead is now known to belong.
             moved = tuple(_moved(old, facts) for old in before.pending)
-            for old, new in zip(before.pending, moved, strict=True):
+            for old, new in zip(counted, moved, strict=False):
                 if new != old:
                     increments.append(
                         Increment(old.hour, old.metric, old.dimensions, -old.count, -old.amount)
                     )
                     increments.append(new)
-        if not _complete(facts):
+        if _complete(facts):
+            increments.extend(moved[len(moved) - held :])
+            increments.extend(work.increments)
+        else:
             pending = (*moved, *work.increments)[-PENDING_MAX:]
+            held_after = min(held + len(work.increments), len(pending))
     # The event's stages and last touch join the facts here, in the one copy of them.
     stage_and_touch = work.stage_and_touch
     new_key = open_key(
@@ -838,7 +837,7 @@ def settle(before: LeadFacts, work: _Work) -> tuple[LeadFacts, list[Increment], 
         settled["open_key"] = new_key
     if stage_and_touch or settled:
         facts = _replace(facts, **stage_and_touch, **settled)
-    return facts, increments, gauge
+    return facts, increments, gauge, held_after
 
 
 # --- a batch --------------------------------------------------------------------------------
@@ -880,6 +879,7 @@ def tally_batch(
     recorded: list[RecordedEvent] = []
     campaigns: dict[str, Campaign] = {}
     erased: set[str] = set()
+    held: dict[str, int] = {}
     unknown = 0
     for event in events:
         known_type = is_known(event)
@@ -901,18 +901,25 @@ def tally_batch(
                 campaigns[campaign.campaign_id] = campaign
             recorded.append(_recorded(event, recorded_at, event.model_dump(mode="json"), True))
             continue
-        before = facts.get(event.lead_id, LeadFacts(event.lead_id))
+        lead_id = event.lead_id
+        before = facts.get(lead_id)
+        if before is None:
+            before = LeadFacts(lead_id)
         work = tally_event(event, before)
-        after, counted, moves = settle(before, work)
+        after, counted, moves, held[lead_id] = settle(before, work, held.get(lead_id, 0))
         recorded.append(
             _recorded(event, recorded_at, stored_payload(event, erased=after.erased), True)
         )
         increments.extend(counted)
         gauge.extend(moves)
         if work.forget_personal_data:
-            erased.add(event.lead_id)
+            erased.add(lead_id)
         if after != before:
-            facts[event.lead_id] = changed[event.lead_id] = after
+            facts[lead_id] = changed[lead_id] = after
+    for lead_id, count in held.items():
+        if count:
+            # Still incomplete: its increments counted as they are, and remembered.
+            increments.extend(facts[lead_id].pending[-count:])
     return BatchTally(
         recorded=tuple(recorded),
         facts=tuple(changed.values()),

@@ -859,7 +859,7 @@ HAS_GAUGE_MOVES: Document = {"$or": [{"moves": {"$exists": True}}, {"gauge.0": {
 """The delta documents that move the gauge (in either format)."""
 
 
-_OPEN_KEY_FIELDS = tuple(f.name for f in dataclasses.fields(OpenKey))
+_OPEN_KEY_FIELDS = OpenKey._fields
 _OPEN_KEY_VALUES = operator.attrgetter(*_OPEN_KEY_FIELDS)
 
 
@@ -1047,7 +1047,7 @@ def _add_month(into: Document, stored: Document) -> None:
 
 
 def gauge_key(place: OpenPlace) -> str:
-    return _json_text(dataclasses.astuple(place))
+    return _json_text(list(place))
 
 
 _DUE = "|"
@@ -1061,7 +1061,7 @@ def gauge_document(gauge: OpenLeads, *, past_due_before: str = "") -> Document:
     awaiting = fold_past_due(gauge.awaiting, past_due_before) if past_due_before else gauge.awaiting
     return {
         "_id": gauge_key(gauge.place),
-        "key": dataclasses.asdict(gauge.place),
+        "key": gauge.place._asdict(),
         "count": gauge.count,
         "received": dict(gauge.received),
         "touched": dict(gauge.touched),
@@ -1072,7 +1072,7 @@ def gauge_document(gauge: OpenLeads, *, past_due_before: str = "") -> Document:
 def kept_key(key: OpenKey, kept: Collection[str]) -> OpenKey:
     """`key` with the lead dimensions not in `kept` left empty."""
     dropped = {name: NONE for name in LEAD_DIMENSIONS if name not in kept}
-    return dataclasses.replace(key, **dropped) if dropped else key
+    return key._replace(**dropped) if dropped else key
 
 
 def kept_gauge(gauge: OpenLeads, kept: Collection[str]) -> OpenLeads:
@@ -1080,7 +1080,7 @@ def kept_gauge(gauge: OpenLeads, kept: Collection[str]) -> OpenLeads:
     dropped = {name: NONE for name in LEAD_DIMENSIONS if name not in kept}
     if not dropped:
         return gauge
-    return dataclasses.replace(gauge, place=dataclasses.replace(gauge.place, **dropped))
+    return dataclasses.replace(gauge, place=gauge.place._replace(**dropped))
 
 
 def gauge_set_documents(
@@ -1097,9 +1097,7 @@ def gauge_set_documents(
         name = _SET_NAMES[dims]
         for gauge in into.places(open_only=False):
             document = gauge_document(gauge, past_due_before=past_due_before)
-            document["_id"] = json.dumps(
-                [name, *dataclasses.astuple(gauge.place)], separators=(",", ":")
-            )
+            document["_id"] = json.dumps([name, *gauge.place], separators=(",", ":"))
             document["set"] = name
             documents.append(document)
     return documents

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -389,7 +388,7 @@ async def test_a_gauge_kept_per_lead_place_is_migrated_to_per_place_documents(
         async for document in parts.database["lead_facts"].find({}):
             if (open_key := facts_from_document(document).open_key) is None:
                 continue
-            key = dataclasses.asdict(open_key)
+            key = open_key._asdict()
             doc = places.setdefault("|".join(key.values()), {"key": key, "count": 0})
             doc["count"] = int(str(doc["count"])) + 1
         await parts.database["open_leads"].delete_many({})
@@ -498,12 +497,12 @@ async def test_facts_and_deltas_an_older_analytics_wrote_are_still_read(
         facts, deltas = parts.database["lead_facts"], parts.database["counter_deltas"]
         for document in [doc async for doc in facts.find({})]:
             lead = facts_from_document(document)
-            old = {f.name: getattr(lead, f.name) for f in dataclasses.fields(lead)}
+            old = lead._asdict()
             old |= {
                 "_id": old.pop("lead_id"),
                 "reached": dict(lead.reached),
                 "pending": [pending_entry(i) for i in lead.pending],
-                "open_key": None if lead.open_key is None else dataclasses.asdict(lead.open_key),
+                "open_key": None if lead.open_key is None else lead.open_key._asdict(),
             }
             await facts.replace_one({"_id": document["_id"]}, old)
         for document in [doc async for doc in deltas.find({})]:
@@ -514,7 +513,7 @@ async def test_facts_and_deltas_an_older_analytics_wrote_are_still_read(
                     [hour, metric, [list(pair) for pair in dims], n, amount]
                     for hour, metric, dims, n, amount in delta_increments(document)
                 ],
-                "gauge": [[dataclasses.asdict(key), n] for key, n in delta_moves(document)],
+                "gauge": [[key._asdict(), n] for key, n in delta_moves(document)],
             }
             await deltas.replace_one({"_id": document["_id"]}, old)
         assert await deltas.count_documents({"inc.0": {"$exists": True}}) >= 1
