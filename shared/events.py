@@ -187,7 +187,7 @@ class CampaignSavedV1(Event):
     campaign_id: str
     name: str
     channel: str
-    cost: float = Field(ge=0, default=0)
+    cost: float = Field(ge=0, default=0, allow_inf_nan=False)
     currency: str = "USD"
     starts_on: date | None = None
     ends_on: date | None = None
@@ -297,7 +297,7 @@ class OpportunityOpenedV1(Event):
     event_type: Literal["opportunity-opened"] = "opportunity-opened"
     rep_id: RepId
     opportunity_id: str
-    amount: float = Field(ge=0)
+    amount: float = Field(ge=0, allow_inf_nan=False)
     currency: str = "USD"
     stage: str
 
@@ -305,7 +305,7 @@ class OpportunityOpenedV1(Event):
 class LeadConvertedV1(Event):
     event_type: Literal["lead-converted"] = "lead-converted"
     rep_id: RepId
-    revenue: float = Field(ge=0)
+    revenue: float = Field(ge=0, allow_inf_nan=False)
     currency: str = "USD"
     product: str | None = None
     customer_id: str | None = None

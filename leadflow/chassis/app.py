@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 from leadflow.chassis.auth import Authenticator
 from leadflow.chassis.consumer import BatchPipeline, HandleBatch
-from leadflow.chassis.http import add_outage_handler
+from leadflow.chassis.http import add_outage_handler, add_validation_handler
 from leadflow.chassis.kafka import KafkaRuntime
 from leadflow.chassis.lease import Lease
 from leadflow.chassis.outbox import OUTBOX_BACKLOG, OutboxRelay
@@ -208,6 +208,7 @@ class ServiceChassis:
 
         app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
         add_outage_handler(app)
+        add_validation_handler(app)
         app.state.chassis = self
         app.state.authenticator = self.authenticator
         app.state.settings = self.settings

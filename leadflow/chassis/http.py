@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
 from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, WTimeoutError
 
@@ -69,3 +72,27 @@ def add_outage_handler(app: FastAPI) -> None:
 
     for outage in _OUTAGES:
         app.add_exception_handler(outage, service_unavailable)
+
+
+def add_validation_handler(app: FastAPI) -> None:
+    """422 in FastAPI's own shape, also for an input JSON cannot carry back: the parser
+    takes `Infinity` (or `1e400`) for a number the model then refuses, and FastAPI's own
+    answer, echoing it, failed to render (a 500)."""
+
+    async def unprocessable_request(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)
+        detail = _finite(jsonable_encoder(error.errors()))
+        return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    app.add_exception_handler(RequestValidationError, unprocessable_request)
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every float that is not finite written as text ("inf", "nan")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value

@@ -160,7 +160,7 @@ class CampaignDefinition(BaseModel):
     name: Text
     channel: Text
     """Where it runs: "meta", "google", "flyer", "banner", "blog", ..."""
-    cost: float = Field(default=0, ge=0)
+    cost: float = Field(default=0, ge=0, allow_inf_nan=False)
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USD"
     starts_on: date | None = None
     ends_on: date | None = None

@@ -206,6 +206,17 @@ async def test_a_rep_works_a_lead_from_first_call_to_conversion(
         f"{url}/visits/{visit_id}/satisfaction", json={"score": 7}, headers=as_ana
     )
     assert scored.status_code == 200, scored.text
+    endless = await team.client.post(
+        f"{url}/convert",
+        content=b'{"customer_id": "M-77", "revenue": Infinity,'
+        b' "opportunity": {"opportunity_id": "opp-77", "amount": 1e400, "stage": "won"}}',
+        headers={**as_ana, "content-type": "application/json"},
+    )
+    assert endless.status_code == 422, endless.text
+    assert {tuple(e["loc"]) for e in endless.json()["detail"]} == {
+        ("body", "revenue"),
+        ("body", "opportunity", "amount"),
+    }
     converted = await team.client.post(
         f"{url}/convert",
         json={

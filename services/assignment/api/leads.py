@@ -302,7 +302,7 @@ class OpportunityBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     opportunity_id: Id
-    amount: Annotated[float, Field(ge=0)]
+    amount: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     stage: Annotated[str, Field(min_length=1, max_length=50)]
 
 
@@ -317,7 +317,7 @@ class ConvertBody(BaseModel):
     )
 
     customer_id: Id
-    revenue: Annotated[float, Field(ge=0)]
+    revenue: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USD"
     plan: Annotated[str, Field(max_length=100)] | None = None
     opportunity: OpportunityBody | None = None
