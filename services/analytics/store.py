@@ -399,7 +399,7 @@ class MongoAnalyticsStore:
         # transaction is rolled back whole, and the batch is recorded again without the
         # events known (looked up first, the inbox way). Either way one transaction holds
         # the events, the facts and the counter deltas, so nothing counts twice.
-        fresh = list({str(event.event_id): event for event in reversed(consumed)}.values())
+        fresh = list({event.event_id: event for event in reversed(consumed)}.values())
         fresh.reverse()
 
         async def all_new(session: Session) -> tuple[T, list[Event]]:
@@ -720,7 +720,7 @@ class _MongoRecordingBatch:
                         "occurred_at": event.occurred_at,
                         "recorded_at": event.recorded_at,
                         "known": event.known,
-                        "payload": dict(event.payload),
+                        "payload": event.payload,
                     }
                     for event in tally.recorded
                 ],
@@ -806,7 +806,7 @@ def delta_documents(tally: BatchTally) -> list[Document]:
         rows = [
             (
                 hour_key(i.hour),
-                i.metric.value,
+                i.metric,
                 table.setdefault(i.dimensions, len(table)),
                 i.count,
                 i.amount,
