@@ -80,6 +80,7 @@ from services.analytics.rules import (
     PERSONAL_FIELDS,
     BatchTally,
     Campaign,
+    Dimensions,
     Increment,
     LeadFacts,
     Metric,
@@ -945,22 +946,43 @@ async def _replace_all(
 def counter_documents(increments: Iterable[Increment]) -> list[Document]:
     """Compacted counter documents holding `increments`, for loading roll-ups in bulk
     (bench/analytics.py); the same shape `compact` upserts."""
-    documents: dict[str, Document] = {}
+    documents: dict[tuple[str, Dimensions], Document] = {}
     for i in increments:
         hour = hour_key(i.hour)
-        lead = {k: v for k, v in i.dimensions if k in LEAD_DIMENSIONS}
-        extra = {k: v for k, v in i.dimensions if k not in LEAD_DIMENSIONS}
-        doc_id = json.dumps([hour, sorted(lead.items())], separators=(",", ":"))
-        doc = documents.setdefault(
-            doc_id, {"_id": doc_id, "hour": hour, "dimensions": lead, "m": {}}
-        )
-        entry = doc["m"].setdefault(
-            slot_of(i.metric.value, extra),
-            {"metric": i.metric.value, "extra": extra, "count": 0, "amount": 0.0},
-        )
+        lead, extra = _split_dimensions(i.dimensions)
+        doc = documents.get((hour, lead))
+        if doc is None:
+            doc = documents[hour, lead] = {
+                "_id": json.dumps([hour, lead], separators=(",", ":")),
+                "hour": hour,
+                "dimensions": dict(lead),
+                "m": {},
+            }
+        metric = i.metric.value
+        slot = _slot(metric, extra)
+        entry = doc["m"].get(slot)
+        if entry is None:
+            entry = doc["m"][slot] = {
+                "metric": metric,
+                "extra": dict(extra),
+                "count": 0,
+                "amount": 0.0,
+            }
         entry["count"] += i.count
         entry["amount"] += i.amount
     return list(documents.values())
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _split_dimensions(dimensions: Dimensions) -> tuple[Dimensions, Dimensions]:
+    """A counter's lead dimensions (sorted: its document's key) and its own."""
+    lead = tuple(sorted(pair for pair in dimensions if pair[0] in LEAD_DIMENSIONS))
+    return lead, tuple(pair for pair in dimensions if pair[0] not in LEAD_DIMENSIONS)
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _slot(metric: str, extra: Dimensions) -> str:
+    return slot_of(metric, dict(extra))
 
 
 def _month_key(year: int, month: int) -> str:
@@ -1001,42 +1023,43 @@ def month_documents(hourly: Iterable[Document], zone: ZoneInfo) -> list[Document
 
 
 def _month_sets(combinations: Iterable[Document]) -> list[Document]:
-    documents: dict[str, Document] = {}
+    documents: dict[tuple[str, str, str, Dimensions], Document] = {}
     for doc in combinations:
+        dimensions = doc["dimensions"]
         for dims in ROLLUP_SETS:
             name = _SET_NAMES[dims]
-            kept = {k: doc["dimensions"][k] for k in dims if k in doc["dimensions"]}
-            doc_id = json.dumps(
-                [doc["zone"], doc["month"], name, sorted(kept.items())], separators=(",", ":")
-            )
-            into = documents.setdefault(
-                doc_id,
-                {**doc, "_id": doc_id, "set": name, "dimensions": kept, "m": {}},
-            )
+            kept = tuple(sorted((k, dimensions[k]) for k in dims if k in dimensions))
+            into = documents.get((doc["zone"], doc["month"], name, kept))
+            if into is None:
+                doc_id = json.dumps([doc["zone"], doc["month"], name, kept], separators=(",", ":"))
+                into = documents[doc["zone"], doc["month"], name, kept] = {
+                    **doc,
+                    "_id": doc_id,
+                    "set": name,
+                    "dimensions": dict(kept),
+                    "m": {},
+                }
             _add_month(into, doc)
     return list(documents.values())
 
 
 def _month_combinations(hourly: Iterable[Document], zone: ZoneInfo) -> list[Document]:
-    documents: dict[str, Document] = {}
+    documents: dict[tuple[str, Dimensions], Document] = {}
     for doc in hourly:
         local = hour_from_key(doc["hour"]).astimezone(zone)
         year, month = local.year, local.month
         key = _month_key(year, month)
-        doc_id = json.dumps(
-            [zone.key, key, sorted(doc["dimensions"].items())], separators=(",", ":")
-        )
-        into = documents.setdefault(
-            doc_id,
-            {
-                "_id": doc_id,
+        lead = tuple(sorted(doc["dimensions"].items()))
+        into = documents.get((key, lead))
+        if into is None:
+            into = documents[key, lead] = {
+                "_id": json.dumps([zone.key, key, lead], separators=(",", ":")),
                 "zone": zone.key,
                 "month": key,
                 "hour": hour_key(_month_start(year, month, zone)),
                 "dimensions": dict(doc["dimensions"]),
                 "m": {},
-            },
-        )
+            }
         for slot, entry in doc["m"].items():
             mine = (
                 into["m"]
