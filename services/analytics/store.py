@@ -782,9 +782,10 @@ class _MongoRecordingBatch:
                 )
 
 
-def slot_of(metric: str, extra: Mapping[str, str]) -> str:
+@functools.lru_cache(maxsize=1 << 12)
+def slot_of(metric: str, extra: Dimensions) -> str:
     """A field name (no dots, no $) for one metric and its own dimensions."""
-    text = _json_text([metric, sorted(extra.items())])
+    text = _json_text([metric, sorted(extra)])
     return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:24]
 
 
@@ -834,13 +835,7 @@ def _data_text(value: Any) -> str:
     """JSON text of data that is only ever parsed back (facts, deltas), never compared as
     text (keys are `_json_text`): orjson, ten times faster than `json` on the ingest's
     path, datetimes written in ISO 8601 as `isoformat` writes them."""
-    return orjson.dumps(value, default=_plain).decode()
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"not JSON data: {type(value).__name__}")
+    return orjson.dumps(value).decode()
 
 
 DeltaRow = tuple[str, str, tuple[tuple[str, str], ...], int, float]
@@ -959,7 +954,7 @@ def counter_documents(increments: Iterable[Increment]) -> list[Document]:
                 "m": {},
             }
         metric = i.metric.value
-        slot = _slot(metric, extra)
+        slot = slot_of(metric, extra)
         entry = doc["m"].get(slot)
         if entry is None:
             entry = doc["m"][slot] = {
@@ -978,11 +973,6 @@ def _split_dimensions(dimensions: Dimensions) -> tuple[Dimensions, Dimensions]:
     """A counter's lead dimensions (sorted: its document's key) and its own."""
     lead = tuple(sorted(pair for pair in dimensions if pair[0] in LEAD_DIMENSIONS))
     return lead, tuple(pair for pair in dimensions if pair[0] not in LEAD_DIMENSIONS)
-
-
-@functools.lru_cache(maxsize=1 << 12)
-def _slot(metric: str, extra: Dimensions) -> str:
-    return slot_of(metric, dict(extra))
 
 
 def _month_key(year: int, month: int) -> str:
@@ -1029,12 +1019,12 @@ def _month_sets(combinations: Iterable[Document]) -> list[Document]:
         for dims in ROLLUP_SETS:
             name = _SET_NAMES[dims]
             kept = tuple(sorted((k, dimensions[k]) for k in dims if k in dimensions))
-            into = documents.get((doc["zone"], doc["month"], name, kept))
+            key = (doc["zone"], doc["month"], name, kept)
+            into = documents.get(key)
             if into is None:
-                doc_id = json.dumps([doc["zone"], doc["month"], name, kept], separators=(",", ":"))
-                into = documents[doc["zone"], doc["month"], name, kept] = {
+                into = documents[key] = {
                     **doc,
-                    "_id": doc_id,
+                    "_id": json.dumps(list(key), separators=(",", ":")),
                     "set": name,
                     "dimensions": dict(kept),
                     "m": {},
@@ -1187,7 +1177,7 @@ def facts_document(facts: LeadFacts) -> Document:
     if facts.erased:
         data["erased"] = True
     if facts.reached:
-        data["reached"] = facts.reached
+        data["reached"] = dict(facts.reached)
     if facts.pending:
         data["pending"] = [pending_entry(increment) for increment in facts.pending]
     if facts.open_key is not None:
