@@ -1,19 +1,26 @@
 """Analytics' persistence, in the `leadflow_analytics` database. Decisions live in `rules`
 and `reports`, the steps of each flow in `usecases`.
 
-- `events`: every consumed event once, `_id` = `lead_id|event_id` (the event store, and
-  the inbox): still fixed by the event, and a lead's events are one range of the primary
-  key (timeline, erasure), so the store needs no secondary index; events of an unknown
-  type or version too, with `known: false`.
-- `lead_facts`: per lead, what the next event needs (attribution, stages reached, ...), as
-  one JSON text per document (read by `_id` only). A batch looks up only the leads whose
-  first event in it is not their lead-received; the others are presumed new, and their
-  facts' insert proves it (a duplicate key records the batch again, every lead looked up).
+- `event_groups`: the event store. Every consumed event once, in ONE document per lead
+  per recorded batch (`_id` = `lead_id|first event_id`, the events one JSON text `e`, in
+  order): the server's cost is per document written, whatever its size, so a lead's
+  events cost it one write a batch rather than one an event; a lead's groups are one range
+  of the primary key (timeline, erasure, rebuild), so the store needs no secondary index;
+  events of an unknown type or version too, with `known: false`. Campaign changes are
+  grouped under their partition key (`campaign:<id>`).
+- `lead_facts`: per lead (and per campaign key), what the next event needs (attribution,
+  stages reached, ...) as one JSON text `f` (read by `_id` only), and the ids of its
+  events recorded so far (`seen`, one text): the inbox. A batch looks up every lead in it
+  except those whose first event in it is their lead-received: those are presumed new,
+  and the insert of their document proves it (a duplicate key records the batch again,
+  every lead looked up). Two replicas recording the same lead at once write the same
+  document, and one of them meets a write conflict and records its batch again.
 - `counter_deltas`: what each recorded batch adds to the counters and the open-lead gauge,
   as ONE document inserted in the batch's transaction (an insert is cheap on any server;
   an upsert per counter is not), its increments and gauge moves one JSON text each,
   folded into `counters` and `open_leads` by `compact` (one replica at a time, in the
-  background) and then deleted.
+  background) and then deleted; with how many events the batch stored (`stored`), added
+  to `rollup_meta`'s count of stored events when folded.
 - `counters`: one document per UTC hour and lead dimensions (channel, source, campaign,
   pool, rep) holding every metric counted for them, so a report reads a few documents per
   hour and never the event store; reports add the deltas not yet folded in, read in the
@@ -88,35 +95,86 @@ from services.analytics.rules import (
     OpenKey,
     OpenLeads,
     OpenPlace,
+    RecordedEvent,
     fold_past_due,
     hour_from_key,
     hour_key,
     past_due_before,
     pending_entry,
     pending_increment,
+    presumed_new_leads,
 )
 from shared.events import Event
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 DUPLICATE_KEY = 11000
-_TIME_ORDER = "occurred_at_1_recorded_at_1"
-"""The event store's index in time order: built for a rebuild, dropped after."""
-_LEAD_ORDER = "lead_id_1_occurred_at_1_recorded_at_1"
-"""The event store's index by lead, from before events were keyed by lead: dropped."""
-EVENT_KEYS_ID = "event_keys"
-REKEY_CHUNK = 500
+OLD_EVENTS = "events"
+"""The event store of one document an event (before event groups): regrouped, dropped."""
+EVENTS_STORED_ID = "events_stored"
+REGROUP_CHUNK = 500
 
 
 def event_key(lead_id: str, event_id: object) -> str:
-    """An event's key in the event store: its lead's events are one range of keys."""
+    """An event's key (and its group's, after the group's first event): a lead's events
+    are one range of keys."""
     return f"{lead_id}|{event_id}"
 
 
 def lead_events(lead_id: str) -> Document:
-    """The query for every stored event of `lead_id` (a range of keys; the lead equality
-    keeps out a lead whose id extends this one's with "|")."""
+    """The query for every stored event group of `lead_id` (a range of keys; the lead
+    equality keeps out a lead whose id extends this one's with "|")."""
     return {"_id": {"$gte": f"{lead_id}|", "$lt": f"{lead_id}}}"}, "lead_id": lead_id}
+
+
+def event_group_document(key: str, events: Sequence[RecordedEvent], *, erased: bool) -> Document:
+    """One lead's events of one batch, in order, as ONE JSON text (`e`); without personal
+    data when the lead is `erased`."""
+    rows = [
+        {
+            "event_id": event.event_id,
+            "event_type": event.event_type,
+            "occurred_at": event.occurred_at,
+            "recorded_at": event.recorded_at,
+            "known": event.known,
+            "payload": _without_personal_data(event.payload) if erased else event.payload,
+        }
+        for event in events
+    ]
+    return {
+        "_id": event_key(key, events[0].event_id),
+        "lead_id": key,
+        "n": len(rows),
+        "e": _data_text(rows),
+    }
+
+
+def _without_personal_data(payload: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in payload.items() if name not in PERSONAL_FIELDS}
+
+
+def group_events(document: Document) -> list[Document]:
+    """The events of a stored group, each as the event store has always returned one."""
+    key, parse = document["lead_id"], datetime.fromisoformat
+    return [
+        {
+            "_id": event_key(key, row["event_id"]),
+            "event_id": row["event_id"],
+            "event_type": row["event_type"],
+            "lead_id": key,
+            "occurred_at": parse(row["occurred_at"]),
+            "recorded_at": parse(row["recorded_at"]),
+            "known": row["known"],
+            "payload": row["payload"],
+        }
+        for row in orjson.loads(document["e"])
+    ]
+
+
+def _in_time_order(events: list[Document]) -> list[Document]:
+    """Events by when they happened, ties in arrival order."""
+    events.sort(key=lambda doc: (doc["occurred_at"], doc["recorded_at"]))
+    return events
 
 
 def _only_duplicates(error: BulkWriteError) -> bool:
@@ -231,7 +289,8 @@ class AnalyticsStore(Protocol):
         ...
 
     def stored_events(self, chunk: int) -> AsyncIterator[list[Document]]:
-        """Every stored event, oldest first (by occurred_at, then arrival), in chunks."""
+        """Every stored event, in chunks of about `chunk`: each lead's events together and
+        oldest first (by occurred_at, then arrival); the leads in any order."""
         ...
 
     async def rebuild_batch(self, work: Callable[[RecordingBatch], Awaitable[T]]) -> T:
@@ -252,7 +311,8 @@ class MongoAnalyticsStore:
         month_zone: ZoneInfo = UTC_ZONE,
     ) -> None:
         self._clock = clock
-        self._events: MongoCollection = database["events"]
+        self._events: MongoCollection = database["event_groups"]
+        self._old_events: MongoCollection = database[OLD_EVENTS]
         self._facts: MongoCollection = database["lead_facts"]
         self._counters: MongoCollection = database["counters"]
         self._months: MongoCollection = database["month_counters"]
@@ -267,10 +327,8 @@ class MongoAnalyticsStore:
 
     async def ensure_indexes(self) -> None:
         # The event store carries no secondary index: each costs the ingest about one more
-        # insert on the local server. A lead's events are a range of keys; the index in
-        # time order is built by a rebuild, the only reader of it, and dropped after.
-        await self._key_events_by_lead()
-        await self._drop_time_order()
+        # insert on the local server. A lead's event groups are a range of keys.
+        await self._regroup_old_events()
         await self._counters.create_index([("hour", ASCENDING)])
         # A report reads one set (or the combinations: no `set`) of one zone's months.
         await self._months.create_index(
@@ -340,92 +398,93 @@ class MongoAnalyticsStore:
         if migrated := await self._ledger.commit(migrate, publishes=False):
             log.info("analytics open-lead gauge kept per place now", documents=migrated)
 
-    async def _key_events_by_lead(self) -> None:
-        """Events stored under their bare event id (before the store was keyed by lead)
-        are stored again under `lead_id|event_id`, a chunk per transaction, once: a replay
-        of one of them must meet its new key. Replicas of the older version must be
-        stopped first (they would go on writing bare keys)."""
-        if await self._meta.find_one({"_id": EVENT_KEYS_ID}) is not None:
-            return
+    async def _regroup_old_events(self) -> None:
+        """Events stored one document each (before event groups; keyed by lead, or by
+        their bare id before that) are stored again in groups, their ids in their leads'
+        `seen`, a chunk per transaction, once; the old collection is dropped after.
+        Replicas of an older version must be stopped first (they would go on writing
+        there)."""
 
-        async def rekey(session: Session) -> tuple[int, list[Event]]:
+        async def regroup(session: Session) -> tuple[int, list[Event]]:
             old = [
                 doc
-                async for doc in self._events.find(
-                    {"event_id": {"$exists": False}}, session=session
-                ).limit(REKEY_CHUNK)
+                async for doc in self._old_events.find({}, session=session)
+                .sort("_id", ASCENDING)
+                .limit(REGROUP_CHUNK)
             ]
             if not old:
                 return 0, []
-            keyed = {
-                event_key(doc["lead_id"], doc["_id"]): {
-                    **doc,
-                    "_id": event_key(doc["lead_id"], doc["_id"]),
-                    "event_id": doc["_id"],
-                }
-                for doc in old
-            }
-            stored = await find_in(self._events, "_id", keyed, session=session, projection={})
-            for doc in stored:
-                keyed.pop(doc["_id"])
-            if keyed:
-                await self._events.insert_many(list(keyed.values()), session=session)
+            by_key: dict[str, list[RecordedEvent]] = {}
+            for doc in old:
+                by_key.setdefault(doc["lead_id"], []).append(
+                    RecordedEvent(
+                        event_id=str(doc.get("event_id", doc["_id"])),
+                        event_type=doc["event_type"],
+                        lead_id=doc["lead_id"],
+                        occurred_at=doc["occurred_at"],
+                        recorded_at=doc["recorded_at"],
+                        payload=doc["payload"],
+                        known=doc.get("known", True),
+                    )
+                )
+            for events in by_key.values():
+                events.sort(key=lambda event: (event.occurred_at, event.recorded_at))
+            batch = _MongoRecordingBatch(self, session, presume=False)
+            await batch.write_groups(by_key, erased=frozenset())
+            await batch.write_leads(by_key, {})
             ids = [doc["_id"] for doc in old]
             for start in range(0, len(ids), IN_CHUNK):
-                await self._events.delete_many(
+                await self._old_events.delete_many(
                     {"_id": {"$in": ids[start : start + IN_CHUNK]}}, session=session
                 )
+            await self._meta.update_one(
+                {"_id": EVENTS_STORED_ID},
+                {"$inc": {"count": len(old)}},
+                upsert=True,
+                session=session,
+            )
             return len(old), []
 
+        if await self._old_events.find_one({}, {"_id": 1}) is None:
+            return
         moved = 0
-        while rekeyed := await self._ledger.commit(rekey, publishes=False):
-            moved += rekeyed
-        await self._meta.update_one(
-            {"_id": EVENT_KEYS_ID}, {"$set": {"by_lead": True}}, upsert=True
-        )
-        if _LEAD_ORDER in await self._events.index_information():
-            await self._events.drop_index(_LEAD_ORDER)
-        if moved:
-            log.info("analytics event store keyed by lead now", events=moved)
-
-    async def _drop_time_order(self) -> None:
-        indexes = await self._events.index_information()
-        if _TIME_ORDER in indexes:
-            await self._events.drop_index(_TIME_ORDER)
+        while regrouped := await self._ledger.commit(regroup, publishes=False):
+            moved += regrouped
+        await self._old_events.drop()
+        log.info("analytics event store kept in groups now", events=moved)
 
     async def record_batch(self, consumed: Sequence[Event], work: BatchWork[T]) -> T | None:
-        # The event store holds every recorded event under its id: it is the inbox too.
-        # A batch is first taken to be all new (the usual case): no look-up, and the
-        # events' insert is what proves it; an id stored before fails that insert, the
-        # transaction is rolled back whole, and the batch is recorded again without the
-        # events known (looked up first, the inbox way). Either way one transaction holds
-        # the events, the facts and the counter deltas, so nothing counts twice.
+        # A lead's document remembers its recorded events (`seen`): the inbox. A lead whose
+        # first event here is its lead-received is taken to be new (the usual case): no
+        # look-up, and the insert of its document proves it; one stored before fails that
+        # insert, the transaction is rolled back whole, and the batch is recorded again
+        # with every lead looked up. Either way one transaction holds the events, the facts
+        # and the counter deltas, so nothing counts twice.
         fresh = list({event.event_id: event for event in reversed(consumed)}.values())
         fresh.reverse()
-
-        async def all_new(session: Session) -> tuple[T, list[Event]]:
-            return await work(_MongoRecordingBatch(self, session, presume=True), fresh), []
-
         if not fresh:
             return None
+        presumed = presumed_new_leads(fresh)
+
+        async def record(session: Session, *, presume: bool) -> tuple[T | None, list[Event]]:
+            batch = _MongoRecordingBatch(self, session, presume=presume)
+            await batch.look_up(
+                {e.lead_id for e in fresh if not presume or e.lead_id not in presumed}
+            )
+            new = [event for event in fresh if not batch.recorded_before(event)]
+            if not new:
+                return None, []
+            return await work(batch, new), []
+
         try:
-            return await self._ledger.commit(all_new, publishes=False)
+            return await self._ledger.commit(
+                functools.partial(record, presume=True), publishes=False
+            )
         except BulkWriteError as error:
             if not _only_duplicates(error):
                 raise
-            log.debug("batch held events recorded before; recording the rest")
-
-        async def the_rest(session: Session) -> tuple[T | None, list[Event]]:
-            keys = {event_key(e.lead_id, e.event_id): e for e in fresh}
-            for doc in await find_in(self._events, "_id", keys, session=session, projection={}):
-                keys.pop(doc["_id"])
-            if not keys:
-                return None, []
-            return await work(
-                _MongoRecordingBatch(self, session, presume=False), list(keys.values())
-            ), []
-
-        return await self._ledger.commit(the_rest, publishes=False)
+            log.debug("batch held leads or events recorded before; looking every lead up")
+        return await self._ledger.commit(functools.partial(record, presume=False), publishes=False)
 
     async def counters(
         self,
@@ -609,6 +668,13 @@ class MongoAnalyticsStore:
             await self._deltas.delete_many(
                 {"_id": {"$in": [doc["_id"] for doc in batch]}}, session=session
             )
+            if stored := sum(doc.get("stored", 0) for doc in batch):
+                await self._meta.update_one(
+                    {"_id": EVENTS_STORED_ID},
+                    {"$inc": {"count": stored}},
+                    upsert=True,
+                    session=session,
+                )
             return len(batch), []
 
         return await self._ledger.commit(fold, publishes=False)
@@ -624,17 +690,23 @@ class MongoAnalyticsStore:
 
     async def timeline(self, lead_id: str, *, limit: int) -> list[Document]:
         """The lead's recorded events, oldest first (ties in arrival order)."""
-        # A range of keys, in key order: sorted here (a lead has few events).
-        mine = [doc async for doc in self._events.find(lead_events(lead_id))]
-        mine.sort(key=lambda doc: (doc["occurred_at"], doc["recorded_at"]))
-        return mine[:limit]
+        groups = await self._events.find(lead_events(lead_id)).to_list()
+        return _in_time_order([event for group in groups for event in group_events(group)])[:limit]
 
     async def events_stored(self) -> int:
-        return await self._events.estimated_document_count()
+        """Counted as batches are recorded (in their deltas) and folded into one count
+        by `compact`: never a scan of the event store."""
+
+        async def read(session: Session) -> int:
+            folded = await self._meta.find_one({"_id": EVENTS_STORED_ID}, session=session)
+            waiting = self._deltas.find({"stored": {"$gt": 0}}, {"stored": 1}, session=session)
+            count = 0 if folded is None else int(folded["count"])
+            return count + sum([int(doc["stored"]) async for doc in waiting])
+
+        return await self._read(read)
 
     async def clear_rollups(self) -> None:
         for collection in (
-            self._facts,
             self._counters,
             self._months,
             self._deltas,
@@ -642,6 +714,10 @@ class MongoAnalyticsStore:
             self._campaigns,
         ):
             await collection.delete_many({})
+        # The leads' facts go; what they remember of the event store (`seen`) stays.
+        await self._facts.delete_many({"seen": {"$exists": False}})
+        await self._facts.update_many({}, {"$unset": {"f": ""}})
+        await self._meta.delete_one({"_id": EVENTS_STORED_ID})
         # The month documents are rebuilt with the hourly ones, for the configured zone.
         await self._meta.replace_one(
             {"_id": MONTH_ZONE_ID}, {"zone": self._zone.key, "sets": True}, upsert=True
@@ -649,39 +725,27 @@ class MongoAnalyticsStore:
         self._months_usable = self._sets_usable = True
 
     async def stored_events(self, chunk: int) -> AsyncIterator[list[Document]]:
-        # Paged by (occurred_at, recorded_at, _id) rather than one long cursor: a cursor
-        # left open across transactions may time out on a large store.
-        order = [("occurred_at", ASCENDING), ("recorded_at", ASCENDING), ("_id", ASCENDING)]
-        await self._events.create_index(
-            [("occurred_at", ASCENDING), ("recorded_at", ASCENDING)], name=_TIME_ORDER
-        )
-        try:
-            async for page in self._pages(order, chunk):
-                yield page
-        finally:
-            await self._drop_time_order()
-
-    async def _pages(
-        self, order: list[tuple[str, int]], chunk: int
-    ) -> AsyncIterator[list[Document]]:
-        last: tuple[Any, Any, Any] | None = None
+        # Lead by lead, in key order, each lead's events in time order: what the tally
+        # makes of a lead depends on its own events' order only. Paged by key rather than
+        # one long cursor (a cursor left open across transactions may time out); a lead
+        # is handed on once every group of it is read (its key range passed).
+        after: str | None = None
+        reading: dict[str, list[Document]] = {}
+        ready: list[Document] = []
         while True:
-            query: dict[str, Any] = {}
-            if last is not None:
-                at, recorded, event_id = last
-                query = {
-                    "$or": [
-                        {"occurred_at": {"$gt": at}},
-                        {"occurred_at": at, "recorded_at": {"$gt": recorded}},
-                        {"occurred_at": at, "recorded_at": recorded, "_id": {"$gt": event_id}},
-                    ]
-                }
-            page = [doc async for doc in self._events.find(query).sort(order).limit(chunk)]
+            query = {} if after is None else {"_id": {"$gt": after}}
+            page = await self._events.find(query).sort("_id", ASCENDING).limit(chunk).to_list()
+            for group in page:
+                reading.setdefault(group["lead_id"], []).extend(group_events(group))
+            # The leads whose key range ends at or before the last key read (all, at the end).
+            after = page[-1]["_id"] if page else None
+            for lead_id in [k for k in reading if after is None or f"{k}}}" <= after]:
+                ready.extend(_in_time_order(reading.pop(lead_id)))
+            if ready and (len(ready) >= chunk or not page):
+                yield ready
+                ready = []
             if not page:
                 return
-            yield page
-            tail = page[-1]
-            last = (tail["occurred_at"], tail["recorded_at"], tail["_id"])
 
     async def rebuild_batch(self, work: Callable[[RecordingBatch], Awaitable[T]]) -> T:
         async def transaction(session: Session) -> tuple[T, list[Event]]:
@@ -695,61 +759,52 @@ class _MongoRecordingBatch:
         self._store = store
         self._session = session
         self._presume = presume
-        self._stored_facts: set[str] = set()
+        self._looked_up: set[str] = set()
+        self._stored: dict[str, Document] = {}
+        """Leads' documents as stored, of the leads looked up that have one."""
+        self._seen: dict[str, set[str]] = {}
+
+    async def look_up(self, keys: Collection[str]) -> None:
+        """Read the stored documents of `keys` (leads, campaign keys) not read yet."""
+        # A look-up costs the local server about as much as an insert: one for the batch.
+        wanted = [key for key in keys if key not in self._looked_up]
+        if not wanted:
+            return
+        self._looked_up.update(wanted)
+        for doc in await find_in(self._store._facts, "_id", wanted, session=self._session):
+            self._stored[doc["_id"]] = doc
+            self._seen[doc["_id"]] = set(doc.get("seen", "").split())
+
+    def recorded_before(self, event: Event) -> bool:
+        seen = self._seen.get(event.lead_id)
+        return seen is not None and str(event.event_id) in seen
 
     async def lead_facts(
         self, lead_ids: Collection[str], *, presumed_new: Collection[str] = ()
     ) -> dict[str, LeadFacts]:
-        # A look-up costs the local server about as much as an insert. A lead presumed
-        # new gets its facts inserted: if it had some, the insert fails on a duplicate key
-        # and `record_batch` records the batch again without presuming (`presume=False`).
-        wanted = [i for i in lead_ids if i not in presumed_new] if self._presume else lead_ids
-        found = await find_in(self._store._facts, "_id", wanted, session=self._session)
-        self._stored_facts.update(doc["_id"] for doc in found)
-        return {doc["_id"]: facts_from_document(doc) for doc in found}
+        # A lead presumed new gets its document inserted: if it had one, the insert fails
+        # on a duplicate key and `record_batch` records the batch again without presuming.
+        await self.look_up(
+            [i for i in lead_ids if i not in presumed_new] if self._presume else lead_ids
+        )
+        stored = self._stored
+        return {
+            lead_id: facts_from_document(doc)
+            for lead_id in lead_ids
+            if (doc := stored.get(lead_id)) is not None and _holds_facts(doc)
+        }
 
     async def save(self, tally: BatchTally, *, store_events: bool = True) -> None:
         store, session = self._store, self._session
-        if tally.recorded and store_events:
-            await store._events.insert_many(
-                [
-                    {
-                        "_id": event_key(event.lead_id, event.event_id),
-                        "event_id": event.event_id,
-                        "event_type": event.event_type,
-                        "lead_id": event.lead_id,
-                        "occurred_at": event.occurred_at,
-                        "recorded_at": event.recorded_at,
-                        "known": event.known,
-                        "payload": event.payload,
-                    }
-                    for event in tally.recorded
-                ],
-                session=session,
-            )
+        by_key: dict[str, list[RecordedEvent]] = {}
+        for event in tally.recorded:
+            by_key.setdefault(event.lead_id, []).append(event)
         for lead_id in sorted(tally.erased_leads):
-            await store._events.update_many(
-                lead_events(lead_id),
-                {"$unset": {f"payload.{name}": "" for name in PERSONAL_FIELDS}},
-                session=session,
-            )
-        # Facts read in this batch are replaced; a lead's first facts are inserted (far
-        # cheaper than upserts on the local server). A replica inserting the same lead's
-        # first facts at the same moment fails this batch, which is handled again.
-        known = [facts for facts in tally.facts if facts.lead_id in self._stored_facts]
-        first = [facts for facts in tally.facts if facts.lead_id not in self._stored_facts]
-        if first:
-            await store._facts.insert_many(
-                [facts_document(facts) for facts in first], session=session
-            )
-            self._stored_facts.update(facts.lead_id for facts in first)
-        if known:
-            await store._facts.bulk_write(
-                [ReplaceOne({"_id": facts.lead_id}, facts_document(facts)) for facts in known],
-                ordered=False,
-                session=session,
-            )
-        if tally.increments or tally.gauge:
+            await self._forget_personal_data(lead_id)
+        if store_events:
+            await self.write_groups(by_key, erased=tally.erased_leads)
+        await self.write_leads(by_key, {facts.lead_id: facts for facts in tally.facts})
+        if tally.increments or tally.gauge or tally.recorded:
             # A few documents for the whole batch (one insert); `compact` folds them into
             # the roll-ups one at a time, each a short transaction even on a slow server.
             await store._deltas.insert_many(delta_documents(tally), session=session)
@@ -781,6 +836,67 @@ class _MongoRecordingBatch:
                     session=session,
                 )
 
+    async def write_groups(
+        self, by_key: Mapping[str, Sequence[RecordedEvent]], *, erased: Collection[str]
+    ) -> None:
+        """Each lead's events of this batch as one group (one insert for the batch)."""
+        if by_key:
+            await self._store._events.insert_many(
+                [
+                    event_group_document(key, events, erased=key in erased)
+                    for key, events in by_key.items()
+                ],
+                session=self._session,
+            )
+
+    async def write_leads(
+        self, by_key: Mapping[str, Sequence[RecordedEvent]], changed: Mapping[str, LeadFacts]
+    ) -> None:
+        """The documents of the leads (and campaign keys) of this batch: their facts as
+        `changed` leaves them, their recorded events' ids added to `seen`. A document not
+        looked up is inserted (a duplicate key when one was stored after all), the others
+        replaced (far cheaper than upserts on the local server)."""
+        await self.look_up([key for key in (*by_key, *changed) if not self._presume])
+        inserts: list[Document] = []
+        replaces: list[ReplaceOne[Document]] = []
+        for key in by_key.keys() | changed.keys():
+            stored = self._stored.get(key)
+            seen = self._seen.setdefault(key, set())
+            added = [e.event_id for e in by_key.get(key, ()) if e.event_id not in seen]
+            seen.update(added)
+            text = " ".join(added) if stored is None else " ".join((stored.get("seen", ""), *added))
+            document: Document = {"_id": key, "seen": text.strip()}
+            if (facts := changed.get(key)) is not None:
+                document["f"] = facts_text(facts)
+            elif stored is not None and _holds_facts(stored):
+                document["f"] = stored.get("f") or facts_text(facts_from_document(stored))
+            if stored is None:
+                inserts.append(document)
+            else:
+                replaces.append(ReplaceOne({"_id": key}, document))
+            self._stored[key] = document
+        if inserts:
+            await self._store._facts.insert_many(inserts, session=self._session)
+        if replaces:
+            await self._store._facts.bulk_write(replaces, ordered=False, session=self._session)
+
+    async def _forget_personal_data(self, lead_id: str) -> None:
+        """The personal data of the lead's stored events (its groups rewritten)."""
+        events = self._store._events
+        for group in await events.find(lead_events(lead_id), session=self._session).to_list():
+            rows = orjson.loads(group["e"])
+            for row in rows:
+                row["payload"] = _without_personal_data(row["payload"])
+            await events.update_one(
+                {"_id": group["_id"]}, {"$set": {"e": _data_text(rows)}}, session=self._session
+            )
+
+
+def _holds_facts(document: Document) -> bool:
+    """Whether a lead's document holds facts: `f`, or (stored by an older analytics, which
+    kept no `seen`) one field each."""
+    return "f" in document or "seen" not in document
+
 
 @functools.lru_cache(maxsize=1 << 12)
 def slot_of(metric: str, extra: Dimensions) -> str:
@@ -794,7 +910,8 @@ DELTA_SIZE = 200
 
 
 def delta_documents(tally: BatchTally) -> list[Document]:
-    """A batch's increments and gauge moves, `DELTA_SIZE` of each a document.
+    """A batch's increments and gauge moves, `DELTA_SIZE` of each a document, and how
+    many events it stored (`stored`, on the first).
 
     Each part is ONE JSON text (`inc`, `moves`), its increments' dimensions written once
     in a table: the server stores, logs and decodes a text as one field, where the same
@@ -802,7 +919,7 @@ def delta_documents(tally: BatchTally) -> list[Document]:
     events themselves). Only `lo` and `hi` are queried."""
     increments, moves = tally.increments, tally.gauge
     documents: list[Document] = []
-    for start in range(0, max(len(increments), len(moves)), DELTA_SIZE):
+    for start in range(0, max(len(increments), len(moves), 1), DELTA_SIZE):
         part = increments[start : start + DELTA_SIZE]
         table: dict[tuple[tuple[str, str], ...], int] = {}
         rows = [
@@ -824,6 +941,8 @@ def delta_documents(tally: BatchTally) -> list[Document]:
         if moved := moves[start : start + DELTA_SIZE]:
             document["moves"] = _data_text([[_OPEN_KEY_VALUES(m.key), m.count] for m in moved])
         documents.append(document)
+    # How many events the batch stored (or, in a rebuild, tallied again).
+    documents[0]["stored"] = len(tally.recorded)
     return documents
 
 
@@ -1160,8 +1279,8 @@ _FACT_TIMES = (
 _FACT_TEXTS = ("channel", "source", "campaign", "pool", "current_pool", "rep", "sequence", "step")
 
 
-def facts_document(facts: LeadFacts) -> Document:
-    """A lead's facts as ONE JSON text (`f`), only the fields set, times in ISO 8601:
+def facts_text(facts: LeadFacts) -> str:
+    """A lead's facts as ONE JSON text (field `f`), only the fields set, times in ISO 8601:
     the server writes, logs and reads a text as one field, where two dozen fields, a
     nested key and pending increments cost it a step each (a lead's facts cost it about
     twice a JSON one). Read by `_id` only."""
@@ -1182,7 +1301,7 @@ def facts_document(facts: LeadFacts) -> Document:
         data["pending"] = [pending_entry(increment) for increment in facts.pending]
     if facts.open_key is not None:
         data["open_key"] = _OPEN_KEY_VALUES(facts.open_key)
-    return {"_id": facts.lead_id, "f": _data_text(data)}
+    return _data_text(data)
 
 
 def facts_from_document(document: Document) -> LeadFacts:

@@ -21,6 +21,7 @@ from services.analytics.store import (
     delta_increments,
     delta_moves,
     facts_from_document,
+    group_events,
 )
 from services.analytics.usecases import REPORTS, BuildReport, RebuildRollups, RecordEvents
 from shared.events import (
@@ -112,6 +113,27 @@ async def test_a_batch_recorded_by_two_replicas_at_once_counts_once(
     assert await counts(store, Metric.ASSIGNMENTS) == 2
     assert await counts(store, Metric.CONVERSIONS) == 1
     assert [(g.place.rep, g.count) for g in await store.open_leads({})] == [("r2", 1)]
+
+
+async def test_overlapping_batches_of_known_leads_on_two_replicas_count_each_event_once(
+    store: AnalyticsStore,
+) -> None:
+    """A partition handed over mid-batch: the old and the new owner record batches that
+    share events of leads both look up (each lead's inbox read, then rewritten)."""
+    await record(store)([received("k1"), received("k2", "ad")])
+    for round_ in range(3):
+        k1, k2 = f"k1-{round_}", f"k2-{round_}"
+        await record(store)([received(k1), received(k2, "ad")])
+        shared: list[Event] = [sold(k1, 40.0), assigned(k2, "r2")]
+        first, second = await asyncio.gather(
+            record(store)([assigned(k1, "r1"), *shared]),
+            record(store)([*shared, sold(k2, 10.0)]),
+        )
+        assert first + second == 4
+    assert await counts(store, Metric.CONVERSIONS) == 6
+    assert await counts(store, Metric.ASSIGNMENTS) == 6
+    assert await counts(store, Metric.REACHED, stage="converted", channel="ad") == 3
+    assert await store.events_stored() == 2 + 3 * 6
 
 
 async def test_a_replay_after_compaction_counts_nothing_again(store: AnalyticsStore) -> None:
@@ -402,28 +424,35 @@ async def test_a_gauge_kept_per_lead_place_is_migrated_to_per_place_documents(
 
 
 @pytest.mark.integration
-async def test_events_stored_under_their_bare_id_are_keyed_by_lead_and_still_recognised(
+async def test_events_stored_one_document_each_are_regrouped_and_still_recognised(
     request: pytest.FixtureRequest,
 ) -> None:
-    batch: list[Event] = [received("e1"), assigned("e1", "r1"), received("e2", "ad")]
+    later = NOW + timedelta(minutes=1)
+    batch: list[Event] = [received("e1"), assigned("e1", "r1", later), received("e2", "ad")]
     async with mongo_parts(request) as parts:
         store = MongoAnalyticsStore(parts.database, parts.ledger, clock=lambda: NOW)
         await store.ensure_indexes()
         await record(store)(batch)
-        # The event store as an older analytics kept it: bare event ids, an index by lead.
-        events = parts.database["events"]
-        stored = [doc async for doc in events.find({})]
-        await events.delete_many({})
-        await events.insert_many(
-            [{k: v for k, v in doc.items() if k != "event_id"} | {"_id": doc["event_id"]}
-             for doc in stored]
+        # The event store as older analytics kept it: one document an event, keyed by lead
+        # (e1) or, older still, by its bare id (e2); leads' facts without `seen`, deltas
+        # without a count of stored events.
+        database = parts.database
+        groups = await database["event_groups"].find({}).to_list()
+        old = [event for group in groups for event in group_events(group)]
+        await database["event_groups"].delete_many({})
+        await database["lead_facts"].update_many({}, {"$unset": {"seen": ""}})
+        await database["counter_deltas"].update_many({}, {"$unset": {"stored": ""}})
+        await database["events"].insert_many(
+            [doc if doc["lead_id"] == "e1"
+             else {k: v for k, v in doc.items() if k != "event_id"} | {"_id": doc["event_id"]}
+             for doc in old]
         )  # fmt: skip
-        await events.create_index([("lead_id", 1), ("occurred_at", 1), ("recorded_at", 1)])
-        await parts.database["rollup_meta"].delete_one({"_id": "event_keys"})
-        upgraded = MongoAnalyticsStore(parts.database, parts.ledger, clock=lambda: NOW)
+        upgraded = MongoAnalyticsStore(database, parts.ledger, clock=lambda: NOW)
         await upgraded.ensure_indexes()
+        assert "events" not in await database.list_collection_names()
+        assert await upgraded.events_stored() == 3
         assert await record(upgraded)(batch) == 0
-        assert await record(upgraded)([batch[0], sold("e1", 40.0)]) == 1
+        assert await record(upgraded)([batch[0], sold("e1", 40.0, NOW + timedelta(minutes=2))]) == 1
         assert await counts(upgraded, Metric.LEADS_RECEIVED) == 2
         timeline = await upgraded.timeline("e1", limit=10)
         assert [doc["event_type"] for doc in timeline] == [
@@ -432,7 +461,10 @@ async def test_events_stored_under_their_bare_id_are_keyed_by_lead_and_still_rec
             "lead-converted",
         ]
         assert [doc["event_id"] for doc in timeline[:2]] == [str(e.event_id) for e in batch[:2]]
-        assert list(await events.index_information()) == ["_id_"]
+        assert [doc["event_id"] for doc in await upgraded.timeline("e2", limit=10)] == [
+            str(batch[2].event_id)
+        ]
+        assert await upgraded.events_stored() == 4
 
 
 @pytest.mark.integration
