@@ -6,20 +6,22 @@ latency at 10k and at 1M events (report cost must not grow with the number of ev
 
 - ingest:  N events of a realistic mix (lead received, assigned, calls, visits, sales,
            losses, satisfaction) recorded by analytics' own use case (`RecordEvents` on the
-           MongoDB store: event store + inbox, lead facts, counter and gauge deltas, batches
-           of 500, each in `RECORD_PARTS` lead-disjoint transactions at once), as events/s,
+           MongoDB store: event store in groups, lead documents with facts and inbox,
+           counter and gauge deltas, batches of 500, each in `RECORD_PARTS` lead-disjoint
+           transactions at once), as events/s,
            then the compaction of those deltas (`--order time`: the events sorted by time,
            as topics deliver them), by each setup of `--replicas` (default `1 2`: one and
            two replica processes, a transaction a batch; `2x2`: two replicas recording
            in 2 parts; deployed: 2 replicas), each replica consuming the leads of its
            partitions. The ceiling is raw
-           `insert_many` of the very same event-store documents, 500 a call, by as many
-           processes. Ceiling and ingest take turns, `--rounds` times, each on a server
-           started for it alone (the server slows as its history grows); a ratio is the
-           ingest against the round's best ceiling, and its median over the rounds is
-           reported. The CPU the server and the processes spend per document and per event
-           is read from /proc around each phase, and turned into what each side alone
-           would allow (`ingest_part`).
+           `insert_many` of the same events as documents, one an event (`event_document`:
+           the fields the event store keeps, as the store wrote them before it grouped
+           them), 500 a call, by as many processes. Ceiling and ingest take turns,
+           `--rounds` times, each on a server started for it alone (the server slows as
+           its history grows); a ratio is the ingest against the round's best ceiling,
+           and its median over the rounds is reported. The CPU the server and the
+           processes spend per document and per event is read from /proc around each
+           phase, and turned into what each side alone would allow (`ingest_part`).
 - reports: every report over the month, `--runs` times each, p50/p95 per report, at `--small`
            events and at `--large` events, both sets loaded at once (two databases) and
            their requests interleaved (each report on one set, then on the other, the

@@ -1,16 +1,16 @@
 """Analytics' persistence, in the `leadflow_analytics` database. Decisions live in `rules`
 and `reports`, the steps of each flow in `usecases`.
 
-- `event_groups`: the event store. Every consumed event once, in ONE document per lead
-  per recorded batch (`_id` = `lead_id|first event_id`, the events one JSON text `e`, in
-  order): the server's cost is per document written, whatever its size, so a lead's
-  events cost it one write a batch rather than one an event; a lead's groups are one range
-  of the primary key (timeline, erasure, rebuild), so the store needs no secondary index;
-  events of an unknown type or version too, with `known: false`. Campaign changes are
-  grouped under their partition key (`campaign:<id>`).
+- `event_groups`: the event store. Every consumed event once, a recorded batch's events in
+  a few documents of about `GROUP_EVENTS` (a lead's events of the batch in one, in order;
+  `_id` = when the batch was recorded and its first event's id, so groups sort in the
+  order recorded; the events ONE JSON text `e`): the server's cost is per document
+  written, whatever its size, so a batch costs it about ten writes rather than one an
+  event; no secondary index. Events of an unknown type or version too, `known: false`.
 - `lead_facts`: per lead (and per campaign key), what the next event needs (attribution,
-  stages reached, ...) as one JSON text `f` (read by `_id` only), and the ids of its
-  events recorded so far (`seen`, one text): the inbox. A batch looks up every lead in it
+  stages reached, ...) as one JSON text `f` (read by `_id` only), the ids of its events
+  recorded so far (`seen`, one text: the inbox) and the groups holding them (`g`: a
+  timeline reads those). A batch looks up every lead in it
   except those whose first event in it is their lead-received: those are presumed new,
   and the insert of their document proves it (a duplicate key records the batch again,
   every lead looked up). Two replicas recording the same lead at once write the same
@@ -116,36 +116,58 @@ REGROUP_CHUNK = 500
 
 
 def event_key(lead_id: str, event_id: object) -> str:
-    """An event's key (and its group's, after the group's first event): a lead's events
-    are one range of keys."""
+    """An event's key as the event store returns it: a lead's events are one range."""
     return f"{lead_id}|{event_id}"
 
 
-def lead_events(lead_id: str) -> Document:
-    """The query for every stored event group of `lead_id` (a range of keys; the lead
-    equality keeps out a lead whose id extends this one's with "|")."""
-    return {"_id": {"$gte": f"{lead_id}|", "$lt": f"{lead_id}}}"}, "lead_id": lead_id}
+GROUP_EVENTS = 50
+"""About how many events one event group holds (a lead's events of a batch are never
+split): the server's cost is per document written, so a batch of 500 costs it about ten
+writes; a lead's timeline reads the groups its events are in."""
 
 
-def event_group_document(key: str, events: Sequence[RecordedEvent], *, erased: bool) -> Document:
-    """One lead's events of one batch, in order, as ONE JSON text (`e`); without personal
-    data when the lead is `erased`."""
-    rows = [
-        {
-            "event_id": event.event_id,
-            "event_type": event.event_type,
-            "occurred_at": event.occurred_at,
-            "recorded_at": event.recorded_at,
-            "known": event.known,
-            "payload": _without_personal_data(event.payload) if erased else event.payload,
-        }
-        for event in events
-    ]
+def event_groups(
+    events: Sequence[RecordedEvent], *, erased: Collection[str]
+) -> tuple[list[Document], dict[str, list[str]]]:
+    """A batch's events as group documents of about `GROUP_EVENTS`, each lead's events in
+    one group in order, without personal data for the leads in `erased`; and the groups
+    each lead's events are in.
+
+    A group's `_id` is when the batch was recorded and its first event's id, so groups
+    sort in the order they were recorded; its events are ONE JSON text (`e`), `n` of them."""
+    by_key: dict[str, list[RecordedEvent]] = {}
+    for event in events:
+        by_key.setdefault(event.lead_id, []).append(event)
+    documents: list[Document] = []
+    groups_of: dict[str, list[str]] = {}
+    rows: list[dict[str, Any]] = []
+    group_id = ""
+    for key, mine in by_key.items():
+        if not rows:
+            group_id = f"{_recorded_key(mine[0].recorded_at)}|{mine[0].event_id}"
+        groups_of[key] = [group_id]
+        rows.extend(_event_row(event, erased=key in erased) for event in mine)
+        if len(rows) >= GROUP_EVENTS:
+            documents.append({"_id": group_id, "n": len(rows), "e": _data_text(rows)})
+            rows = []
+    if rows:
+        documents.append({"_id": group_id, "n": len(rows), "e": _data_text(rows)})
+    return documents, groups_of
+
+
+def _recorded_key(recorded_at: datetime) -> str:
+    return recorded_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def _event_row(event: RecordedEvent, *, erased: bool) -> dict[str, Any]:
     return {
-        "_id": event_key(key, events[0].event_id),
-        "lead_id": key,
-        "n": len(rows),
-        "e": _data_text(rows),
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "lead_id": event.lead_id,
+        "occurred_at": event.occurred_at,
+        "recorded_at": event.recorded_at,
+        "known": event.known,
+        "payload": _without_personal_data(event.payload) if erased else event.payload,
     }
 
 
@@ -153,28 +175,24 @@ def _without_personal_data(payload: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in payload.items() if name not in PERSONAL_FIELDS}
 
 
-def group_events(document: Document) -> list[Document]:
-    """The events of a stored group, each as the event store has always returned one."""
-    key, parse = document["lead_id"], datetime.fromisoformat
+def group_events(document: Document, *, lead_id: str | None = None) -> list[Document]:
+    """The events of a stored group (only `lead_id`'s, if given), each as the event store
+    has always returned one."""
+    parse = datetime.fromisoformat
     return [
         {
-            "_id": event_key(key, row["event_id"]),
+            "_id": event_key(row["lead_id"], row["event_id"]),
             "event_id": row["event_id"],
             "event_type": row["event_type"],
-            "lead_id": key,
+            "lead_id": row["lead_id"],
             "occurred_at": parse(row["occurred_at"]),
             "recorded_at": parse(row["recorded_at"]),
             "known": row["known"],
             "payload": row["payload"],
         }
         for row in orjson.loads(document["e"])
+        if lead_id is None or row["lead_id"] == lead_id
     ]
-
-
-def _in_time_order(events: list[Document]) -> list[Document]:
-    """Events by when they happened, ties in arrival order."""
-    events.sort(key=lambda doc: (doc["occurred_at"], doc["recorded_at"]))
-    return events
 
 
 def _only_duplicates(error: BulkWriteError) -> bool:
@@ -414,9 +432,8 @@ class MongoAnalyticsStore:
             ]
             if not old:
                 return 0, []
-            by_key: dict[str, list[RecordedEvent]] = {}
-            for doc in old:
-                by_key.setdefault(doc["lead_id"], []).append(
+            events = sorted(
+                (
                     RecordedEvent(
                         event_id=str(doc.get("event_id", doc["_id"])),
                         event_type=doc["event_type"],
@@ -426,12 +443,13 @@ class MongoAnalyticsStore:
                         payload=doc["payload"],
                         known=doc.get("known", True),
                     )
-                )
-            for events in by_key.values():
-                events.sort(key=lambda event: (event.occurred_at, event.recorded_at))
+                    for doc in old
+                ),
+                key=lambda event: (event.occurred_at, event.recorded_at),
+            )
             batch = _MongoRecordingBatch(self, session, presume=False)
-            await batch.write_groups(by_key, erased=frozenset())
-            await batch.write_leads(by_key, {})
+            groups_of = await batch.write_groups(events, erased=frozenset())
+            await batch.write_leads(events, {}, groups_of)
             ids = [doc["_id"] for doc in old]
             for start in range(0, len(ids), IN_CHUNK):
                 await self._old_events.delete_many(
@@ -690,8 +708,18 @@ class MongoAnalyticsStore:
 
     async def timeline(self, lead_id: str, *, limit: int) -> list[Document]:
         """The lead's recorded events, oldest first (ties in arrival order)."""
-        groups = await self._events.find(lead_events(lead_id)).to_list()
-        return _in_time_order([event for group in groups for event in group_events(group)])[:limit]
+
+        async def read(session: Session) -> list[Document]:
+            lead = await self._facts.find_one({"_id": lead_id}, {"g": 1}, session=session)
+            if lead is None:
+                return []
+            groups = await find_in(self._events, "_id", lead.get("g", "").split(), session=session)
+            groups.sort(key=operator.itemgetter("_id"))  # in the order recorded
+            return [event for group in groups for event in group_events(group, lead_id=lead_id)]
+
+        mine = await self._read(read)
+        mine.sort(key=lambda doc: (doc["occurred_at"], doc["recorded_at"]))
+        return mine[:limit]
 
     async def events_stored(self) -> int:
         """Counted as batches are recorded (in their deltas) and folded into one count
@@ -725,27 +753,22 @@ class MongoAnalyticsStore:
         self._months_usable = self._sets_usable = True
 
     async def stored_events(self, chunk: int) -> AsyncIterator[list[Document]]:
-        # Lead by lead, in key order, each lead's events in time order: what the tally
-        # makes of a lead depends on its own events' order only. Paged by key rather than
-        # one long cursor (a cursor left open across transactions may time out); a lead
-        # is handed on once every group of it is read (its key range passed).
+        # Group by group in the order they were recorded, so each lead's events come in
+        # the order the consumer first tallied them. Paged by key rather than one long
+        # cursor: a cursor left open across transactions may time out on a large store.
         after: str | None = None
-        reading: dict[str, list[Document]] = {}
-        ready: list[Document] = []
         while True:
             query = {} if after is None else {"_id": {"$gt": after}}
-            page = await self._events.find(query).sort("_id", ASCENDING).limit(chunk).to_list()
-            for group in page:
-                reading.setdefault(group["lead_id"], []).extend(group_events(group))
-            # The leads whose key range ends at or before the last key read (all, at the end).
-            after = page[-1]["_id"] if page else None
-            for lead_id in [k for k in reading if after is None or f"{k}}}" <= after]:
-                ready.extend(_in_time_order(reading.pop(lead_id)))
-            if ready and (len(ready) >= chunk or not page):
-                yield ready
-                ready = []
+            page = (
+                await self._events.find(query)
+                .sort("_id", ASCENDING)
+                .limit(max(1, chunk // GROUP_EVENTS))
+                .to_list()
+            )
             if not page:
                 return
+            yield [event for group in page for event in group_events(group)]
+            after = page[-1]["_id"]
 
     async def rebuild_batch(self, work: Callable[[RecordingBatch], Awaitable[T]]) -> T:
         async def transaction(session: Session) -> tuple[T, list[Event]]:
@@ -796,14 +819,16 @@ class _MongoRecordingBatch:
 
     async def save(self, tally: BatchTally, *, store_events: bool = True) -> None:
         store, session = self._store, self._session
-        by_key: dict[str, list[RecordedEvent]] = {}
-        for event in tally.recorded:
-            by_key.setdefault(event.lead_id, []).append(event)
         for lead_id in sorted(tally.erased_leads):
             await self._forget_personal_data(lead_id)
-        if store_events:
-            await self.write_groups(by_key, erased=tally.erased_leads)
-        await self.write_leads(by_key, {facts.lead_id: facts for facts in tally.facts})
+        groups_of = (
+            await self.write_groups(tally.recorded, erased=tally.erased_leads)
+            if store_events
+            else {}
+        )
+        await self.write_leads(
+            tally.recorded, {facts.lead_id: facts for facts in tally.facts}, groups_of
+        )
         if tally.increments or tally.gauge or tally.recorded:
             # A few documents for the whole batch (one insert); `compact` folds them into
             # the roll-ups one at a time, each a short transaction even on a slow server.
@@ -837,43 +862,49 @@ class _MongoRecordingBatch:
                 )
 
     async def write_groups(
-        self, by_key: Mapping[str, Sequence[RecordedEvent]], *, erased: Collection[str]
-    ) -> None:
-        """Each lead's events of this batch as one group (one insert for the batch)."""
-        if by_key:
-            await self._store._events.insert_many(
-                [
-                    event_group_document(key, events, erased=key in erased)
-                    for key, events in by_key.items()
-                ],
-                session=self._session,
-            )
+        self, events: Sequence[RecordedEvent], *, erased: Collection[str]
+    ) -> dict[str, list[str]]:
+        """The batch's events as a few groups (one insert); the groups of each lead."""
+        if not events:
+            return {}
+        documents, groups_of = event_groups(events, erased=erased)
+        await self._store._events.insert_many(documents, session=self._session)
+        return groups_of
 
     async def write_leads(
-        self, by_key: Mapping[str, Sequence[RecordedEvent]], changed: Mapping[str, LeadFacts]
+        self,
+        recorded: Sequence[RecordedEvent],
+        changed: Mapping[str, LeadFacts],
+        groups_of: Mapping[str, Sequence[str]],
     ) -> None:
         """The documents of the leads (and campaign keys) of this batch: their facts as
-        `changed` leaves them, their recorded events' ids added to `seen`. A document not
-        looked up is inserted (a duplicate key when one was stored after all), the others
-        replaced (far cheaper than upserts on the local server)."""
-        await self.look_up([key for key in (*by_key, *changed) if not self._presume])
+        `changed` leaves them, the ids of their `recorded` events added to `seen`, the
+        groups that hold them to `g`. A document not looked up is inserted (a duplicate
+        key when one was stored after all), the others replaced (far cheaper than upserts
+        on the local server)."""
+        ids_of: dict[str, list[str]] = {}
+        for event in recorded:
+            ids_of.setdefault(event.lead_id, []).append(event.event_id)
+        if not self._presume:
+            await self.look_up([*ids_of, *changed])
         inserts: list[Document] = []
         replaces: list[ReplaceOne[Document]] = []
-        for key in by_key.keys() | changed.keys():
-            stored = self._stored.get(key)
+        for key in ids_of.keys() | changed.keys():
+            stored = self._stored.get(key) or {}
             seen = self._seen.setdefault(key, set())
-            added = [e.event_id for e in by_key.get(key, ()) if e.event_id not in seen]
+            added = [i for i in ids_of.get(key, ()) if i not in seen]
             seen.update(added)
-            text = " ".join(added) if stored is None else " ".join((stored.get("seen", ""), *added))
-            document: Document = {"_id": key, "seen": text.strip()}
+            document: Document = {"_id": key, "seen": _joined(stored.get("seen"), added)}
+            if (groups := groups_of.get(key)) or "g" in stored:
+                document["g"] = _joined(stored.get("g"), groups or ())
             if (facts := changed.get(key)) is not None:
                 document["f"] = facts_text(facts)
-            elif stored is not None and _holds_facts(stored):
+            elif stored and _holds_facts(stored):
                 document["f"] = stored.get("f") or facts_text(facts_from_document(stored))
-            if stored is None:
-                inserts.append(document)
-            else:
+            if stored:
                 replaces.append(ReplaceOne({"_id": key}, document))
+            else:
+                inserts.append(document)
             self._stored[key] = document
         if inserts:
             await self._store._facts.insert_many(inserts, session=self._session)
@@ -881,15 +912,24 @@ class _MongoRecordingBatch:
             await self._store._facts.bulk_write(replaces, ordered=False, session=self._session)
 
     async def _forget_personal_data(self, lead_id: str) -> None:
-        """The personal data of the lead's stored events (its groups rewritten)."""
+        """The personal data of the lead's stored events (the groups holding them
+        rewritten; the batch's own group is written without)."""
+        await self.look_up([lead_id])
+        groups = (self._stored.get(lead_id) or {}).get("g", "").split()
         events = self._store._events
-        for group in await events.find(lead_events(lead_id), session=self._session).to_list():
+        for group in await find_in(events, "_id", groups, session=self._session):
             rows = orjson.loads(group["e"])
             for row in rows:
-                row["payload"] = _without_personal_data(row["payload"])
+                if row["lead_id"] == lead_id:
+                    row["payload"] = _without_personal_data(row["payload"])
             await events.update_one(
                 {"_id": group["_id"]}, {"$set": {"e": _data_text(rows)}}, session=self._session
             )
+
+
+def _joined(text: str | None, more: Sequence[str]) -> str:
+    """Space-separated ids: `text` (those stored) and `more`."""
+    return " ".join((text, *more)) if text else " ".join(more)
 
 
 def _holds_facts(document: Document) -> bool:
