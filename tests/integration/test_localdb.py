@@ -1,12 +1,14 @@
 """The local MongoDB `leadflow up` starts (leadflow.localdb) aborts a transaction that a
 killed process left open once the transaction lifetime has passed, so the documents it
-held (the outbox sequence, counters) are writable again: 20 s under `leadflow up`, 2 s here.
+held (the outbox sequence, counters) are writable again: 20 s under `leadflow up`, 2 s here;
+and it runs concurrent transactions' statements at once.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ LIFETIME_S = 2.0
 # A replica's transaction caught by SIGKILL between its write and its commit.
 HOLDER = """
 import sys
+import threading
 from pymongo import MongoClient
 client = MongoClient(sys.argv[1])
 session = client.start_session()
@@ -86,6 +89,51 @@ def test_a_killed_process_transaction_stops_holding_its_documents_after_the_life
         assert freed_after >= LIFETIME_S * 0.5
         # The killed process's increment never landed; ours did, once.
         assert client.demo.sequences.find_one({"_id": "outbox"}) == {"_id": "outbox", "seq": 1}
+    finally:
+        client.close()
+        infra.stop()
+
+
+def test_a_transaction_does_not_wait_for_the_statement_another_one_is_running(
+    tmp_path: Path,
+) -> None:
+    """Two replicas' transactions at once: a short statement of one is not held up until
+    a long statement of the other has finished (SecantusDB alone holds it up)."""
+    infra = LocalInfra(
+        data_dir=tmp_path,
+        kafka_port=0,
+        mongo_port=free_port(),
+        s3_port=0,
+        persistent=False,
+        start_kafka=False,
+    )
+    infra.start()
+    client: MongoClient[dict[str, Any]] = MongoClient(infra.mongo_url)
+    try:
+        ids = [f"lead-{i:05d}" for i in range(1500)]
+        client.demo.facts.insert_many([{"_id": i} for i in ids])
+        finished: list[str] = []
+        started = threading.Event()
+
+        def long_statement() -> None:
+            with client.start_session() as session, session.start_transaction():
+                client.demo.facts.find_one({"_id": ids[0]}, session=session)
+                started.set()
+                # About a second on this server, in one statement: its `$in` costs the
+                # square of the list.
+                facts = client.demo.facts
+                assert facts.count_documents({"_id": {"$in": ids}}, session=session) == 1500
+            finished.append("long")
+
+        other = threading.Thread(target=long_statement)
+        other.start()
+        assert started.wait(10)
+        time.sleep(0.1)  # the long statement under way
+        with client.start_session() as session, session.start_transaction():
+            client.demo.other.insert_one({"short": True}, session=session)
+        finished.append("short")
+        other.join(30)
+        assert finished == ["short", "long"]
     finally:
         client.close()
         infra.stop()
