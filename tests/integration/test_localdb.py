@@ -37,6 +37,21 @@ sys.stdin.read()
 """
 
 
+def started_mongo(data_dir: Path, **options: Any) -> LocalInfra:
+    """The local MongoDB alone, as `leadflow up` starts it (in memory)."""
+    infra = LocalInfra(
+        data_dir=data_dir,
+        kafka_port=0,
+        mongo_port=free_port(),
+        s3_port=0,
+        persistent=False,
+        start_kafka=False,
+        **options,
+    )
+    infra.start()
+    return infra
+
+
 def next_sequence(client: MongoClient[dict[str, Any]]) -> None:
     with client.start_session() as session, session.start_transaction():
         client.demo.sequences.update_one({"_id": "outbox"}, {"$inc": {"seq": 1}}, session=session)
@@ -46,16 +61,7 @@ def test_a_killed_process_transaction_stops_holding_its_documents_after_the_life
     tmp_path: Path,
 ) -> None:
     assert 15.0 < LOCAL_TRANSACTION_LIFETIME_S < 60.0  # above TRANSACTION_TIMEOUT_S
-    infra = LocalInfra(
-        data_dir=tmp_path,
-        kafka_port=0,
-        mongo_port=free_port(),
-        s3_port=0,
-        persistent=False,
-        start_kafka=False,
-        transaction_lifetime_s=LIFETIME_S,
-    )
-    infra.start()
+    infra = started_mongo(tmp_path, transaction_lifetime_s=LIFETIME_S)
     client: MongoClient[dict[str, Any]] = MongoClient(infra.mongo_url)
     try:
         client.demo.sequences.insert_one({"_id": "outbox", "seq": 0})
@@ -99,15 +105,7 @@ def test_a_transaction_does_not_wait_for_the_statement_another_one_is_running(
 ) -> None:
     """Two replicas' transactions at once: a short statement of one is not held up until
     a long statement of the other has finished (SecantusDB alone holds it up)."""
-    infra = LocalInfra(
-        data_dir=tmp_path,
-        kafka_port=0,
-        mongo_port=free_port(),
-        s3_port=0,
-        persistent=False,
-        start_kafka=False,
-    )
-    infra.start()
+    infra = started_mongo(tmp_path)
     client: MongoClient[dict[str, Any]] = MongoClient(infra.mongo_url)
     try:
         ids = [f"lead-{i:05d}" for i in range(1500)]
