@@ -913,8 +913,12 @@ class _MongoRecordingBatch:
 
     async def _forget_personal_data(self, lead_id: str) -> None:
         """The personal data of the lead's stored events (the groups holding them
-        rewritten; the batch's own group is written without)."""
-        await self.look_up([lead_id])
+        rewritten; the batch's own group is written without). A lead presumed new has none
+        (if it has, its document's insert fails and the batch is recorded again)."""
+        if lead_id not in self._looked_up:
+            if self._presume:
+                return
+            await self.look_up([lead_id])
         groups = (self._stored.get(lead_id) or {}).get("g", "").split()
         events = self._store._events
         for group in await find_in(events, "_id", groups, session=self._session):

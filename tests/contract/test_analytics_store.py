@@ -292,6 +292,27 @@ async def test_timeline_is_oldest_first_and_erasure_forgets_personal_data(
     assert all("message" not in doc["payload"] for doc in erased)
 
 
+async def test_a_lead_received_and_erased_in_a_batch_delivered_again_counts_once(
+    store: AnalyticsStore,
+) -> None:
+    """The lead looks new to the batch (its lead-received first): the erasure must not
+    take it for known half way, so the redelivered lead-received is not counted again."""
+    batch: list[Event] = [received("re"), assigned("re", "r1")]
+    await record(store)(batch)
+    erasure = LeadErasedV1(lead_id="re")
+    later = RecordEvents(store, clock=lambda: NOW + timedelta(minutes=5))  # read again later
+    assert await later([*batch, erasure]) == 1
+    assert await later([*batch, erasure]) == 0
+    assert await counts(store, Metric.LEADS_RECEIVED) == 1
+    timeline = await store.timeline("re", limit=10)
+    assert [doc["event_type"] for doc in timeline] == [
+        "lead-received",
+        "lead-assigned",
+        "lead-erased",
+    ]
+    assert all("contact" not in doc["payload"] for doc in timeline)
+
+
 async def test_counters_are_kept_per_hour_and_filtered_by_dimension(
     store: AnalyticsStore,
 ) -> None:
