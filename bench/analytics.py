@@ -36,6 +36,8 @@ latency at 10k and at 1M events (report cost must not grow with the number of ev
 
 One MongoDB-wire server process of its own (SecantusDB, `--storage memory` by default, on
 127.0.0.1) for the whole run; bounded loops; the machine is shared, so compare ratios.
+The 1M report set needs `--storage disk`: in memory, WiredTiger's cache fills while it
+loads (WT_CACHE_FULL, seen on 2026-12-04).
 """
 
 from __future__ import annotations
