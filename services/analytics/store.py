@@ -68,7 +68,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import structlog
-from pymongo import ASCENDING, ReplaceOne
+from pymongo import ASCENDING, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
 from leadflow.chassis.clock import Clock
@@ -921,14 +921,15 @@ class _MongoRecordingBatch:
             await self.look_up([lead_id])
         groups = (self._stored.get(lead_id) or {}).get("g", "").split()
         events = self._store._events
+        rewritten: list[UpdateOne] = []
         for group in await find_in(events, "_id", groups, session=self._session):
             rows = orjson.loads(group["e"])
             for row in rows:
                 if row["lead_id"] == lead_id:
                     row["payload"] = _without_personal_data(row["payload"])
-            await events.update_one(
-                {"_id": group["_id"]}, {"$set": {"e": _data_text(rows)}}, session=self._session
-            )
+            rewritten.append(UpdateOne({"_id": group["_id"]}, {"$set": {"e": _data_text(rows)}}))
+        if rewritten:
+            await events.bulk_write(rewritten, ordered=False, session=self._session)
 
 
 def _joined(text: str | None, more: Sequence[str]) -> str:
